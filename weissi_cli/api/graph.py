@@ -1,0 +1,21 @@
+"""`graph`: the structure weissi finds, without reading any tensor data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from weissi_cli.io import open_checkpoint
+from weissi_cli.report.common import Source
+from weissi_cli.report.graph import GraphReport
+from weissi_cli.structure import discover, emit_spec
+
+
+def graph_checkpoint(path: Path, spec: Path | None = None) -> GraphReport:
+    with open_checkpoint(path) as checkpoint:
+        structure = discover(checkpoint, spec)
+        return GraphReport(
+            source=Source.of(checkpoint, str(path)),
+            structure=structure,
+            dtypes={info.name: info.dtype for info in checkpoint.tensors},
+            spec=emit_spec(structure, path.name),
+        )

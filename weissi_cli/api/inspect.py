@@ -1,0 +1,67 @@
+"""`inspect`: statistics of every tensor and the penalties of every chain, in one pass."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from weissi_cli.balance.analysis import analyse_chain
+from weissi_cli.errors import UsageError
+from weissi_cli.io import open_checkpoint
+from weissi_cli.report.common import Source
+from weissi_cli.report.inspect import InspectReport, InspectSettings, TensorRow
+from weissi_cli.stats import compute_stats
+from weissi_cli.structure import discover
+
+
+def inspect_checkpoint(
+    path: Path,
+    spec: Path | None = None,
+    lambda1: float = 1.0,
+    lambda2: float = 1.0,
+    include_bias: bool = False,
+    threads: int = 2,
+) -> InspectReport:
+    for name, value in (("--lambda1", lambda1), ("--lambda2", lambda2)):
+        if not math.isfinite(value):
+            raise UsageError(f"{name} must be a finite number, not {value}")
+    with open_checkpoint(path) as checkpoint:
+        structure = discover(checkpoint, spec)
+        stats = compute_stats(checkpoint, threads=threads)
+        rows = tuple(
+            TensorRow(
+                name=info.name,
+                shape=info.shape,
+                dtype=info.dtype,
+                fro_norm=stats[info.name].fro_norm if info.name in stats else None,
+                max_abs=stats[info.name].max_abs if info.name in stats else None,
+                l1_direction=stats[info.name].l1_direction if info.name in stats else None,
+                nonfinite=stats[info.name].nonfinite if info.name in stats else 0,
+                skipped=None
+                if info.name in stats
+                else f"{info.dtype} tensor: not a supported float",
+            )
+            for info in checkpoint.tensors
+        )
+        chains = tuple(
+            analyse_chain(chain, stats, lambda1, lambda2, include_bias)
+            for chain in structure.chains
+        )
+        warnings = list(structure.assumptions)
+        warnings += [
+            f"{row.name}: {row.nonfinite} non-finite value(s) (NaN or Inf)"
+            for row in rows
+            if row.nonfinite
+        ]
+        warnings += [f"{a.chain.id}: {a.problem}" for a in chains if a.problem]
+        warnings += [f"{chain.id}: {note}" for chain in structure.chains for note in chain.notes]
+        dtypes = {info.name: info.dtype for info in checkpoint.tensors}
+        return InspectReport(
+            source=Source.of(checkpoint, str(path)),
+            settings=InspectSettings(lambda1, lambda2, include_bias),
+            tensors=rows,
+            chains=chains,
+            dtypes=dtypes,
+            unassigned=structure.unassigned,
+            warnings=tuple(warnings),
+        )

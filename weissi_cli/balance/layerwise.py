@@ -1,0 +1,153 @@
+"""Layer-wise scale shifts of a chain: penalties, the L2-optimal shift, and pow2 rounding.
+
+A shift is given by its log link scales s_0..s_L with s_0 = s_L = 0: layer l's weight
+scales by γ_l = exp(s_l − s_{l−1}) and its bias by the cumulative Π_l = exp(s_l).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+LN2 = math.log(2.0)
+
+
+@dataclass(frozen=True)
+class Shift:
+    """A layer-wise scale shift of a chain of L layers."""
+
+    log_links: tuple[float, ...]  # s_0 .. s_L, s_0 = s_L = 0
+    pow2: bool = False
+
+    @property
+    def depth(self) -> int:
+        return len(self.log_links) - 1
+
+    @property
+    def gammas(self) -> tuple[float, ...]:
+        """γ_l, the factor on W_l."""
+        s = self.log_links
+        if self.pow2:
+            return tuple(math.ldexp(1.0, round((s[i + 1] - s[i]) / LN2)) for i in range(self.depth))
+        return tuple(math.exp(s[i + 1] - s[i]) for i in range(self.depth))
+
+    @property
+    def bias_scales(self) -> tuple[float, ...]:
+        """Π_l = γ_1 ⋯ γ_l, the factor on b_l (exactly 1 for the last layer)."""
+        s = self.log_links[1:]
+        if self.pow2:
+            return tuple(math.ldexp(1.0, round(value / LN2)) for value in s)
+        return tuple(math.exp(value) for value in s)
+
+    @staticmethod
+    def identity(depth: int) -> Shift:
+        return Shift((0.0,) * (depth + 1))
+
+    def rounded_to_pow2(self) -> Shift:
+        """The same shift with every link scale rounded to a power of two.
+
+        Rounding the cumulative scales (not each γ) keeps Π γ_l = 1 exactly and every bias
+        consistent with its weights, so outputs stay bit-identical.
+        """
+        exponents = [round(value / LN2) for value in self.log_links]
+        exponents[0] = exponents[-1] = 0
+        return Shift(tuple(k * LN2 for k in exponents), pow2=True)
+
+
+def l2_penalty(weight_norms: Sequence[float], bias_norms: Sequence[float] | None = None) -> float:
+    total = math.fsum(n * n for n in weight_norms)
+    if bias_norms is not None:
+        total += math.fsum(b * b for b in bias_norms)
+    return total
+
+
+def geometric_mean(norms: Sequence[float]) -> float:
+    return math.exp(math.fsum(math.log(n) for n in norms) / len(norms))
+
+
+def weissi_penalty(
+    log_norm_sum: float, l1_direction_sum: float, lambda1: float, lambda2: float
+) -> float:
+    """λ1 Σ ln‖W_l‖ + λ2 Σ ‖W_l/‖W_l‖‖₁, invariant under every layer-wise shift."""
+    return lambda1 * log_norm_sum + lambda2 * l1_direction_sum
+
+
+def shifted_penalty(
+    shift: Shift, weight_norms: Sequence[float], bias_norms: Sequence[float] | None = None
+) -> float:
+    """L2 penalty of the chain after applying `shift` (computed, not measured)."""
+    gammas = shift.gammas
+    total = math.fsum((g * n) ** 2 for g, n in zip(gammas, weight_norms, strict=True))
+    if bias_norms is not None:
+        total += math.fsum((p * b) ** 2 for p, b in zip(shift.bias_scales, bias_norms, strict=True))
+    return total
+
+
+def optimal_shift(
+    weight_norms: Sequence[float], bias_norms: Sequence[float] | None = None
+) -> Shift:
+    """The shift minimising the L2 penalty (weights only, or weights and biases).
+
+    Weights only: γ_l = G / n_l (every norm becomes the geometric mean G).
+    With biases: the unique minimiser of the convex objective
+    Σ_l e^{2(s_l − s_{l−1})} n_l² + e^{2 s_l} ‖b_l‖², found by damped Newton.
+    """
+    depth = len(weight_norms)
+    logs = np.log(np.asarray(weight_norms, dtype=np.float64))
+    mean = math.fsum(logs) / depth
+    # s_l = l·ln G − Σ_{i≤l} ln n_i
+    links = np.concatenate(([0.0], np.arange(1, depth + 1) * mean - np.cumsum(logs)))
+    links[-1] = 0.0
+    if bias_norms is not None and depth > 1 and any(b > 0 for b in bias_norms[:-1]):
+        links = _newton(
+            np.asarray(weight_norms, np.float64), np.asarray(bias_norms, np.float64), links
+        )
+    return Shift(tuple(float(value) for value in links))
+
+
+def _objective(
+    links: npt.NDArray[np.float64],
+    weights_sq: npt.NDArray[np.float64],
+    biases_sq: npt.NDArray[np.float64],
+) -> float:
+    steps = np.diff(links)
+    return float(np.sum(np.exp(2 * steps) * weights_sq) + np.sum(np.exp(2 * links[1:]) * biases_sq))
+
+
+def _newton(
+    weight_norms: npt.NDArray[np.float64],
+    bias_norms: npt.NDArray[np.float64],
+    links: npt.NDArray[np.float64],
+    max_iterations: int = 200,
+) -> npt.NDArray[np.float64]:
+    weights_sq = weight_norms**2
+    biases_sq = bias_norms**2
+    links = links.copy()
+    value = _objective(links, weights_sq, biases_sq)
+    for _ in range(max_iterations):
+        up = np.exp(2 * np.diff(links)) * weights_sq  # term l: e^{2(s_l − s_{l−1})} n_l², l=1..L
+        bias_terms = np.exp(2 * links[1:-1]) * biases_sq[:-1]  # l = 1..L−1
+        gradient = 2 * (up[:-1] - up[1:] + bias_terms)
+        diagonal = 4 * (up[:-1] + up[1:] + bias_terms)
+        off = -4 * up[1:-1]
+        hessian = np.diag(diagonal) + np.diag(off, 1) + np.diag(off, -1)
+        step = np.linalg.solve(hessian, -gradient)
+        decrement = float(-gradient @ step)
+        if decrement <= 1e-28 * max(value, 1e-300):
+            break
+        size = 1.0
+        while True:
+            trial = links.copy()
+            trial[1:-1] += size * step
+            trial_value = _objective(trial, weights_sq, biases_sq)
+            if trial_value <= value - 0.25 * size * decrement or size < 1e-12:
+                break
+            size *= 0.5
+        if trial_value >= value:
+            break
+        links, value = trial, trial_value
+    return links

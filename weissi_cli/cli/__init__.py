@@ -1,0 +1,1 @@
+"""The command-line interface: parse options, call the library, render the payload."""

@@ -1,0 +1,46 @@
+"""The `weissi` Typer application: one module per command, registered here."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from weissi_cli import __version__
+from weissi_cli.cli.graph_cmd import graph
+from weissi_cli.cli.inspect_cmd import inspect
+from weissi_cli.cli.rebalance_cmd import rebalance
+
+app = typer.Typer(
+    name="weissi",
+    help="Inspect and rebalance the weight scale of trained checkpoints: per-layer norms, "
+    "L2 vs the scale-shift-invariant WEISSI penalty, and functionally identical rebalancing.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command()(inspect)
+app.command()(rebalance)
+app.command()(graph)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"weissi {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """weissi: inspect and rebalance the weight scale of trained checkpoints."""
+
+
+def main() -> None:
+    app()

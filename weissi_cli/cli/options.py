@@ -1,0 +1,31 @@
+"""Option and argument aliases shared by the commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+Checkpoint = Annotated[
+    Path,
+    typer.Argument(
+        help="Checkpoint: .safetensors, a sharded *.safetensors.index.json (or its folder), "
+        "or a torch pickle (.pt/.pth/.bin).",
+        show_default=False,
+    ),
+]
+Spec = Annotated[
+    Path | None,
+    typer.Option("--spec", help="Structure spec file (TOML); see `weissi graph --emit-spec`."),
+]
+Json = Annotated[
+    bool, typer.Option("--json", help="Print the JSON payload on stdout instead of tables.")
+]
+IncludeBias = Annotated[
+    bool,
+    typer.Option(
+        "--include-bias",
+        help="Penalise biases too (1-D parameters), with the exact bias-aware optimum.",
+    ),
+]

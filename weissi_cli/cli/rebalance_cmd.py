@@ -1,0 +1,62 @@
+"""`weissi rebalance`: write the L2-optimal, functionally identical checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from weissi_cli.cli.console import print_warnings, stdout_console
+from weissi_cli.cli.errors import handle_errors
+from weissi_cli.cli.options import Checkpoint, IncludeBias, Json, Spec
+
+
+@handle_errors
+def rebalance(
+    checkpoint: Checkpoint,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="Where to write the rebalanced checkpoint (same format)."
+        ),
+    ],
+    spec: Spec = None,
+    assume_relu: Annotated[
+        bool,
+        typer.Option(
+            "--assume-relu",
+            help="Act on structure inferred from names and shapes (activations assumed ReLU).",
+        ),
+    ] = False,
+    scales: Annotated[
+        str,
+        typer.Option(
+            "--scales",
+            help="real: exact scales; pow2: powers of two (bit-identical outputs); "
+            "auto: pow2 for 16-bit tensors.",
+        ),
+    ] = "auto",
+    include_bias: IncludeBias = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
+    json_output: Json = False,
+) -> None:
+    """Rescale layers to the L2 optimum without changing the function, then verify.
+
+    Example: weissi rebalance model.safetensors -o balanced.safetensors --spec spec.toml
+    """
+    from weissi_cli.api.rebalance import rebalance_checkpoint
+    from weissi_cli.report.common import to_json
+
+    report = rebalance_checkpoint(
+        checkpoint, output, spec, assume_relu, scales, include_bias, force
+    )
+    if json_output:
+        typer.echo(to_json(report.to_dict()))
+    else:
+        from weissi_cli.cli.render import render_rebalance
+
+        render_rebalance(report, stdout_console())
+    print_warnings(report.warnings)
+    if not report.verification.passed:
+        raise typer.Exit(1)

@@ -1,0 +1,263 @@
+"""Rich renderings of the payloads, for people (JSON is in weissi_cli.report)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from weissi_cli.balance.analysis import ChainAnalysis
+from weissi_cli.ir import Unassigned
+from weissi_cli.report.common import Source
+from weissi_cli.report.graph import GraphReport
+from weissi_cli.report.inspect import InspectReport
+from weissi_cli.report.rebalance import RebalanceReport
+
+BAR_WIDTH = 12
+EIGHTHS = " ▏▎▍▌▋▊▉█"
+UNASSIGNED_SHOWN = 12
+
+
+def number(value: float | None, digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.{digits}g}"
+
+
+def size(nbytes: int) -> str:
+    amount = float(nbytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if amount < 1024 or unit == "GiB":
+            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    return f"{amount:.1f} TiB"
+
+
+def bar(value: float, largest: float) -> str:
+    """A horizontal bar of `value / largest`, drawn in eighths of a cell."""
+    if largest <= 0 or value <= 0:
+        return ""
+    eighths = round(min(value / largest, 1.0) * BAR_WIDTH * 8)
+    full, part = divmod(eighths, 8)
+    return "█" * full + (EIGHTHS[part] if part else "")
+
+
+def source_line(source: Source) -> Text:
+    return Text.assemble(
+        (source.path, "bold"),
+        "\n",
+        (
+            f"{source.format} · {source.tensors} tensors · {source.parameters:,} parameters · "
+            f"{size(source.bytes)}",
+            "dim",
+        ),
+    )
+
+
+def origin_label(origin: str) -> Text:
+    if origin == "heuristic":
+        return Text("heuristic (assumed)", style="yellow")
+    return Text(origin, style="green")
+
+
+def render_inspect(report: InspectReport, console: Console) -> None:
+    console.print(source_line(report.source))
+    settings = report.settings
+    console.print(
+        f"λ1 = {number(settings.lambda1)}, λ2 = {number(settings.lambda2)}, penalties over "
+        + ("weights and biases" if settings.include_bias else "weights (biases not penalised)"),
+        style="dim",
+    )
+    if not report.chains:
+        console.print("\nNo chains found (see `weissi graph` and the unassigned tensors below).")
+    for analysis in report.chains:
+        console.print()
+        console.print(_chain_table(analysis, report.dtypes))
+        console.print(_chain_totals(analysis))
+    _print_unassigned(report.unassigned, console)
+
+
+def _chain_table(analysis: ChainAnalysis, dtypes: dict[str, str]) -> Table:
+    chain = analysis.chain
+    layer_dtypes = [dtypes[layer.layer.weight] for layer in analysis.layers]
+    one_dtype = len(set(layer_dtypes)) == 1
+    title = Text.assemble(
+        (chain.id, "bold"),
+        f" · {chain.activation} · {chain.depth} layers · ",
+        f"{layer_dtypes[0]} · " if one_dtype else "",
+        origin_label(chain.origin),
+    )
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("layer", overflow="fold")
+    table.add_column("shape", no_wrap=True)
+    if not one_dtype:
+        table.add_column("dtype", no_wrap=True)
+    table.add_column("‖W‖", justify="right")
+    table.add_column("share", justify="right", no_wrap=True)
+    table.add_column("γ*", justify="right", no_wrap=True)
+    table.add_column("after", justify="right", no_wrap=True)
+    table.add_column("", no_wrap=True, min_width=BAR_WIDTH)
+    largest = max(layer.fro_norm for layer in analysis.layers)
+    l2 = analysis.l2_penalty
+    for layer in analysis.layers:
+        share = f"{100 * layer.fro_norm**2 / l2:.1f}%" if l2 else "—"
+        table.add_row(
+            escape(layer.layer.prefix) + ("" if layer.layer.bias else " (no bias)"),
+            "×".join(str(s) for s in layer.layer.shape),
+            *([] if one_dtype else [dtypes[layer.layer.weight]]),
+            number(layer.fro_norm),
+            share,
+            number(layer.gamma),
+            number(layer.rebalanced_norm),
+            Text(bar(layer.fro_norm, largest), style="cyan"),
+        )
+    return table
+
+
+def _chain_totals(analysis: ChainAnalysis) -> RenderableType:
+    if analysis.problem:
+        return Text(f"  degenerate: {analysis.problem}", style="red")
+    l2, minimum, slack = analysis.l2_penalty, analysis.min_l2_penalty, analysis.l2_slack
+    percent = f" ({100 * slack / l2:.1f}% of it)" if l2 and slack is not None else ""
+    lines = [
+        Text.assemble(
+            "  L2 penalty ",
+            (number(l2), "bold"),
+            " → min ",
+            (number(minimum), "bold green"),
+            f" after rebalancing · slack {number(slack)}{percent}",
+        ),
+        Text.assemble(
+            "  imbalance ",
+            (f"{number(analysis.imbalance, 3)}×", "bold"),
+            f" · geometric mean G = {number(analysis.geometric_mean)}",
+        ),
+        Text.assemble(
+            "  WEISSI ",
+            (number(analysis.weissi_penalty), "bold"),
+            f" = λ1·Σ ln‖W‖ {number(analysis.log_norm_sum)} + λ2·Σ ‖W/‖W‖‖₁ "
+            f"{number(analysis.l1_direction_sum)} (invariant)",
+        ),
+    ]
+    return Group(*lines)
+
+
+def _print_unassigned(unassigned: Sequence[Unassigned], console: Console) -> None:
+    if not unassigned:
+        return
+    console.print()
+    table = Table(
+        title=Text(f"Not in any chain ({len(unassigned)})", style="bold"),
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("tensor")
+    table.add_column("reason")
+    for entry in unassigned[:UNASSIGNED_SHOWN]:
+        table.add_row(escape(entry.name), escape(entry.reason))
+    console.print(table)
+    if len(unassigned) > UNASSIGNED_SHOWN:
+        console.print(
+            f"  … and {len(unassigned) - UNASSIGNED_SHOWN} more (all of them in --json)",
+            style="dim",
+        )
+
+
+def render_rebalance(report: RebalanceReport, console: Console) -> None:
+    console.print(source_line(report.source))
+    for result in report.chains:
+        console.print()
+        table = Table(
+            title=Text.assemble(
+                (result.id, "bold"), f" · scales {result.scales} · ", origin_label(result.origin)
+            ),
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+        )
+        table.add_column("layer")
+        table.add_column("γ (weight)", justify="right")
+        table.add_column("Π (bias)", justify="right")
+        for layer, gamma, bias_scale in zip(
+            result.layers, result.gammas, result.bias_scales, strict=True
+        ):
+            table.add_row(
+                escape(layer), _factor(gamma, result.scales), _factor(bias_scale, result.scales)
+            )
+        console.print(table)
+        if result.skipped:
+            console.print(Text(f"  left unchanged: {result.skipped}", style="red"))
+            continue
+        console.print(
+            Text.assemble(
+                "  L2 ",
+                (number(result.l2_before), "bold"),
+                " → ",
+                (number(result.l2_after), "bold green"),
+                f" (optimum {number(result.min_l2_penalty)}) · "
+                f"WEISSI {number(result.weissi_before)} → "
+                f"{number(result.weissi_after)}",
+            )
+        )
+    console.print()
+    verification = report.verification
+    mark = (
+        Text("✓ verified", style="bold green")
+        if verification.passed
+        else Text("✗ verification failed", style="bold red")
+    )
+    console.print(Text.assemble(mark, f" ({verification.method})"))
+    for check in verification.chains:
+        console.print(f"  {escape(check.chain_id)}: {escape(check.detail)}")
+    if report.written:
+        console.print(
+            Text.assemble("wrote ", (report.output_path, "bold"), f" ({report.output_format})")
+        )
+    else:
+        console.print(Text(f"{report.output_path} was not written", style="bold red"))
+
+
+def _factor(value: float, mode: str) -> str:
+    if mode == "pow2" and value > 0:
+        mantissa, exponent = math.frexp(value)  # value = 0.5 · 2^exponent
+        if mantissa == 0.5:
+            return "1" if exponent == 1 else f"2^{exponent - 1}"
+    return number(value, 6)
+
+
+def render_graph(report: GraphReport, console: Console) -> None:
+    structure = report.structure
+    tree = Tree(source_line(report.source))
+    for chain in structure.chains:
+        branch = tree.add(
+            Text.assemble(
+                (chain.id, "bold"), f" · {chain.activation} · ", origin_label(chain.origin)
+            )
+        )
+        for layer in chain.layers:
+            shape = "×".join(str(s) for s in layer.shape)
+            bias = " + bias" if layer.bias else ""
+            branch.add(
+                f"{escape(layer.prefix)}  {layer.kind} {shape} {report.dtypes[layer.weight]}{bias}"
+            )
+        for note in chain.notes:
+            branch.add(Text(f"note: {note}", style="dim"))
+    if structure.unassigned:
+        rest = tree.add(Text(f"not in any chain ({len(structure.unassigned)})", style="bold"))
+        for entry in structure.unassigned[:UNASSIGNED_SHOWN]:
+            rest.add(f"{escape(entry.name)}: {escape(entry.reason)}")
+        if len(structure.unassigned) > UNASSIGNED_SHOWN:
+            rest.add(
+                Text(
+                    f"… and {len(structure.unassigned) - UNASSIGNED_SHOWN} more (--json)",
+                    style="dim",
+                )
+            )
+    console.print(tree)

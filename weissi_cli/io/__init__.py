@@ -1,0 +1,62 @@
+"""Opening checkpoints of every supported format behind one interface."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from weissi_cli.errors import InputError
+from weissi_cli.io.checkpoint import Checkpoint, TensorInfo
+
+__all__ = ["Checkpoint", "TensorInfo", "detect_format", "open_checkpoint"]
+
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+INDEX_SUFFIX = ".safetensors.index.json"
+
+
+def detect_format(path: Path) -> tuple[str, Path]:
+    """The format of `path` and the file to open (a folder resolves to its index or file)."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    if path.is_dir():
+        indexes = sorted(path.glob(f"*{INDEX_SUFFIX}"))
+        if len(indexes) == 1:
+            return "safetensors-sharded", indexes[0]
+        if len(indexes) > 1:
+            names = ", ".join(index.name for index in indexes)
+            raise InputError(f"{path}: several sharded indexes ({names}); name the one to use")
+        singles = sorted(path.glob("*.safetensors"))
+        if len(singles) == 1:
+            return "safetensors", singles[0]
+        raise InputError(
+            f"{path}: a folder needs one *{INDEX_SUFFIX} or exactly one .safetensors file "
+            f"(found {len(singles)} .safetensors files)"
+        )
+    name = path.name.lower()
+    if name.endswith(INDEX_SUFFIX):
+        return "safetensors-sharded", path
+    if name.endswith(".safetensors"):
+        return "safetensors", path
+    if name.endswith(TORCH_SUFFIXES):
+        return "torch", path
+    raise InputError(
+        f"{path}: unknown checkpoint format; weissi reads .safetensors, a sharded "
+        f"*{INDEX_SUFFIX} (or its folder), and torch pickles ({', '.join(TORCH_SUFFIXES)})"
+    )
+
+
+def open_checkpoint(path: Path) -> Checkpoint:
+    """Open a checkpoint for lazy reading; the caller closes it."""
+    file_format, target = detect_format(path)
+    if file_format == "safetensors":
+        from weissi_cli.io.safetensors_file import SafetensorsCheckpoint
+
+        return SafetensorsCheckpoint(target)
+    if file_format == "safetensors-sharded":
+        from weissi_cli.io.sharded import ShardedCheckpoint
+
+        return ShardedCheckpoint(target)
+    from weissi_cli.io.torch_pickle import TorchCheckpoint
+
+    if not target.is_file():
+        raise InputError(f"{target}: not a regular file")
+    return TorchCheckpoint(target)

@@ -1,0 +1,110 @@
+"""The format-independent view of a checkpoint: tensor descriptions and raw chunk reads."""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from weissi_cli.io.dtypes import ITEMSIZE, is_supported_float, raw_numpy_dtype
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor of a checkpoint, described without reading its data."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def numel(self) -> int:
+        count = 1
+        for size in self.shape:
+            count *= size
+        return count
+
+    @property
+    def itemsize(self) -> int:
+        return ITEMSIZE.get(self.dtype, 0)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.itemsize
+
+    @property
+    def is_supported_float(self) -> bool:
+        return is_supported_float(self.dtype)
+
+
+class Checkpoint(ABC):
+    """A checkpoint opened for reading; tensors are read lazily, chunk by chunk.
+
+    `tensors` is in *discovery order*: state-dict order for pickles, natural-sort name
+    order for safetensors (whose files order tensors by dtype and name).
+    """
+
+    path: Path
+    format: str
+    tensors: tuple[TensorInfo, ...]
+    metadata: dict[str, str]
+    file_bytes: int
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, TensorInfo] | None = None
+
+    def info(self, name: str) -> TensorInfo:
+        if self._by_name is None:
+            self._by_name = {tensor.name: tensor for tensor in self.tensors}
+        return self._by_name[name]
+
+    def __contains__(self, name: object) -> bool:
+        if self._by_name is None:
+            self._by_name = {tensor.name: tensor for tensor in self.tensors}
+        return name in self._by_name
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(tensor.numel for tensor in self.tensors)
+
+    def shared_storage(self, name: str) -> tuple[str, ...]:
+        """Other tensors that share memory with `name` (tied weights in pickles)."""
+        return ()
+
+    @abstractmethod
+    def read_raw(
+        self, name: str, start: int, count: int, buffer: bytearray | None = None
+    ) -> npt.NDArray[np.generic]:
+        """Elements `start:start+count` of the flattened tensor as raw storage values.
+
+        With a `buffer`, the result may be a view into it, valid until the buffer is
+        reused. bfloat16 comes back as uint16 bits (see `dtypes.decode`).
+        """
+
+    def read_all(self, name: str) -> npt.NDArray[np.generic]:
+        """The whole tensor as raw storage values (for small tensors only)."""
+        info = self.info(name)
+        return self.read_raw(name, 0, info.numel).reshape(info.shape)
+
+    def close(self) -> None:  # noqa: B027 - formats without resources need not override
+        """Release files and maps."""
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def natural_key(name: str) -> tuple[Any, ...]:
+    """Sort key that orders `net.2` before `net.10`."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+def empty_raw(dtype: str) -> npt.NDArray[np.generic]:
+    return np.empty(0, raw_numpy_dtype(dtype))

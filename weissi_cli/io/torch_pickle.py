@@ -1,0 +1,151 @@
+"""Torch pickles (`.pt/.pth/.bin`), loaded only with `weights_only=True`."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from weissi_cli.errors import InputError, UnsafePickleError
+from weissi_cli.io.checkpoint import Checkpoint, TensorInfo
+
+if TYPE_CHECKING:
+    import torch
+
+# Keys under which training scripts commonly wrap the state dict, tried in this order.
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model_state", "model")
+
+
+class TorchCheckpoint(Checkpoint):
+    """A state dict loaded from a torch pickle (memory-mapped where the format allows)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        import torch
+
+        self.path = path
+        self.format = "torch"
+        self.is_zip = zipfile.is_zipfile(path)
+        self.root = load_weights_only(path, mmap=self.is_zip)
+        self.wrapper_key, self.state_dict = find_state_dict(path, self.root)
+        self.file_bytes = path.stat().st_size
+        self.metadata = {}
+        self._tensors: dict[str, torch.Tensor] = {
+            name: value
+            for name, value in self.state_dict.items()
+            if isinstance(value, torch.Tensor)
+        }
+        self.non_tensor_keys = tuple(name for name in self.state_dict if name not in self._tensors)
+        self.tensors = tuple(
+            TensorInfo(name, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."))
+            for name, tensor in self._tensors.items()
+        )
+        self._shared = _shared_storage_groups(self._tensors)
+        self._flat: dict[str, torch.Tensor] = {}
+
+    def tensor(self, name: str) -> torch.Tensor:
+        return self._tensors[name]
+
+    def shared_storage(self, name: str) -> tuple[str, ...]:
+        return self._shared.get(name, ())
+
+    def read_raw(
+        self, name: str, start: int, count: int, buffer: bytearray | None = None
+    ) -> npt.NDArray[np.generic]:
+        import torch
+
+        flat = self._flat.get(name)
+        if flat is None:
+            flat = self._tensors[name].detach().reshape(-1)  # copies only if non-contiguous
+            if flat.dtype == torch.bfloat16:
+                flat = flat.view(torch.int16)
+            self._flat[name] = flat
+        chunk = flat[start : start + count].numpy()
+        return (
+            chunk.view(np.uint16)
+            if chunk.dtype == np.int16 and self.info(name).dtype == "bfloat16"
+            else chunk
+        )
+
+
+def load_weights_only(path: Path, mmap: bool) -> Any:
+    """`torch.load` that never runs code from the file; refusals become typed errors."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        text = str(error)
+        if "weights_only" in text or "Weights only load failed" in text:
+            offending = _offending_global(text)
+            raise UnsafePickleError(
+                f"{path}: refused to load: the pickle holds Python objects beyond tensors and "
+                f"plain containers{offending}, which could run code. Nothing in it was run. "
+                "If you trust the file, re-save just the weights: "
+                "torch.save(torch.load(path, weights_only=False)['<key>'] or model.state_dict(), "
+                "'weights.pt') - or export them with safetensors."
+            ) from None
+        raise InputError(f"{path}: not a readable torch checkpoint ({_first_line(text)})") from None
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError) as error:
+        raise InputError(
+            f"{path}: not a readable torch checkpoint; it may be truncated or corrupt "
+            f"({_first_line(str(error)) or type(error).__name__})"
+        ) from None
+
+
+def find_state_dict(path: Path, root: Any) -> tuple[str | None, Mapping[str, Any]]:
+    """The state dict itself, or the one a training checkpoint wraps (and under which key)."""
+    import torch
+
+    def holds_tensors(value: Any) -> bool:
+        return isinstance(value, Mapping) and any(
+            isinstance(item, torch.Tensor) for item in value.values()
+        )
+
+    if holds_tensors(root):
+        if not all(isinstance(key, str) for key in root):
+            raise InputError(f"{path}: the state dict has non-string keys")
+        return None, root
+    if isinstance(root, Mapping):
+        for key in WRAPPER_KEYS:
+            if holds_tensors(root.get(key)):
+                return key, root[key]
+        keys = ", ".join(repr(key) for key in list(root)[:10])
+        raise InputError(
+            f"{path}: no state dict found: top-level keys are {keys or 'none'}; expected tensors, "
+            f"or a dict of tensors under one of {', '.join(WRAPPER_KEYS)}"
+        )
+    raise InputError(
+        f"{path}: holds a {type(root).__name__}, not a state dict; save model.state_dict() instead"
+    )
+
+
+def _shared_storage_groups(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[str, ...]]:
+    by_storage: dict[int, list[str]] = {}
+    for name, tensor in tensors.items():
+        if tensor.numel() == 0:
+            continue
+        by_storage.setdefault(tensor.untyped_storage().data_ptr(), []).append(name)
+    shared: dict[str, tuple[str, ...]] = {}
+    for names in by_storage.values():
+        if len(names) > 1:
+            for name in names:
+                shared[name] = tuple(other for other in names if other != name)
+    return shared
+
+
+def _offending_global(text: str) -> str:
+    marker = "Unsupported global: GLOBAL "
+    if marker in text:
+        name = text.split(marker, 1)[1].split()[0].rstrip(".,")
+        return f" (it references {name})"
+    return ""
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""

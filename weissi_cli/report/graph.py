@@ -1,0 +1,72 @@
+"""The `graph` payload: the discovered structure (schema weissi.graph/1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from weissi_cli.ir import Chain, Member, Structure, Symmetry
+from weissi_cli.report.common import TOOL_VERSION, Source, unassigned_dict
+
+SCHEMA = "weissi.graph/1"
+
+
+@dataclass(frozen=True)
+class GraphReport:
+    source: Source
+    structure: Structure
+    dtypes: dict[str, str]
+    spec: str  # the structure as a spec file (what --emit-spec prints)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "tool_version": TOOL_VERSION,
+            "source": self.source.to_dict(),
+            "origin": self.structure.origin,
+            "chains": [self._chain(chain) for chain in self.structure.chains],
+            "unassigned": [unassigned_dict(entry) for entry in self.structure.unassigned],
+            "warnings": list(self.structure.assumptions),
+        }
+
+    def _chain(self, chain: Chain) -> dict[str, Any]:
+        return {
+            "id": chain.id,
+            "origin": chain.origin,
+            "activation": chain.activation,
+            "depth": chain.depth,
+            "layers": [
+                {
+                    "name": layer.prefix,
+                    "kind": layer.kind,
+                    "weight": layer.weight,
+                    "bias": layer.bias,
+                    "shape": list(layer.shape),
+                    "dtype": self.dtypes[layer.weight],
+                }
+                for layer in chain.layers
+            ],
+            "symmetries": [symmetry_dict(symmetry) for symmetry in chain.symmetries()],
+            "notes": list(chain.notes),
+        }
+
+
+def member_dict(member: Member) -> dict[str, Any]:
+    return {
+        "tensor": member.tensor,
+        "axis": member.axis,
+        "exponent": member.exponent,
+        "block": member.block,
+    }
+
+
+def symmetry_dict(symmetry: Symmetry) -> dict[str, Any]:
+    return {
+        "id": symmetry.id,
+        "size": symmetry.size,
+        "members": [member_dict(member) for member in symmetry.members],
+        "tie": symmetry.tie,
+        "exact": symmetry.exact,
+        "origin": symmetry.origin,
+        "note": symmetry.note,
+    }

@@ -1,0 +1,99 @@
+"""The `rebalance` payload (weissi.rebalance/1): scales, penalties, verification."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from weissi_cli.report.common import TOOL_VERSION, Source, finite_or_none
+from weissi_cli.verify import ChainVerification, Verification
+
+SCHEMA = "weissi.rebalance/1"
+
+
+@dataclass(frozen=True)
+class ChainResult:
+    id: str
+    origin: str
+    scales: str  # "real" | "pow2" | "none" (left alone)
+    layers: tuple[str, ...]
+    gammas: tuple[float, ...]
+    bias_scales: tuple[float, ...]
+    l2_before: float | None
+    l2_after: float | None
+    min_l2_penalty: float | None
+    weissi_before: float | None
+    weissi_after: float | None
+    skipped: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "origin": self.origin,
+            "scales": self.scales,
+            "layers": list(self.layers),
+            "gammas": list(self.gammas),
+            "bias_scales": list(self.bias_scales),
+            "l2_before": finite_or_none(self.l2_before),
+            "l2_after": finite_or_none(self.l2_after),
+            "min_l2_penalty": finite_or_none(self.min_l2_penalty),
+            "weissi_before": finite_or_none(self.weissi_before),
+            "weissi_after": finite_or_none(self.weissi_after),
+            "skipped": self.skipped,
+        }
+
+
+@dataclass(frozen=True)
+class RebalanceReport:
+    source: Source
+    output_path: str
+    output_format: str
+    written: bool
+    scales: str
+    include_bias: bool
+    chains: tuple[ChainResult, ...]
+    verification: Verification
+    warnings: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "tool_version": TOOL_VERSION,
+            "source": self.source.to_dict(),
+            "output": {
+                "path": self.output_path,
+                "format": self.output_format,
+                "written": self.written,
+            },
+            "settings": {
+                "scales": self.scales,
+                "granularity": "layer",
+                "include_bias": self.include_bias,
+            },
+            "chains": [chain.to_dict() for chain in self.chains],
+            "verification": verification_dict(self.verification),
+            "warnings": list(self.warnings),
+        }
+
+
+def verification_dict(verification: Verification) -> dict[str, Any]:
+    return {
+        "method": verification.method,
+        "passed": verification.passed,
+        "max_abs_diff": finite_or_none(verification.max_abs_diff),
+        "max_rel_diff": finite_or_none(verification.max_rel_diff),
+        "probes": verification.probes,
+        "chains": [chain_verification_dict(result) for result in verification.chains],
+    }
+
+
+def chain_verification_dict(result: ChainVerification) -> dict[str, Any]:
+    return {
+        "id": result.chain_id,
+        "method": result.method,
+        "passed": result.passed,
+        "max_abs_diff": finite_or_none(result.max_abs_diff),
+        "max_rel_diff": finite_or_none(result.max_rel_diff),
+        "bit_identical": result.bit_identical,
+        "detail": result.detail,
+    }

@@ -1,0 +1,373 @@
+"""Writing a rescaled copy of a checkpoint: streamed, same format and dtypes, atomic.
+
+Every tensor without a scale is copied byte for byte; a scaled tensor is widened to
+float64, multiplied, and rounded once to its storage dtype. Output goes to temporary
+files beside the destination that are renamed into place only by `PendingOutput.commit`,
+after verification.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from weissi_cli.errors import OutputError, UsageError
+from weissi_cli.io import TORCH_SUFFIXES, Checkpoint
+from weissi_cli.io.dtypes import decode, encode, raw_numpy_dtype
+from weissi_cli.io.safetensors_file import SafetensorsCheckpoint
+from weissi_cli.io.sharded import ShardedCheckpoint
+from weissi_cli.io.torch_pickle import TorchCheckpoint
+
+CHUNK_ELEMENTS = 1 << 18
+COPY_CHUNK_BYTES = 8 << 20
+
+
+@dataclass
+class PendingOutput:
+    """Written temporary files waiting to be renamed into place (or discarded)."""
+
+    destination: Path
+    readable_path: Path  # where the pending output can be opened as a checkpoint
+    moves: list[tuple[Path, Path]] = field(default_factory=list)  # (temporary, final), in order
+    temporary_dir: Path | None = None
+    created_dir: Path | None = None  # removed again on discard
+
+    def commit(self) -> None:
+        for temporary, final in self.moves:
+            os.replace(temporary, final)
+        for directory in {final.parent for _, final in self.moves}:
+            _fsync_directory(directory)
+        if self.temporary_dir is not None:
+            shutil.rmtree(self.temporary_dir, ignore_errors=True)
+        self.moves = []
+
+    def discard(self) -> None:
+        for temporary, _ in self.moves:
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
+        if self.temporary_dir is not None:
+            shutil.rmtree(self.temporary_dir, ignore_errors=True)
+        if self.created_dir is not None:
+            with contextlib.suppress(OSError):
+                self.created_dir.rmdir()
+        self.moves = []
+
+
+def check_output_path(checkpoint: Checkpoint, output: Path, force: bool) -> None:
+    """Refuse outputs that would overwrite the input, clobber a file, or change format."""
+    inputs = _input_files(checkpoint)
+    target = output.resolve()
+    for source in inputs:
+        if target == source.resolve() or (target.exists() and target.samefile(source)):
+            raise OutputError(f"{output}: is the input checkpoint; write the result to a new file")
+    if checkpoint.format == "safetensors-sharded":
+        if target.exists() and not target.is_dir():
+            raise OutputError(
+                f"{output}: a sharded checkpoint is written to a folder, and this is a file"
+            )
+        if target.is_dir() and any(target.iterdir()) and not force:
+            raise OutputError(
+                f"{output}: folder exists and is not empty; pass --force to write into it"
+            )
+        for source in inputs:
+            if target.is_dir() and (target / source.name).resolve() == source.resolve():
+                raise OutputError(
+                    f"{output}: is the input's folder; write the result to a new folder"
+                )
+        if not target.parent.is_dir():
+            raise OutputError(f"{output}: folder {output.parent} does not exist")
+        return
+    name = output.name.lower()
+    if checkpoint.format == "safetensors" and not name.endswith(".safetensors"):
+        raise UsageError(
+            f"{output}: the input is safetensors and weissi writes the input's format; name the "
+            "output *.safetensors"
+        )
+    if checkpoint.format == "torch" and not name.endswith(TORCH_SUFFIXES):
+        raise UsageError(
+            f"{output}: the input is a torch pickle and weissi writes the input's format; name the "
+            f"output with one of {', '.join(TORCH_SUFFIXES)}"
+        )
+    if target.is_dir():
+        raise OutputError(f"{output}: is a folder; name a file")
+    if target.exists() and not force:
+        raise OutputError(f"{output}: already exists; pass --force to overwrite it")
+    if not target.parent.is_dir():
+        raise OutputError(f"{output}: folder {output.parent} does not exist")
+
+
+def write_rescaled(
+    checkpoint: Checkpoint, factors: Mapping[str, float], output: Path, record: Mapping[str, Any]
+) -> PendingOutput:
+    """Write `checkpoint` with each named tensor multiplied by its factor, pending commit."""
+    try:
+        if isinstance(checkpoint, SafetensorsCheckpoint):
+            return _write_single(checkpoint, factors, output, record)
+        if isinstance(checkpoint, ShardedCheckpoint):
+            return _write_sharded(checkpoint, factors, output, record)
+        if isinstance(checkpoint, TorchCheckpoint):
+            return _write_torch(checkpoint, factors, output, record)
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise OutputError(
+                f"{output}: no space left on the device; nothing was written"
+            ) from None
+        raise OutputError(f"{output}: cannot write ({error.strerror or error})") from None
+    raise UsageError(f"{checkpoint.path}: writing {checkpoint.format} checkpoints is not supported")
+
+
+def temporary_name(final: Path) -> Path:
+    """A hidden name beside `final` that keeps its suffix (so it opens as the same format)."""
+    suffix = "".join(final.suffixes[-1:])
+    return final.with_name(f".{final.name}.weissi-{os.getpid()}{suffix}")
+
+
+def _write_single(
+    checkpoint: SafetensorsCheckpoint,
+    factors: Mapping[str, float],
+    output: Path,
+    record: Mapping[str, Any],
+) -> PendingOutput:
+    temporary = temporary_name(output)
+    pending = PendingOutput(output, temporary, [(temporary, output)])
+    try:
+        write_safetensors_copy(checkpoint, factors, temporary, {"weissi": json.dumps(record)})
+    except BaseException:
+        pending.discard()
+        raise
+    return pending
+
+
+def _write_sharded(
+    checkpoint: ShardedCheckpoint,
+    factors: Mapping[str, float],
+    output: Path,
+    record: Mapping[str, Any],
+) -> PendingOutput:
+    created = not output.exists()
+    output.mkdir(exist_ok=True)
+    staging = output / f".weissi-{os.getpid()}"
+    pending = PendingOutput(
+        output,
+        staging / checkpoint.path.name,
+        temporary_dir=staging,
+        created_dir=output if created else None,
+    )
+    try:
+        staging.mkdir()
+        for shard_name, shard in checkpoint.shards.items():
+            shard_factors = {
+                name: f for name, f in factors.items() if checkpoint.shard_of(name) == shard_name
+            }
+            shard_record = {
+                **record,
+                "scales": {n: f for n, f in record.get("scales", {}).items() if n in shard_factors},
+            }
+            write_safetensors_copy(
+                shard, shard_factors, staging / shard_name, {"weissi": json.dumps(shard_record)}
+            )
+            pending.moves.append((staging / shard_name, output / shard_name))
+        index = json.loads(checkpoint.path.read_text(encoding="utf-8"))
+        index.setdefault("metadata", {})["weissi"] = record
+        _write_file(staging / checkpoint.path.name, (json.dumps(index, indent=2) + "\n").encode())
+        pending.moves.append((staging / checkpoint.path.name, output / checkpoint.path.name))
+    except BaseException:
+        pending.discard()
+        raise
+    return pending
+
+
+def write_safetensors_copy(
+    source: SafetensorsCheckpoint,
+    factors: Mapping[str, float],
+    destination: Path,
+    extra_metadata: Mapping[str, str],
+) -> None:
+    """Same tensor order and offsets; a new header; scaled tensors streamed in chunks."""
+    entries = source.header.entries
+    header: dict[str, Any] = {"__metadata__": {**source.metadata, **extra_metadata}}
+    for entry in entries:
+        header[entry.info.name] = {
+            "dtype": entry.dtype_code,
+            "shape": list(entry.info.shape),
+            "data_offsets": [entry.begin, entry.end],
+        }
+    header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    header_bytes += b" " * (-len(header_bytes) % 8)
+    new_start = 8 + len(header_bytes)
+    descriptor = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(descriptor, len(header_bytes).to_bytes(8, "little") + header_bytes)
+        pending_copy: list[int] = []  # [begin, end) of untouched bytes not yet copied
+        for entry in sorted(entries, key=lambda e: e.begin):
+            if entry.info.name not in factors:
+                if pending_copy and pending_copy[1] == entry.begin:
+                    pending_copy[1] = entry.end
+                else:
+                    _flush_copy(source, descriptor, pending_copy, new_start)
+                    pending_copy = [entry.begin, entry.end]
+                continue
+            _flush_copy(source, descriptor, pending_copy, new_start)
+            pending_copy = []
+            _write_scaled_tensor(
+                source,
+                entry.info.name,
+                factors[entry.info.name],
+                descriptor,
+                new_start + entry.begin,
+            )
+        _flush_copy(source, descriptor, pending_copy, new_start)
+        os.fsync(descriptor)
+    except BaseException:
+        os.close(descriptor)
+        with contextlib.suppress(FileNotFoundError):
+            destination.unlink()
+        raise
+    os.close(descriptor)
+
+
+def _flush_copy(
+    source: SafetensorsCheckpoint, descriptor: int, span: list[int], new_start: int
+) -> None:
+    if not span or span[1] == span[0]:
+        return
+    begin, end = span
+    _copy_range(
+        source, descriptor, source.header.data_start + begin, new_start + begin, end - begin
+    )
+
+
+def _copy_range(
+    source: SafetensorsCheckpoint, descriptor: int, src_offset: int, dst_offset: int, length: int
+) -> None:
+    done = 0
+    try:
+        while done < length:
+            copied = os.copy_file_range(
+                source.fd, descriptor, length - done, src_offset + done, dst_offset + done
+            )
+            if copied == 0:
+                break
+            done += copied
+    except OSError as error:
+        if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    while done < length:  # no copy_file_range here (or the source ended early)
+        size = min(COPY_CHUNK_BYTES, length - done)
+        data = os.pread(source.fd, size, src_offset + done)
+        if not data:
+            raise OutputError(f"{source.path}: file ended early while copying")
+        os.pwrite(descriptor, data, dst_offset + done)
+        done += len(data)
+
+
+def _write_scaled_tensor(
+    source: Checkpoint, name: str, factor: float, descriptor: int, offset: int
+) -> None:
+    info = source.info(name)
+    itemsize = raw_numpy_dtype(info.dtype).itemsize
+    buffer = bytearray(CHUNK_ELEMENTS * itemsize)
+    widened = np.empty(CHUNK_ELEMENTS, np.float32)
+    scaled = np.empty(CHUNK_ELEMENTS, np.float64)
+    for start in range(0, info.numel, CHUNK_ELEMENTS):
+        count = min(CHUNK_ELEMENTS, info.numel - start)
+        raw = source.read_raw(name, start, count, buffer)
+        values = decode(raw, info.dtype, widened)
+        product = np.multiply(values, factor, out=scaled[:count], dtype=np.float64)
+        data = encode(product, info.dtype)
+        _write_all(descriptor, data.data.cast("B"), offset + start * itemsize)
+
+
+def _write_all(descriptor: int, data: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(data):
+        done += os.pwrite(descriptor, data[done:], offset + done)
+
+
+def _write_torch(
+    checkpoint: TorchCheckpoint,
+    factors: Mapping[str, float],
+    output: Path,
+    record: Mapping[str, Any],
+) -> PendingOutput:
+    import torch
+
+    # An OrderedDict, like torch's own state dicts, so the record can ride in `_metadata`
+    # (which load_state_dict reads per module prefix) instead of adding a key.
+    state: Any = OrderedDict()
+    for name, value in checkpoint.state_dict.items():
+        state[name] = (
+            _scaled_torch_tensor(checkpoint, name, factors[name]) if name in factors else value
+        )
+    metadata = getattr(checkpoint.state_dict, "_metadata", None)
+    state._metadata = OrderedDict(metadata) if metadata is not None else OrderedDict()
+    state._metadata["weissi"] = dict(record)
+    if checkpoint.wrapper_key is None:
+        root: Any = state
+    else:
+        root = type(checkpoint.root)(checkpoint.root)
+        root[checkpoint.wrapper_key] = state
+    temporary = temporary_name(output)
+    pending = PendingOutput(output, temporary, [(temporary, output)])
+    try:
+        with open(temporary, "xb") as handle:
+            torch.save(root, handle, _use_new_zipfile_serialization=checkpoint.is_zip)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        pending.discard()
+        raise
+    return pending
+
+
+def _scaled_torch_tensor(checkpoint: TorchCheckpoint, name: str, factor: float) -> Any:
+    import torch
+
+    original = checkpoint.tensor(name)
+    result = torch.empty(original.shape, dtype=original.dtype)
+    flat = result.reshape(-1)
+    target = (
+        flat.view(torch.int16).numpy().view(np.uint16)
+        if original.dtype == torch.bfloat16
+        else flat.numpy()
+    )
+    info = checkpoint.info(name)
+    scaled = np.empty(CHUNK_ELEMENTS, np.float64)
+    for start in range(0, info.numel, CHUNK_ELEMENTS):
+        count = min(CHUNK_ELEMENTS, info.numel - start)
+        values = decode(checkpoint.read_raw(name, start, count), info.dtype)
+        target[start : start + count] = encode(
+            np.multiply(values, factor, out=scaled[:count], dtype=np.float64), info.dtype
+        )
+    return result
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "xb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _input_files(checkpoint: Checkpoint) -> list[Path]:
+    if isinstance(checkpoint, ShardedCheckpoint):
+        return [checkpoint.path, *(shard.path for shard in checkpoint.shards.values())]
+    return [checkpoint.path]

@@ -1,0 +1,172 @@
+"""Structure spec files (TOML, version 1): reading them strictly, and writing them."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from weissi_cli.errors import InputError, StructureError
+from weissi_cli.io.checkpoint import Checkpoint
+from weissi_cli.ir import ACTIVATIONS, Activation, Chain, Layer, Structure, Unassigned
+from weissi_cli.structure.layers import bias_problem, connection, group_modules
+
+SPEC_VERSION = 1
+_TOP_LEVEL_KEYS = {"version", "chain"}
+_CHAIN_KEYS = {"id", "activation", "layers"}
+
+
+def read_spec(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise InputError(f"{path}: spec file not found") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot read spec file ({error.strerror})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not valid TOML ({error})") from None
+
+
+def structure_from_spec(path: Path, checkpoint: Checkpoint) -> Structure:
+    """The chains a spec file declares, checked against the checkpoint's tensors."""
+    document = read_spec(path)
+    unknown = sorted(set(document) - _TOP_LEVEL_KEYS)
+    if unknown:
+        raise InputError(
+            f"{path}: unknown key(s) {', '.join(unknown)}; spec version {SPEC_VERSION} has "
+            "`version` and `[[chain]]` tables"
+        )
+    version = document.get("version")
+    if version != SPEC_VERSION:
+        raise InputError(f"{path}: `version = {SPEC_VERSION}` is required (found {version!r})")
+    tables = document.get("chain", [])
+    if not isinstance(tables, list) or not tables:
+        raise InputError(f"{path}: declares no [[chain]] tables")
+    layer_prefixes = [m.prefix for m in group_modules(checkpoint) if "weight" in m.tensors]
+    chains: list[Chain] = []
+    owner: dict[str, str] = {}
+    for index, table in enumerate(tables):
+        chain = _chain_from_table(path, index, table, checkpoint, layer_prefixes)
+        for layer in chain.layers:
+            if layer.prefix in owner:
+                raise StructureError(
+                    f"{path}: layer {layer.prefix!r} is in both {owner[layer.prefix]} "
+                    f"and {chain.id}"
+                )
+            owner[layer.prefix] = chain.id
+        chains.append(chain)
+    ids = [chain.id for chain in chains]
+    duplicates = sorted({chain_id for chain_id in ids if ids.count(chain_id) > 1})
+    if duplicates:
+        raise StructureError(f"{path}: chain id(s) {', '.join(duplicates)} used twice")
+    claimed = {name for chain in chains for name in chain.tensor_names()}
+    unassigned = tuple(
+        Unassigned(
+            info.name,
+            "not in the spec file" if info.is_supported_float else f"{info.dtype} tensor: skipped",
+        )
+        for info in checkpoint.tensors
+        if info.name not in claimed
+    )
+    return Structure(tuple(chains), unassigned, "spec")
+
+
+def _chain_from_table(
+    path: Path, index: int, table: Any, checkpoint: Checkpoint, layer_prefixes: list[str]
+) -> Chain:
+    where = f"{path}: [[chain]] #{index + 1}"
+    if not isinstance(table, dict):
+        raise InputError(f"{where} is not a table")
+    unknown = sorted(set(table) - _CHAIN_KEYS)
+    if unknown:
+        raise InputError(
+            f"{where}: unknown key(s) {', '.join(unknown)} (known: id, activation, layers)"
+        )
+    chain_id = table.get("id", f"chain{index}")
+    if not isinstance(chain_id, str) or not chain_id:
+        raise InputError(f"{where}: `id` must be a non-empty string")
+    activation = table.get("activation", "relu")
+    if activation not in ACTIVATIONS:
+        raise InputError(
+            f"{where}: activation {activation!r} is not positively homogeneous; use one of "
+            f"{', '.join(ACTIVATIONS)}"
+        )
+    prefixes = table.get("layers")
+    if (
+        not isinstance(prefixes, list)
+        or not prefixes
+        or not all(isinstance(p, str) for p in prefixes)
+    ):
+        raise InputError(f"{where}: `layers` must be a non-empty list of layer names")
+    layers = [_layer(path, prefix, checkpoint, layer_prefixes) for prefix in prefixes]
+    blocks: list[int] = []
+    notes: list[str] = []
+    for producer, consumer in zip(layers, layers[1:], strict=False):
+        block, note = connection(producer, consumer)
+        if block is None:
+            raise StructureError(f"{where}: {note}; they cannot be consecutive layers of a chain")
+        blocks.append(block)
+        if note:
+            notes.append(note)
+    if len(layers) == 1:
+        notes.append(f"a chain of one layer ({layers[0].prefix}) has no scale symmetry")
+    typed_activation: Activation = activation
+    return Chain(chain_id, "spec", typed_activation, tuple(layers), tuple(blocks), tuple(notes))
+
+
+def _layer(path: Path, prefix: str, checkpoint: Checkpoint, layer_prefixes: list[str]) -> Layer:
+    weight = f"{prefix}.weight"
+    if weight not in checkpoint:
+        close = difflib.get_close_matches(prefix, layer_prefixes, n=3)
+        hint = (
+            f"; did you mean {' or '.join(close)}?"
+            if close
+            else "; `weissi graph CKPT` lists the layers"
+        )
+        raise StructureError(
+            f"{path}: unknown layer {prefix!r}: the checkpoint has no tensor {weight!r}{hint}"
+        )
+    info = checkpoint.info(weight)
+    if not info.is_supported_float or not 2 <= len(info.shape) <= 5:
+        raise StructureError(
+            f"{path}: layer {prefix!r}: {weight} is {info.dtype} with shape {info.shape}; a layer "
+            "weight is a float tensor of 2 to 5 dims"
+        )
+    bias = f"{prefix}.bias"
+    layer = Layer(prefix, weight, bias if bias in checkpoint else None, info.shape)
+    problem = bias_problem(layer, checkpoint)
+    if problem is not None:
+        raise StructureError(f"{path}: layer {prefix!r}: {problem}")
+    for name in (layer.weight, layer.bias):
+        if name is not None and checkpoint.shared_storage(name):
+            others = ", ".join(checkpoint.shared_storage(name))
+            raise StructureError(
+                f"{path}: layer {prefix!r}: {name} shares memory with {others} (tied weights); "
+                "rescaling it would rescale them too"
+            )
+    return layer
+
+
+def emit_spec(structure: Structure, source: str) -> str:
+    """A spec file that pins `structure`; reading it back gives the same chains."""
+    lines = [
+        f"# weissi structure spec for {source}",
+        "# Review it, edit it, and pass it back with --spec.",
+    ]
+    lines += [f"# note: {assumption}" for assumption in structure.assumptions]
+    lines += ["", f"version = {SPEC_VERSION}"]
+    for chain in structure.chains:
+        lines.append("")
+        lines.append(f"# {chain.id}: {chain.depth} layers, found by {chain.origin}")
+        lines += [f"# {note}" for note in chain.notes]
+        lines.append("[[chain]]")
+        lines.append(f"id = {json.dumps(chain.id)}")
+        lines.append(f"activation = {json.dumps(chain.activation)}")
+        names = ", ".join(json.dumps(layer.prefix) for layer in chain.layers)
+        lines.append(f"layers = [{names}]")
+    if not structure.chains:
+        lines.append("# no chains were found: add [[chain]] tables by hand")
+    return "\n".join(lines) + "\n"
