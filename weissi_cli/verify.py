@@ -127,10 +127,11 @@ def probe_chain(
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
     passed = bool(np.all(difference <= allowed)) and math.isfinite(max_abs)
     worst = float((difference / np.maximum(allowed, 1e-300)).max()) if difference.size else 0.0
-    detail = (
-        f"{PROBES} random probes through {chain.depth} layers; max |Δ| = {max_abs:.3g} "
-        f"({worst:.2g} of the rounding bound)"
-    )
+    if max_abs == 0.0:
+        outcome = "outputs bit-identical"
+    else:
+        outcome = f"max |Δ| = {max_abs:.3g}, {worst:.2g} of the bound from rounding"
+    detail = f"{PROBES} random probes through {chain.depth} layers: {outcome}"
     return ChainVerification(
         chain.id,
         "probe",

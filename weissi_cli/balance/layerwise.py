@@ -137,8 +137,14 @@ def _newton(
         hessian = np.diag(diagonal) + np.diag(off, 1) + np.diag(off, -1)
         step = np.linalg.solve(hessian, -gradient)
         decrement = float(-gradient @ step)
-        if decrement <= 1e-28 * max(value, 1e-300):
-            break
+        if decrement <= 1e-10 * value:
+            # Quadratic convergence region: the objective can no longer tell steps apart
+            # (its changes fall below rounding), so take full steps until they vanish.
+            links[1:-1] += step
+            if float(np.max(np.abs(step))) <= 4e-16 * max(1.0, float(np.max(np.abs(links)))):
+                break
+            value = _objective(links, weights_sq, biases_sq)
+            continue
         size = 1.0
         while True:
             trial = links.copy()

@@ -34,8 +34,8 @@ def inspect(
     report = inspect_checkpoint(checkpoint, spec, lambda1, lambda2, include_bias)
     if json_output:
         typer.echo(to_json(report.to_dict()))
-        return
-    from weissi_cli.cli.render import render_inspect
+    else:
+        from weissi_cli.cli.render import render_inspect
 
-    render_inspect(report, stdout_console())
+        render_inspect(report, stdout_console())
     print_warnings(report.warnings)

@@ -78,12 +78,18 @@ def render_inspect(report: InspectReport, console: Console) -> None:
         console.print("\nNo chains found (see `weissi graph` and the unassigned tensors below).")
     for analysis in report.chains:
         console.print()
-        console.print(_chain_table(analysis, report.dtypes))
+        title, table = _chain_table(analysis, report.dtypes)
+        console.print(title)
+        console.print(table)
         console.print(_chain_totals(analysis))
     _print_unassigned(report.unassigned, console)
 
 
-def _chain_table(analysis: ChainAnalysis, dtypes: dict[str, str]) -> Table:
+def _table() -> Table:
+    return Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+
+
+def _chain_table(analysis: ChainAnalysis, dtypes: dict[str, str]) -> tuple[Text, Table]:
     chain = analysis.chain
     layer_dtypes = [dtypes[layer.layer.weight] for layer in analysis.layers]
     one_dtype = len(set(layer_dtypes)) == 1
@@ -93,15 +99,19 @@ def _chain_table(analysis: ChainAnalysis, dtypes: dict[str, str]) -> Table:
         f"{layer_dtypes[0]} · " if one_dtype else "",
         origin_label(chain.origin),
     )
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = _table()
     table.add_column("layer", overflow="fold")
     table.add_column("shape", no_wrap=True)
     if not one_dtype:
         table.add_column("dtype", no_wrap=True)
     table.add_column("‖W‖", justify="right")
+    if analysis.include_bias:
+        table.add_column("‖b‖", justify="right")
     table.add_column("share", justify="right", no_wrap=True)
     table.add_column("γ*", justify="right", no_wrap=True)
     table.add_column("after", justify="right", no_wrap=True)
+    if analysis.include_bias:
+        table.add_column("‖b‖ after", justify="right", no_wrap=True)
     table.add_column("", no_wrap=True, min_width=BAR_WIDTH)
     largest = max(layer.fro_norm for layer in analysis.layers)
     l2 = analysis.l2_penalty
@@ -112,12 +122,14 @@ def _chain_table(analysis: ChainAnalysis, dtypes: dict[str, str]) -> Table:
             "×".join(str(s) for s in layer.layer.shape),
             *([] if one_dtype else [dtypes[layer.layer.weight]]),
             number(layer.fro_norm),
+            *([number(layer.bias_norm)] if analysis.include_bias else []),
             share,
             number(layer.gamma),
             number(layer.rebalanced_norm),
+            *([number(layer.rebalanced_bias_norm)] if analysis.include_bias else []),
             Text(bar(layer.fro_norm, largest), style="cyan"),
         )
-    return table
+    return title, table
 
 
 def _chain_totals(analysis: ChainAnalysis) -> RenderableType:
@@ -152,12 +164,8 @@ def _print_unassigned(unassigned: Sequence[Unassigned], console: Console) -> Non
     if not unassigned:
         return
     console.print()
-    table = Table(
-        title=Text(f"Not in any chain ({len(unassigned)})", style="bold"),
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-    )
+    console.print(Text(f"Not in any chain ({len(unassigned)})", style="bold"))
+    table = _table()
     table.add_column("tensor")
     table.add_column("reason")
     for entry in unassigned[:UNASSIGNED_SHOWN]:
@@ -174,14 +182,12 @@ def render_rebalance(report: RebalanceReport, console: Console) -> None:
     console.print(source_line(report.source))
     for result in report.chains:
         console.print()
-        table = Table(
-            title=Text.assemble(
+        console.print(
+            Text.assemble(
                 (result.id, "bold"), f" · scales {result.scales} · ", origin_label(result.origin)
-            ),
-            title_justify="left",
-            box=box.SIMPLE_HEAD,
-            pad_edge=False,
+            )
         )
+        table = _table()
         table.add_column("layer")
         table.add_column("γ (weight)", justify="right")
         table.add_column("Π (bias)", justify="right")

@@ -18,6 +18,12 @@ ASSUMPTION = (
 )
 
 
+ORDER_ASSUMPTION = (
+    "safetensors files do not record the order of modules: layers were taken in natural name "
+    "order (net.2 before net.10); where that is not the forward order, pin it with a spec file"
+)
+
+
 def infer_structure(checkpoint: Checkpoint) -> Structure:
     """Consecutive layers whose shapes connect form a chain; anything else ends it."""
     unassigned: list[Unassigned] = []
@@ -97,7 +103,9 @@ def infer_structure(checkpoint: Checkpoint) -> Structure:
         )
         for index, (layers, chain_blocks, chain_notes) in enumerate(runs)
     )
-    assumptions = (ASSUMPTION,) if chains else ()
+    assumptions: tuple[str, ...] = (ASSUMPTION,) if chains else ()
+    if checkpoint.format.startswith("safetensors"):
+        assumptions += (ORDER_ASSUMPTION,)
     return Structure(chains, tuple(unassigned), "heuristic", assumptions)
 
 

@@ -1,0 +1,278 @@
+"""`rebalance_checkpoint`: structure found, weights changed as intended, function unchanged."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+from sklearn.datasets import load_digits
+
+from tests.helpers import mlp_forward, mlp_state, write_safetensors, write_torch
+from tests.strategies import layer_sizes
+from weissi_cli.api import inspect_checkpoint, rebalance_checkpoint
+from weissi_cli.errors import ConsentError, OutputError
+from weissi_cli.io import open_checkpoint
+
+DIGITS = torch.tensor(load_digits().data / 16.0)
+
+
+def cnn_forward(state: dict[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+    hidden = torch.relu(
+        torch.nn.functional.conv2d(
+            images, state["features.0.weight"], state["features.0.bias"], padding=1
+        )
+    )
+    hidden = torch.relu(
+        torch.nn.functional.conv2d(
+            hidden, state["features.2.weight"], state["features.2.bias"], padding=1
+        )
+    )
+    return torch.nn.functional.linear(
+        torch.flatten(hidden, 1), state["classifier.weight"], state["classifier.bias"]
+    )
+
+
+def test_trained_mlp_rebalances_to_equal_norms_with_the_same_function(
+    samples: Path, tmp_path: Path
+) -> None:
+    source = samples / "mlp_digits.safetensors"
+    output = tmp_path / "balanced.safetensors"
+    report = rebalance_checkpoint(source, output, assume_relu=True)
+    # structure found
+    assert [chain.layers for chain in report.chains] == [("net.0", "net.2", "net.4")]
+    assert report.chains[0].scales == "real"
+    # weights changed as intended: every layer norm equals G
+    mean = inspect_checkpoint(source).chains[0].geometric_mean
+    after = inspect_checkpoint(output).chains[0]
+    assert [layer.fro_norm for layer in after.layers] == pytest.approx([mean] * 3, rel=1e-5)
+    assert report.chains[0].l2_after == pytest.approx(report.chains[0].min_l2_penalty, rel=1e-5)
+    assert report.chains[0].weissi_after == pytest.approx(report.chains[0].weissi_before, rel=1e-5)
+    # function unchanged, to float32 rounding
+    before_state, after_state = load_file(str(source)), load_file(str(output))
+    inputs = DIGITS.to(torch.float32)
+    expected, actual = mlp_forward(before_state, inputs), mlp_forward(after_state, inputs)
+    assert torch.allclose(actual, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    assert torch.equal(actual.argmax(1), expected.argmax(1))
+    assert report.verification.passed and report.verification.method == "probe"
+    assert report.written
+
+
+def test_untouched_tensors_are_byte_identical(samples: Path, tmp_path: Path) -> None:
+    output = tmp_path / "balanced.safetensors"
+    rebalance_checkpoint(samples / "mlp_digits.safetensors", output, assume_relu=True)
+    with (
+        open_checkpoint(samples / "mlp_digits.safetensors") as before,
+        open_checkpoint(output) as after,
+    ):
+        # The last layer's bias scales by Π_L = 1: it must not be touched at all.
+        assert before.read_all("net.4.bias").tobytes() == after.read_all("net.4.bias").tobytes()
+        assert after.metadata["source"] == before.metadata["source"]
+        record = json.loads(after.metadata["weissi"])
+        assert set(record["scales"]) == {
+            "net.0.weight",
+            "net.0.bias",
+            "net.2.weight",
+            "net.2.bias",
+            "net.4.weight",
+        }
+
+
+def test_shifted_copy_rebalances_to_the_same_weights(samples: Path, tmp_path: Path) -> None:
+    rebalance_checkpoint(
+        samples / "mlp_digits.safetensors", tmp_path / "a.safetensors", assume_relu=True
+    )
+    rebalance_checkpoint(
+        samples / "mlp_digits_shifted.safetensors", tmp_path / "b.safetensors", assume_relu=True
+    )
+    first, second = (
+        load_file(str(tmp_path / "a.safetensors")),
+        load_file(str(tmp_path / "b.safetensors")),
+    )
+    for name, tensor in first.items():
+        assert torch.allclose(second[name], tensor, rtol=1e-6, atol=1e-7), name
+
+
+def test_bfloat16_rebalances_by_exact_powers_of_two_with_identical_outputs(
+    samples: Path, tmp_path: Path
+) -> None:
+    source = samples / "mlp_digits_bf16.safetensors"
+    output = tmp_path / "balanced.safetensors"
+    report = rebalance_checkpoint(source, output, assume_relu=True)
+    assert report.chains[0].scales == "pow2"
+    before_state, after_state = load_file(str(source)), load_file(str(output))
+    assert all(tensor.dtype == torch.bfloat16 for tensor in after_state.values())
+    factors = json.loads(open_checkpoint(output).metadata["weissi"])["scales"]
+    for name, tensor in before_state.items():
+        factor = factors.get(name, 1.0)
+        assert math.frexp(factor)[0] == 0.5  # a power of two
+        assert torch.equal(after_state[name].float(), tensor.float() * factor), name
+    inputs = DIGITS.to(torch.bfloat16)
+    assert torch.equal(mlp_forward(after_state, inputs), mlp_forward(before_state, inputs))
+    assert report.verification.chains[0].bit_identical
+
+
+def test_pow2_float32_gives_bit_identical_outputs(samples: Path, tmp_path: Path) -> None:
+    source = samples / "mlp_digits.safetensors"
+    output = tmp_path / "pow2.safetensors"
+    report = rebalance_checkpoint(source, output, assume_relu=True, scales="pow2")
+    inputs = DIGITS.to(torch.float32)
+    assert torch.equal(
+        mlp_forward(load_file(str(output)), inputs), mlp_forward(load_file(str(source)), inputs)
+    )
+    assert report.chains[0].l2_after < report.chains[0].l2_before
+    assert report.verification.max_abs_diff == 0.0
+
+
+def test_pickle_in_pickle_out_keeps_the_wrapper(samples: Path, tmp_path: Path) -> None:
+    output = tmp_path / "balanced.pt"
+    rebalance_checkpoint(samples / "mlp_digits_wrapped.pt", output, assume_relu=True)
+    before = torch.load(samples / "mlp_digits_wrapped.pt", weights_only=True)
+    after = torch.load(output, weights_only=True)
+    assert set(after) == set(before)
+    assert after["epoch"] == before["epoch"]
+    assert list(after["model_state"]) == list(before["model_state"])
+    assert after["model_state"]._metadata["weissi"]["source"] == "mlp_digits_wrapped.pt"
+    inputs = DIGITS.to(torch.float32)
+    expected = mlp_forward(before["model_state"], inputs)
+    assert torch.allclose(mlp_forward(after["model_state"], inputs), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_cnn_pickle_is_verified_structurally_and_keeps_its_function(
+    samples: Path, tmp_path: Path
+) -> None:
+    source = samples / "cnn_digits.pt"
+    output = tmp_path / "balanced.pt"
+    report = rebalance_checkpoint(source, output, assume_relu=True)
+    assert report.chains[0].layers == ("features.0", "features.2", "classifier")
+    assert report.verification.method == "structural" and report.verification.passed
+    before, after = torch.load(source, weights_only=True), torch.load(output, weights_only=True)
+    for name, gamma in zip(
+        ("features.0", "features.2", "classifier"), report.chains[0].gammas, strict=True
+    ):
+        assert torch.allclose(after[f"{name}.weight"], before[f"{name}.weight"] * gamma, rtol=1e-6)
+    images = DIGITS.to(torch.float32).reshape(-1, 1, 8, 8)
+    expected = cnn_forward(before, images)
+    assert torch.allclose(
+        cnn_forward(after, images), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max())
+    )
+
+
+def test_cnn_safetensors_with_a_spec_file(samples: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "cnn.toml"
+    spec.write_text('version = 1\n[[chain]]\nlayers = ["features.0", "features.2", "classifier"]\n')
+    output = tmp_path / "balanced.safetensors"
+    report = rebalance_checkpoint(samples / "cnn_digits.safetensors", output, spec=spec)
+    assert report.chains[0].origin == "spec"
+    images = DIGITS.to(torch.float32).reshape(-1, 1, 8, 8)
+    expected = cnn_forward(load_file(str(samples / "cnn_digits.safetensors")), images)
+    actual = cnn_forward(load_file(str(output)), images)
+    assert torch.allclose(actual, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_heuristic_structure_needs_consent_and_writes_nothing(
+    samples: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "balanced.safetensors"
+    with pytest.raises(ConsentError) as caught:
+        rebalance_checkpoint(samples / "mlp_digits.safetensors", output)
+    assert "--assume-relu" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_is_kept_without_force(samples: Path, tmp_path: Path) -> None:
+    output = tmp_path / "balanced.safetensors"
+    output.write_bytes(b"precious")
+    with pytest.raises(OutputError, match="already exists; pass --force"):
+        rebalance_checkpoint(samples / "mlp_digits.safetensors", output, assume_relu=True)
+    assert output.read_bytes() == b"precious"
+    rebalance_checkpoint(samples / "mlp_digits.safetensors", output, assume_relu=True, force=True)
+    assert output.read_bytes() != b"precious"
+
+
+def test_failed_verification_leaves_no_output(
+    samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import weissi_cli.rewrite as rewrite
+
+    real_encode = rewrite.encode
+    monkeypatch.setattr(rewrite, "encode", lambda values, dtype: real_encode(values * 1.001, dtype))
+    output = tmp_path / "balanced.safetensors"
+    report = rebalance_checkpoint(samples / "mlp_digits.safetensors", output, assume_relu=True)
+    assert not report.verification.passed
+    assert not report.written
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bias_aware_rebalance_reaches_the_bias_aware_optimum(samples: Path, tmp_path: Path) -> None:
+    output = tmp_path / "balanced.safetensors"
+    report = rebalance_checkpoint(
+        samples / "mlp_digits.safetensors", output, assume_relu=True, include_bias=True
+    )
+    chain = report.chains[0]
+    assert chain.l2_after == pytest.approx(chain.min_l2_penalty, rel=1e-5)
+    plain = inspect_checkpoint(samples / "mlp_digits.safetensors", include_bias=True).chains[0]
+    assert chain.min_l2_penalty == pytest.approx(plain.min_l2_penalty, rel=1e-12)
+    assert report.verification.passed
+
+
+@settings(max_examples=15)
+@given(
+    layer_sizes(),
+    st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+    st.integers(0, 1000),
+)
+def test_pow2_rebalance_of_random_mlps_is_bit_identical(
+    tmp_path_factory: pytest.TempPathFactory, sizes: tuple[int, ...], dtype: torch.dtype, seed: int
+) -> None:
+    folder = tmp_path_factory.mktemp("pow2")
+    state = mlp_state(sizes=sizes, seed=seed, dtype=torch.float64)
+    # Make the layers clearly imbalanced so the shift is not the identity.
+    for index, name in enumerate(name for name in state if name.endswith("weight")):
+        state[name] *= 3.0**index
+    state = OrderedDict((name, tensor.to(dtype)) for name, tensor in state.items())
+    source = write_safetensors(folder / "m.safetensors", state)
+    output = folder / "out.safetensors"
+    report = rebalance_checkpoint(source, output, assume_relu=True, scales="pow2")
+    inputs = torch.randn(16, sizes[0], generator=torch.Generator().manual_seed(seed)).to(dtype)
+    expected = mlp_forward(state, inputs)
+    assume(bool(torch.isfinite(expected).all()))  # bit-identity holds barring overflow
+    assert torch.equal(mlp_forward(load_file(str(output)), inputs), expected)
+    assert report.verification.passed
+    assert report.chains[0].l2_after <= report.chains[0].l2_before
+
+
+@settings(max_examples=15)
+@given(layer_sizes(), st.integers(0, 1000), st.booleans())
+def test_real_rebalance_of_random_mlps_reaches_the_optimum(
+    tmp_path_factory: pytest.TempPathFactory, sizes: tuple[int, ...], seed: int, include_bias: bool
+) -> None:
+    folder = tmp_path_factory.mktemp("real")
+    state = mlp_state(sizes=sizes, seed=seed, dtype=torch.float64)
+    source = write_torch(folder / "m.pt", state)
+    output = folder / "out.pt"
+    report = rebalance_checkpoint(
+        source, output, assume_relu=True, scales="real", include_bias=include_bias
+    )
+    chain = report.chains[0]
+    assert chain.l2_after == pytest.approx(chain.min_l2_penalty, rel=1e-9)
+    if not include_bias:
+        norms = [float(t.norm()) for n, t in state.items() if n.endswith("weight")]
+        assert chain.min_l2_penalty == pytest.approx(
+            len(norms) * math.prod(norms) ** (2 / len(norms)), rel=1e-9
+        )
+    inputs = torch.randn(
+        16, sizes[0], dtype=torch.float64, generator=torch.Generator().manual_seed(seed)
+    )
+    expected = mlp_forward(state, inputs)
+    actual = mlp_forward(torch.load(output, weights_only=True), inputs)
+    assert np.allclose(
+        actual.numpy(), expected.numpy(), rtol=1e-10, atol=1e-10 * float(expected.abs().max())
+    )

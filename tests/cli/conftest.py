@@ -1,0 +1,46 @@
+"""CLI test fixtures: a runner with a fixed width, and golden-file comparison."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from weissi_cli.cli.app import app
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+WIDTH = "100"
+
+
+@pytest.fixture
+def run() -> Callable[..., Result]:
+    runner = CliRunner(
+        env={"COLUMNS": WIDTH, "NO_COLOR": "1", "TERM": "dumb", "WEISSI_DEBUG": None}
+    )
+
+    def invoke(*args: str) -> Result:
+        return runner.invoke(app, list(args))
+
+    return invoke
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, samples: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder holding copies of the samples, made the current directory."""
+    for path in samples.iterdir():
+        if path.suffix in (".safetensors", ".pt"):
+            shutil.copy(path, tmp_path / path.name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def assert_golden(name: str, text: str) -> None:
+    """Compare with tests/cli/golden/<name>; WEISSI_UPDATE_GOLDEN=1 rewrites the file."""
+    path = GOLDEN / name
+    if os.environ.get("WEISSI_UPDATE_GOLDEN") == "1":
+        path.write_text(text)
+    assert text == path.read_text()

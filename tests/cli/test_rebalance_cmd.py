@@ -1,0 +1,161 @@
+"""`weissi rebalance` through the CLI: consent, outputs, JSON, and every refusal."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import Result
+
+from tests.cli.conftest import assert_golden
+
+
+def test_pow2_report_matches_golden(run: Callable[..., Result], workdir: Path) -> None:
+    result = run(
+        "rebalance", "mlp_digits_bf16.safetensors", "-o", "out.safetensors", "--assume-relu"
+    )
+    assert result.exit_code == 0
+    assert_golden("rebalance_mlp_digits_bf16.txt", result.stdout)
+    assert (workdir / "out.safetensors").is_file()
+
+
+def test_json_payload(run: Callable[..., Result], workdir: Path) -> None:
+    result = run(
+        "rebalance", "mlp_digits.safetensors", "-o", "out.safetensors", "--assume-relu", "--json"
+    )
+    assert result.exit_code == 0
+    payload = json.loads(result.stdout)
+    assert payload["schema"] == "weissi.rebalance/1"
+    assert payload["output"] == {
+        "path": "out.safetensors",
+        "format": "safetensors",
+        "written": True,
+    }
+    assert payload["settings"] == {"scales": "auto", "granularity": "layer", "include_bias": False}
+    chain = payload["chains"][0]
+    assert set(chain) >= {
+        "id",
+        "gammas",
+        "l2_before",
+        "l2_after",
+        "min_l2_penalty",
+        "weissi_before",
+        "weissi_after",
+    }
+    assert chain["l2_after"] == pytest.approx(chain["min_l2_penalty"], rel=1e-5)
+    assert set(payload["verification"]) >= {
+        "method",
+        "passed",
+        "max_abs_diff",
+        "max_rel_diff",
+        "probes",
+    }
+    assert payload["verification"]["passed"] is True
+
+
+def test_heuristic_structure_needs_consent(run: Callable[..., Result], workdir: Path) -> None:
+    result = run("rebalance", "mlp_digits.safetensors", "-o", "out.safetensors")
+    assert result.exit_code == 2
+    assert (
+        "weissi rebalance mlp_digits.safetensors -o out.safetensors --assume-relu" in result.stderr
+    )
+    assert not (workdir / "out.safetensors").exists()
+
+
+def test_spec_gives_consent(run: Callable[..., Result], workdir: Path) -> None:
+    (workdir / "spec.toml").write_text(run("graph", "mlp_digits.pt", "--emit-spec").stdout)
+    result = run("rebalance", "mlp_digits.pt", "-o", "out.pt", "--spec", "spec.toml")
+    assert result.exit_code == 0
+    assert (workdir / "out.pt").is_file()
+
+
+def test_existing_output_is_not_overwritten(run: Callable[..., Result], workdir: Path) -> None:
+    (workdir / "out.safetensors").write_bytes(b"keep me")
+    result = run("rebalance", "mlp_digits.safetensors", "-o", "out.safetensors", "--assume-relu")
+    assert result.exit_code == 2
+    assert "out.safetensors: already exists; pass --force" in result.stderr
+    assert (workdir / "out.safetensors").read_bytes() == b"keep me"
+    forced = run(
+        "rebalance", "mlp_digits.safetensors", "-o", "out.safetensors", "--assume-relu", "--force"
+    )
+    assert forced.exit_code == 0
+
+
+def test_output_equal_to_input_is_refused(run: Callable[..., Result], workdir: Path) -> None:
+    before = (workdir / "mlp_digits.safetensors").read_bytes()
+    result = run(
+        "rebalance",
+        "mlp_digits.safetensors",
+        "-o",
+        "./mlp_digits.safetensors",
+        "--assume-relu",
+        "--force",
+    )
+    assert result.exit_code == 2
+    assert "is the input checkpoint" in result.stderr
+    assert (workdir / "mlp_digits.safetensors").read_bytes() == before
+
+
+def test_output_format_must_match(run: Callable[..., Result], workdir: Path) -> None:
+    result = run("rebalance", "mlp_digits.safetensors", "-o", "out.pt", "--assume-relu")
+    assert result.exit_code == 2
+    assert "name the output *.safetensors" in result.stderr
+    assert not (workdir / "out.pt").exists()
+
+
+def test_unknown_scales_mode(run: Callable[..., Result], workdir: Path) -> None:
+    result = run("rebalance", "mlp_digits.pt", "-o", "out.pt", "--assume-relu", "--scales", "fast")
+    assert result.exit_code == 2
+    assert "--scales must be one of auto, real, pow2" in result.stderr
+
+
+def test_truncated_input_leaves_no_output(run: Callable[..., Result], workdir: Path) -> None:
+    data = (workdir / "mlp_digits.pt").read_bytes()
+    (workdir / "cut.pt").write_bytes(data[: len(data) // 2])
+    result = run("rebalance", "cut.pt", "-o", "out.pt", "--assume-relu")
+    assert result.exit_code == 2
+    assert "cut.pt: not a readable torch checkpoint" in result.stderr
+    assert sorted(p.name for p in workdir.iterdir() if p.name.startswith(("out", ".out"))) == []
+
+
+def test_unknown_spec_layer_leaves_no_output(run: Callable[..., Result], workdir: Path) -> None:
+    (workdir / "spec.toml").write_text('version = 1\n[[chain]]\nlayers = ["net.0", "net.22"]\n')
+    result = run("rebalance", "mlp_digits.pt", "-o", "out.pt", "--spec", "spec.toml")
+    assert result.exit_code == 2
+    assert "unknown layer 'net.22'" in result.stderr
+    assert not (workdir / "out.pt").exists()
+
+
+def test_failed_verification_exits_1(
+    run: Callable[..., Result], workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import weissi_cli.rewrite as rewrite
+
+    real_encode = rewrite.encode
+    monkeypatch.setattr(rewrite, "encode", lambda values, dtype: real_encode(values * 1.01, dtype))
+    result = run(
+        "rebalance", "mlp_digits.safetensors", "-o", "out.safetensors", "--assume-relu", "--json"
+    )
+    assert result.exit_code == 1
+    payload = json.loads(result.stdout)
+    assert payload["verification"]["passed"] is False
+    assert payload["output"]["written"] is False
+    assert "verification failed: out.safetensors was not written" in result.stderr
+    assert not (workdir / "out.safetensors").exists()
+    assert [p.name for p in workdir.iterdir() if p.name.startswith(".")] == []
+
+
+def test_python_dash_m_entry_point(workdir: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "weissi_cli", "graph", "mlp_digits.pt", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["schema"] == "weissi.graph/1"

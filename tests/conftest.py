@@ -1,0 +1,33 @@
+"""Test-wide settings: one torch thread, a derandomised hypothesis profile, shared fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "weissi",
+    deadline=None,
+    derandomize=True,
+    max_examples=60,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "weissi"))
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_checkpoints"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> None:
+    # On 2 cores torch's default threading makes tiny models ~30x slower.
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def samples() -> Path:
+    return SAMPLES

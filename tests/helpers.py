@@ -1,0 +1,115 @@
+"""Builders for small checkpoints in every format, and a reference forward pass."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+
+def mlp_state(
+    sizes: tuple[int, ...] = (6, 5, 4, 3),
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    bias: bool = True,
+    prefix: str = "net",
+    step: int = 2,
+) -> OrderedDict[str, torch.Tensor]:
+    """A random ReLU MLP state dict with names `<prefix>.0`, `<prefix>.2`, ..."""
+    generator = torch.Generator().manual_seed(seed)
+    state: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for index, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
+        name = f"{prefix}.{index * step}"
+        state[f"{name}.weight"] = torch.randn(
+            fan_out, fan_in, generator=generator, dtype=torch.float64
+        ).to(dtype)
+        if bias:
+            state[f"{name}.bias"] = torch.randn(
+                fan_out, generator=generator, dtype=torch.float64
+            ).to(dtype)
+    return state
+
+
+def mlp_forward(
+    state: dict[str, torch.Tensor], inputs: torch.Tensor, prefix: str = "net"
+) -> torch.Tensor:
+    """ReLU between consecutive layers, in the state dict's order, no activation at the end."""
+    layers = sorted(
+        {name.rsplit(".", 1)[0] for name in state if name.startswith(prefix + ".")},
+        key=lambda p: int(p.rsplit(".", 1)[1]),
+    )
+    hidden = inputs
+    for index, layer in enumerate(layers):
+        hidden = hidden @ state[f"{layer}.weight"].T
+        if f"{layer}.bias" in state:
+            hidden = hidden + state[f"{layer}.bias"]
+        if index < len(layers) - 1:
+            hidden = torch.relu(hidden)
+    return hidden
+
+
+def write_safetensors(
+    path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> Path:
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata=metadata)
+    return path
+
+
+def write_torch(path: Path, state: object, legacy: bool = False) -> Path:
+    torch.save(state, path, _use_new_zipfile_serialization=not legacy)
+    return path
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def as_numpy64(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().to(torch.float64).numpy()
+
+
+def write_raw_safetensors(
+    path: Path, header: object, data: bytes = b"", header_length: int | None = None
+) -> Path:
+    """A safetensors file written byte by byte: 8-byte length, JSON header, data (no checks).
+
+    `header` is JSON-encoded unless it is already `bytes`; `header_length` overrides the
+    declared length (to build corrupt files).
+    """
+    import json
+
+    raw_header = header if isinstance(header, bytes) else json.dumps(header).encode("utf-8")
+    declared = len(raw_header) if header_length is None else header_length
+    path.write_bytes(declared.to_bytes(8, "little") + raw_header + data)
+    return path
+
+
+def write_sharded(
+    folder: Path,
+    shards: dict[str, dict[str, torch.Tensor]],
+    index_name: str = "model.safetensors.index.json",
+    weight_map: dict[str, str] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Shards named by `shards`' keys plus an index (by default mapping each tensor to its shard)."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for shard_name, state in shards.items():
+        write_safetensors(folder / shard_name, state, metadata=metadata)
+    if weight_map is None:
+        weight_map = {name: shard for shard, state in shards.items() for name in state}
+    index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
+    index_path = folder / index_name
+    index_path.write_text(json.dumps(index, indent=2), encoding="utf-8")
+    return index_path

@@ -1,0 +1,172 @@
+"""The name/shape heuristic: which layers form chains, and why the rest is left out."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+from tests.helpers import mlp_state, write_safetensors, write_torch
+from weissi_cli.io import open_checkpoint
+from weissi_cli.ir import Structure
+from weissi_cli.structure import discover
+
+
+def structure_of(path: Path) -> Structure:
+    with open_checkpoint(path) as checkpoint:
+        return discover(checkpoint)
+
+
+def prefixes(structure: Structure) -> list[list[str]]:
+    return [[layer.prefix for layer in chain.layers] for chain in structure.chains]
+
+
+def reasons(structure: Structure) -> dict[str, str]:
+    return {entry.name: entry.reason for entry in structure.unassigned}
+
+
+def test_safetensors_layers_follow_natural_name_order(tmp_path: Path) -> None:
+    state = mlp_state(sizes=(3,) * 13, step=1)  # net.0 ... net.11: plain sorting puts net.10 first
+    structure = structure_of(write_safetensors(tmp_path / "m.safetensors", state))
+    assert prefixes(structure) == [[f"net.{i}" for i in range(12)]]
+    assert structure.origin == "heuristic"
+    assert structure.chains[0].is_assumed
+    assert structure.unassigned == ()
+
+
+def test_pickle_layers_follow_state_dict_order(tmp_path: Path) -> None:
+    state = OrderedDict()
+    state["head.weight"] = torch.randn(4, 5)
+    state["body.weight"] = torch.randn(3, 4)  # alphabetically first, but second in the file
+    structure = structure_of(write_torch(tmp_path / "m.pt", state))
+    assert prefixes(structure) == [["head", "body"]]
+
+
+def test_chain_breaks_where_shapes_do_not_connect(tmp_path: Path) -> None:
+    state = OrderedDict()
+    state["a.weight"] = torch.randn(4, 3)
+    state["b.weight"] = torch.randn(5, 4)
+    state["c.weight"] = torch.randn(2, 7)  # takes 7 inputs, b gives 5
+    state["d.weight"] = torch.randn(3, 2)
+    structure = structure_of(write_torch(tmp_path / "m.pt", state))
+    assert prefixes(structure) == [["a", "b"], ["c", "d"]]
+    assert [chain.id for chain in structure.chains] == ["chain0", "chain1"]
+
+
+def test_single_layer_is_unassigned_with_the_reason(tmp_path: Path) -> None:
+    state = OrderedDict()
+    state["a.weight"] = torch.randn(4, 3)
+    state["a.bias"] = torch.randn(4)
+    state["b.weight"] = torch.randn(2, 9)
+    structure = structure_of(write_torch(tmp_path / "m.pt", state))
+    assert structure.chains == ()
+    assert reasons(structure)["a.weight"].startswith(
+        "single layer: a outputs 4 channels but b takes 9"
+    )
+    assert reasons(structure)["a.bias"] == reasons(structure)["a.weight"]
+    assert reasons(structure)["b.weight"].startswith("single layer")
+
+
+def test_batch_norm_ends_a_chain(tmp_path: Path) -> None:
+    state = OrderedDict()
+    state["conv1.weight"] = torch.randn(8, 3, 3, 3)
+    state["bn1.weight"] = torch.randn(8)
+    state["bn1.bias"] = torch.randn(8)
+    state["bn1.running_mean"] = torch.randn(8)
+    state["bn1.running_var"] = torch.rand(8)
+    state["bn1.num_batches_tracked"] = torch.tensor(3)
+    state["conv2.weight"] = torch.randn(8, 8, 3, 3)
+    state["conv3.weight"] = torch.randn(4, 8, 3, 3)
+    structure = structure_of(write_torch(tmp_path / "m.pt", state))
+    assert prefixes(structure) == [["conv2", "conv3"]]
+    why = reasons(structure)
+    assert why["bn1.running_var"] == "normalisation layer bn1: ends a chain"
+    assert why["bn1.num_batches_tracked"] == "int64 tensor: skipped"
+    assert why["conv1.weight"].startswith("single layer: normalisation layer bn1")
+
+
+def test_layer_norm_recognised_by_name(tmp_path: Path) -> None:
+    state = OrderedDict()
+    state["fc1.weight"] = torch.randn(4, 4)
+    state["LayerNorm.weight"] = torch.randn(4)
+    state["fc2.weight"] = torch.randn(4, 4)
+    state["ln_f.weight"] = torch.randn(4)
+    state["fc3.weight"] = torch.randn(4, 4)
+    state["fc4.weight"] = torch.randn(4, 4)
+    structure = structure_of(write_torch(tmp_path / "m.pt", state))
+    assert prefixes(structure) == [["fc3", "fc4"]]
+    assert reasons(structure)["ln_f.weight"] == "normalisation layer ln_f: ends a chain"
+
+
+def test_unknown_one_dimensional_module_ends_a_chain(tmp_path: Path) -> None:
+    state = OrderedDict()
+    state["fc1.weight"] = torch.randn(4, 4)
+    state["act.weight"] = torch.randn(4)  # a PReLU, say
+    state["fc2.weight"] = torch.randn(4, 4)
+    structure = structure_of(write_torch(tmp_path / "m.pt", state))
+    assert structure.chains == ()
+    assert "not a linear or conv layer" in reasons(structure)["act.weight"]
+
+
+def test_conv_flattened_into_linear_gets_a_block(tmp_path: Path) -> None:
+    state = OrderedDict()
+    state["features.0.weight"] = torch.randn(8, 1, 3, 3)
+    state["features.2.weight"] = torch.randn(16, 8, 3, 3)
+    state["classifier.weight"] = torch.randn(10, 16 * 64)
+    structure = structure_of(write_torch(tmp_path / "m.pt", state))
+    chain = structure.chains[0]
+    assert prefixes(structure) == [["features.0", "features.2", "classifier"]]
+    assert chain.blocks == (1, 64)
+    consumer = chain.symmetries()[1].members[-1]
+    assert (consumer.tensor, consumer.axis, consumer.exponent, consumer.block) == (
+        "classifier.weight",
+        1,
+        -1,
+        64,
+    )
+    assert "64 inputs per channel" in chain.notes[0]
+
+
+def test_linear_cannot_feed_a_conv_through_a_block(tmp_path: Path) -> None:
+    state = OrderedDict()
+    state["fc.weight"] = torch.randn(8, 4)
+    state["conv.weight"] = torch.randn(
+        4, 2, 3, 3
+    )  # takes 2 channels; 8 is a multiple, but not a flatten
+    structure = structure_of(write_torch(tmp_path / "m.pt", state))
+    assert structure.chains == ()
+
+
+def test_wrong_bias_shape_excludes_the_layer(tmp_path: Path) -> None:
+    state = OrderedDict()
+    state["a.weight"] = torch.randn(4, 3)
+    state["b.weight"] = torch.randn(4, 4)
+    state["b.bias"] = torch.randn(3)
+    state["c.weight"] = torch.randn(2, 4)
+    structure = structure_of(write_torch(tmp_path / "m.pt", state))
+    assert structure.chains == ()
+    assert "b.bias has shape (3,), not (4,)" in reasons(structure)["b.bias"]
+
+
+def test_tied_weights_are_not_rescaled(tmp_path: Path) -> None:
+    shared = torch.randn(4, 4)
+    state = OrderedDict()
+    state["embed.weight"] = shared
+    state["fc.weight"] = torch.randn(4, 4)
+    state["head.weight"] = shared
+    structure = structure_of(write_torch(tmp_path / "m.pt", state))
+    assert structure.chains == ()
+    assert "shares memory with head.weight" in reasons(structure)["embed.weight"]
+
+
+def test_symmetries_of_a_chain_follow_the_ir(tmp_path: Path) -> None:
+    structure = structure_of(write_torch(tmp_path / "m.pt", mlp_state(sizes=(3, 4, 5))))
+    (symmetry,) = structure.chains[0].symmetries()
+    assert symmetry.size == 4
+    assert [(m.tensor, m.axis, m.exponent, m.block) for m in symmetry.members] == [
+        ("net.0.weight", 0, 1, 1),
+        ("net.0.bias", 0, 1, 1),
+        ("net.2.weight", 1, -1, 1),
+    ]
+    assert symmetry.origin == "heuristic"

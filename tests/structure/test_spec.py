@@ -1,0 +1,132 @@
+"""Spec files: strict reading, clear errors, and emit -> read round trips."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import mlp_state, write_safetensors, write_torch
+from weissi_cli.errors import InputError, StructureError
+from weissi_cli.io import open_checkpoint
+from weissi_cli.ir import Structure
+from weissi_cli.structure import discover, emit_spec
+
+
+@pytest.fixture
+def mlp_file(tmp_path: Path) -> Path:
+    return write_safetensors(tmp_path / "mlp.safetensors", mlp_state(sizes=(6, 5, 4, 3)))
+
+
+def spec_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "spec.toml"
+    path.write_text(text)
+    return path
+
+
+def from_spec(checkpoint_path: Path, spec: Path) -> Structure:
+    with open_checkpoint(checkpoint_path) as checkpoint:
+        return discover(checkpoint, spec)
+
+
+def test_spec_chain_is_taken_as_declared(tmp_path: Path, mlp_file: Path) -> None:
+    spec = spec_file(
+        tmp_path, 'version = 1\n[[chain]]\nactivation = "leaky_relu"\nlayers = ["net.2", "net.4"]\n'
+    )
+    structure = from_spec(mlp_file, spec)
+    (chain,) = structure.chains
+    assert [layer.prefix for layer in chain.layers] == ["net.2", "net.4"]
+    assert chain.origin == "spec"
+    assert chain.activation == "leaky_relu"
+    assert not structure.is_assumed
+    assert {entry.name: entry.reason for entry in structure.unassigned} == {
+        "net.0.bias": "not in the spec file",
+        "net.0.weight": "not in the spec file",
+    }
+
+
+def test_emitted_spec_reads_back_as_the_same_chains(tmp_path: Path, mlp_file: Path) -> None:
+    with open_checkpoint(mlp_file) as checkpoint:
+        inferred = discover(checkpoint)
+    spec = spec_file(tmp_path, emit_spec(inferred, "mlp.safetensors"))
+    pinned = from_spec(mlp_file, spec)
+    assert [(c.id, c.activation, c.layers, c.blocks) for c in pinned.chains] == [
+        (c.id, c.activation, c.layers, c.blocks) for c in inferred.chains
+    ]
+    assert [c.origin for c in pinned.chains] == ["spec"]
+
+
+def test_emitted_spec_of_a_conv_chain_round_trips(tmp_path: Path) -> None:
+    state = OrderedDict()
+    state["features.0.weight"] = torch.randn(8, 1, 3, 3)
+    state["features.0.bias"] = torch.randn(8)
+    state["classifier.weight"] = torch.randn(10, 8 * 4)
+    path = write_torch(tmp_path / "cnn.pt", state)
+    with open_checkpoint(path) as checkpoint:
+        inferred = discover(checkpoint)
+    text = emit_spec(inferred, "cnn.pt")
+    assert "# features.0 (8 channels) is flattened into classifier (32 inputs)" in text
+    pinned = from_spec(path, spec_file(tmp_path, text))
+    assert pinned.chains[0].blocks == (4,)
+    assert pinned.chains[0].symmetries()[0].members == inferred.chains[0].symmetries()[0].members
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[[chain]]\nlayers = ["net.0", "net.2"]\n', "`version = 1` is required"),
+        ('version = 2\n[[chain]]\nlayers = ["net.0", "net.2"]\n', "`version = 1` is required"),
+        ("version = 1\n", "declares no [[chain]] tables"),
+        ('version = 1\nextra = 3\n[[chain]]\nlayers = ["net.0"]\n', "unknown key(s) extra"),
+        ('version = 1\n[[chain]]\nlayer = ["net.0"]\n', "unknown key(s) layer"),
+        (
+            'version = 1\n[[chain]]\nactivation = "gelu"\nlayers = ["net.0", "net.2"]\n',
+            "'gelu' is not positively homogeneous",
+        ),
+        ("version = 1\n[[chain]]\nlayers = []\n", "`layers` must be a non-empty list"),
+        ('version = 1\n[[chain\nlayers = ["net.0"]\n', "not valid TOML"),
+    ],
+)
+def test_malformed_spec_is_refused(tmp_path: Path, mlp_file: Path, text: str, message: str) -> None:
+    with pytest.raises(InputError) as caught:
+        from_spec(mlp_file, spec_file(tmp_path, text))
+    assert message in str(caught.value)
+    assert str(tmp_path / "spec.toml") in str(caught.value)
+
+
+def test_unknown_layer_is_refused_with_a_suggestion(tmp_path: Path, mlp_file: Path) -> None:
+    spec = spec_file(tmp_path, 'version = 1\n[[chain]]\nlayers = ["net.0", "net.3"]\n')
+    with pytest.raises(StructureError) as caught:
+        from_spec(mlp_file, spec)
+    assert "unknown layer 'net.3': the checkpoint has no tensor 'net.3.weight'" in str(caught.value)
+    assert "did you mean" in str(caught.value)
+    assert caught.value.exit_code == 2
+
+
+def test_layers_that_do_not_connect_are_refused(tmp_path: Path, mlp_file: Path) -> None:
+    spec = spec_file(tmp_path, 'version = 1\n[[chain]]\nlayers = ["net.0", "net.4"]\n')
+    with pytest.raises(StructureError) as caught:
+        from_spec(mlp_file, spec)
+    assert "net.0 outputs 5 channels but net.4 takes 4 inputs" in str(caught.value)
+
+
+def test_a_layer_in_two_chains_is_refused(tmp_path: Path, mlp_file: Path) -> None:
+    text = 'version = 1\n[[chain]]\nlayers = ["net.0", "net.2"]\n[[chain]]\nlayers = ["net.2", "net.4"]\n'
+    with pytest.raises(StructureError) as caught:
+        from_spec(mlp_file, spec_file(tmp_path, text))
+    assert "layer 'net.2' is in both chain0 and chain1" in str(caught.value)
+
+
+def test_missing_spec_file_is_an_input_error(tmp_path: Path, mlp_file: Path) -> None:
+    with pytest.raises(InputError, match="spec file not found"):
+        from_spec(mlp_file, tmp_path / "absent.toml")
+
+
+def test_one_layer_chain_is_accepted_with_a_note(tmp_path: Path, mlp_file: Path) -> None:
+    structure = from_spec(
+        mlp_file, spec_file(tmp_path, 'version = 1\n[[chain]]\nlayers = ["net.4"]\n')
+    )
+    assert structure.chains[0].notes == ("a chain of one layer (net.4) has no scale symmetry",)
+    assert structure.chains[0].symmetries() == ()
