@@ -178,7 +178,8 @@ def test_zero_layer_is_degenerate_without_nan(tmp_path: Path) -> None:
     state["net.2.weight"].zero_()
     report = inspect_checkpoint(write_torch(tmp_path / "m.pt", state))
     (chain,) = report.chains
-    assert chain.problem is not None and "net.2.weight is all zeros" in chain.problem
+    assert chain.problem is not None
+    assert "net.2.weight is all zeros" in chain.problem
     text = to_json(report.to_dict())  # allow_nan=False: raises on NaN or Inf
     payload = json.loads(text)
     assert payload["chains"][0]["weissi_penalty"] is None

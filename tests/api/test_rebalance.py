@@ -61,7 +61,8 @@ def test_trained_mlp_rebalances_to_equal_norms_with_the_same_function(
     expected, actual = mlp_forward(before_state, inputs), mlp_forward(after_state, inputs)
     assert torch.allclose(actual, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
     assert torch.equal(actual.argmax(1), expected.argmax(1))
-    assert report.verification.passed and report.verification.method == "probe"
+    assert report.verification.passed
+    assert report.verification.method == "probe"
     assert report.written
 
 
@@ -152,7 +153,8 @@ def test_cnn_pickle_is_verified_structurally_and_keeps_its_function(
     output = tmp_path / "balanced.pt"
     report = rebalance_checkpoint(source, output, assume_relu=True)
     assert report.chains[0].layers == ("features.0", "features.2", "classifier")
-    assert report.verification.method == "structural" and report.verification.passed
+    assert report.verification.method == "structural"
+    assert report.verification.passed
     before, after = torch.load(source, weights_only=True), torch.load(output, weights_only=True)
     for name, gamma in zip(
         ("features.0", "features.2", "classifier"), report.chains[0].gammas, strict=True

@@ -113,7 +113,10 @@ def test_layers_that_do_not_connect_are_refused(tmp_path: Path, mlp_file: Path) 
 
 
 def test_a_layer_in_two_chains_is_refused(tmp_path: Path, mlp_file: Path) -> None:
-    text = 'version = 1\n[[chain]]\nlayers = ["net.0", "net.2"]\n[[chain]]\nlayers = ["net.2", "net.4"]\n'
+    text = (
+        'version = 1\n[[chain]]\nlayers = ["net.0", "net.2"]\n'
+        '[[chain]]\nlayers = ["net.2", "net.4"]\n'
+    )
     with pytest.raises(StructureError) as caught:
         from_spec(mlp_file, spec_file(tmp_path, text))
     assert "layer 'net.2' is in both chain0 and chain1" in str(caught.value)
