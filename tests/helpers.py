@@ -101,7 +101,7 @@ def write_sharded(
     weight_map: dict[str, str] | None = None,
     metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Shards named by `shards`' keys plus an index (by default mapping each tensor to its shard)."""
+    """Shards named by the keys of `shards`, and an index mapping each tensor to its shard."""
     import json
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -110,6 +110,15 @@ def write_rescaled(
     checkpoint: Checkpoint, factors: Mapping[str, float], output: Path, record: Mapping[str, Any]
 ) -> PendingOutput:
     """Write `checkpoint` with each named tensor multiplied by its factor, pending commit."""
+    for name in factors:
+        if name not in checkpoint:
+            raise ValueError(f"no tensor {name!r} to scale in {checkpoint.path}")
+        tied = checkpoint.shared_storage(name)
+        if tied and any(factors.get(other) != factors[name] for other in tied):
+            raise UsageError(
+                f"{checkpoint.path}: {name} shares memory with {', '.join(tied)}; they cannot take "
+                "different scales"
+            )
     try:
         if isinstance(checkpoint, SafetensorsCheckpoint):
             return _write_single(checkpoint, factors, output, record)
@@ -178,7 +187,7 @@ def _write_sharded(
             )
             pending.moves.append((staging / shard_name, output / shard_name))
         index = json.loads(checkpoint.path.read_text(encoding="utf-8"))
-        index.setdefault("metadata", {})["weissi"] = record
+        index["metadata"] = {**(index.get("metadata") or {}), "weissi": record}
         _write_file(staging / checkpoint.path.name, (json.dumps(index, indent=2) + "\n").encode())
         pending.moves.append((staging / checkpoint.path.name, output / checkpoint.path.name))
     except BaseException:

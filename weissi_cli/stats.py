@@ -97,6 +97,7 @@ class _Worker:
         return _reduce_float64(values.astype(np.float64))
 
 
+@np.errstate(over="ignore", under="ignore")
 def _reduce_float64(values: npt.NDArray[np.float64]) -> _Partial:
     finite = np.isfinite(values)
     nonfinite = int(values.size - np.count_nonzero(finite))

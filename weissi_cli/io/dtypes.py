@@ -55,12 +55,23 @@ UNIT_ROUNDOFF: dict[str, float] = {
     "bfloat16": 2.0**-8,
 }
 
-# numpy dtype that holds the raw bits of each supported float dtype.
+# numpy dtype that holds the raw bits of each dtype (bfloat16 and float8 as unsigned ints).
 _RAW_NUMPY: dict[str, type[np.generic]] = {
     "float64": np.float64,
     "float32": np.float32,
     "float16": np.float16,
     "bfloat16": np.uint16,
+    "float8_e4m3fn": np.uint8,
+    "float8_e5m2": np.uint8,
+    "int64": np.int64,
+    "int32": np.int32,
+    "int16": np.int16,
+    "int8": np.int8,
+    "uint64": np.uint64,
+    "uint32": np.uint32,
+    "uint16": np.uint16,
+    "uint8": np.uint8,
+    "bool": np.bool_,
 }
 
 
@@ -113,8 +124,10 @@ def encode(values: npt.NDArray[np.float64], dtype: str) -> npt.NDArray[np.generi
     if dtype == "float64":
         return values
     if dtype in ("float32", "float16"):
-        # numpy converts double to float and to half directly, correctly rounded.
-        return values.astype(_RAW_NUMPY[dtype])
+        # numpy converts double to float and to half directly, correctly rounded; values
+        # beyond the range become ±inf, which verification then reports.
+        with np.errstate(over="ignore"):
+            return values.astype(_RAW_NUMPY[dtype])
     if dtype == "bfloat16":
         return _float64_to_bfloat16_bits(values)
     raise ValueError(f"cannot encode dtype {dtype}")

@@ -192,6 +192,8 @@ class SafetensorsCheckpoint(Checkpoint):
         self, name: str, start: int, count: int, buffer: bytearray | None = None
     ) -> npt.NDArray[np.generic]:
         entry = self._entries[name]
+        if start < 0 or count < 0 or start + count > entry.info.numel:
+            raise ValueError(f"elements {start}:{start + count} are outside tensor {name!r}")
         dtype = raw_numpy_dtype(entry.info.dtype)
         nbytes = count * dtype.itemsize
         target = bytearray(nbytes) if buffer is None else buffer

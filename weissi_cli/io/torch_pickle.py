@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -80,22 +81,27 @@ def load_weights_only(path: Path, mmap: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
-        text = str(error)
-        if "weights_only" in text or "Weights only load failed" in text:
-            offending = _offending_global(text)
+        offending = _offending_global(str(error))
+        if offending is not None:
             raise UnsafePickleError(
-                f"{path}: refused to load: the pickle holds Python objects beyond tensors and "
-                f"plain containers{offending}, which could run code. Nothing in it was run. "
-                "If you trust the file, re-save just the weights: "
-                "torch.save(torch.load(path, weights_only=False)['<key>'] or model.state_dict(), "
-                "'weights.pt') - or export them with safetensors."
+                f"{path}: refused to load: the pickle references {offending}, not just tensors "
+                "and plain containers, and loading it could run code; nothing in it was run. If "
+                "you trust where it came from, re-save only the weights (torch.save(model."
+                "state_dict(), 'weights.pt')) or convert them to safetensors."
             ) from None
-        raise InputError(f"{path}: not a readable torch checkpoint ({_first_line(text)})") from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError) as error:
-        raise InputError(
-            f"{path}: not a readable torch checkpoint; it may be truncated or corrupt "
-            f"({_first_line(str(error)) or type(error).__name__})"
-        ) from None
+        raise _unreadable(path, error) from None
+    except Exception as error:  # torch's unpicklers raise many types on garbage input
+        raise _unreadable(path, error) from None
+
+
+def _unreadable(path: Path, error: BaseException) -> InputError:
+    detail = _first_line(str(error).removeprefix("Weights only load failed."))
+    if len(detail) < 12:
+        detail = f"{type(error).__name__}: {detail}" if detail else type(error).__name__
+    return InputError(
+        f"{path}: not a readable torch checkpoint; it may be truncated, corrupt, or not a torch "
+        f"file (torch says: {detail})"
+    )
 
 
 def find_state_dict(path: Path, root: Any) -> tuple[str | None, Mapping[str, Any]]:
@@ -139,12 +145,10 @@ def _shared_storage_groups(tensors: Mapping[str, torch.Tensor]) -> dict[str, tup
     return shared
 
 
-def _offending_global(text: str) -> str:
-    marker = "Unsupported global: GLOBAL "
-    if marker in text:
-        name = text.split(marker, 1)[1].split()[0].rstrip(".,")
-        return f" (it references {name})"
-    return ""
+def _offending_global(text: str) -> str | None:
+    """The global a weights-only load refused (`module.name`), if that was the refusal."""
+    match = re.search(r"GLOBAL ([\w.]+)", text)
+    return match.group(1).rstrip(".") if match else None
 
 
 def _first_line(text: str) -> str:
