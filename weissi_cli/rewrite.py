@@ -11,18 +11,21 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import shutil
+import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from weissi_cli.errors import OutputError, UsageError
-from weissi_cli.io import TORCH_SUFFIXES, Checkpoint
+from weissi_cli.io import TORCH_SUFFIXES, Checkpoint, TensorInfo
 from weissi_cli.io.dtypes import decode, encode, raw_numpy_dtype
 from weissi_cli.io.safetensors_file import SafetensorsCheckpoint
 from weissi_cli.io.sharded import ShardedCheckpoint
@@ -217,25 +220,33 @@ def write_safetensors_copy(
     descriptor = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         os.write(descriptor, len(header_bytes).to_bytes(8, "little") + header_bytes)
-        pending_copy: list[int] = []  # [begin, end) of untouched bytes not yet copied
+        copies: list[list[int]] = []  # [begin, end) spans of untouched bytes
+        tasks: list[_ScaleTask] = []
         for entry in sorted(entries, key=lambda e: e.begin):
-            if entry.info.name not in factors:
-                if pending_copy and pending_copy[1] == entry.begin:
-                    pending_copy[1] = entry.end
-                else:
-                    _flush_copy(source, descriptor, pending_copy, new_start)
-                    pending_copy = [entry.begin, entry.end]
-                continue
-            _flush_copy(source, descriptor, pending_copy, new_start)
-            pending_copy = []
-            _write_scaled_tensor(
-                source,
-                entry.info.name,
-                factors[entry.info.name],
-                descriptor,
-                new_start + entry.begin,
-            )
-        _flush_copy(source, descriptor, pending_copy, new_start)
+            name = entry.info.name
+            if name in factors:
+                tasks += _scale_tasks(entry.info, factors[name], new_start + entry.begin)
+            elif copies and copies[-1][1] == entry.begin:
+                copies[-1][1] = entry.end
+            else:
+                copies.append([entry.begin, entry.end])
+
+        def write_chunk(task: _ScaleTask, scaler: ChunkScaler) -> None:
+            raw = source.read_raw(task.name, task.start, task.count, scaler.raw)
+            data = scaler.scale(raw, task.dtype, task.factor)
+            _write_all(descriptor, data.data.cast("B"), task.offset)
+
+        def copy_untouched() -> None:
+            for begin, end in copies:
+                _copy_range(
+                    source,
+                    descriptor,
+                    source.header.data_start + begin,
+                    new_start + begin,
+                    end - begin,
+                )
+
+        run_in_threads(tasks, write_chunk, alongside=copy_untouched)
         os.fsync(descriptor)
     except BaseException:
         os.close(descriptor)
@@ -243,17 +254,6 @@ def write_safetensors_copy(
             destination.unlink()
         raise
     os.close(descriptor)
-
-
-def _flush_copy(
-    source: SafetensorsCheckpoint, descriptor: int, span: list[int], new_start: int
-) -> None:
-    if not span or span[1] == span[0]:
-        return
-    begin, end = span
-    _copy_range(
-        source, descriptor, source.header.data_start + begin, new_start + begin, end - begin
-    )
 
 
 def _copy_range(
@@ -280,21 +280,105 @@ def _copy_range(
         done += len(data)
 
 
-def _write_scaled_tensor(
-    source: Checkpoint, name: str, factor: float, descriptor: int, offset: int
-) -> None:
-    info = source.info(name)
+@dataclass(frozen=True)
+class _ScaleTask:
+    name: str
+    dtype: str
+    factor: float
+    start: int  # first element
+    count: int
+    offset: int  # byte offset of the chunk in the output
+
+
+def _scale_tasks(info: TensorInfo, factor: float, offset: int) -> list[_ScaleTask]:
     itemsize = raw_numpy_dtype(info.dtype).itemsize
-    buffer = bytearray(CHUNK_ELEMENTS * itemsize)
-    widened = np.empty(CHUNK_ELEMENTS, np.float32)
-    scaled = np.empty(CHUNK_ELEMENTS, np.float64)
-    for start in range(0, info.numel, CHUNK_ELEMENTS):
-        count = min(CHUNK_ELEMENTS, info.numel - start)
-        raw = source.read_raw(name, start, count, buffer)
-        values = decode(raw, info.dtype, widened)
-        product = np.multiply(values, factor, out=scaled[:count], dtype=np.float64)
-        data = encode(product, info.dtype)
-        _write_all(descriptor, data.data.cast("B"), offset + start * itemsize)
+    return [
+        _ScaleTask(
+            info.name,
+            info.dtype,
+            factor,
+            start,
+            min(CHUNK_ELEMENTS, info.numel - start),
+            offset + start * itemsize,
+        )
+        for start in range(0, info.numel, CHUNK_ELEMENTS)
+    ]
+
+
+def run_in_threads(
+    tasks: list[_ScaleTask],
+    work: Callable[[_ScaleTask, ChunkScaler], None],
+    alongside: Callable[[], None] | None = None,
+    threads: int = 2,
+) -> None:
+    """Run `work` over the tasks round-robin on `threads` threads (numpy and preadv/pwrite
+    release the GIL), and `alongside` on the calling thread meanwhile."""
+    errors: list[BaseException] = []
+    count = threads if len(tasks) > 1 else 1
+
+    def worker(offset: int) -> None:
+        scaler = ChunkScaler(CHUNK_ELEMENTS)
+        try:
+            for task in tasks[offset::count]:
+                if errors:
+                    return
+                work(task, scaler)
+        except BaseException as error:  # re-raised in the calling thread
+            errors.append(error)
+
+    pool = [threading.Thread(target=worker, args=(offset,)) for offset in range(count)]
+    for thread in pool:
+        thread.start()
+    try:
+        if alongside is not None:
+            alongside()
+    finally:
+        for thread in pool:
+            thread.join()
+    if errors:
+        raise errors[0]
+
+
+class ChunkScaler:
+    """Multiplies raw chunks by a factor, rounding once to the storage dtype."""
+
+    def __init__(self, capacity: int) -> None:
+        self.raw = bytearray(capacity * 8)
+        self.widened = np.empty(capacity, np.float32)
+        self.product = np.empty(capacity, np.float64)
+        self.bits = np.empty(capacity, np.uint16)
+
+    def scale(
+        self, raw: npt.NDArray[np.generic], dtype: str, factor: float
+    ) -> npt.NDArray[np.generic]:
+        """The scaled chunk as raw storage values (may reuse `raw` and this scaler's buffers)."""
+        count = raw.size
+        if math.frexp(factor)[0] == 0.5:
+            fast = self._scale_by_power_of_two(raw, dtype, factor)
+            if fast is not None:
+                return fast
+        values = decode(raw, dtype, self.widened)
+        product = np.multiply(values, factor, out=self.product[:count], dtype=np.float64)
+        return encode(product, dtype)
+
+    def _scale_by_power_of_two(
+        self, raw: npt.NDArray[np.generic], dtype: str, factor: float
+    ) -> npt.NDArray[np.generic] | None:
+        """A power of two is exact in every dtype: IEEE multiplication then rounds the exact
+        product once, as the float64 route would. None where a faster route is not exact."""
+        with np.errstate(over="ignore", under="ignore"):
+            if dtype in ("float32", "float64"):
+                return np.multiply(raw, factor, out=raw, casting="same_kind")  # type: ignore[no-any-return]
+            values = decode(raw, dtype, self.widened)
+            np.multiply(values, np.float32(factor), out=values)
+            if dtype == "float16":
+                return values.astype(np.float16)  # the float32 product is exact here
+            bits = values.view(np.uint32)
+            if np.any(bits & np.uint32(0xFFFF)):
+                return None  # float32 subnormals lost bits: take the exact route
+            out = self.bits[: raw.size]
+            np.right_shift(bits, 16, out=out, casting="unsafe")
+            return out
 
 
 def _write_all(descriptor: int, data: memoryview, offset: int) -> None:
@@ -351,13 +435,11 @@ def _scaled_torch_tensor(checkpoint: TorchCheckpoint, name: str, factor: float) 
         else flat.numpy()
     )
     info = checkpoint.info(name)
-    scaled = np.empty(CHUNK_ELEMENTS, np.float64)
+    scaler = ChunkScaler(CHUNK_ELEMENTS)
     for start in range(0, info.numel, CHUNK_ELEMENTS):
         count = min(CHUNK_ELEMENTS, info.numel - start)
-        values = decode(checkpoint.read_raw(name, start, count), info.dtype)
-        target[start : start + count] = encode(
-            np.multiply(values, factor, out=scaled[:count], dtype=np.float64), info.dtype
-        )
+        raw = checkpoint.read_raw(name, start, count).copy()  # never scale the mapped input
+        target[start : start + count] = scaler.scale(raw, info.dtype, factor)
     return result
 
 

@@ -4,13 +4,16 @@ Chains of linear layers are run on random probes through both files; the outputs
 agree within a first-order bound of the rounding the rewrite introduced (zero for
 power-of-two scales). Other chains (convs, whose strides and pooling the files do not
 record) get a structural check: every row of every rewritten tensor must carry the
-planned factor, and the planned factors must form a valid shift.
+planned factor, and the planned factors must form a valid shift. Either way the pass
+also measures the rewritten tensors, so `rebalance` reads its output only once.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -19,10 +22,12 @@ from weissi_cli.balance.layerwise import Shift
 from weissi_cli.io.checkpoint import Checkpoint
 from weissi_cli.io.dtypes import UNIT_ROUNDOFF, decode
 from weissi_cli.ir import Chain
+from weissi_cli.stats import ChunkReducer, Partial, TensorStats, combine
 
+FloatArray = npt.NDArray[np.floating]
 PROBES = 8
 SEED = 0
-BLOCK_ELEMENTS = 1 << 18
+BLOCK_ELEMENTS = 1 << 19
 LEAKY_SLOPE = 0.01
 
 
@@ -35,6 +40,7 @@ class ChainVerification:
     max_rel_diff: float | None
     bit_identical: bool | None
     detail: str
+    after: dict[str, TensorStats] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -69,119 +75,6 @@ def verify_chain(
     return structural_check(original, rewritten, chain, shift)
 
 
-def _activate(values: npt.NDArray[np.floating], activation: str) -> npt.NDArray[np.floating]:
-    if activation == "relu":
-        rectified: npt.NDArray[np.floating] = np.maximum(values, 0, out=values)
-        return rectified
-    if activation == "leaky_relu":
-        result: npt.NDArray[np.floating] = np.where(values >= 0, values, values * LEAKY_SLOPE)
-        return result
-    return values
-
-
-def probe_chain(
-    original: Checkpoint, rewritten: Checkpoint, chain: Chain, shift: Shift
-) -> ChainVerification:
-    """Run random probes through both versions of the chain, one row block at a time."""
-    dtypes = {original.info(layer.weight).dtype for layer in chain.layers}
-    compute = np.float64 if dtypes == {"float64"} else np.float32
-    unit_compute = UNIT_ROUNDOFF["float64" if compute is np.float64 else "float32"]
-    rng = np.random.default_rng(SEED)
-    before: npt.NDArray[np.floating] = rng.standard_normal(
-        (PROBES, chain.layers[0].in_features)
-    ).astype(compute)
-    after = before.copy()
-    bound = np.zeros_like(before)  # first-order bound on |after − Π·before|
-    exact = not shift.pow2
-    for layer in chain.layers:
-        info = original.info(layer.weight)
-        unit = (UNIT_ROUNDOFF[info.dtype] if exact else 0.0) + (
-            layer.in_features + 2
-        ) * unit_compute
-        rows_per_block = max(1, BLOCK_ELEMENTS // layer.in_features)
-        out_before = np.empty((PROBES, layer.out_features), compute)
-        out_after = np.empty_like(out_before)
-        out_bound = np.empty_like(out_before)
-        magnitude = np.abs(after) * unit + bound
-        for row in range(0, layer.out_features, rows_per_block):
-            rows = min(rows_per_block, layer.out_features - row)
-            start, count = row * layer.in_features, rows * layer.in_features
-            w_before = _block(original, layer.weight, start, count, compute).reshape(rows, -1)
-            w_after = _block(rewritten, layer.weight, start, count, compute).reshape(rows, -1)
-            out_before[:, row : row + rows] = before @ w_before.T
-            out_after[:, row : row + rows] = after @ w_after.T
-            out_bound[:, row : row + rows] = magnitude @ np.abs(w_after).T
-        if layer.bias is not None:
-            b_before = _block(original, layer.bias, 0, layer.out_features, compute)
-            b_after = _block(rewritten, layer.bias, 0, layer.out_features, compute)
-            out_before += b_before
-            out_after += b_after
-            out_bound += np.abs(b_after) * (unit if exact else unit_compute)
-        before = _activate(out_before, chain.activation)
-        after = _activate(out_after, chain.activation)
-        bound = out_bound
-    difference = np.abs(after.astype(np.float64) - before.astype(np.float64))
-    allowed = 2.0 * bound.astype(np.float64)
-    max_abs = float(difference.max()) if difference.size else 0.0
-    scale = float(np.abs(before).max()) if before.size else 0.0
-    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
-    passed = bool(np.all(difference <= allowed)) and math.isfinite(max_abs)
-    worst = float((difference / np.maximum(allowed, 1e-300)).max()) if difference.size else 0.0
-    if max_abs == 0.0:
-        outcome = "outputs bit-identical"
-    else:
-        outcome = f"max |Δ| = {max_abs:.3g}, {worst:.2g} of the bound from rounding"
-    detail = f"{PROBES} random probes through {chain.depth} layers: {outcome}"
-    return ChainVerification(
-        chain.id,
-        "probe",
-        passed,
-        max_abs,
-        max_rel if math.isfinite(max_rel) else None,
-        max_abs == 0.0,
-        detail,
-    )
-
-
-def _block(
-    checkpoint: Checkpoint, name: str, start: int, count: int, compute: type[np.floating]
-) -> npt.NDArray[np.floating]:
-    info = checkpoint.info(name)
-    values = decode(checkpoint.read_raw(name, start, count), info.dtype)
-    return values.astype(compute, copy=False)
-
-
-def structural_check(
-    original: Checkpoint, rewritten: Checkpoint, chain: Chain, shift: Shift
-) -> ChainVerification:
-    """Every row of each rewritten tensor carries its planned factor; the factors form a shift."""
-    planned = planned_factors(chain, shift)
-    worst = 0.0
-    failures: list[str] = []
-    for name, factor in planned.items():
-        info = original.info(name)
-        tolerance = 8 * UNIT_ROUNDOFF[info.dtype]
-        ratios = _row_ratios(original, rewritten, name)
-        if ratios.size == 0:
-            continue
-        deviation = float(np.max(np.abs(ratios / factor - 1.0)))
-        worst = max(worst, deviation)
-        if not deviation <= tolerance:
-            failures.append(f"{name} (rows off by up to {deviation:.3g})")
-    gammas = shift.gammas
-    product_error = abs(math.prod(gammas) - 1.0)
-    if product_error > 1e-12:
-        failures.append(f"the layer scales multiply to {math.prod(gammas)!r}, not 1")
-    passed = not failures
-    detail = (
-        f"every row of {len(planned)} tensors carries its planned factor (max relative deviation "
-        f"{worst:.3g}); layer scales multiply to 1"
-        if passed
-        else "mismatch: " + "; ".join(failures)
-    )
-    return ChainVerification(chain.id, "structural", passed, None, worst, None, detail)
-
-
 def planned_factors(chain: Chain, shift: Shift) -> dict[str, float]:
     """Tensor -> factor: W_l by γ_l and b_l by the cumulative Π_l."""
     factors: dict[str, float] = {}
@@ -192,19 +85,165 @@ def planned_factors(chain: Chain, shift: Shift) -> dict[str, float]:
     return factors
 
 
-def _row_ratios(original: Checkpoint, rewritten: Checkpoint, name: str) -> npt.NDArray[np.float64]:
-    """sqrt(Σ new² / Σ old²) per row (per element for 1-D tensors), skipping zero rows."""
-    info = original.info(name)
-    rows = info.shape[0] if info.shape else 1
-    width = info.numel // rows if rows else 0
-    ratios: list[npt.NDArray[np.float64]] = []
-    rows_per_block = max(1, BLOCK_ELEMENTS // max(width, 1))
-    for row in range(0, rows, rows_per_block):
-        count = min(rows_per_block, rows - row)
-        old = _block(original, name, row * width, count * width, np.float64).reshape(count, width)
-        new = _block(rewritten, name, row * width, count * width, np.float64).reshape(count, width)
-        old_sq = np.einsum("ij,ij->i", old, old)
-        new_sq = np.einsum("ij,ij->i", new, new)
-        live = old_sq > 0
-        ratios.append(np.sqrt(new_sq[live] / old_sq[live]))
-    return np.concatenate(ratios) if ratios else np.empty(0)
+class _PairReader:
+    """Row blocks of a tensor from both files, decoded; measures the rewritten side."""
+
+    def __init__(self, original: Checkpoint, rewritten: Checkpoint, compute: type[np.floating]):
+        self.original, self.rewritten, self.compute = original, rewritten, compute
+        self.reducer = ChunkReducer(BLOCK_ELEMENTS)
+        self.partials: dict[str, list[Partial]] = defaultdict(list)
+
+    def blocks(self, name: str) -> Iterator[tuple[int, FloatArray, FloatArray]]:
+        """(first row, old rows, new rows) with at most ~BLOCK_ELEMENTS values per block."""
+        info = self.original.info(name)
+        rows = info.shape[0] if info.shape else 1
+        width = info.numel // rows if rows else 0
+        per_block = max(1, BLOCK_ELEMENTS // max(width, 1))
+        for row in range(0, rows, per_block):
+            count = min(per_block, rows - row)
+            old = self._read(self.original, name, row * width, count * width)
+            new = self._read(self.rewritten, name, row * width, count * width)
+            self.partials[name].append(self.reducer.reduce(new, exact=info.numel < (1 << 16)))
+            yield row, old.reshape(count, width), new.reshape(count, width)
+
+    def vector(self, name: str) -> tuple[FloatArray, FloatArray]:
+        """A whole (small) tensor from both files, flattened."""
+        pairs = [(old.ravel(), new.ravel()) for _, old, new in self.blocks(name)]
+        return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+
+    def _read(self, checkpoint: Checkpoint, name: str, start: int, count: int) -> FloatArray:
+        dtype = checkpoint.info(name).dtype
+        return decode(checkpoint.read_raw(name, start, count), dtype).astype(
+            self.compute, copy=False
+        )
+
+    def measured(self) -> dict[str, TensorStats]:
+        return {
+            name: combine(self.rewritten.info(name), parts) for name, parts in self.partials.items()
+        }
+
+
+def _activate(values: npt.NDArray[np.floating], activation: str) -> npt.NDArray[np.floating]:
+    if activation == "relu":
+        rectified: npt.NDArray[np.floating] = np.maximum(values, 0, out=values)
+        return rectified
+    if activation == "leaky_relu":
+        leaky: npt.NDArray[np.floating] = np.where(values >= 0, values, values * LEAKY_SLOPE)
+        return leaky
+    return values
+
+
+def probe_chain(
+    original: Checkpoint, rewritten: Checkpoint, chain: Chain, shift: Shift
+) -> ChainVerification:
+    """Run random probes through both versions of the chain, one row block at a time.
+
+    Alongside, a bound on |after − before| is propagated (as one vector: the worst probe
+    per unit, in float64 so it cannot overflow): each layer adds the rounding of its
+    rewritten weights and of the arithmetic, and passes on the bound of its input through
+    |W|; ReLU-like activations are 1-Lipschitz.
+    """
+    dtypes = {original.info(name).dtype for name in chain.tensor_names()}
+    compute: type[np.floating] = np.float64 if dtypes == {"float64"} else np.float32
+    unit_compute = UNIT_ROUNDOFF["float64" if compute is np.float64 else "float32"]
+    reader = _PairReader(original, rewritten, compute)
+    rng = np.random.default_rng(SEED)
+    before: npt.NDArray[np.floating] = rng.standard_normal(
+        (PROBES, chain.layers[0].in_features)
+    ).astype(compute)
+    after = before.copy()
+    bound = np.zeros(chain.layers[0].in_features)
+    for layer in chain.layers:
+        unit_weights = 0.0 if shift.pow2 else UNIT_ROUNDOFF[original.info(layer.weight).dtype]
+        unit = unit_weights + (layer.in_features + 2) * unit_compute
+        carried = np.abs(after).max(axis=0).astype(np.float64) * unit + bound
+        scale = float(carried.max()) or 1.0
+        carried_scaled = (carried / scale).astype(compute)
+        out_before = np.empty((PROBES, layer.out_features), compute)
+        out_after = np.empty_like(out_before)
+        out_bound = np.empty(layer.out_features)
+        for row, old, new in reader.blocks(layer.weight):
+            rows = slice(row, row + old.shape[0])
+            out_before[:, rows] = before @ old.T
+            out_after[:, rows] = after @ new.T
+            out_bound[rows] = (np.abs(new) @ carried_scaled).astype(np.float64) * scale
+        if layer.bias is not None:
+            old_bias, new_bias = reader.vector(layer.bias)
+            out_before += old_bias
+            out_after += new_bias
+            unit_bias = 0.0 if shift.pow2 else UNIT_ROUNDOFF[original.info(layer.bias).dtype]
+            out_bound += np.abs(new_bias).astype(np.float64) * (unit_bias + unit_compute)
+        before = _activate(out_before, chain.activation)
+        after = _activate(out_after, chain.activation)
+        bound = out_bound
+    difference = np.abs(after.astype(np.float64) - before.astype(np.float64))
+    allowed = 2.0 * bound
+    max_abs = float(difference.max()) if difference.size else 0.0
+    scale = float(np.abs(before).max()) if before.size else 0.0
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
+    measured = reader.measured()
+    if not (np.all(np.isfinite(allowed)) and math.isfinite(max_abs)):
+        return ChainVerification(
+            chain.id,
+            "probe",
+            False,
+            None,
+            None,
+            None,
+            "inconclusive: the probe outputs or the rounding bound are not finite",
+            measured,
+        )
+    passed = bool(np.all(difference <= allowed))
+    if max_abs == 0.0:
+        outcome = "outputs bit-identical"
+    else:
+        worst = float((difference / np.maximum(allowed, 1e-300)).max())
+        outcome = f"max |Δ| = {max_abs:.3g}, {worst:.2g} of the bound from rounding"
+    return ChainVerification(
+        chain.id,
+        "probe",
+        passed,
+        max_abs,
+        max_rel if math.isfinite(max_rel) else None,
+        max_abs == 0.0,
+        f"{PROBES} random probes through {chain.depth} layers: {outcome}",
+        measured,
+    )
+
+
+def structural_check(
+    original: Checkpoint, rewritten: Checkpoint, chain: Chain, shift: Shift
+) -> ChainVerification:
+    """Every row of each rewritten tensor carries its planned factor; the factors form a shift."""
+    planned = planned_factors(chain, shift)
+    reader = _PairReader(original, rewritten, np.float64)
+    worst = 0.0
+    failures: list[str] = []
+    for name, factor in planned.items():
+        tolerance = 8 * UNIT_ROUNDOFF[original.info(name).dtype]
+        deviation = 0.0
+        for _, old, new in reader.blocks(name):
+            old_sq = np.einsum("ij,ij->i", old, old)
+            new_sq = np.einsum("ij,ij->i", new, new)
+            live = old_sq > 0
+            if np.any(live):
+                ratios = np.sqrt(new_sq[live] / old_sq[live])
+                deviation = max(deviation, float(np.max(np.abs(ratios / factor - 1.0))))
+            if np.any(new_sq[~live] != 0):
+                deviation = math.inf  # a zero row cannot become non-zero under scaling
+        worst = max(worst, deviation)
+        if not deviation <= tolerance:
+            failures.append(f"{name} (rows off by up to {deviation:.3g})")
+    product = math.prod(shift.gammas)
+    if abs(product - 1.0) > 1e-12:
+        failures.append(f"the layer scales multiply to {product!r}, not 1")
+    passed = not failures
+    detail = (
+        f"every row of {len(planned)} tensors carries its planned factor (max relative deviation "
+        f"{worst:.3g}); layer scales multiply to 1"
+        if passed
+        else "mismatch: " + "; ".join(failures)
+    )
+    return ChainVerification(
+        chain.id, "structural", passed, None, worst, None, detail, reader.measured()
+    )

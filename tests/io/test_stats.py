@@ -32,14 +32,6 @@ SIZES = [
     2 * CHUNK_ELEMENTS + 17,
 ]
 RELATIVE = 1e-6
-# What the float32 chunk reductions reach on 16-bit data today (see the xfail below).
-RELATIVE_16_BIT_CHUNKED = 1e-5
-
-
-def tolerance(dtype: str, size: int) -> float:
-    """Relative tolerance: 1e-6, except 16-bit tensors reduced in float32 chunks."""
-    chunked_16_bit = dtype in ("float16", "bfloat16") and size >= EXACT_BELOW
-    return RELATIVE_16_BIT_CHUNKED if chunked_16_bit else RELATIVE
 
 
 def write_raw_tensors(path: Path, tensors: dict[str, tuple[str, np.ndarray]]) -> Path:
@@ -141,15 +133,9 @@ def test_large_16_bit_statistics_match_a_float64_reference_to_1e_5(
 ) -> None:
     raw = stored(random_values(size, seed=size), dtype)
     result = stats_of(tmp_path, raw, dtype)
-    assert_matches_reference(result, exact(raw, dtype), RELATIVE_16_BIT_CHUNKED)
+    assert_matches_reference(result, exact(raw, dtype), RELATIVE)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (accuracy): 16-bit chunks are widened to float32 and reduced with one float32 "
-    "np.dot per chunk; the accumulation error is systematic on 16-bit data, so bfloat16 "
-    "sums of squares are off by 4e-6..9e-6 relative (float16 1e-6..3e-6), not 1e-6",
-)
 @pytest.mark.parametrize("offset", [0.0, 3.0])
 def test_large_bfloat16_statistics_match_a_float64_reference_to_1e_6(
     tmp_path: Path, offset: float
@@ -166,7 +152,7 @@ def test_statistics_of_values_with_a_common_offset_match_the_reference(
     size = 2 * CHUNK_ELEMENTS + 5
     raw = stored(3.0 + random_values(size, seed=4), dtype)
     result = stats_of(tmp_path, raw, dtype)
-    assert_matches_reference(result, exact(raw, dtype), tolerance(dtype, size))
+    assert_matches_reference(result, exact(raw, dtype), RELATIVE)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -230,7 +216,7 @@ def test_statistics_of_a_torch_checkpoint_match_the_reference(tmp_path: Path) ->
     with open_checkpoint(path) as checkpoint:
         result = compute_stats(checkpoint)
     assert_matches_reference(result["w"], tensor.double().numpy())
-    assert_matches_reference(result["b"], bf16.double().numpy(), RELATIVE_16_BIT_CHUNKED)
+    assert_matches_reference(result["b"], bf16.double().numpy(), RELATIVE)
 
 
 # --- threads --------------------------------------------------------------------------------
@@ -252,7 +238,7 @@ def test_two_threads_give_identical_results_to_one(
         assert len(threaded) == 2
     assert one == two
     for name, (_, raw) in raws.items():
-        assert_matches_reference(two[name], exact(raw, dtype), tolerance(dtype, raw.size))
+        assert_matches_reference(two[name], exact(raw, dtype), RELATIVE)
 
 
 def test_small_data_stays_in_the_calling_thread(tmp_path: Path) -> None:
@@ -310,7 +296,7 @@ def test_nan_and_inf_are_counted_and_left_out_of_the_statistics(
     result = stats_of(tmp_path, raw, dtype)
     assert result.nonfinite == 3
     assert not result.is_finite
-    assert_matches_reference(result, exact(raw, dtype), tolerance(dtype, size))
+    assert_matches_reference(result, exact(raw, dtype), RELATIVE)
 
 
 @pytest.mark.parametrize("size", [5, EXACT_BELOW + 5])
@@ -346,7 +332,7 @@ def test_bfloat16_values_near_the_top_of_the_range_give_the_right_norm(tmp_path:
     raw = stored(random_values(2 * CHUNK_ELEMENTS, seed=9, scale=1e37), "bfloat16")
     result = stats_of(tmp_path, raw, "bfloat16")
     assert result.nonfinite == 0
-    assert_matches_reference(result, exact(raw, "bfloat16"), RELATIVE_16_BIT_CHUNKED)
+    assert_matches_reference(result, exact(raw, "bfloat16"), RELATIVE)
 
 
 def test_an_l1_sum_that_overflows_float32_is_still_right(tmp_path: Path) -> None:
@@ -361,14 +347,9 @@ def test_float16_values_near_the_top_of_the_range_give_the_right_norm(tmp_path: 
         np.clip(random_values(CHUNK_ELEMENTS, seed=2, scale=3e4), -65504, 65504), "float16"
     )
     result = stats_of(tmp_path, raw, "float16")
-    assert_matches_reference(result, exact(raw, "float16"), RELATIVE_16_BIT_CHUNKED)
+    assert_matches_reference(result, exact(raw, "float16"), RELATIVE)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: chunks >= EXACT_BELOW are squared in float32, where squares of |w| < ~1e-19 "
-    "underflow (to 0 below ~1e-23): a non-zero tensor gets fro_norm 0 and no l1_direction",
-)
 def test_float32_values_whose_squares_underflow_float32_give_the_right_norm(
     tmp_path: Path,
 ) -> None:
@@ -376,11 +357,6 @@ def test_float32_values_whose_squares_underflow_float32_give_the_right_norm(
     assert_matches_reference(stats_of(tmp_path, raw, "float32"), exact(raw, "float32"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (accuracy): one np.dot per 131072-element float32 chunk accumulates in "
-    "float32; for a constant-valued tensor the sums are off by 2e-5..4e-5 relative, not ~1e-6",
-)
 def test_a_constant_tensor_has_accurate_statistics(tmp_path: Path) -> None:
     raw = np.full(CHUNK_ELEMENTS, 0.1, dtype=np.float32)
     assert_matches_reference(stats_of(tmp_path, raw, "float32"), exact(raw, "float32"))
@@ -406,6 +382,6 @@ def test_the_norm_of_a_100m_element_float32_tensor_matches_float64(tmp_path: Pat
     with open_checkpoint(path) as checkpoint:
         result = compute_stats(checkpoint)["w"]
     assert result.elements == size
-    assert result.fro_norm == pytest.approx(math.sqrt(math.fsum(sum_squares)), rel=1e-5)
-    assert result.l1 == pytest.approx(math.fsum(l1), rel=1e-5)
+    assert result.fro_norm == pytest.approx(math.sqrt(math.fsum(sum_squares)), rel=1e-6)
+    assert result.l1 == pytest.approx(math.fsum(l1), rel=1e-6)
     assert result.max_abs == maximum
