@@ -482,6 +482,9 @@ class Measurements:
         default_factory=lambda: Series("weissi inspect <tiny file> --json (fixed cost)")
     )
     reads: Series = field(default_factory=lambda: Series("read ceiling (preadv + np.dot)"))
+    reads_process: Series = field(
+        default_factory=lambda: Series("read ceiling as a process (read_ceiling.py)")
+    )
     rewrites: Series = field(
         default_factory=lambda: Series("rewrite ceiling (preadv+scale+pwrite+fsync)")
     )
@@ -514,6 +517,11 @@ def measure(
         found.startup.add(run_measured([sys.executable, "-c", "import weissi_cli.cli.app"]))
         found.fixed.add(run_measured(tiny_command, env))
         read_s = _timed(lambda: read_ceiling(path), found.reads)
+        found.reads_process.add(
+            run_measured(
+                [sys.executable, str(Path(__file__).with_name("read_ceiling.py")), str(path)]
+            )
+        )
         inspected = run_measured(inspect_command, env)
         found.inspect.add(inspected)
         output.unlink(missing_ok=True)
@@ -580,6 +588,11 @@ def build_rows(found: Measurements, size: int) -> list[dict[str, Any]]:
         row(found.rebalance, rewrite_s),
         row(found.startup, note="(part of the start-up)"),
         row(found.fixed, note="(start-up; part of every command)"),
+        row(found.reads_process, note="(both sides pay a Python start-up)"),
+        {
+            **row(found.inspect, found.reads_process.median_seconds),
+            "command": "weissi inspect vs the ceiling as a process",
+        },
     ]
 
 

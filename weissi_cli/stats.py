@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from weissi_cli.io.checkpoint import Checkpoint, TensorInfo
 from weissi_cli.io.dtypes import decode
+from weissi_cli.threads import single_threaded_blas
 
 CHUNK_ELEMENTS = 1 << 19
 # Tensors this small are reduced in float64 outright: exact, and cheap at this size.
@@ -86,13 +87,19 @@ class ChunkReducer:
             np.dtype(np.float32): np.ones(ROW, np.float32),
             np.dtype(np.float64): np.ones(ROW, np.float64),
         }
+        self.last_magnitudes: npt.NDArray[np.floating] | None = None
 
     def reduce(self, values: npt.NDArray[np.floating], exact: bool = False) -> Partial:
-        """Sum of squares, L1 and max |x| of a float32/float64 chunk (partials in float64)."""
+        """Sum of squares, L1 and max |x| of a float32/float64 chunk (partials in float64).
+
+        Afterwards `last_magnitudes` holds |values| when this path computed them, else None.
+        """
         count = values.size
+        self.last_magnitudes = None
         if exact or count < ROW:
             return reduce_float64(values.astype(np.float64))
         magnitudes = np.abs(values, out=self.magnitudes[values.dtype][:count])
+        self.last_magnitudes = magnitudes
         largest = float(magnitudes.max())
         if largest == 0.0:
             return Partial(0.0, 0.0, 0.0, 0)
@@ -180,14 +187,15 @@ def compute_stats(
         except BaseException as error:  # re-raised in the calling thread
             errors.append(error)
 
-    if workers == 1:
-        run(0)
-    else:
-        pool = [threading.Thread(target=run, args=(offset,)) for offset in range(workers)]
-        for thread in pool:
-            thread.start()
-        for thread in pool:
-            thread.join()
+    with single_threaded_blas():
+        if workers == 1:
+            run(0)
+        else:
+            pool = [threading.Thread(target=run, args=(offset,)) for offset in range(workers)]
+            for thread in pool:
+                thread.start()
+            for thread in pool:
+                thread.join()
     if errors:
         raise errors[0]
     return _combine(infos, tasks, partials)

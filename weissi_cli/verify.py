@@ -11,8 +11,9 @@ also measures the rewritten tensors, so `rebalance` reads its output only once.
 from __future__ import annotations
 
 import math
+import threading
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,7 @@ from weissi_cli.io.checkpoint import Checkpoint
 from weissi_cli.io.dtypes import UNIT_ROUNDOFF, decode
 from weissi_cli.ir import Chain
 from weissi_cli.stats import ChunkReducer, Partial, TensorStats, combine
+from weissi_cli.threads import single_threaded_blas
 
 FloatArray = npt.NDArray[np.floating]
 PROBES = 8
@@ -70,9 +72,10 @@ class Verification:
 def verify_chain(
     original: Checkpoint, rewritten: Checkpoint, chain: Chain, shift: Shift
 ) -> ChainVerification:
-    if all(layer.kind == "linear" for layer in chain.layers):
-        return probe_chain(original, rewritten, chain, shift)
-    return structural_check(original, rewritten, chain, shift)
+    with single_threaded_blas():
+        if all(layer.kind == "linear" for layer in chain.layers):
+            return probe_chain(original, rewritten, chain, shift)
+        return structural_check(original, rewritten, chain, shift)
 
 
 def planned_factors(chain: Chain, shift: Shift) -> dict[str, float]:
@@ -85,37 +88,95 @@ def planned_factors(chain: Chain, shift: Shift) -> dict[str, float]:
     return factors
 
 
+@dataclass(frozen=True)
+class _Block:
+    name: str
+    row: int
+    rows: int
+    width: int
+
+
 class _PairReader:
-    """Row blocks of a tensor from both files, decoded; measures the rewritten side."""
+    """Row blocks of a tensor from both files, decoded, on two threads; measures the
+    rewritten side as it goes."""
 
-    def __init__(self, original: Checkpoint, rewritten: Checkpoint, compute: type[np.floating]):
+    def __init__(
+        self,
+        original: Checkpoint,
+        rewritten: Checkpoint,
+        compute: type[np.floating],
+        threads: int = 2,
+    ) -> None:
         self.original, self.rewritten, self.compute = original, rewritten, compute
-        self.reducer = ChunkReducer(BLOCK_ELEMENTS)
+        self.threads = threads
         self.partials: dict[str, list[Partial]] = defaultdict(list)
+        self._lock = threading.Lock()
 
-    def blocks(self, name: str) -> Iterator[tuple[int, FloatArray, FloatArray]]:
-        """(first row, old rows, new rows) with at most ~BLOCK_ELEMENTS values per block."""
+    def for_each_block(
+        self, name: str, work: Callable[[_Block, FloatArray, FloatArray, FloatArray], None]
+    ) -> None:
+        """Call `work(block, old rows, new rows, |new rows|)` for every row block of `name`."""
         info = self.original.info(name)
         rows = info.shape[0] if info.shape else 1
         width = info.numel // rows if rows else 0
         per_block = max(1, BLOCK_ELEMENTS // max(width, 1))
-        for row in range(0, rows, per_block):
-            count = min(per_block, rows - row)
-            old = self._read(self.original, name, row * width, count * width)
-            new = self._read(self.rewritten, name, row * width, count * width)
-            self.partials[name].append(self.reducer.reduce(new, exact=info.numel < (1 << 16)))
-            yield row, old.reshape(count, width), new.reshape(count, width)
+        blocks = [
+            _Block(name, row, min(per_block, rows - row), width)
+            for row in range(0, rows, per_block)
+        ]
+        exact = info.numel < (1 << 16)
+        count = self.threads if len(blocks) > 1 else 1
+        errors: list[BaseException] = []
+
+        def run(offset: int) -> None:
+            buffers = [bytearray(BLOCK_ELEMENTS * 8) for _ in range(2)]
+            widened = [np.empty(BLOCK_ELEMENTS, np.float32) for _ in range(2)]
+            reducer = ChunkReducer(BLOCK_ELEMENTS)
+            found: list[Partial] = []
+            try:
+                for block in blocks[offset::count]:
+                    start, size = block.row * width, block.rows * width
+                    old = self._read(self.original, name, start, size, buffers[0], widened[0])
+                    new = self._read(self.rewritten, name, start, size, buffers[1], widened[1])
+                    found.append(reducer.reduce(new, exact=exact))
+                    magnitudes = reducer.last_magnitudes
+                    if magnitudes is None:
+                        magnitudes = np.abs(new)
+                    shape = (block.rows, width)
+                    work(block, old.reshape(shape), new.reshape(shape), magnitudes.reshape(shape))
+            except BaseException as error:  # re-raised in the calling thread
+                errors.append(error)
+            with self._lock:
+                self.partials[name].extend(found)
+
+        pool = [threading.Thread(target=run, args=(offset,)) for offset in range(count)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+        if errors:
+            raise errors[0]
 
     def vector(self, name: str) -> tuple[FloatArray, FloatArray]:
         """A whole (small) tensor from both files, flattened."""
-        pairs = [(old.ravel(), new.ravel()) for _, old, new in self.blocks(name)]
-        return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+        info = self.original.info(name)
+        old = self._read(self.original, name, 0, info.numel)
+        new = self._read(self.rewritten, name, 0, info.numel)
+        self.partials[name].append(ChunkReducer(new.size).reduce(new, exact=info.numel < (1 << 16)))
+        return old, new
 
-    def _read(self, checkpoint: Checkpoint, name: str, start: int, count: int) -> FloatArray:
+    def _read(
+        self,
+        checkpoint: Checkpoint,
+        name: str,
+        start: int,
+        count: int,
+        buffer: bytearray | None = None,
+        widened: FloatArray | None = None,
+    ) -> FloatArray:
         dtype = checkpoint.info(name).dtype
-        return decode(checkpoint.read_raw(name, start, count), dtype).astype(
-            self.compute, copy=False
-        )
+        raw = checkpoint.read_raw(name, start, count, buffer)
+        return decode(raw, dtype, widened).astype(self.compute, copy=False)
 
     def measured(self) -> dict[str, TensorStats]:
         return {
@@ -162,11 +223,26 @@ def probe_chain(
         out_before = np.empty((PROBES, layer.out_features), compute)
         out_after = np.empty_like(out_before)
         out_bound = np.empty(layer.out_features)
-        for row, old, new in reader.blocks(layer.weight):
-            rows = slice(row, row + old.shape[0])
+
+        def forward(
+            block: _Block,
+            old: FloatArray,
+            new: FloatArray,
+            magnitudes: FloatArray,
+            before: FloatArray = before,
+            after: FloatArray = after,
+            carried_scaled: FloatArray = carried_scaled,
+            scale: float = scale,
+            out_before: FloatArray = out_before,
+            out_after: FloatArray = out_after,
+            out_bound: npt.NDArray[np.float64] = out_bound,
+        ) -> None:
+            rows = slice(block.row, block.row + block.rows)
             out_before[:, rows] = before @ old.T
             out_after[:, rows] = after @ new.T
-            out_bound[rows] = (np.abs(new) @ carried_scaled).astype(np.float64) * scale
+            out_bound[rows] = (magnitudes @ carried_scaled).astype(np.float64) * scale
+
+        reader.for_each_block(layer.weight, forward)
         if layer.bias is not None:
             old_bias, new_bias = reader.vector(layer.bias)
             out_before += old_bias
@@ -221,16 +297,27 @@ def structural_check(
     failures: list[str] = []
     for name, factor in planned.items():
         tolerance = 8 * UNIT_ROUNDOFF[original.info(name).dtype]
-        deviation = 0.0
-        for _, old, new in reader.blocks(name):
+        deviations: list[float] = []
+
+        def compare(
+            block: _Block,
+            old: FloatArray,
+            new: FloatArray,
+            magnitudes: FloatArray,
+            factor: float = factor,
+            deviations: list[float] = deviations,
+        ) -> None:
             old_sq = np.einsum("ij,ij->i", old, old)
             new_sq = np.einsum("ij,ij->i", new, new)
             live = old_sq > 0
             if np.any(live):
                 ratios = np.sqrt(new_sq[live] / old_sq[live])
-                deviation = max(deviation, float(np.max(np.abs(ratios / factor - 1.0))))
+                deviations.append(float(np.max(np.abs(ratios / factor - 1.0))))
             if np.any(new_sq[~live] != 0):
-                deviation = math.inf  # a zero row cannot become non-zero under scaling
+                deviations.append(math.inf)  # a zero row cannot become non-zero under scaling
+
+        reader.for_each_block(name, compare)
+        deviation = max(deviations, default=0.0)
         worst = max(worst, deviation)
         if not deviation <= tolerance:
             failures.append(f"{name} (rows off by up to {deviation:.3g})")

@@ -5,11 +5,6 @@ from __future__ import annotations
 import os
 from typing import Annotated
 
-# weissi decides its own threads (two reader/writer threads over chunks); a BLAS thread
-# pool on top of them fights for the same 2 cores and made small matmuls 3-15x slower.
-for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_variable, "1")
-
 import typer
 
 from weissi_cli import __version__
@@ -49,4 +44,9 @@ def _root(
 
 
 def main() -> None:
+    # weissi decides its own threads (two reader/writer threads over chunks); a BLAS thread
+    # pool on top of them fights for the same 2 cores and made small matmuls 3-15x slower.
+    # Set before numpy loads (the commands import it lazily); an explicit setting wins.
+    for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
     app()
