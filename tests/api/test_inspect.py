@@ -216,3 +216,14 @@ def test_non_finite_lambda_is_a_usage_error(samples: Path) -> None:
 
     with pytest.raises(UsageError, match="--lambda1 must be a finite number"):
         inspect_checkpoint(samples / "mlp_digits.safetensors", lambda1=math.nan)
+
+
+def test_one_layer_spec_chain_has_no_slack(samples: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "spec.toml"
+    spec.write_text('version = 1\n[[chain]]\nlayers = ["net.4"]\n')
+    report = inspect_checkpoint(samples / "mlp_digits.safetensors", spec=spec)
+    (chain,) = report.chains
+    assert chain.l2_slack == 0.0
+    assert chain.imbalance == 1.0
+    assert [layer.gamma for layer in chain.layers] == [1.0]
+    assert "chain0: a chain of one layer (net.4) has no scale symmetry" in report.warnings

@@ -159,3 +159,63 @@ def test_python_dash_m_entry_point(workdir: Path) -> None:
     )
     assert result.returncode == 0
     assert json.loads(result.stdout)["schema"] == "weissi.graph/1"
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: None, "no such file or folder"),
+        (
+            lambda d: (d / "in.safetensors").write_bytes(
+                b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      "
+            ),
+            "corrupt safetensors header",
+        ),
+        (
+            lambda d: (d / "in.safetensors").write_bytes(
+                (d / "mlp_digits.safetensors").read_bytes()[:-9]
+            ),
+            "truncated safetensors file",
+        ),
+    ],
+)
+def test_bad_input_leaves_no_output_and_no_traceback(
+    run: Callable[..., Result], workdir: Path, make: Callable[[Path], object], message: str
+) -> None:
+    make(workdir)
+    result = run("rebalance", "in.safetensors", "-o", "out.safetensors", "--assume-relu")
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not [p for p in workdir.iterdir() if "out.safetensors" in p.name]
+
+
+def test_malicious_pickle_is_refused_by_rebalance(
+    run: Callable[..., Result], workdir: Path
+) -> None:
+    import torch
+
+    marker = workdir / "pwned"
+
+    class Payload:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            import os
+
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"net.0.weight": torch.zeros(2, 2), "x": Payload()}, workdir / "evil.pt")
+    result = run("rebalance", "evil.pt", "-o", "out.pt", "--assume-relu")
+    assert result.exit_code == 2
+    assert "refused to load" in result.stderr
+    assert not marker.exists()
+    assert not (workdir / "out.pt").exists()
+
+
+def test_rebalancing_a_rebalanced_file_changes_nothing_more(
+    run: Callable[..., Result], workdir: Path
+) -> None:
+    first = run("rebalance", "mlp_digits.pt", "-o", "once.pt", "--assume-relu", "--json")
+    second = run("rebalance", "once.pt", "-o", "twice.pt", "--assume-relu", "--json")
+    assert first.exit_code == second.exit_code == 0
+    gammas = json.loads(second.stdout)["chains"][0]["gammas"]
+    assert gammas == pytest.approx([1.0, 1.0, 1.0], rel=1e-6)

@@ -1,0 +1,92 @@
+"""`verify`: probes catch wrong rewrites, pass right ones, and stay finite in deep chains."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+from tests.helpers import mlp_state, write_safetensors, write_torch
+from weissi_cli.balance.analysis import analyse_chain
+from weissi_cli.io import open_checkpoint
+from weissi_cli.stats import compute_stats
+from weissi_cli.structure import discover
+from weissi_cli.verify import planned_factors, verify_chain
+
+
+def rewritten_copy(tmp_path: Path, state: dict[str, torch.Tensor], corrupt: str | None = None):  # type: ignore[no-untyped-def]
+    """Write `state`, rebalance it by hand (optionally corrupting one tensor), open both."""
+    source = write_safetensors(tmp_path / "a.safetensors", state)
+    with open_checkpoint(source) as checkpoint:
+        chain = discover(checkpoint).chains[0]
+        shift = analyse_chain(chain, compute_stats(checkpoint)).optimal
+    assert shift is not None
+    factors = planned_factors(chain, shift)
+    new = OrderedDict((n, t * factors.get(n, 1.0)) for n, t in state.items())
+    if corrupt is not None:
+        new[corrupt] = new[corrupt] * 1.01
+    target = write_safetensors(tmp_path / "b.safetensors", new)
+    return open_checkpoint(source), open_checkpoint(target), chain, shift
+
+
+def test_a_correct_rewrite_passes_and_is_measured(tmp_path: Path) -> None:
+    state = mlp_state(sizes=(8, 16, 16, 4), dtype=torch.float32)
+    original, rewritten, chain, shift = rewritten_copy(tmp_path, state)
+    result = verify_chain(original, rewritten, chain, shift)
+    assert result.passed
+    assert result.method == "probe"
+    assert set(result.after) == set(chain.tensor_names())
+    expected = float((state["net.0.weight"].double() * shift.gammas[0]).norm())
+    assert abs(result.after["net.0.weight"].fro_norm / expected - 1) < 1e-6
+
+
+def test_a_wrong_bias_scale_fails(tmp_path: Path) -> None:
+    state = mlp_state(sizes=(8, 16, 16, 4), dtype=torch.float32)
+    original, rewritten, chain, shift = rewritten_copy(tmp_path, state, corrupt="net.2.bias")
+    result = verify_chain(original, rewritten, chain, shift)
+    assert not result.passed
+    assert result.max_abs_diff > 0
+
+
+def test_conv_chain_gets_a_structural_check_that_catches_a_wrong_tensor(tmp_path: Path) -> None:
+    state = OrderedDict()
+    state["c1.weight"] = torch.randn(4, 2, 3, 3) * 5
+    state["c1.bias"] = torch.randn(4)
+    state["c2.weight"] = torch.randn(6, 4, 3, 3)
+    state["fc.weight"] = torch.randn(3, 6 * 9)
+    original, rewritten, chain, shift = rewritten_copy(tmp_path, state)
+    good = verify_chain(original, rewritten, chain, shift)
+    assert good.method == "structural"
+    assert good.passed
+    (tmp_path / "bad").mkdir()
+    original, rewritten, chain, shift = rewritten_copy(tmp_path / "bad", state, corrupt="c2.weight")
+    bad = verify_chain(original, rewritten, chain, shift)
+    assert not bad.passed
+    assert "c2.weight" in bad.detail
+
+
+def test_deep_wide_chain_bound_stays_finite(tmp_path: Path) -> None:
+    """|W| products grow like sqrt(width) per layer: in float32 the bound overflowed."""
+    sizes = (256,) * 41
+    state = mlp_state(sizes=sizes, dtype=torch.float32, bias=False, step=1)
+    for index, name in enumerate(state):
+        state[name] = state[name] * (2.0 ** (index % 3)) / 16  # keep activations finite
+    original, rewritten, chain, shift = rewritten_copy(tmp_path, state)
+    result = verify_chain(original, rewritten, chain, shift)
+    assert result.passed, result.detail
+    assert "not finite" not in result.detail
+
+
+def test_float64_pickles_are_probed_in_float64(tmp_path: Path) -> None:
+    state = mlp_state(sizes=(5, 7, 3), dtype=torch.float64)
+    source = write_torch(tmp_path / "a.pt", state)
+    with open_checkpoint(source) as checkpoint:
+        chain = discover(checkpoint).chains[0]
+        shift = analyse_chain(chain, compute_stats(checkpoint)).optimal
+        assert shift is not None
+        result = verify_chain(
+            checkpoint, checkpoint, chain, shift.rounded_to_pow2().__class__.identity(2)
+        )
+    assert result.passed
+    assert result.bit_identical
