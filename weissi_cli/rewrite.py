@@ -353,32 +353,34 @@ class ChunkScaler:
     ) -> npt.NDArray[np.generic]:
         """The scaled chunk as raw storage values (may reuse `raw` and this scaler's buffers)."""
         count = raw.size
-        if math.frexp(factor)[0] == 0.5:
-            fast = self._scale_by_power_of_two(raw, dtype, factor)
-            if fast is not None:
-                return fast
-        values = decode(raw, dtype, self.widened)
-        product = np.multiply(values, factor, out=self.product[:count], dtype=np.float64)
-        return encode(product, dtype)
+        # NaN stays NaN and overflow becomes ±inf, as in the input's own arithmetic;
+        # verification reports any non-finite output, so numpy need not warn here.
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            if math.frexp(factor)[0] == 0.5:
+                fast = self._scale_by_power_of_two(raw, dtype, factor)
+                if fast is not None:
+                    return fast
+            values = decode(raw, dtype, self.widened)
+            product = np.multiply(values, factor, out=self.product[:count], dtype=np.float64)
+            return encode(product, dtype)
 
     def _scale_by_power_of_two(
         self, raw: npt.NDArray[np.generic], dtype: str, factor: float
     ) -> npt.NDArray[np.generic] | None:
         """A power of two is exact in every dtype: IEEE multiplication then rounds the exact
         product once, as the float64 route would. None where a faster route is not exact."""
-        with np.errstate(over="ignore", under="ignore"):
-            if dtype in ("float32", "float64"):
-                return np.multiply(raw, factor, out=raw, casting="same_kind")  # type: ignore[no-any-return]
-            values = decode(raw, dtype, self.widened)
-            np.multiply(values, np.float32(factor), out=values)
-            if dtype == "float16":
-                return values.astype(np.float16)  # the float32 product is exact here
-            bits = values.view(np.uint32)
-            if np.any(bits & np.uint32(0xFFFF)):
-                return None  # float32 subnormals lost bits: take the exact route
-            out = self.bits[: raw.size]
-            np.right_shift(bits, 16, out=out, casting="unsafe")
-            return out
+        if dtype in ("float32", "float64"):
+            return np.multiply(raw, factor, out=raw, casting="same_kind")  # type: ignore[no-any-return]
+        values = decode(raw, dtype, self.widened)
+        np.multiply(values, np.float32(factor), out=values)
+        if dtype == "float16":
+            return values.astype(np.float16)  # the float32 product is exact here
+        bits = values.view(np.uint32)
+        if np.any(bits & np.uint32(0xFFFF)):
+            return None  # float32 subnormals lost bits: take the exact route
+        out = self.bits[: raw.size]
+        np.right_shift(bits, 16, out=out, casting="unsafe")
+        return out
 
 
 def _write_all(descriptor: int, data: memoryview, offset: int) -> None:
