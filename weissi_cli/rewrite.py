@@ -14,9 +14,8 @@ import json
 import math
 import os
 import shutil
-import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from weissi_cli.io.dtypes import decode, encode, raw_numpy_dtype
 from weissi_cli.io.safetensors_file import SafetensorsCheckpoint
 from weissi_cli.io.sharded import ShardedCheckpoint
 from weissi_cli.io.torch_pickle import TorchCheckpoint
+from weissi_cli.threads import run_round_robin
 
 CHUNK_ELEMENTS = 1 << 18
 COPY_CHUNK_BYTES = 8 << 20
@@ -246,7 +246,9 @@ def write_safetensors_copy(
                     end - begin,
                 )
 
-        run_in_threads(tasks, write_chunk, alongside=copy_untouched)
+        run_round_robin(
+            tasks, lambda: ChunkScaler(CHUNK_ELEMENTS), write_chunk, alongside=copy_untouched
+        )
         os.fsync(descriptor)
     except BaseException:
         os.close(descriptor)
@@ -303,40 +305,6 @@ def _scale_tasks(info: TensorInfo, factor: float, offset: int) -> list[_ScaleTas
         )
         for start in range(0, info.numel, CHUNK_ELEMENTS)
     ]
-
-
-def run_in_threads(
-    tasks: list[_ScaleTask],
-    work: Callable[[_ScaleTask, ChunkScaler], None],
-    alongside: Callable[[], None] | None = None,
-    threads: int = 2,
-) -> None:
-    """Run `work` over the tasks round-robin on `threads` threads (numpy and preadv/pwrite
-    release the GIL), and `alongside` on the calling thread meanwhile."""
-    errors: list[BaseException] = []
-    count = threads if len(tasks) > 1 else 1
-
-    def worker(offset: int) -> None:
-        scaler = ChunkScaler(CHUNK_ELEMENTS)
-        try:
-            for task in tasks[offset::count]:
-                if errors:
-                    return
-                work(task, scaler)
-        except BaseException as error:  # re-raised in the calling thread
-            errors.append(error)
-
-    pool = [threading.Thread(target=worker, args=(offset,)) for offset in range(count)]
-    for thread in pool:
-        thread.start()
-    try:
-        if alongside is not None:
-            alongside()
-    finally:
-        for thread in pool:
-            thread.join()
-    if errors:
-        raise errors[0]
 
 
 class ChunkScaler:

@@ -9,7 +9,6 @@ float32 dot per megabyte drifts by 1e-5; rows keep the error near 1e-7.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -18,7 +17,7 @@ import numpy.typing as npt
 
 from weissi_cli.io.checkpoint import Checkpoint, TensorInfo
 from weissi_cli.io.dtypes import decode
-from weissi_cli.threads import single_threaded_blas
+from weissi_cli.threads import run_round_robin, single_threaded_blas
 
 CHUNK_ELEMENTS = 1 << 19
 # Tensors this small are reduced in float64 outright: exact, and cheap at this size.
@@ -175,29 +174,12 @@ def compute_stats(
     partials: list[Partial | None] = [None] * len(tasks)
     total_bytes = sum(info.nbytes for info in infos)
     workers = max(1, threads) if total_bytes > THREADS_ABOVE_BYTES else 1
-    errors: list[BaseException] = []
 
-    def run(offset: int) -> None:
-        worker = _Worker(chunk_elements)
-        try:
-            for index in range(offset, len(tasks), workers):
-                if errors:
-                    return
-                partials[index] = worker.reduce(checkpoint, tasks[index])
-        except BaseException as error:  # re-raised in the calling thread
-            errors.append(error)
+    def reduce(index: int, worker: _Worker) -> None:
+        partials[index] = worker.reduce(checkpoint, tasks[index])
 
     with single_threaded_blas():
-        if workers == 1:
-            run(0)
-        else:
-            pool = [threading.Thread(target=run, args=(offset,)) for offset in range(workers)]
-            for thread in pool:
-                thread.start()
-            for thread in pool:
-                thread.join()
-    if errors:
-        raise errors[0]
+        run_round_robin(range(len(tasks)), lambda: _Worker(chunk_elements), reduce, workers)
     return _combine(infos, tasks, partials)
 
 

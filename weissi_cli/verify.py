@@ -23,8 +23,8 @@ from weissi_cli.balance.layerwise import Shift
 from weissi_cli.io.checkpoint import Checkpoint
 from weissi_cli.io.dtypes import UNIT_ROUNDOFF, decode
 from weissi_cli.ir import Chain
-from weissi_cli.stats import ChunkReducer, Partial, TensorStats, combine
-from weissi_cli.threads import single_threaded_blas
+from weissi_cli.stats import EXACT_BELOW, ChunkReducer, Partial, TensorStats, combine
+from weissi_cli.threads import run_round_robin, single_threaded_blas
 
 FloatArray = npt.NDArray[np.floating]
 PROBES = 8
@@ -96,6 +96,16 @@ class _Block:
     width: int
 
 
+class _BlockState:
+    """One thread's buffers for reading block pairs, and what it measured."""
+
+    def __init__(self) -> None:
+        self.buffers = [bytearray(BLOCK_ELEMENTS * 8) for _ in range(2)]
+        self.widened = [np.empty(BLOCK_ELEMENTS, np.float32) for _ in range(2)]
+        self.reducer = ChunkReducer(BLOCK_ELEMENTS)
+        self.partials: list[Partial] = []
+
+
 class _PairReader:
     """Row blocks of a tensor from both files, decoded, on two threads; measures the
     rewritten side as it goes."""
@@ -124,45 +134,33 @@ class _PairReader:
             _Block(name, row, min(per_block, rows - row), width)
             for row in range(0, rows, per_block)
         ]
-        exact = info.numel < (1 << 16)
-        count = self.threads if len(blocks) > 1 else 1
-        errors: list[BaseException] = []
+        exact = info.numel < EXACT_BELOW
 
-        def run(offset: int) -> None:
-            buffers = [bytearray(BLOCK_ELEMENTS * 8) for _ in range(2)]
-            widened = [np.empty(BLOCK_ELEMENTS, np.float32) for _ in range(2)]
-            reducer = ChunkReducer(BLOCK_ELEMENTS)
-            found: list[Partial] = []
-            try:
-                for block in blocks[offset::count]:
-                    start, size = block.row * width, block.rows * width
-                    old = self._read(self.original, name, start, size, buffers[0], widened[0])
-                    new = self._read(self.rewritten, name, start, size, buffers[1], widened[1])
-                    found.append(reducer.reduce(new, exact=exact))
-                    magnitudes = reducer.last_magnitudes
-                    if magnitudes is None:
-                        magnitudes = np.abs(new)
-                    shape = (block.rows, width)
-                    work(block, old.reshape(shape), new.reshape(shape), magnitudes.reshape(shape))
-            except BaseException as error:  # re-raised in the calling thread
-                errors.append(error)
+        def read_and_work(block: _Block, state: _BlockState) -> None:
+            start, size = block.row * width, block.rows * width
+            old = self._read(self.original, name, start, size, state.buffers[0], state.widened[0])
+            new = self._read(self.rewritten, name, start, size, state.buffers[1], state.widened[1])
+            state.partials.append(state.reducer.reduce(new, exact=exact))
+            magnitudes = state.reducer.last_magnitudes
+            if magnitudes is None:
+                magnitudes = np.abs(new)
+            shape = (block.rows, width)
+            work(block, old.reshape(shape), new.reshape(shape), magnitudes.reshape(shape))
+
+        def keep_partials(state: _BlockState) -> None:
             with self._lock:
-                self.partials[name].extend(found)
+                self.partials[name].extend(state.partials)
 
-        pool = [threading.Thread(target=run, args=(offset,)) for offset in range(count)]
-        for thread in pool:
-            thread.start()
-        for thread in pool:
-            thread.join()
-        if errors:
-            raise errors[0]
+        run_round_robin(blocks, _BlockState, read_and_work, self.threads, finish=keep_partials)
 
     def vector(self, name: str) -> tuple[FloatArray, FloatArray]:
         """A whole (small) tensor from both files, flattened."""
         info = self.original.info(name)
         old = self._read(self.original, name, 0, info.numel)
         new = self._read(self.rewritten, name, 0, info.numel)
-        self.partials[name].append(ChunkReducer(new.size).reduce(new, exact=info.numel < (1 << 16)))
+        self.partials[name].append(
+            ChunkReducer(new.size).reduce(new, exact=info.numel < EXACT_BELOW)
+        )
         return old, new
 
     def _read(
