@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
+import pytest
 import torch
 
-from tests.helpers import mlp_state, write_safetensors, write_torch
+from tests.helpers import mlp_state, write_safetensors
 from weissi_cli.balance.analysis import analyse_chain
 from weissi_cli.io import open_checkpoint
 from weissi_cli.stats import compute_stats
@@ -15,7 +16,9 @@ from weissi_cli.structure import discover
 from weissi_cli.verify import planned_factors, verify_chain
 
 
-def rewritten_copy(tmp_path: Path, state: dict[str, torch.Tensor], corrupt: str | None = None):  # type: ignore[no-untyped-def]
+def rewritten_copy(  # type: ignore[no-untyped-def]
+    tmp_path: Path, state: dict[str, torch.Tensor], corrupt: str | None = None, by: float = 1.01
+):
     """Write `state`, rebalance it by hand (optionally corrupting one tensor), open both."""
     source = write_safetensors(tmp_path / "a.safetensors", state)
     with open_checkpoint(source) as checkpoint:
@@ -25,7 +28,7 @@ def rewritten_copy(tmp_path: Path, state: dict[str, torch.Tensor], corrupt: str 
     factors = planned_factors(chain, shift)
     new = OrderedDict((n, t * factors.get(n, 1.0)) for n, t in state.items())
     if corrupt is not None:
-        new[corrupt] = new[corrupt] * 1.01
+        new[corrupt] = new[corrupt] * by
     target = write_safetensors(tmp_path / "b.safetensors", new)
     return open_checkpoint(source), open_checkpoint(target), chain, shift
 
@@ -78,15 +81,36 @@ def test_deep_wide_chain_bound_stays_finite(tmp_path: Path) -> None:
     assert "not finite" not in result.detail
 
 
-def test_float64_pickles_are_probed_in_float64(tmp_path: Path) -> None:
+def test_float64_checks_are_made_in_float64(tmp_path: Path) -> None:
+    """A 1e-12 relative error is invisible in float32 arithmetic but not in float64."""
     state = mlp_state(sizes=(5, 7, 3), dtype=torch.float64)
-    source = write_torch(tmp_path / "a.pt", state)
-    with open_checkpoint(source) as checkpoint:
-        chain = discover(checkpoint).chains[0]
-        shift = analyse_chain(chain, compute_stats(checkpoint)).optimal
-        assert shift is not None
-        result = verify_chain(
-            checkpoint, checkpoint, chain, shift.rounded_to_pow2().__class__.identity(2)
-        )
-    assert result.passed
-    assert result.bit_identical
+    original, rewritten, chain, shift = rewritten_copy(
+        tmp_path, state, corrupt="net.2.weight", by=1 + 1e-12
+    )
+    result = verify_chain(original, rewritten, chain, shift)
+    assert not result.passed
+    assert "net.2.weight" in result.detail
+
+
+@pytest.mark.parametrize(
+    ("tensor", "factor"),
+    [("net.2.weight", 1.05), ("net.2.weight", -1.0), ("net.4.bias", 2.0), ("net.6.weight", 1.0001)],
+)
+def test_wide_deep_chains_catch_small_and_large_corruptions(
+    tmp_path: Path, tensor: str, factor: float
+) -> None:
+    """On wide layers a worst-case forward bound is far too loose to catch these."""
+    state = mlp_state(sizes=(512,) * 7, dtype=torch.float32)
+    original, rewritten, chain, shift = rewritten_copy(tmp_path, state, corrupt=tensor, by=factor)
+    result = verify_chain(original, rewritten, chain, shift)
+    assert not result.passed
+    assert tensor in result.detail
+
+
+def test_wide_deep_chain_rewritten_correctly_passes(tmp_path: Path) -> None:
+    state = mlp_state(sizes=(512,) * 7, dtype=torch.float32)
+    for index, name in enumerate(n for n in state if n.endswith("weight")):
+        state[name] = state[name] * 1.5**index
+    original, rewritten, chain, shift = rewritten_copy(tmp_path, state)
+    result = verify_chain(original, rewritten, chain, shift)
+    assert result.passed, result.detail

@@ -278,3 +278,36 @@ def test_real_rebalance_of_random_mlps_reaches_the_optimum(
     assert np.allclose(
         actual.numpy(), expected.numpy(), rtol=1e-10, atol=1e-10 * float(expected.abs().max())
     )
+
+
+def test_failed_verification_on_a_wide_deep_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rewrite bug that scales every value 5% too much must be caught on realistic widths."""
+    import weissi_cli.rewrite as rewrite
+
+    state = mlp_state(sizes=(512,) * 7, dtype=torch.float32)
+    for index, name in enumerate(n for n in state if n.endswith("weight")):
+        state[name] = state[name] * 2.0 ** (index % 3) * 1.3
+    source = write_safetensors(tmp_path / "wide.safetensors", state)
+    real_encode = rewrite.encode
+    monkeypatch.setattr(rewrite, "encode", lambda values, dtype: real_encode(values * 1.05, dtype))
+    output = tmp_path / "out.safetensors"
+    report = rebalance_checkpoint(source, output, assume_relu=True, scales="real")
+    assert not report.verification.passed
+    assert not output.exists()
+
+
+def test_pow2_never_raises_l2_on_a_nearly_balanced_bfloat16_model(tmp_path: Path) -> None:
+    norms = [1.34793356, 0.89609515, 0.94461888, 0.83273969, 0.72028002]
+    generator = torch.Generator().manual_seed(0)
+    state: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for index, norm in enumerate(norms):
+        weight = torch.randn(8, 8, generator=generator, dtype=torch.float64)
+        state[f"net.{2 * index}.weight"] = (weight / weight.norm() * norm).to(torch.bfloat16)
+        state[f"net.{2 * index}.bias"] = torch.zeros(8, dtype=torch.bfloat16)
+    source = write_safetensors(tmp_path / "near.safetensors", state)
+    report = rebalance_checkpoint(source, tmp_path / "out.safetensors", assume_relu=True)
+    chain = report.chains[0]
+    assert chain.scales == "pow2"
+    assert chain.l2_after <= chain.l2_before

@@ -47,7 +47,7 @@ def inspect_checkpoint(
             analyse_chain(chain, stats, lambda1, lambda2, include_bias)
             for chain in structure.chains
         )
-        warnings = list(structure.assumptions)
+        warnings = [*checkpoint.notes, *structure.assumptions]
         warnings += [
             f"{row.name}: {row.nonfinite} non-finite value(s) (NaN or Inf)"
             for row in rows

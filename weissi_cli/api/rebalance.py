@@ -9,7 +9,7 @@ from typing import Literal
 
 from weissi_cli import __version__
 from weissi_cli.balance.analysis import ChainAnalysis, analyse_chain
-from weissi_cli.balance.layerwise import Shift, l2_penalty, weissi_penalty
+from weissi_cli.balance.layerwise import Shift, l2_penalty, pow2_shift, weissi_penalty
 from weissi_cli.errors import ConsentError, StructureError, UsageError
 from weissi_cli.io import open_checkpoint
 from weissi_cli.io.checkpoint import Checkpoint
@@ -51,7 +51,7 @@ def rebalance_checkpoint(
             )
         names = [name for chain in structure.chains for name in chain.tensor_names()]
         before = compute_stats(checkpoint, names, threads=threads)
-        warnings = list(structure.assumptions)
+        warnings = [*checkpoint.notes, *structure.assumptions]
         plans: list[tuple[ChainAnalysis, Shift | None, str]] = []
         for chain in structure.chains:
             analysis = analyse_chain(chain, before, include_bias=include_bias)
@@ -60,7 +60,10 @@ def rebalance_checkpoint(
                 plans.append((analysis, None, "none"))
                 continue
             mode = _mode_for(chain, checkpoint, scales)
-            shift = analysis.optimal.rounded_to_pow2() if mode == "pow2" else analysis.optimal
+            shift = analysis.optimal
+            if mode == "pow2":
+                biases = analysis.bias_norms if include_bias else None
+                shift = pow2_shift(analysis.optimal, analysis.weight_norms, biases)
             plans.append((analysis, shift, mode))
         factors = {
             name: factor

@@ -47,15 +47,55 @@ class Shift:
     def identity(depth: int) -> Shift:
         return Shift((0.0,) * (depth + 1))
 
-    def rounded_to_pow2(self) -> Shift:
-        """The same shift with every link scale rounded to a power of two.
 
-        Rounding the cumulative scales (not each γ) keeps Π γ_l = 1 exactly and every bias
-        consistent with its weights, so outputs stay bit-identical.
-        """
-        exponents = [round(value / LN2) for value in self.log_links]
-        exponents[0] = exponents[-1] = 0
-        return Shift(tuple(k * LN2 for k in exponents), pow2=True)
+def pow2_shift(
+    real: Shift, weight_norms: Sequence[float], bias_norms: Sequence[float] | None = None
+) -> Shift:
+    """The best power-of-two shift near `real`.
+
+    Every cumulative link scale Π_l becomes 2^k_l (so Π γ_l = 1 exactly and every bias stays
+    consistent with its weights: outputs are bit-identical). Rounding each link on its own
+    can alternate 2^-1, 2, 2^-1 ... and make L2 worse than doing nothing, so the exponents
+    are chosen jointly, each from {floor, ceil} of its real value and 0, by dynamic
+    programming over the chain (the penalty couples only neighbouring links). The identity
+    is one of the candidates, so the result never raises the penalty.
+    """
+    depth = len(weight_norms)
+    biases = list(bias_norms) if bias_norms is not None else [0.0] * depth
+    options: list[list[int]] = [[0]]
+    for value in real.log_links[1:-1]:
+        exponent = value / LN2
+        options.append(sorted({math.floor(exponent), math.ceil(exponent), 0}))
+    options.append([0])
+
+    def cost(layer: int, previous: int, current: int) -> float:
+        # layer is 1-based: W_l scales by 2^(k_l − k_{l−1}), b_l by 2^k_l
+        norm, bias = weight_norms[layer - 1], biases[layer - 1]
+        return norm * norm * _power_of_four(current - previous) + bias * bias * _power_of_four(
+            current
+        )
+
+    best: dict[int, tuple[float, list[int]]] = {0: (0.0, [0])}
+    for layer in range(1, depth + 1):
+        step: dict[int, tuple[float, list[int]]] = {}
+        for current in options[layer]:
+            step[current] = min(
+                (
+                    (total + cost(layer, previous, current), path + [current])
+                    for previous, (total, path) in best.items()
+                ),
+                key=lambda item: item[0],
+            )
+        best = step
+    _, exponents = best[0]
+    return Shift(tuple(k * LN2 for k in exponents), pow2=True)
+
+
+def _power_of_four(exponent: int) -> float:
+    try:
+        return math.ldexp(1.0, 2 * exponent)
+    except OverflowError:
+        return math.inf
 
 
 def l2_penalty(weight_norms: Sequence[float], bias_norms: Sequence[float] | None = None) -> float:

@@ -43,4 +43,4 @@ def graph(
         from weissi_cli.cli.render import render_graph
 
         render_graph(report, stdout_console())
-    print_warnings(report.structure.assumptions)
+    print_warnings(report.warnings)

@@ -54,6 +54,7 @@ class Checkpoint(ABC):
     tensors: tuple[TensorInfo, ...]
     metadata: dict[str, str]
     file_bytes: int
+    notes: tuple[str, ...] = ()  # what the reader decided that a user should know
 
     def __init__(self) -> None:
         self._by_name: dict[str, TensorInfo] | None = None

@@ -42,6 +42,13 @@ class TorchCheckpoint(Checkpoint):
             if isinstance(value, torch.Tensor)
         }
         self.non_tensor_keys = tuple(name for name in self.state_dict if name not in self._tensors)
+        if self.wrapper_key is not None:
+            stray = [repr(k) for k, v in self.root.items() if isinstance(v, torch.Tensor)]
+            if stray:
+                self.notes = (
+                    f"{path.name}: the model is the state dict under {self.wrapper_key!r}; the "
+                    f"top-level tensor(s) {', '.join(stray)} are not part of it (kept as they are)",
+                )
         self.tensors = tuple(
             TensorInfo(name, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."))
             for name, tensor in self._tensors.items()
@@ -113,14 +120,17 @@ def find_state_dict(path: Path, root: Any) -> tuple[str | None, Mapping[str, Any
             isinstance(item, torch.Tensor) for item in value.values()
         )
 
+    # A training checkpoint may also hold stray tensors (a metric, a step counter) at the top
+    # level: the wrapped state dict is the model, so look for it first.
+    if isinstance(root, Mapping):
+        for key in WRAPPER_KEYS:
+            if holds_tensors(root.get(key)):
+                return key, root[key]
     if holds_tensors(root):
         if not all(isinstance(key, str) for key in root):
             raise InputError(f"{path}: the state dict has non-string keys")
         return None, root
     if isinstance(root, Mapping):
-        for key in WRAPPER_KEYS:
-            if holds_tensors(root.get(key)):
-                return key, root[key]
         keys = ", ".join(repr(key) for key in list(root)[:10])
         raise InputError(
             f"{path}: no state dict found: top-level keys are {keys or 'none'}; expected tensors, "

@@ -17,6 +17,7 @@ class GraphReport:
     structure: Structure
     dtypes: dict[str, str]
     spec: str  # the structure as a spec file (what --emit-spec prints)
+    warnings: tuple[str, ...]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -26,7 +27,7 @@ class GraphReport:
             "origin": self.structure.origin,
             "chains": [self._chain(chain) for chain in self.structure.chains],
             "unassigned": [unassigned_dict(entry) for entry in self.structure.unassigned],
-            "warnings": list(self.structure.assumptions),
+            "warnings": list(self.warnings),
         }
 
     def _chain(self, chain: Chain) -> dict[str, Any]:
