@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -138,10 +139,14 @@ def write_rescaled(
     raise UsageError(f"{checkpoint.path}: writing {checkpoint.format} checkpoints is not supported")
 
 
-def temporary_name(final: Path) -> Path:
-    """A hidden name beside `final` that keeps its suffix (so it opens as the same format)."""
-    suffix = "".join(final.suffixes[-1:])
-    return final.with_name(f".{final.name}.weissi-{os.getpid()}{suffix}")
+def create_temporary(final: Path) -> Path:
+    """A new, uniquely named hidden file beside `final` (same filesystem, so the final rename
+    is atomic) that keeps its suffix, so it opens as the same format."""
+    descriptor, name = tempfile.mkstemp(
+        dir=final.parent, prefix=f".{final.name}.", suffix=f".weissi-tmp{final.suffix}"
+    )
+    os.close(descriptor)
+    return Path(name)
 
 
 def _write_single(
@@ -150,7 +155,7 @@ def _write_single(
     output: Path,
     record: Mapping[str, Any],
 ) -> PendingOutput:
-    temporary = temporary_name(output)
+    temporary = create_temporary(output)
     pending = PendingOutput(output, temporary, [(temporary, output)])
     try:
         write_safetensors_copy(checkpoint, factors, temporary, {"weissi": json.dumps(record)})
@@ -168,7 +173,7 @@ def _write_sharded(
 ) -> PendingOutput:
     created = not output.exists()
     output.mkdir(exist_ok=True)
-    staging = output / f".weissi-{os.getpid()}"
+    staging = Path(tempfile.mkdtemp(dir=output, prefix=".weissi-tmp-"))
     pending = PendingOutput(
         output,
         staging / checkpoint.path.name,
@@ -176,7 +181,6 @@ def _write_sharded(
         created_dir=output if created else None,
     )
     try:
-        staging.mkdir()
         for shard_name, shard in checkpoint.shards.items():
             shard_factors = {
                 name: f for name, f in factors.items() if checkpoint.shard_of(name) == shard_name
@@ -217,7 +221,8 @@ def write_safetensors_copy(
     header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
     header_bytes += b" " * (-len(header_bytes) % 8)
     new_start = 8 + len(header_bytes)
-    descriptor = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    # `destination` is always a path of this run's own (a fresh temporary).
+    descriptor = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.write(descriptor, len(header_bytes).to_bytes(8, "little") + header_bytes)
         copies: list[list[int]] = []  # [begin, end) spans of untouched bytes
@@ -330,6 +335,8 @@ class ChunkScaler:
                     return fast
             values = decode(raw, dtype, self.widened)
             product = np.multiply(values, factor, out=self.product[:count], dtype=np.float64)
+            if dtype != "float64":
+                _round_product_to_odd(product, values, factor)
             return encode(product, dtype)
 
     def _scale_by_power_of_two(
@@ -380,17 +387,58 @@ def _write_torch(
     else:
         root = type(checkpoint.root)(checkpoint.root)
         root[checkpoint.wrapper_key] = state
-    temporary = temporary_name(output)
+    temporary = create_temporary(output)
     pending = PendingOutput(output, temporary, [(temporary, output)])
     try:
-        with open(temporary, "xb") as handle:
-            torch.save(root, handle, _use_new_zipfile_serialization=checkpoint.is_zip)
+        with open(temporary, "wb") as handle:
+            try:
+                torch.save(root, handle, _use_new_zipfile_serialization=checkpoint.is_zip)
+            except RuntimeError as error:  # torch's writer reports I/O failures this way
+                raise OutputError(_torch_write_failure(output, error)) from None
             handle.flush()
             os.fsync(handle.fileno())
     except BaseException:
         pending.discard()
         raise
     return pending
+
+
+def _round_product_to_odd(
+    product: npt.NDArray[np.float64], values: npt.NDArray[np.floating], factor: float
+) -> None:
+    """Turn the float64 product `values * factor` (rounded to nearest) into the exact
+    product rounded *to odd*, in place, so that rounding it to a narrower dtype (float32,
+    bfloat16, float16: at most 24 bits, 53 >= 24 + 2) is the correctly rounded exact
+    product: scaling rounds once.
+
+    The rounding error of the product is exact via a split of the factor: with
+    f = f_hi + f_lo (f_hi its float32 part), x·f_hi (24 + 24 bits) and x·f_lo (24 + 29 bits)
+    are exact in float64, and Fast2Sum gives the error of their sum.
+    """
+    high = float(np.float32(factor))
+    low = factor - high
+    if low == 0.0:
+        return  # x·f has at most 48 bits: the float64 product is exact
+    wide = values.astype(np.float64)
+    part_high = wide * high
+    error = wide * low - (product - part_high)
+    inexact = error != 0
+    inexact &= np.isfinite(product)
+    if not inexact.any():
+        return
+    bits = product.view(np.uint64)
+    # Where rounding went away from zero, step back toward zero; then make the last bit odd.
+    away = inexact & (np.signbit(error) != np.signbit(product))
+    bits -= away.astype(np.uint64)
+    bits |= inexact.astype(np.uint64)
+
+
+def _torch_write_failure(output: Path, error: RuntimeError) -> str:
+    free = shutil.disk_usage(output.parent).free
+    if free < 1 << 20:
+        return f"{output}: no space left on the device ({free} bytes free); nothing was written"
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else "RuntimeError"
+    return f"{output}: torch could not write the file ({detail}); nothing was written"
 
 
 def _scaled_torch_tensor(checkpoint: TorchCheckpoint, name: str, factor: float) -> Any:

@@ -29,6 +29,7 @@ THREADS_ABOVE_BYTES = 32 << 20
 ROW = 256
 # Where float32 squares and their row sums can neither overflow nor underflow.
 SAFE_LOW, SAFE_HIGH = 2.0**-50, 2.0**56
+FLOAT64_SAFE_LOW, FLOAT64_SAFE_HIGH = 2.0**-400, 2.0**400
 
 
 @dataclass(frozen=True)
@@ -37,14 +38,17 @@ class TensorStats:
 
     name: str
     elements: int
-    sum_squares: float
+    sum_squares: float  # of values / scale
     l1: float
     max_abs: float
     nonfinite: int
+    # 1 unless the values are so large or small that their squares would overflow or
+    # underflow float64; then sum_squares is of values / scale.
+    scale: float = 1.0
 
     @property
     def fro_norm(self) -> float:
-        return math.sqrt(self.sum_squares)
+        return self.scale * math.sqrt(self.sum_squares)
 
     @property
     def is_finite(self) -> bool:
@@ -59,10 +63,11 @@ class TensorStats:
 
 @dataclass(frozen=True)
 class Partial:
-    sum_squares: float
+    sum_squares: float  # of values / scale
     l1: float
     max_abs: float
     nonfinite: int
+    scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -144,9 +149,14 @@ def reduce_float64(values: npt.NDArray[np.float64]) -> Partial:
     largest = float(magnitudes.max())
     if largest == 0.0:
         return Partial(0.0, 0.0, 0.0, nonfinite)
-    scaled = magnitudes / largest  # so float64 cannot overflow either
-    sum_squares = float(np.dot(scaled, scaled)) * largest * largest
-    return Partial(sum_squares, float(magnitudes.sum()), largest, nonfinite)
+    if FLOAT64_SAFE_LOW <= largest <= FLOAT64_SAFE_HIGH:
+        return Partial(
+            float(np.dot(magnitudes, magnitudes)), float(magnitudes.sum()), largest, nonfinite
+        )
+    scaled = magnitudes / largest  # squares of these cannot overflow or underflow
+    return Partial(
+        float(np.dot(scaled, scaled)), float(magnitudes.sum()), largest, nonfinite, largest
+    )
 
 
 def _tasks(infos: Iterable[TensorInfo], chunk_elements: int) -> Iterator[_Task]:
@@ -196,10 +206,12 @@ def _combine(
 def combine(info: TensorInfo, parts: Iterable[Partial]) -> TensorStats:
     """A tensor's statistics from the partials of all its chunks."""
     parts = list(parts)
+    scale = max((part.scale for part in parts if part.sum_squares > 0), default=1.0)
     return TensorStats(
         name=info.name,
         elements=info.numel,
-        sum_squares=math.fsum(part.sum_squares for part in parts),
+        sum_squares=math.fsum(part.sum_squares * (part.scale / scale) ** 2 for part in parts),
+        scale=scale,
         l1=math.fsum(part.l1 for part in parts),
         max_abs=max((part.max_abs for part in parts), default=0.0),
         nonfinite=sum(part.nonfinite for part in parts),

@@ -100,10 +100,10 @@ class _Block:
 class _BlockState:
     """One thread's buffers for reading block pairs, and what it measured."""
 
-    def __init__(self) -> None:
-        self.buffers = [bytearray(BLOCK_ELEMENTS * 8) for _ in range(2)]
-        self.widened = [np.empty(BLOCK_ELEMENTS, np.float32) for _ in range(2)]
-        self.reducer = ChunkReducer(BLOCK_ELEMENTS)
+    def __init__(self, capacity: int) -> None:
+        self.buffers = [bytearray(capacity * 8) for _ in range(2)]
+        self.widened = [np.empty(capacity, np.float32) for _ in range(2)]
+        self.reducer = ChunkReducer(capacity)
         self.partials: list[Partial] = []
 
 
@@ -152,7 +152,11 @@ class _PairReader:
             with self._lock:
                 self.partials[name].extend(state.partials)
 
-        run_round_robin(blocks, _BlockState, read_and_work, self.threads, finish=keep_partials)
+        capacity = max(BLOCK_ELEMENTS, width)  # one row may be wider than a block
+
+        run_round_robin(
+            blocks, lambda: _BlockState(capacity), read_and_work, self.threads, finish=keep_partials
+        )
 
     def vector(self, name: str) -> tuple[FloatArray, FloatArray]:
         """A whole (small) tensor from both files, flattened."""

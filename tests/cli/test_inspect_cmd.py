@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from typer.testing import Result
 
 from tests.cli.conftest import assert_golden
@@ -95,12 +96,27 @@ def test_unknown_format(run: Callable[..., Result], workdir: Path) -> None:
     assert "unknown checkpoint format" in result.stderr
 
 
-def test_debug_variable_shows_the_traceback(workdir: Path) -> None:
+def test_debug_variable_shows_the_traceback_and_keeps_the_exit_code(workdir: Path) -> None:
     from typer.testing import CliRunner
 
     from weissi_cli.cli.app import app
-    from weissi_cli.errors import InputError
 
     result = CliRunner(env={"WEISSI_DEBUG": "1"}).invoke(app, ["inspect", "absent.pt"])
-    assert result.exit_code == 1
-    assert isinstance(result.exception, InputError)
+    assert result.exit_code == 2
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "error: absent.pt: no such file or folder" in result.stderr
+
+
+def test_an_unexpected_exception_is_reported_as_a_bug(
+    run: Callable[..., Result], workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import weissi_cli.api.inspect as api
+
+    def explode(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(api, "compute_stats", explode)
+    result = run("inspect", "mlp_digits.pt")
+    assert result.exit_code == 70
+    assert "Traceback" in result.stderr
+    assert "internal error: ZeroDivisionError: boom" in result.stderr

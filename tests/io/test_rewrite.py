@@ -611,11 +611,23 @@ def test_torch_input_is_not_modified(tmp_path: Path) -> None:
     assert sha256(source_path) == before
 
 
-def test_temporary_names_are_hidden_and_keep_the_suffix() -> None:
-    name = rewrite.temporary_name(Path("/x/model.safetensors"))
-    assert name.parent == Path("/x")
-    assert name.name.startswith(".model.safetensors")
-    assert name.suffix == ".safetensors"
+def test_temporary_names_are_hidden_unique_and_keep_the_suffix(tmp_path: Path) -> None:
+    first = rewrite.create_temporary(tmp_path / "model.safetensors")
+    second = rewrite.create_temporary(tmp_path / "model.safetensors")
+    assert first != second
+    assert first.parent == tmp_path
+    assert first.name.startswith(".model.safetensors")
+    assert first.suffix == ".safetensors"
+    assert first.is_file()
+
+
+def test_discard_leaves_files_of_other_runs_alone(single: Path, tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    output = tmp_path / "out" / "model.safetensors"
+    other = rewrite.create_temporary(output)  # another run's temporary beside ours
+    with SafetensorsCheckpoint(single) as source:
+        write_rescaled(source, {}, output, {"tool_version": "test"}).discard()
+    assert sorted(p.name for p in output.parent.iterdir()) == [other.name]
 
 
 # --- check_output_path ------------------------------------------------------------------------

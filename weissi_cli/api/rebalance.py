@@ -65,6 +65,9 @@ def rebalance_checkpoint(
                 biases = analysis.bias_norms if include_bias else None
                 shift = pow2_shift(analysis.optimal, analysis.weight_norms, biases)
             plans.append((analysis, shift, mode))
+        if all(shift is None for _, shift, _ in plans):
+            problems = "; ".join(f"{a.chain.id}: {a.problem}" for a, _, _ in plans)
+            raise StructureError(f"{path}: nothing can be rebalanced ({problems})")
         factors = {
             name: factor
             for analysis, shift, _ in plans
@@ -159,7 +162,7 @@ def _chain_l2(chain: Chain, stats: dict[str, TensorStats], include_bias: bool) -
 
 def _chain_weissi(chain: Chain, stats: dict[str, TensorStats]) -> float | None:
     layer_stats = [stats[layer.weight] for layer in chain.layers]
-    if any(s.sum_squares == 0 or not s.is_finite for s in layer_stats):
+    if any(s.fro_norm == 0 or not s.is_finite for s in layer_stats):
         return None
     log_sum = math.fsum(math.log(s.fro_norm) for s in layer_stats)
     l1_sum = math.fsum(s.l1_direction or 0.0 for s in layer_stats)

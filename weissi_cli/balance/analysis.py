@@ -65,7 +65,7 @@ def degeneracy(chain: Chain, stats: dict[str, TensorStats]) -> str | None:
         if not stats[name].is_finite:
             return f"{name} holds {stats[name].nonfinite} non-finite value(s) (NaN or Inf)"
     for layer in chain.layers:
-        if stats[layer.weight].sum_squares == 0.0:
+        if stats[layer.weight].fro_norm == 0.0:
             return (
                 f"{layer.weight} is all zeros: the chain's output does not depend on its input, "
                 "and its norms can be shrunk without bound"
@@ -84,39 +84,16 @@ def analyse_chain(
     bias_norms = [stats[layer.bias].fro_norm if layer.bias else 0.0 for layer in chain.layers]
     problem = degeneracy(chain, stats)
     if problem is not None:
-        finite_l2 = all(stats[name].is_finite for name in chain.tensor_names())
-        penalty = l2_penalty(weight_norms, bias_norms if include_bias else None)
-        layers = tuple(
-            LayerAnalysis(
-                layer=layer,
-                fro_norm=norm,
-                bias_norm=stats[layer.bias].fro_norm if layer.bias else None,
-                l1_direction=stats[layer.weight].l1_direction,
-                log_norm=math.log(norm) if norm > 0 else None,
-                gamma=None,
-                bias_scale=None,
-                rebalanced_norm=None,
-                rebalanced_bias_norm=None,
-            )
-            for layer, norm in zip(chain.layers, weight_norms, strict=True)
-        )
-        return ChainAnalysis(
-            chain,
-            layers,
-            include_bias,
-            penalty if finite_l2 else None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            problem,
-        )
-
+        return _degenerate(chain, stats, include_bias, problem)
     optimal = optimal_shift(weight_norms, bias_norms if include_bias else None)
+    penalty = l2_penalty(weight_norms, bias_norms if include_bias else None)
+    if not (all(math.isfinite(s) for s in optimal.log_links) and math.isfinite(penalty)):
+        return _degenerate(
+            chain,
+            stats,
+            include_bias,
+            "the norms are too large or too small for float64 sums of squares",
+        )
     gammas, bias_scales = optimal.gammas, optimal.bias_scales
     layers = tuple(
         LayerAnalysis(
@@ -136,7 +113,6 @@ def analyse_chain(
     )
     log_norm_sum = math.fsum(layer.log_norm or 0.0 for layer in layers)
     l1_direction_sum = math.fsum(layer.l1_direction or 0.0 for layer in layers)
-    penalty = l2_penalty(weight_norms, bias_norms if include_bias else None)
     minimum = shifted_penalty(optimal, weight_norms, bias_norms if include_bias else None)
     if not include_bias:
         # The closed form L·G², free of the rounding in Σ (γ_l n_l)².
@@ -155,4 +131,47 @@ def analyse_chain(
         imbalance=max(weight_norms) / min(weight_norms),
         optimal=optimal,
         problem=None,
+    )
+
+
+def _degenerate(
+    chain: Chain, stats: dict[str, TensorStats], include_bias: bool, problem: str
+) -> ChainAnalysis:
+    """What can still be said about a chain without a meaningful optimum."""
+
+    def norm(name: str) -> float:
+        # The norm of the finite part would look valid: a non-finite tensor has none.
+        return stats[name].fro_norm if stats[name].is_finite else math.nan
+
+    weight_norms = [norm(layer.weight) for layer in chain.layers]
+    bias_norms = [norm(layer.bias) if layer.bias else 0.0 for layer in chain.layers]
+    penalty = l2_penalty(weight_norms, bias_norms if include_bias else None)
+    layers = tuple(
+        LayerAnalysis(
+            layer=layer,
+            fro_norm=weight_norm,
+            bias_norm=norm(layer.bias) if layer.bias else None,
+            l1_direction=stats[layer.weight].l1_direction if math.isfinite(weight_norm) else None,
+            log_norm=math.log(weight_norm) if weight_norm > 0 else None,
+            gamma=None,
+            bias_scale=None,
+            rebalanced_norm=None,
+            rebalanced_bias_norm=None,
+        )
+        for layer, weight_norm in zip(chain.layers, weight_norms, strict=True)
+    )
+    return ChainAnalysis(
+        chain,
+        layers,
+        include_bias,
+        penalty if math.isfinite(penalty) else None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        problem,
     )

@@ -27,6 +27,8 @@ UNASSIGNED_SHOWN = 12
 def number(value: float | None, digits: int = 4) -> str:
     if value is None:
         return "—"
+    if math.isnan(value):
+        return "non-finite"
     return f"{value:.{digits}g}"
 
 
@@ -41,7 +43,7 @@ def size(nbytes: int) -> str:
 
 def bar(value: float, largest: float) -> str:
     """A horizontal bar of `value / largest`, drawn in eighths of a cell."""
-    if largest <= 0 or value <= 0:
+    if not (math.isfinite(largest) and math.isfinite(value)) or largest <= 0 or value <= 0:
         return ""
     eighths = round(min(value / largest, 1.0) * BAR_WIDTH * 8)
     full, part = divmod(eighths, 8)
@@ -113,10 +115,12 @@ def _chain_table(analysis: ChainAnalysis, dtypes: dict[str, str]) -> tuple[Text,
     if analysis.include_bias:
         table.add_column("‖b‖ after", justify="right", no_wrap=True)
     table.add_column("", no_wrap=True, min_width=BAR_WIDTH)
-    largest = max(layer.fro_norm for layer in analysis.layers)
+    largest = max(
+        (n for layer in analysis.layers if math.isfinite(n := layer.fro_norm)), default=0.0
+    )
     l2 = analysis.l2_penalty
     for layer in analysis.layers:
-        share = f"{100 * layer.fro_norm**2 / l2:.1f}%" if l2 else "—"
+        share = f"{100 * layer.fro_norm**2 / l2:.1f}%" if l2 and math.isfinite(l2) else "—"
         table.add_row(
             escape(layer.layer.prefix) + ("" if layer.layer.bias else " (no bias)"),
             "×".join(str(s) for s in layer.layer.shape),

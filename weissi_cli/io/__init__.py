@@ -47,6 +47,8 @@ def detect_format(path: Path) -> tuple[str, Path]:
 def open_checkpoint(path: Path) -> Checkpoint:
     """Open a checkpoint for lazy reading; the caller closes it."""
     file_format, target = detect_format(path)
+    if not target.is_file():  # a FIFO or device would block or mislead the readers
+        raise InputError(f"{target}: not a regular file")
     if file_format == "safetensors":
         from weissi_cli.io.safetensors_file import SafetensorsCheckpoint
 
@@ -57,6 +59,4 @@ def open_checkpoint(path: Path) -> Checkpoint:
         return ShardedCheckpoint(target)
     from weissi_cli.io.torch_pickle import TorchCheckpoint
 
-    if not target.is_file():
-        raise InputError(f"{target}: not a regular file")
     return TorchCheckpoint(target)

@@ -104,7 +104,9 @@ class Checkpoint(ABC):
 
 def natural_key(name: str) -> tuple[Any, ...]:
     """Sort key that orders `net.2` before `net.10`."""
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+    # re.split with a group alternates text and digit runs: odd positions are numbers.
+    parts = re.split(r"(\d+)", name)
+    return tuple(int(part) if index % 2 else part for index, part in enumerate(parts))
 
 
 def empty_raw(dtype: str) -> npt.NDArray[np.generic]:

@@ -29,7 +29,7 @@ class TensorRow:
             "shape": list(self.shape),
             "dtype": self.dtype,
             "fro_norm": finite_or_none(self.fro_norm) if not self.nonfinite else None,
-            "max_abs": finite_or_none(self.max_abs),
+            "max_abs": finite_or_none(self.max_abs) if not self.nonfinite else None,
             "l1_direction": finite_or_none(self.l1_direction) if not self.nonfinite else None,
             "nonfinite": self.nonfinite,
             "skipped": self.skipped,
