@@ -11,6 +11,7 @@ import json
 import os
 from collections import OrderedDict
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.helpers import sha256, write_safetensors, write_sharded, write_torch
+from tests.io.test_scaling import round_exactly
 from weissi_cli import rewrite
 from weissi_cli.errors import OutputError, UsageError
 from weissi_cli.io import Checkpoint, open_checkpoint
@@ -66,8 +68,14 @@ def raw_bytes(checkpoint: Checkpoint, name: str) -> bytes:
 
 
 def expected_scaled_bytes(checkpoint: Checkpoint, name: str, factor: float) -> bytes:
+    """The exact products, each rounded once to the storage dtype."""
     dtype = checkpoint.info(name).dtype
-    return encode(flat_values(checkpoint, name) * factor, dtype).tobytes()
+    values = flat_values(checkpoint, name)
+    if dtype == "float64":  # one IEEE multiplication is the exact product rounded once
+        return encode(values * factor, dtype).tobytes()
+    exact = Fraction(factor)
+    rounded = [round_exactly(Fraction(float(v)) * exact, dtype) for v in values]
+    return encode(np.array(rounded, np.float64), dtype).tobytes()
 
 
 def file_bytes_of(checkpoint: SafetensorsCheckpoint, name: str) -> bytes:
@@ -215,7 +223,10 @@ def test_safetensors_scaling_crosses_chunk_boundaries(
             assert raw_bytes(result, "c") == raw_bytes(source, "c")
 
 
-def test_safetensors_scaling_a_tensor_larger_than_a_chunk(tmp_path: Path) -> None:
+def test_safetensors_scaling_a_tensor_larger_than_a_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rewrite, "CHUNK_ELEMENTS", 1000)
     size = rewrite.CHUNK_ELEMENTS + 77
     tensor = torch.randn(size, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
     source_path = write_safetensors(tmp_path / "m.safetensors", {"w": tensor})
