@@ -114,3 +114,16 @@ def test_wide_deep_chain_rewritten_correctly_passes(tmp_path: Path) -> None:
     original, rewritten, chain, shift = rewritten_copy(tmp_path, state)
     result = verify_chain(original, rewritten, chain, shift)
     assert result.passed, result.detail
+
+
+def test_rows_wider_than_a_block_are_verified(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import weissi_cli.verify as verify
+
+    monkeypatch.setattr(verify, "BLOCK_ELEMENTS", 1024)
+    state = mlp_state(sizes=(3000, 4, 2), dtype=torch.float32)
+    state["net.0.weight"] = state["net.0.weight"] * 8
+    original, rewritten, chain, shift = rewritten_copy(tmp_path, state)
+    result = verify_chain(original, rewritten, chain, shift)
+    assert result.passed, result.detail

@@ -127,9 +127,10 @@ class _Worker:
     """Per-thread buffers, so a pass allocates a few MiB whatever the model."""
 
     def __init__(self, chunk_elements: int) -> None:
-        self.raw = bytearray(chunk_elements * 8)
-        self.widened = np.empty(chunk_elements, np.float32)
-        self.reducer = ChunkReducer(chunk_elements)
+        capacity = max(chunk_elements, EXACT_BELOW)  # small tensors are read whole
+        self.raw = bytearray(capacity * 8)
+        self.widened = np.empty(capacity, np.float32)
+        self.reducer = ChunkReducer(capacity)
 
     def reduce(self, checkpoint: Checkpoint, task: _Task) -> Partial:
         raw = checkpoint.read_raw(task.name, task.start, task.count, self.raw)

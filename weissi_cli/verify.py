@@ -246,6 +246,8 @@ class _ElementCheck:
         if self.failures:
             found = ", ".join(f"{name} ({count} values)" for name, count in self.failures.items())
             return f"values not equal to original × planned factor: {found}"
+        if self.worst == 0.0:
+            return f"all {self.checked:,} values are exactly original × planned factor"
         return (
             f"all {self.checked:,} values equal original × planned factor rounded once "
             f"(worst {self.worst:.2g} of the rounding allowance)"

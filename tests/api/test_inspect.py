@@ -227,3 +227,33 @@ def test_one_layer_spec_chain_has_no_slack(samples: Path, tmp_path: Path) -> Non
     assert chain.imbalance == 1.0
     assert [layer.gamma for layer in chain.layers] == [1.0]
     assert "chain0: a chain of one layer (net.4) has no scale symmetry" in report.warnings
+
+
+def test_non_finite_tensor_has_no_norm_or_max_in_json(tmp_path: Path) -> None:
+    state = mlp_state(sizes=(4, 4, 4), dtype=torch.float32)
+    state["net.0.weight"][0, 0] = math.inf
+    payload = inspect_checkpoint(write_safetensors(tmp_path / "m.safetensors", state)).to_dict()
+    row = next(row for row in payload["tensors"] if row["name"] == "net.0.weight")
+    assert (row["fro_norm"], row["max_abs"], row["nonfinite"]) == (None, None, 1)
+    assert payload["chains"][0]["layers"][0]["fro_norm"] is None
+
+
+def test_extreme_float64_norms_are_exact_or_reported(tmp_path: Path) -> None:
+    state = mlp_state(sizes=(4, 4, 4, 4), dtype=torch.float64)
+    state["net.0.weight"] = state["net.0.weight"] * 1e-300
+    state["net.2.weight"] = state["net.2.weight"] * 1e300
+    report = inspect_checkpoint(write_torch(tmp_path / "m.pt", state))
+    norms = {row.name: row.fro_norm for row in report.tensors}
+    assert norms["net.0.weight"] == pytest.approx(float(state["net.0.weight"].norm()), rel=1e-12)
+    assert norms["net.2.weight"] == pytest.approx(
+        float((state["net.2.weight"] / 1e300).norm()) * 1e300, rel=1e-12
+    )
+    (chain,) = report.chains
+    assert chain.problem is not None
+    assert "too large or too small" in chain.problem
+    json.loads(to_json(report.to_dict()))  # no NaN or Infinity
+
+
+def test_pow2_minimum_is_reported_for_every_chain(samples: Path) -> None:
+    chain = inspect_checkpoint(samples / "mlp_digits_bf16.safetensors").to_dict()["chains"][0]
+    assert chain["min_l2_penalty"] <= chain["min_l2_penalty_pow2"] <= chain["l2_penalty"]

@@ -219,3 +219,47 @@ def test_rebalancing_a_rebalanced_file_changes_nothing_more(
     assert first.exit_code == second.exit_code == 0
     gammas = json.loads(second.stdout)["chains"][0]["gammas"]
     assert gammas == pytest.approx([1.0, 1.0, 1.0], rel=1e-6)
+
+
+def test_consent_command_keeps_the_json_flag(run: Callable[..., Result], workdir: Path) -> None:
+    result = run("rebalance", "mlp_digits.pt", "-o", "out.pt", "--json", "--scales", "pow2")
+    assert result.exit_code == 2
+    assert (
+        "weissi rebalance mlp_digits.pt -o out.pt --assume-relu --scales pow2 --json"
+        in result.stderr
+    )
+    assert result.stdout == ""
+
+
+def test_channel_granularity_is_refused_clearly(run: Callable[..., Result], workdir: Path) -> None:
+    result = run(
+        "rebalance", "mlp_digits.pt", "-o", "out.pt", "--assume-relu", "--granularity", "channel"
+    )
+    assert result.exit_code == 2
+    assert "--granularity channel" in result.stderr
+    assert "not available" in result.stderr
+    assert not (workdir / "out.pt").exists()
+
+
+def test_all_chains_degenerate_is_an_error_and_writes_nothing(
+    run: Callable[..., Result], workdir: Path
+) -> None:
+    import torch
+
+    state = torch.load(workdir / "mlp_digits.pt", weights_only=True)
+    state["net.2.weight"][0, 0] = float("nan")
+    torch.save(state, workdir / "nan.pt")
+    result = run("rebalance", "nan.pt", "-o", "out.pt", "--assume-relu")
+    assert result.exit_code == 2
+    assert "nothing can be rebalanced" in result.stderr
+    assert "net.2.weight holds 1 non-finite value(s)" in result.stderr
+    assert not (workdir / "out.pt").exists()
+
+
+def test_a_fifo_is_refused_without_blocking(run: Callable[..., Result], workdir: Path) -> None:
+    import os
+
+    os.mkfifo(workdir / "pipe.safetensors")
+    result = run("inspect", "pipe.safetensors")
+    assert result.exit_code == 2
+    assert "not a regular file" in result.stderr

@@ -170,3 +170,21 @@ def test_symmetries_of_a_chain_follow_the_ir(tmp_path: Path) -> None:
         ("net.2.weight", 1, -1, 1),
     ]
     assert symmetry.origin == "heuristic"
+
+
+def test_a_top_level_layer_is_left_out_with_the_reason(tmp_path: Path) -> None:
+    state = OrderedDict()
+    state["weight"] = torch.randn(4, 4)
+    state["fc.weight"] = torch.randn(4, 4)
+    state["fc2.weight"] = torch.randn(4, 4)
+    structure = structure_of(write_torch(tmp_path / "m.pt", state))
+    assert prefixes(structure) == [["fc", "fc2"]]
+    assert "no module name" in reasons(structure)["weight"]
+
+
+def test_names_with_non_ascii_digits_sort_without_error(tmp_path: Path) -> None:
+    state = OrderedDict()
+    state["a²1.weight"] = torch.randn(4, 4)
+    state["a².weight"] = torch.randn(4, 4)
+    structure = structure_of(write_safetensors(tmp_path / "m.safetensors", state))
+    assert sorted(prefixes(structure)[0]) == ["a²", "a²1"]

@@ -133,3 +133,16 @@ def test_one_layer_chain_is_accepted_with_a_note(tmp_path: Path, mlp_file: Path)
     )
     assert structure.chains[0].notes == ("a chain of one layer (net.4) has no scale symmetry",)
     assert structure.chains[0].symmetries() == ()
+
+
+@pytest.mark.parametrize("version", ["true", "1.0", '"1"'])
+def test_version_must_be_the_integer_1(tmp_path: Path, mlp_file: Path, version: str) -> None:
+    spec = spec_file(tmp_path, f'version = {version}\n[[chain]]\nlayers = ["net.0", "net.2"]\n')
+    with pytest.raises(InputError, match="`version = 1` is required"):
+        from_spec(mlp_file, spec)
+
+
+def test_a_layer_twice_in_one_chain_is_refused(tmp_path: Path, mlp_file: Path) -> None:
+    spec = spec_file(tmp_path, 'version = 1\n[[chain]]\nlayers = ["net.0", "net.2", "net.0"]\n')
+    with pytest.raises(StructureError, match="net.0 appear more than once"):
+        from_spec(mlp_file, spec)

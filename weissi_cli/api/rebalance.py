@@ -35,15 +35,29 @@ def rebalance_checkpoint(
     include_bias: bool = False,
     force: bool = False,
     threads: int = 2,
+    granularity: str = "layer",
+    extra_flags: tuple[str, ...] = (),
 ) -> RebalanceReport:
-    """Write `output`, the rebalanced copy of `path`, only if verification passes."""
+    """Write `output`, the rebalanced copy of `path`, only if verification passes.
+
+    `extra_flags` are appended to the command a refusal suggests (the CLI's --json).
+    """
     if scales not in SCALES_MODES:
         raise UsageError(f"--scales must be one of {', '.join(SCALES_MODES)}, not {scales!r}")
+    if granularity != "layer":
+        if granularity == "channel":
+            raise UsageError(
+                "--granularity channel (one scale per hidden unit) is not available in this "
+                "version of weissi; --granularity layer is"
+            )
+        raise UsageError(f"--granularity must be layer or channel, not {granularity!r}")
     with open_checkpoint(path) as checkpoint:
         check_output_path(checkpoint, output, force)
         structure = discover(checkpoint, spec)
         if structure.is_assumed and not assume_relu:
-            raise ConsentError(_consent_message(path, output, scales, include_bias, force))
+            raise ConsentError(
+                _consent_message(path, output, scales, include_bias, force, extra_flags)
+            )
         if not structure.chains:
             raise StructureError(
                 f"{path}: no chains of layers were found, so there is nothing to rebalance; "
@@ -169,7 +183,14 @@ def _chain_weissi(chain: Chain, stats: dict[str, TensorStats]) -> float | None:
     return weissi_penalty(log_sum, l1_sum, 1.0, 1.0)
 
 
-def _consent_message(path: Path, output: Path, scales: str, include_bias: bool, force: bool) -> str:
+def _consent_message(
+    path: Path,
+    output: Path,
+    scales: str,
+    include_bias: bool,
+    force: bool,
+    extra_flags: tuple[str, ...],
+) -> str:
     command = ["weissi", "rebalance", str(path), "-o", str(output), "--assume-relu"]
     if scales != "auto":
         command += ["--scales", scales]
@@ -177,6 +198,7 @@ def _consent_message(path: Path, output: Path, scales: str, include_bias: bool, 
         command.append("--include-bias")
     if force:
         command.append("--force")
+    command += extra_flags
     return (
         f"{path}: the structure was inferred from tensor names and shapes, and the activations "
         "are unknown; rebalancing changes the function unless they are ReLU-like. Review it with "

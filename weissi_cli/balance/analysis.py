@@ -10,6 +10,7 @@ from weissi_cli.balance.layerwise import (
     geometric_mean,
     l2_penalty,
     optimal_shift,
+    pow2_shift,
     shifted_penalty,
     weissi_penalty,
 )
@@ -49,6 +50,7 @@ class ChainAnalysis:
     imbalance: float | None
     optimal: Shift | None
     problem: str | None
+    pow2_l2_penalty: float | None = None  # what power-of-two scales reach (16-bit default)
 
     @property
     def weight_norms(self) -> tuple[float, ...]:
@@ -131,6 +133,11 @@ def analyse_chain(
         imbalance=max(weight_norms) / min(weight_norms),
         optimal=optimal,
         problem=None,
+        pow2_l2_penalty=shifted_penalty(
+            pow2_shift(optimal, weight_norms, bias_norms if include_bias else None),
+            weight_norms,
+            bias_norms if include_bias else None,
+        ),
     )
 
 

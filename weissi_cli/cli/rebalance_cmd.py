@@ -38,6 +38,13 @@ def rebalance(
         ),
     ] = "auto",
     include_bias: IncludeBias = False,
+    granularity: Annotated[
+        str,
+        typer.Option(
+            "--granularity",
+            help="layer: one scale per layer (per-channel rebalancing is not available yet).",
+        ),
+    ] = "layer",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
     json_output: Json = False,
 ) -> None:
@@ -49,7 +56,15 @@ def rebalance(
     from weissi_cli.report.common import to_json
 
     report = rebalance_checkpoint(
-        checkpoint, output, spec, assume_relu, scales, include_bias, force
+        checkpoint,
+        output,
+        spec,
+        assume_relu,
+        scales,
+        include_bias,
+        force,
+        granularity=granularity,
+        extra_flags=("--json",) if json_output else (),
     )
     if json_output:
         typer.echo(to_json(report.to_dict()))

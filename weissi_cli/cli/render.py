@@ -13,6 +13,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from weissi_cli.balance.analysis import ChainAnalysis
+from weissi_cli.io.dtypes import is_16_bit
 from weissi_cli.ir import Unassigned
 from weissi_cli.report.common import Source
 from weissi_cli.report.graph import GraphReport
@@ -83,7 +84,8 @@ def render_inspect(report: InspectReport, console: Console) -> None:
         title, table = _chain_table(analysis, report.dtypes)
         console.print(title)
         console.print(table)
-        console.print(_chain_totals(analysis))
+        sixteen_bit = any(is_16_bit(report.dtypes[name]) for name in analysis.chain.tensor_names())
+        console.print(_chain_totals(analysis, sixteen_bit))
     _print_unassigned(report.unassigned, console)
 
 
@@ -136,7 +138,7 @@ def _chain_table(analysis: ChainAnalysis, dtypes: dict[str, str]) -> tuple[Text,
     return title, table
 
 
-def _chain_totals(analysis: ChainAnalysis) -> RenderableType:
+def _chain_totals(analysis: ChainAnalysis, sixteen_bit: bool) -> RenderableType:
     if analysis.problem:
         return Text(f"  degenerate: {analysis.problem}", style="red")
     l2, minimum, slack = analysis.l2_penalty, analysis.min_l2_penalty, analysis.l2_slack
@@ -148,6 +150,17 @@ def _chain_totals(analysis: ChainAnalysis) -> RenderableType:
             " → min ",
             (number(minimum), "bold green"),
             f" after rebalancing · slack {number(slack)}{percent}",
+        ),
+        *(
+            [
+                Text(
+                    f"  16-bit tensors: power-of-two scales (the default, bit-identical outputs) "
+                    f"reach {number(analysis.pow2_l2_penalty)}",
+                    style="dim",
+                )
+            ]
+            if sixteen_bit
+            else []
         ),
         Text.assemble(
             "  imbalance ",
@@ -225,7 +238,10 @@ def render_rebalance(report: RebalanceReport, console: Console) -> None:
     )
     console.print(Text.assemble(mark, f" ({verification.method})"))
     for check in verification.chains:
-        console.print(f"  {escape(check.chain_id)}: {escape(check.detail)}")
+        first, *rest = check.detail.split("; ")
+        console.print(f"  {escape(check.chain_id)}: {escape(first)}")
+        for line in rest:
+            console.print(f"    {escape(line)}")
     if report.written:
         console.print(
             Text.assemble("wrote ", (report.output_path, "bold"), f" ({report.output_format})")

@@ -104,6 +104,7 @@ def chain_dict(analysis: ChainAnalysis) -> dict[str, Any]:
         "weissi_penalty": finite_or_none(analysis.weissi_penalty),
         "geometric_mean": finite_or_none(analysis.geometric_mean),
         "min_l2_penalty": finite_or_none(analysis.min_l2_penalty),
+        "min_l2_penalty_pow2": finite_or_none(analysis.pow2_l2_penalty),
         "l2_slack": finite_or_none(analysis.l2_slack),
         "imbalance": finite_or_none(analysis.imbalance),
         "notes": list(chain.notes),

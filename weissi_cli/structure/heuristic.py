@@ -47,6 +47,11 @@ def infer_structure(checkpoint: Checkpoint) -> Structure:
         for info in non_float:
             unassigned.append(Unassigned(info.name, f"{info.dtype} tensor: skipped"))
         layer = as_layer(module)
+        if layer is not None and not module.prefix:
+            reason = "a tensor at the top level has no module name: no chain or spec can name it"
+            close(reason)
+            unassigned.extend(Unassigned(name, reason) for name in module.names())
+            continue
         if layer is not None and not is_normalisation(module):
             problem = bias_problem(layer, checkpoint) or _shared_problem(layer, checkpoint)
             if problem is not None:
@@ -104,7 +109,7 @@ def infer_structure(checkpoint: Checkpoint) -> Structure:
         for index, (layers, chain_blocks, chain_notes) in enumerate(runs)
     )
     assumptions: tuple[str, ...] = (ASSUMPTION,) if chains else ()
-    if checkpoint.format.startswith("safetensors"):
+    if chains and checkpoint.format.startswith("safetensors"):
         assumptions += (ORDER_ASSUMPTION,)
     return Structure(chains, tuple(unassigned), "heuristic", assumptions)
 

@@ -40,7 +40,7 @@ def structure_from_spec(path: Path, checkpoint: Checkpoint) -> Structure:
             "`version` and `[[chain]]` tables"
         )
     version = document.get("version")
-    if version != SPEC_VERSION:
+    if type(version) is not int or version != SPEC_VERSION:
         raise InputError(f"{path}: `version = {SPEC_VERSION}` is required (found {version!r})")
     tables = document.get("chain", [])
     if not isinstance(tables, list) or not tables:
@@ -101,6 +101,9 @@ def _chain_from_table(
         or not all(isinstance(p, str) for p in prefixes)
     ):
         raise InputError(f"{where}: `layers` must be a non-empty list of layer names")
+    repeated = sorted({prefix for prefix in prefixes if prefixes.count(prefix) > 1})
+    if repeated:
+        raise StructureError(f"{where}: layer(s) {', '.join(repeated)} appear more than once")
     layers = [_layer(path, prefix, checkpoint, layer_prefixes) for prefix in prefixes]
     blocks: list[int] = []
     notes: list[str] = []
