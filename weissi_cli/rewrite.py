@@ -336,7 +336,7 @@ class ChunkScaler:
             values = decode(raw, dtype, self.widened)
             product = np.multiply(values, factor, out=self.product[:count], dtype=np.float64)
             if dtype != "float64":
-                _round_product_to_odd(product, values, factor)
+                _round_product_to_odd(product, values, factor, dtype)
             return encode(product, dtype)
 
     def _scale_by_power_of_two(
@@ -403,34 +403,47 @@ def _write_torch(
     return pending
 
 
-def _round_product_to_odd(
-    product: npt.NDArray[np.float64], values: npt.NDArray[np.floating], factor: float
-) -> None:
-    """Turn the float64 product `values * factor` (rounded to nearest) into the exact
-    product rounded *to odd*, in place, so that rounding it to a narrower dtype (float32,
-    bfloat16, float16: at most 24 bits, 53 >= 24 + 2) is the correctly rounded exact
-    product: scaling rounds once.
+# Bits of a float64 mantissa below the rounding midpoint of each narrower dtype. Rounding
+# the float64 product again can differ from rounding the exact product only where the
+# float64 product is itself a midpoint (or exact), and those have all these bits clear.
+_BELOW_MIDPOINT = {
+    "float32": np.uint64((1 << 28) - 1),
+    "float16": np.uint64((1 << 41) - 1),
+    "bfloat16": np.uint64((1 << 44) - 1),
+}
 
-    The rounding error of the product is exact via a split of the factor: with
-    f = f_hi + f_lo (f_hi its float32 part), x·f_hi (24 + 24 bits) and x·f_lo (24 + 29 bits)
-    are exact in float64, and Fast2Sum gives the error of their sum.
+
+def _round_product_to_odd(
+    product: npt.NDArray[np.float64], values: npt.NDArray[np.floating], factor: float, dtype: str
+) -> None:
+    """Make the float64 product `values * factor` round to a narrower `dtype` exactly as the
+    exact product would (scaling rounds once), in place.
+
+    Rounding twice differs from rounding once only where the float64 product lands on a
+    midpoint of the narrower grid; those few values are replaced by the exact product
+    rounded *to odd* (53 >= 24 + 2 bits, so the final rounding to nearest is then correct).
+    The rounding error comes exactly from a split of the factor, f = f_hi + f_lo with f_hi
+    its float32 part: x·f_hi (24 + 24 bits) and x·f_lo (24 + 29 bits) are exact in
+    float64, and Fast2Sum gives the error of their sum.
     """
     high = float(np.float32(factor))
     low = factor - high
     if low == 0.0:
         return  # x·f has at most 48 bits: the float64 product is exact
-    wide = values.astype(np.float64)
-    part_high = wide * high
-    error = wide * low - (product - part_high)
-    inexact = error != 0
-    inexact &= np.isfinite(product)
-    if not inexact.any():
-        return
     bits = product.view(np.uint64)
+    candidates = np.flatnonzero((bits & _BELOW_MIDPOINT[dtype]) == 0)
+    if candidates.size == 0:
+        return
+    wide = values[candidates].astype(np.float64)
+    chosen = product[candidates]
+    error = wide * low - (chosen - wide * high)
+    inexact = (error != 0) & np.isfinite(chosen)
     # Where rounding went away from zero, step back toward zero; then make the last bit odd.
-    away = inexact & (np.signbit(error) != np.signbit(product))
-    bits -= away.astype(np.uint64)
-    bits |= inexact.astype(np.uint64)
+    away = inexact & (np.signbit(error) != np.signbit(chosen))
+    chosen_bits = chosen.view(np.uint64)
+    chosen_bits -= away.astype(np.uint64)
+    chosen_bits |= inexact.astype(np.uint64)
+    product[candidates] = chosen
 
 
 def _torch_write_failure(output: Path, error: RuntimeError) -> str:

@@ -218,6 +218,7 @@ class _ElementCheck:
         self.failures: dict[str, int] = {}
         self.worst = 0.0  # largest |new − f·old| as a share of its allowance
         self._lock = threading.Lock()
+        self._scratch = threading.local()
 
     def check(
         self,
@@ -228,19 +229,30 @@ class _ElementCheck:
         new: FloatArray,
         magnitudes: FloatArray,
     ) -> None:
+        """`magnitudes` (|new|) is overwritten: callers pass a buffer they are done with."""
         exact = math.frexp(factor)[0] == 0.5
         unit = 0.0 if exact else UNIT_ROUNDOFF[dtype] + 3 * self.unit_compute
-        with np.errstate(invalid="ignore", over="ignore"):
-            deviation = np.abs(new - old * self.compute(factor))
-            allowance = magnitudes * unit + SUBNORMAL_SPACING[dtype]
-            bad = int(np.count_nonzero(~(deviation <= allowance)))  # NaN counts as bad
-            share = float(np.max(deviation / allowance)) if deviation.size else 0.0
+        old, new, magnitudes = old.ravel(), new.ravel(), magnitudes.ravel()
+        buffer = getattr(self._scratch, "buffer", None)
+        if buffer is None or buffer.size < old.size:
+            buffer = self._scratch.buffer = np.empty(max(old.size, BLOCK_ELEMENTS), self.compute)
+        share = buffer[: old.size]
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            np.multiply(old, self.compute(factor), out=share)
+            np.subtract(new, share, out=share)
+            np.abs(share, out=share)  # the deviation ...
+            np.multiply(magnitudes, unit, out=magnitudes)
+            magnitudes += SUBNORMAL_SPACING[dtype]  # ... and its allowance
+            np.divide(share, magnitudes, out=share)
+            worst = float(share.max()) if share.size else 0.0
+            # NaN (from Inf or NaN values) fails the check like any excess.
+            bad = 0 if worst <= 1.0 else int(np.count_nonzero(~(share <= 1.0)))
         with self._lock:
-            self.checked += deviation.size
+            self.checked += share.size
             if bad:
                 self.failures[name] = self.failures.get(name, 0) + bad
-            if math.isfinite(share):
-                self.worst = max(self.worst, share)
+            if math.isfinite(worst):
+                self.worst = max(self.worst, worst)
 
     def describe(self) -> str:
         if self.failures:
