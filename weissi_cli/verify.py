@@ -266,6 +266,12 @@ class _ElementCheck:
         )
 
 
+def _compute_dtype(original: Checkpoint, chain: Chain) -> type[np.floating]:
+    """float64 when the whole chain is stored in float64, float32 (exact for 16-bit) else."""
+    dtypes = {original.info(name).dtype for name in chain.tensor_names()}
+    return np.float64 if dtypes == {"float64"} else np.float32
+
+
 def _planned_shift_problem(shift: Shift) -> str | None:
     product = math.prod(shift.gammas)
     if abs(product - 1.0) > 1e-12:
@@ -279,8 +285,7 @@ def probe_chain(
     """Check every rewritten value against its planned factor, and run random probes
     through both versions of the chain (one row block at a time) to report how far the
     outputs moved."""
-    dtypes = {original.info(name).dtype for name in chain.tensor_names()}
-    compute: type[np.floating] = np.float64 if dtypes == {"float64"} else np.float32
+    compute = _compute_dtype(original, chain)
     factors = planned_factors(chain, shift)
     reader = _PairReader(original, rewritten, compute)
     elements = _ElementCheck(compute)
@@ -356,8 +361,7 @@ def structural_check(
     """Every value of each rewritten tensor is its original times the planned factor, and the
     factors form a shift (for chains whose forward pass the files do not determine)."""
     planned = planned_factors(chain, shift)
-    dtypes = {original.info(name).dtype for name in chain.tensor_names()}
-    compute: type[np.floating] = np.float64 if dtypes == {"float64"} else np.float32
+    compute = _compute_dtype(original, chain)
     reader = _PairReader(original, rewritten, compute)
     elements = _ElementCheck(compute)
     for name, factor in planned.items():
