@@ -11,9 +11,10 @@ import torch
 from tests.helpers import mlp_state, write_safetensors
 from weissi_cli.balance.analysis import analyse_chain
 from weissi_cli.io import open_checkpoint
+from weissi_cli.scales import shift_scales
 from weissi_cli.stats import compute_stats
 from weissi_cli.structure import discover
-from weissi_cli.verify import planned_factors, verify_chain
+from weissi_cli.verify import verify_chain
 
 
 def rewritten_copy(  # type: ignore[no-untyped-def]
@@ -25,29 +26,29 @@ def rewritten_copy(  # type: ignore[no-untyped-def]
         chain = discover(checkpoint).chains[0]
         shift = analyse_chain(chain, compute_stats(checkpoint)).optimal
     assert shift is not None
-    factors = planned_factors(chain, shift)
-    new = OrderedDict((n, t * factors.get(n, 1.0)) for n, t in state.items())
+    scales = shift_scales(chain, shift, {n: tuple(t.shape) for n, t in state.items()})
+    new = OrderedDict((n, t * scales[n].scalar if n in scales else t) for n, t in state.items())
     if corrupt is not None:
         new[corrupt] = new[corrupt] * by
     target = write_safetensors(tmp_path / "b.safetensors", new)
-    return open_checkpoint(source), open_checkpoint(target), chain, shift
+    return open_checkpoint(source), open_checkpoint(target), chain, scales
 
 
 def test_a_correct_rewrite_passes_and_is_measured(tmp_path: Path) -> None:
     state = mlp_state(sizes=(8, 16, 16, 4), dtype=torch.float32)
-    original, rewritten, chain, shift = rewritten_copy(tmp_path, state)
-    result = verify_chain(original, rewritten, chain, shift)
+    original, rewritten, chain, scales = rewritten_copy(tmp_path, state)
+    result = verify_chain(original, rewritten, chain, scales)
     assert result.passed
     assert result.method == "probe"
     assert set(result.after) == set(chain.tensor_names())
-    expected = float((state["net.0.weight"].double() * shift.gammas[0]).norm())
+    expected = float((state["net.0.weight"].double() * scales["net.0.weight"].scalar).norm())
     assert abs(result.after["net.0.weight"].fro_norm / expected - 1) < 1e-6
 
 
 def test_a_wrong_bias_scale_fails(tmp_path: Path) -> None:
     state = mlp_state(sizes=(8, 16, 16, 4), dtype=torch.float32)
-    original, rewritten, chain, shift = rewritten_copy(tmp_path, state, corrupt="net.2.bias")
-    result = verify_chain(original, rewritten, chain, shift)
+    original, rewritten, chain, scales = rewritten_copy(tmp_path, state, corrupt="net.2.bias")
+    result = verify_chain(original, rewritten, chain, scales)
     assert not result.passed
     assert result.max_abs_diff > 0
 
@@ -58,13 +59,15 @@ def test_conv_chain_gets_a_structural_check_that_catches_a_wrong_tensor(tmp_path
     state["c1.bias"] = torch.randn(4)
     state["c2.weight"] = torch.randn(6, 4, 3, 3)
     state["fc.weight"] = torch.randn(3, 6 * 9)
-    original, rewritten, chain, shift = rewritten_copy(tmp_path, state)
-    good = verify_chain(original, rewritten, chain, shift)
+    original, rewritten, chain, scales = rewritten_copy(tmp_path, state)
+    good = verify_chain(original, rewritten, chain, scales)
     assert good.method == "structural"
     assert good.passed
     (tmp_path / "bad").mkdir()
-    original, rewritten, chain, shift = rewritten_copy(tmp_path / "bad", state, corrupt="c2.weight")
-    bad = verify_chain(original, rewritten, chain, shift)
+    original, rewritten, chain, scales = rewritten_copy(
+        tmp_path / "bad", state, corrupt="c2.weight"
+    )
+    bad = verify_chain(original, rewritten, chain, scales)
     assert not bad.passed
     assert "c2.weight" in bad.detail
 
@@ -75,8 +78,8 @@ def test_deep_wide_chain_bound_stays_finite(tmp_path: Path) -> None:
     state = mlp_state(sizes=sizes, dtype=torch.float32, bias=False, step=1)
     for index, name in enumerate(state):
         state[name] = state[name] * (2.0 ** (index % 3)) / 16  # keep activations finite
-    original, rewritten, chain, shift = rewritten_copy(tmp_path, state)
-    result = verify_chain(original, rewritten, chain, shift)
+    original, rewritten, chain, scales = rewritten_copy(tmp_path, state)
+    result = verify_chain(original, rewritten, chain, scales)
     assert result.passed, result.detail
     assert "not finite" not in result.detail
 
@@ -84,10 +87,10 @@ def test_deep_wide_chain_bound_stays_finite(tmp_path: Path) -> None:
 def test_float64_checks_are_made_in_float64(tmp_path: Path) -> None:
     """A 1e-12 relative error is invisible in float32 arithmetic but not in float64."""
     state = mlp_state(sizes=(5, 7, 3), dtype=torch.float64)
-    original, rewritten, chain, shift = rewritten_copy(
+    original, rewritten, chain, scales = rewritten_copy(
         tmp_path, state, corrupt="net.2.weight", by=1 + 1e-12
     )
-    result = verify_chain(original, rewritten, chain, shift)
+    result = verify_chain(original, rewritten, chain, scales)
     assert not result.passed
     assert "net.2.weight" in result.detail
 
@@ -101,8 +104,8 @@ def test_wide_deep_chains_catch_small_and_large_corruptions(
 ) -> None:
     """On wide layers a worst-case forward bound is far too loose to catch these."""
     state = mlp_state(sizes=(512,) * 7, dtype=torch.float32)
-    original, rewritten, chain, shift = rewritten_copy(tmp_path, state, corrupt=tensor, by=factor)
-    result = verify_chain(original, rewritten, chain, shift)
+    original, rewritten, chain, scales = rewritten_copy(tmp_path, state, corrupt=tensor, by=factor)
+    result = verify_chain(original, rewritten, chain, scales)
     assert not result.passed
     assert tensor in result.detail
 
@@ -111,8 +114,8 @@ def test_wide_deep_chain_rewritten_correctly_passes(tmp_path: Path) -> None:
     state = mlp_state(sizes=(512,) * 7, dtype=torch.float32)
     for index, name in enumerate(n for n in state if n.endswith("weight")):
         state[name] = state[name] * 1.5**index
-    original, rewritten, chain, shift = rewritten_copy(tmp_path, state)
-    result = verify_chain(original, rewritten, chain, shift)
+    original, rewritten, chain, scales = rewritten_copy(tmp_path, state)
+    result = verify_chain(original, rewritten, chain, scales)
     assert result.passed, result.detail
 
 
@@ -124,6 +127,6 @@ def test_rows_wider_than_a_block_are_verified(
     monkeypatch.setattr(verify, "BLOCK_ELEMENTS", 1024)
     state = mlp_state(sizes=(3000, 4, 2), dtype=torch.float32)
     state["net.0.weight"] = state["net.0.weight"] * 8
-    original, rewritten, chain, shift = rewritten_copy(tmp_path, state)
-    result = verify_chain(original, rewritten, chain, shift)
+    original, rewritten, chain, scales = rewritten_copy(tmp_path, state)
+    result = verify_chain(original, rewritten, chain, scales)
     assert result.passed, result.detail

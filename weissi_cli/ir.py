@@ -16,13 +16,15 @@ class Member:
     """Scaling a symmetry by `c` multiplies `tensor` along `axis` by `c**exponent`.
 
     With `block > 1` each channel covers `block` consecutive entries of that axis
-    (a conv flattened into a linear layer: block = H*W).
+    (a conv flattened into a linear layer: block = H*W); the channels start at entry
+    `offset` of the axis (a concatenation puts a producer's channels after another's).
     """
 
     tensor: str
     axis: int
     exponent: int
     block: int = 1
+    offset: int = 0
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -30,6 +29,7 @@ from weissi_cli.io.dtypes import decode, encode, raw_numpy_dtype
 from weissi_cli.io.safetensors_file import SafetensorsCheckpoint
 from weissi_cli.io.sharded import ShardedCheckpoint
 from weissi_cli.io.torch_pickle import TorchCheckpoint
+from weissi_cli.scales import TensorScale, uniform
 from weissi_cli.threads import run_round_robin
 
 CHUNK_ELEMENTS = 1 << 18
@@ -110,15 +110,26 @@ def check_output_path(checkpoint: Checkpoint, output: Path, force: bool) -> None
         raise OutputError(f"{output}: folder {output.parent} does not exist")
 
 
+Scale = TensorScale | float
+
+
 def write_rescaled(
-    checkpoint: Checkpoint, factors: Mapping[str, float], output: Path, record: Mapping[str, Any]
+    checkpoint: Checkpoint, scales: Mapping[str, Scale], output: Path, record: Mapping[str, Any]
 ) -> PendingOutput:
-    """Write `checkpoint` with each named tensor multiplied by its factor, pending commit."""
-    for name in factors:
+    """Write `checkpoint` with each named tensor multiplied by its scale, pending commit."""
+    factors: dict[str, TensorScale] = {}
+    for name, scale in scales.items():
         if name not in checkpoint:
             raise ValueError(f"no tensor {name!r} to scale in {checkpoint.path}")
+        info = checkpoint.info(name)
+        factors[name] = scale if isinstance(scale, TensorScale) else uniform(info.shape, scale)
+        if factors[name].shape != info.shape:
+            raise ValueError(
+                f"scale for {name!r} has shape {factors[name].shape}, not {info.shape}"
+            )
+    for name in factors:
         tied = checkpoint.shared_storage(name)
-        if tied and any(factors.get(other) != factors[name] for other in tied):
+        if tied and any(not _same_scale(factors.get(other), factors[name]) for other in tied):
             raise UsageError(
                 f"{checkpoint.path}: {name} shares memory with {', '.join(tied)}; they cannot take "
                 "different scales"
@@ -139,6 +150,12 @@ def write_rescaled(
     raise UsageError(f"{checkpoint.path}: writing {checkpoint.format} checkpoints is not supported")
 
 
+def _same_scale(first: TensorScale | None, second: TensorScale) -> bool:
+    if first is None:
+        return False
+    return bool(np.array_equal(np.asarray(first.whole()), np.asarray(second.whole())))
+
+
 def create_temporary(final: Path) -> Path:
     """A new, uniquely named hidden file beside `final` (same filesystem, so the final rename
     is atomic) that keeps its suffix, so it opens as the same format."""
@@ -151,7 +168,7 @@ def create_temporary(final: Path) -> Path:
 
 def _write_single(
     checkpoint: SafetensorsCheckpoint,
-    factors: Mapping[str, float],
+    factors: Mapping[str, TensorScale],
     output: Path,
     record: Mapping[str, Any],
 ) -> PendingOutput:
@@ -167,7 +184,7 @@ def _write_single(
 
 def _write_sharded(
     checkpoint: ShardedCheckpoint,
-    factors: Mapping[str, float],
+    factors: Mapping[str, TensorScale],
     output: Path,
     record: Mapping[str, Any],
 ) -> PendingOutput:
@@ -205,7 +222,7 @@ def _write_sharded(
 
 def write_safetensors_copy(
     source: SafetensorsCheckpoint,
-    factors: Mapping[str, float],
+    factors: Mapping[str, TensorScale],
     destination: Path,
     extra_metadata: Mapping[str, str],
 ) -> None:
@@ -238,7 +255,7 @@ def write_safetensors_copy(
 
         def write_chunk(task: _ScaleTask, scaler: ChunkScaler) -> None:
             raw = source.read_raw(task.name, task.start, task.count, scaler.raw)
-            data = scaler.scale(raw, task.dtype, task.factor)
+            data = scaler.scale(raw, task.dtype, task.factor, task.power_of_two)
             _write_all(descriptor, data.data.cast("B"), task.offset)
 
         def copy_untouched() -> None:
@@ -251,9 +268,8 @@ def write_safetensors_copy(
                     end - begin,
                 )
 
-        run_round_robin(
-            tasks, lambda: ChunkScaler(CHUNK_ELEMENTS), write_chunk, alongside=copy_untouched
-        )
+        capacity = max((task.count for task in tasks), default=1)
+        run_round_robin(tasks, lambda: ChunkScaler(capacity), write_chunk, alongside=copy_untouched)
         os.fsync(descriptor)
     except BaseException:
         os.close(descriptor)
@@ -291,24 +307,39 @@ def _copy_range(
 class _ScaleTask:
     name: str
     dtype: str
-    factor: float
+    factor: float | npt.NDArray[np.float64]  # one per element when not uniform
+    power_of_two: bool
     start: int  # first element
     count: int
     offset: int  # byte offset of the chunk in the output
 
 
-def _scale_tasks(info: TensorInfo, factor: float, offset: int) -> list[_ScaleTask]:
+def _chunks(scale: TensorScale, numel: int) -> list[tuple[int, int]]:
+    """(first element, count): whole rows when the factor varies along the axes."""
+    if not scale.vectors:
+        return [
+            (start, min(CHUNK_ELEMENTS, numel - start)) for start in range(0, numel, CHUNK_ELEMENTS)
+        ]
+    width = scale.row_width
+    rows = max(1, CHUNK_ELEMENTS // max(width, 1))
+    return [(start, min(rows * width, numel - start)) for start in range(0, numel, rows * width)]
+
+
+def _scale_tasks(info: TensorInfo, scale: TensorScale, offset: int) -> list[_ScaleTask]:
     itemsize = raw_numpy_dtype(info.dtype).itemsize
+    power_of_two = scale.is_power_of_two
+    width = max(scale.row_width, 1)
     return [
         _ScaleTask(
             info.name,
             info.dtype,
-            factor,
+            scale.rows(start // width, count // width) if scale.vectors else scale.scalar,
+            power_of_two,
             start,
-            min(CHUNK_ELEMENTS, info.numel - start),
+            count,
             offset + start * itemsize,
         )
-        for start in range(0, info.numel, CHUNK_ELEMENTS)
+        for start, count in _chunks(scale, info.numel)
     ]
 
 
@@ -322,14 +353,24 @@ class ChunkScaler:
         self.bits = np.empty(capacity, np.uint16)
 
     def scale(
-        self, raw: npt.NDArray[np.generic], dtype: str, factor: float
+        self,
+        raw: npt.NDArray[np.generic],
+        dtype: str,
+        factor: float | npt.NDArray[np.float64],
+        power_of_two: bool | None = None,
     ) -> npt.NDArray[np.generic]:
-        """The scaled chunk as raw storage values (may reuse `raw` and this scaler's buffers)."""
+        """The scaled chunk as raw storage values (may reuse `raw` and this scaler's buffers).
+
+        `factor` is a scalar or one value per element; `power_of_two` says whether every
+        factor is a power of two (worked out when not given).
+        """
         count = raw.size
+        if power_of_two is None:
+            power_of_two = bool(np.all(np.frexp(np.asarray(factor))[0] == 0.5))
         # NaN stays NaN and overflow becomes ±inf, as in the input's own arithmetic;
         # verification reports any non-finite output, so numpy need not warn here.
         with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-            if math.frexp(factor)[0] == 0.5:
+            if power_of_two:
                 fast = self._scale_by_power_of_two(raw, dtype, factor)
                 if fast is not None:
                     return fast
@@ -340,14 +381,14 @@ class ChunkScaler:
             return encode(product, dtype)
 
     def _scale_by_power_of_two(
-        self, raw: npt.NDArray[np.generic], dtype: str, factor: float
+        self, raw: npt.NDArray[np.generic], dtype: str, factor: float | npt.NDArray[np.float64]
     ) -> npt.NDArray[np.generic] | None:
         """A power of two is exact in every dtype: IEEE multiplication then rounds the exact
         product once, as the float64 route would. None where a faster route is not exact."""
         if dtype in ("float32", "float64"):
             return np.multiply(raw, factor, out=raw, casting="same_kind")  # type: ignore[no-any-return]
         values = decode(raw, dtype, self.widened)
-        np.multiply(values, np.float32(factor), out=values)
+        np.multiply(values, factor, out=values, casting="same_kind")
         if dtype == "float16":
             return values.astype(np.float16)  # the float32 product is exact here
         bits = values.view(np.uint32)
@@ -366,7 +407,7 @@ def _write_all(descriptor: int, data: memoryview, offset: int) -> None:
 
 def _write_torch(
     checkpoint: TorchCheckpoint,
-    factors: Mapping[str, float],
+    factors: Mapping[str, TensorScale],
     output: Path,
     record: Mapping[str, Any],
 ) -> PendingOutput:
@@ -414,7 +455,10 @@ _BELOW_MIDPOINT = {
 
 
 def _round_product_to_odd(
-    product: npt.NDArray[np.float64], values: npt.NDArray[np.floating], factor: float, dtype: str
+    product: npt.NDArray[np.float64],
+    values: npt.NDArray[np.floating],
+    factor: float | npt.NDArray[np.float64],
+    dtype: str,
 ) -> None:
     """Make the float64 product `values * factor` round to a narrower `dtype` exactly as the
     exact product would (scaling rounds once), in place.
@@ -426,14 +470,13 @@ def _round_product_to_odd(
     its float32 part: x·f_hi (24 + 24 bits) and x·f_lo (24 + 29 bits) are exact in
     float64, and Fast2Sum gives the error of their sum.
     """
-    high = float(np.float32(factor))
-    low = factor - high
-    if low == 0.0:
-        return  # x·f has at most 48 bits: the float64 product is exact
     bits = product.view(np.uint64)
     candidates = np.flatnonzero((bits & _BELOW_MIDPOINT[dtype]) == 0)
     if candidates.size == 0:
         return
+    factors = np.broadcast_to(np.asarray(factor, dtype=np.float64), product.shape)[candidates]
+    high = factors.astype(np.float32).astype(np.float64)
+    low = factors - high  # zero where x·f has at most 48 bits and the product is exact
     wide = values[candidates].astype(np.float64)
     chosen = product[candidates]
     error = wide * low - (chosen - wide * high)
@@ -454,7 +497,7 @@ def _torch_write_failure(output: Path, error: RuntimeError) -> str:
     return f"{output}: torch could not write the file ({detail}); nothing was written"
 
 
-def _scaled_torch_tensor(checkpoint: TorchCheckpoint, name: str, factor: float) -> Any:
+def _scaled_torch_tensor(checkpoint: TorchCheckpoint, name: str, scale: TensorScale) -> Any:
     import torch
 
     original = checkpoint.tensor(name)
@@ -466,11 +509,13 @@ def _scaled_torch_tensor(checkpoint: TorchCheckpoint, name: str, factor: float) 
         else flat.numpy()
     )
     info = checkpoint.info(name)
-    scaler = ChunkScaler(CHUNK_ELEMENTS)
-    for start in range(0, info.numel, CHUNK_ELEMENTS):
-        count = min(CHUNK_ELEMENTS, info.numel - start)
-        raw = checkpoint.read_raw(name, start, count).copy()  # never scale the mapped input
-        target[start : start + count] = scaler.scale(raw, info.dtype, factor)
+    tasks = _scale_tasks(info, scale, 0)
+    scaler = ChunkScaler(max((task.count for task in tasks), default=1))
+    for task in tasks:
+        raw = checkpoint.read_raw(name, task.start, task.count).copy()  # never scale the input
+        target[task.start : task.start + task.count] = scaler.scale(
+            raw, info.dtype, task.factor, task.power_of_two
+        )
     return result
 
 

@@ -14,16 +14,16 @@ from __future__ import annotations
 import math
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
-from weissi_cli.balance.layerwise import Shift
 from weissi_cli.io.checkpoint import Checkpoint
 from weissi_cli.io.dtypes import UNIT_ROUNDOFF, decode
 from weissi_cli.ir import Chain, Layer
+from weissi_cli.scales import TensorScale
 from weissi_cli.stats import EXACT_BELOW, ChunkReducer, Partial, TensorStats, combine
 from weissi_cli.threads import run_round_robin, single_threaded_blas
 
@@ -71,22 +71,20 @@ class Verification:
 
 
 def verify_chain(
-    original: Checkpoint, rewritten: Checkpoint, chain: Chain, shift: Shift
+    original: Checkpoint,
+    rewritten: Checkpoint,
+    chain: Chain,
+    scales: Mapping[str, TensorScale],
 ) -> ChainVerification:
+    """Check a rewritten chain against the planned tensor scales (identity where absent)."""
+    planned = {
+        name: scales.get(name) or TensorScale(original.info(name).shape)
+        for name in chain.tensor_names()
+    }
     with single_threaded_blas():
         if all(layer.kind == "linear" for layer in chain.layers):
-            return probe_chain(original, rewritten, chain, shift)
-        return structural_check(original, rewritten, chain, shift)
-
-
-def planned_factors(chain: Chain, shift: Shift) -> dict[str, float]:
-    """Tensor -> factor: W_l by γ_l and b_l by the cumulative Π_l."""
-    factors: dict[str, float] = {}
-    for layer, gamma, bias_scale in zip(chain.layers, shift.gammas, shift.bias_scales, strict=True):
-        factors[layer.weight] = gamma
-        if layer.bias is not None:
-            factors[layer.bias] = bias_scale
-    return factors
+            return probe_chain(original, rewritten, chain, planned)
+        return structural_check(original, rewritten, chain, planned)
 
 
 @dataclass(frozen=True)
@@ -220,25 +218,43 @@ class _ElementCheck:
         self._lock = threading.Lock()
         self._scratch = threading.local()
 
-    def check(
+    def check_block(
         self,
         name: str,
         dtype: str,
-        factor: float,
+        scale: TensorScale,
+        block: _Block,
         old: FloatArray,
         new: FloatArray,
         magnitudes: FloatArray,
     ) -> None:
-        """`magnitudes` (|new|) is overwritten: callers pass a buffer they are done with."""
-        exact = math.frexp(factor)[0] == 0.5
+        factor = scale.rows(block.row, block.rows)
+        self.check(name, dtype, factor, scale.is_power_of_two, old, new, magnitudes)
+
+    def check(
+        self,
+        name: str,
+        dtype: str,
+        factor: float | npt.NDArray[np.float64],
+        exact: bool,
+        old: FloatArray,
+        new: FloatArray,
+        magnitudes: FloatArray,
+    ) -> None:
+        """`magnitudes` (|new|) is overwritten: callers pass a buffer they are done with.
+        `factor` is a scalar or one value per element; `exact`: all powers of two."""
         unit = 0.0 if exact else UNIT_ROUNDOFF[dtype] + 3 * self.unit_compute
+        if not np.all(np.isfinite(factor)) or not np.all(np.asarray(factor) > 0):
+            with self._lock:
+                self.failures[name] = self.failures.get(name, 0) + old.size
+            return
         old, new, magnitudes = old.ravel(), new.ravel(), magnitudes.ravel()
         buffer = getattr(self._scratch, "buffer", None)
         if buffer is None or buffer.size < old.size:
             buffer = self._scratch.buffer = np.empty(max(old.size, BLOCK_ELEMENTS), self.compute)
         share = buffer[: old.size]
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            np.multiply(old, self.compute(factor), out=share)
+            np.multiply(old, np.asarray(factor, dtype=self.compute), out=share)
             np.subtract(new, share, out=share)
             np.abs(share, out=share)  # the deviation ...
             np.multiply(magnitudes, unit, out=magnitudes)
@@ -272,21 +288,16 @@ def _compute_dtype(original: Checkpoint, chain: Chain) -> type[np.floating]:
     return np.float64 if dtypes == {"float64"} else np.float32
 
 
-def _planned_shift_problem(shift: Shift) -> str | None:
-    product = math.prod(shift.gammas)
-    if abs(product - 1.0) > 1e-12:
-        return f"the layer scales multiply to {product!r}, not 1"
-    return None
-
-
 def probe_chain(
-    original: Checkpoint, rewritten: Checkpoint, chain: Chain, shift: Shift
+    original: Checkpoint,
+    rewritten: Checkpoint,
+    chain: Chain,
+    scales: Mapping[str, TensorScale],
 ) -> ChainVerification:
     """Check every rewritten value against its planned factor, and run random probes
     through both versions of the chain (one row block at a time) to report how far the
     outputs moved."""
     compute = _compute_dtype(original, chain)
-    factors = planned_factors(chain, shift)
     reader = _PairReader(original, rewritten, compute)
     elements = _ElementCheck(compute)
     rng = np.random.default_rng(SEED)
@@ -314,14 +325,23 @@ def probe_chain(
             rows = slice(block.row, block.row + block.rows)
             out_before[:, rows] = before @ old.T
             out_after[:, rows] = after @ new.T
-            elements.check(layer.weight, dtype, factors[layer.weight], old, new, magnitudes)
+            elements.check_block(
+                layer.weight, dtype, scales[layer.weight], block, old, new, magnitudes
+            )
 
         reader.for_each_block(layer.weight, forward)
         if layer.bias is not None:
             old_bias, new_bias = reader.vector(layer.bias)
             bias_dtype = original.info(layer.bias).dtype
+            bias_scale = scales[layer.bias]
             elements.check(
-                layer.bias, bias_dtype, factors[layer.bias], old_bias, new_bias, np.abs(new_bias)
+                layer.bias,
+                bias_dtype,
+                bias_scale.whole(),
+                bias_scale.is_power_of_two,
+                old_bias,
+                new_bias,
+                np.abs(new_bias),
             )
             out_before += old_bias
             out_after += new_bias
@@ -333,8 +353,6 @@ def probe_chain(
     scale = float(np.abs(before).max()) if before.size else 0.0
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
     problems = [elements.describe()] if elements.failures else []
-    if (plan := _planned_shift_problem(shift)) is not None:
-        problems.append(plan)
     if np.all(np.isfinite(before)) and not math.isfinite(max_abs):
         problems.append("the rewritten chain's outputs are not finite (overflow?)")
     if max_abs == 0.0:
@@ -356,15 +374,17 @@ def probe_chain(
 
 
 def structural_check(
-    original: Checkpoint, rewritten: Checkpoint, chain: Chain, shift: Shift
+    original: Checkpoint,
+    rewritten: Checkpoint,
+    chain: Chain,
+    scales: Mapping[str, TensorScale],
 ) -> ChainVerification:
     """Every value of each rewritten tensor is its original times the planned factor, and the
     factors form a shift (for chains whose forward pass the files do not determine)."""
-    planned = planned_factors(chain, shift)
     compute = _compute_dtype(original, chain)
     reader = _PairReader(original, rewritten, compute)
     elements = _ElementCheck(compute)
-    for name, factor in planned.items():
+    for name, scale in scales.items():
         dtype = original.info(name).dtype
 
         def compare(
@@ -374,17 +394,18 @@ def structural_check(
             magnitudes: FloatArray,
             name: str = name,
             dtype: str = dtype,
-            factor: float = factor,
+            scale: TensorScale = scale,
         ) -> None:
-            elements.check(name, dtype, factor, old, new, magnitudes)
+            elements.check_block(name, dtype, scale, block, old, new, magnitudes)
 
         reader.for_each_block(name, compare)
-    problems = [elements.describe()] if elements.failures else []
-    if (plan := _planned_shift_problem(shift)) is not None:
-        problems.append(plan)
-    detail = (
-        "; ".join(problems) if problems else f"{elements.describe()}; layer scales multiply to 1"
-    )
     return ChainVerification(
-        chain.id, "structural", not problems, None, None, None, detail, reader.measured()
+        chain.id,
+        "structural",
+        not elements.failures,
+        None,
+        None,
+        None,
+        elements.describe(),
+        reader.measured(),
     )

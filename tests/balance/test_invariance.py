@@ -14,7 +14,7 @@ from tests.helpers import mlp_forward, mlp_state
 from tests.strategies import layer_sizes, link_shifts
 from weissi_cli.balance.layerwise import Shift, weissi_penalty
 from weissi_cli.ir import Chain, Layer
-from weissi_cli.verify import planned_factors
+from weissi_cli.scales import shift_scales
 
 
 def chain_of(state: dict[str, torch.Tensor]) -> Chain:
@@ -32,8 +32,12 @@ def chain_of(state: dict[str, torch.Tensor]) -> Chain:
 
 
 def shifted(state: dict[str, torch.Tensor], shift: Shift) -> dict[str, torch.Tensor]:
-    factors = planned_factors(chain_of(state), shift)
-    return {name: tensor * factors.get(name, 1.0) for name, tensor in state.items()}
+    shapes = {name: tuple(tensor.shape) for name, tensor in state.items()}
+    scales = shift_scales(chain_of(state), shift, shapes)
+    return {
+        name: tensor * scales[name].scalar if name in scales else tensor
+        for name, tensor in state.items()
+    }
 
 
 def weissi_of(state: dict[str, torch.Tensor]) -> float:

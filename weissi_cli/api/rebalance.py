@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -18,9 +19,10 @@ from weissi_cli.ir import Chain
 from weissi_cli.report.common import Source
 from weissi_cli.report.rebalance import ChainResult, RebalanceReport
 from weissi_cli.rewrite import check_output_path, write_rescaled
+from weissi_cli.scales import TensorScale, scale_record, shift_scales
 from weissi_cli.stats import TensorStats, compute_stats
 from weissi_cli.structure import discover
-from weissi_cli.verify import ChainVerification, Verification, planned_factors, verify_chain
+from weissi_cli.verify import ChainVerification, Verification, verify_chain
 
 ScalesMode = Literal["auto", "real", "pow2"]
 SCALES_MODES: tuple[ScalesMode, ...] = ("auto", "real", "pow2")
@@ -82,25 +84,23 @@ def rebalance_checkpoint(
         if all(shift is None for _, shift, _ in plans):
             problems = "; ".join(f"{a.chain.id}: {a.problem}" for a, _, _ in plans)
             raise StructureError(f"{path}: nothing can be rebalanced ({problems})")
-        factors = {
-            name: factor
-            for analysis, shift, _ in plans
-            if shift is not None
-            for name, factor in planned_factors(analysis.chain, shift).items()
-            if factor != 1.0
-        }
+        shapes = {info.name: info.shape for info in checkpoint.tensors}
+        tensor_scales: dict[str, TensorScale] = {}
+        for analysis, planned, _ in plans:
+            if planned is not None:
+                tensor_scales.update(shift_scales(analysis.chain, planned, shapes))
         record = {
             "tool_version": __version__,
             "source": path.name,
             "method": "layer-wise L2-optimal scale shift",
             "include_bias": include_bias,
-            "scales": factors,
+            "scales": {name: scale_record(scale) for name, scale in tensor_scales.items()},
         }
-        pending = write_rescaled(checkpoint, factors, output, record)
+        pending = write_rescaled(checkpoint, tensor_scales, output, record)
         try:
             with open_checkpoint(pending.readable_path) as rewritten:
                 results, checks = _verify_and_measure(
-                    checkpoint, rewritten, plans, before, include_bias
+                    checkpoint, rewritten, plans, tensor_scales, before, include_bias
                 )
         except BaseException:
             pending.discard()
@@ -135,6 +135,7 @@ def _verify_and_measure(
     original: Checkpoint,
     rewritten: Checkpoint,
     plans: list[tuple[ChainAnalysis, Shift | None, str]],
+    scales: Mapping[str, TensorScale],
     before: dict[str, TensorStats],
     include_bias: bool,
 ) -> tuple[list[ChainResult], list[ChainVerification]]:
@@ -144,7 +145,7 @@ def _verify_and_measure(
         chain = analysis.chain
         after = before  # a chain left alone was copied byte for byte
         if shift is not None:
-            check = verify_chain(original, rewritten, chain, shift)
+            check = verify_chain(original, rewritten, chain, scales)
             checks.append(check)
             after = check.after
         results.append(
