@@ -217,3 +217,51 @@ def combine(info: TensorInfo, parts: Iterable[Partial]) -> TensorStats:
         max_abs=max((part.max_abs for part in parts), default=0.0),
         nonfinite=sum(part.nonfinite for part in parts),
     )
+
+
+def axis_squares(
+    checkpoint: Checkpoint, names: Iterable[str], threads: int = 2
+) -> dict[str, npt.NDArray[np.float32]]:
+    """Per tensor, the sums of squares Q[i, k] over all axes after the second: an
+    [out, in] matrix for a weight (a conv's kernel summed), [n, 1] for a 1-D tensor.
+
+    What per-channel rebalancing needs: the squared norm of any slice along axis 0 or 1,
+    under any per-row and per-column factors, is a weighted sum of Q. Kept in float32, so
+    a linear layer's Q is as large as the layer itself.
+    """
+    infos = [checkpoint.info(name) for name in names]
+    result: dict[str, npt.NDArray[np.float32]] = {}
+    tasks: list[tuple[TensorInfo, int, int]] = []  # (tensor, first row, rows)
+    for info in infos:
+        rows = info.shape[0] if info.shape else 1
+        columns = info.shape[1] if len(info.shape) > 1 else 1
+        result[info.name] = np.zeros((rows, columns), np.float32)
+        width = info.numel // rows if rows else 0
+        per_task = max(1, CHUNK_ELEMENTS // max(width, 1))
+        tasks += [(info, row, min(per_task, rows - row)) for row in range(0, rows, per_task)]
+
+    def reduce(
+        task: tuple[TensorInfo, int, int], buffers: tuple[bytearray, npt.NDArray[np.float32]]
+    ) -> None:
+        info, row, count = task
+        rows = info.shape[0] if info.shape else 1
+        width = info.numel // rows if rows else 0
+        raw = checkpoint.read_raw(info.name, row * width, count * width, buffers[0])
+        values = decode(raw, info.dtype, buffers[1]).astype(np.float64, copy=False)
+        squares = np.square(values).reshape(count, result[info.name].shape[1], -1).sum(axis=2)
+        result[info.name][row : row + count] = squares
+
+    capacity = max(
+        [
+            CHUNK_ELEMENTS,
+            *(info.numel // max(info.shape[0] if info.shape else 1, 1) for info in infos),
+        ]
+    )
+    with single_threaded_blas():
+        run_round_robin(
+            tasks,
+            lambda: (bytearray(capacity * 8), np.empty(capacity, np.float32)),
+            reduce,
+            threads,
+        )
+    return result

@@ -44,6 +44,10 @@ class ChainVerification:
     bit_identical: bool | None
     detail: str
     after: dict[str, TensorStats] = field(default_factory=dict, compare=False, repr=False)
+    # Σ over input-output paths of Π |w| (ReLU chains of linear layers), which no scale
+    # symmetry changes: reported when asked for, from both files, in float64.
+    path_norm_before: float | None = None
+    path_norm_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -75,15 +79,17 @@ def verify_chain(
     rewritten: Checkpoint,
     chain: Chain,
     scales: Mapping[str, TensorScale],
+    path_norm: bool = False,
 ) -> ChainVerification:
-    """Check a rewritten chain against the planned tensor scales (identity where absent)."""
+    """Check a rewritten chain against the planned tensor scales (identity where absent);
+    with `path_norm`, also measure the path-norm of both versions (chains of linear layers)."""
     planned = {
         name: scales.get(name) or TensorScale(original.info(name).shape)
         for name in chain.tensor_names()
     }
     with single_threaded_blas():
         if all(layer.kind == "linear" for layer in chain.layers):
-            return probe_chain(original, rewritten, chain, planned)
+            return probe_chain(original, rewritten, chain, planned, path_norm)
         return structural_check(original, rewritten, chain, planned)
 
 
@@ -293,6 +299,7 @@ def probe_chain(
     rewritten: Checkpoint,
     chain: Chain,
     scales: Mapping[str, TensorScale],
+    path_norm: bool = False,
 ) -> ChainVerification:
     """Check every rewritten value against its planned factor, and run random probes
     through both versions of the chain (one row block at a time) to report how far the
@@ -305,9 +312,14 @@ def probe_chain(
         (PROBES, chain.layers[0].in_features)
     ).astype(compute)
     after = before.copy()
+    # path-norm vectors: |W_l| ... |W_1| 1, for the original and the rewritten chain
+    paths_before = np.ones(chain.layers[0].in_features)
+    paths_after = np.ones(chain.layers[0].in_features)
     for layer in chain.layers:
         out_before = np.empty((PROBES, layer.out_features), compute)
         out_after = np.empty_like(out_before)
+        next_paths_before = np.empty(layer.out_features)
+        next_paths_after = np.empty(layer.out_features)
         dtype = original.info(layer.weight).dtype
 
         def forward(
@@ -321,10 +333,19 @@ def probe_chain(
             out_after: FloatArray = out_after,
             layer: Layer = layer,
             dtype: str = dtype,
+            paths: tuple[npt.NDArray[np.float64], ...] = (
+                paths_before,
+                paths_after,
+                next_paths_before,
+                next_paths_after,
+            ),
         ) -> None:
             rows = slice(block.row, block.row + block.rows)
             out_before[:, rows] = before @ old.T
             out_after[:, rows] = after @ new.T
+            if path_norm:
+                paths[2][rows] = np.abs(old).astype(np.float64) @ paths[0]
+                paths[3][rows] = magnitudes.astype(np.float64) @ paths[1]
             elements.check_block(
                 layer.weight, dtype, scales[layer.weight], block, old, new, magnitudes
             )
@@ -347,6 +368,7 @@ def probe_chain(
             out_after += new_bias
         before = _activate(out_before, chain.activation)
         after = _activate(out_after, chain.activation)
+        paths_before, paths_after = next_paths_before, next_paths_after
     with np.errstate(invalid="ignore", over="ignore"):
         difference = np.abs(after.astype(np.float64) - before.astype(np.float64))
     max_abs = float(difference.max()) if difference.size else 0.0
@@ -370,6 +392,8 @@ def probe_chain(
         max_abs == 0.0,
         detail,
         reader.measured(),
+        math.fsum(paths_before.tolist()) if path_norm else None,
+        math.fsum(paths_after.tolist()) if path_norm else None,
     )
 
 

@@ -231,13 +231,36 @@ def test_consent_command_keeps_the_json_flag(run: Callable[..., Result], workdir
     assert result.stdout == ""
 
 
-def test_channel_granularity_is_refused_clearly(run: Callable[..., Result], workdir: Path) -> None:
+def test_channel_granularity_reports_its_solution(
+    run: Callable[..., Result], workdir: Path
+) -> None:
     result = run(
-        "rebalance", "mlp_digits.pt", "-o", "out.pt", "--assume-relu", "--granularity", "channel"
+        "rebalance",
+        "mlp_digits.pt",
+        "-o",
+        "out.pt",
+        "--assume-relu",
+        "--granularity",
+        "channel",
+        "--json",
+    )
+    assert result.exit_code == 0
+    payload = json.loads(result.stdout)
+    assert payload["settings"]["granularity"] == "channel"
+    chain = payload["chains"][0]
+    assert chain["channel"]["converged"] is True
+    assert chain["l2_after"] <= chain["min_l2_penalty"] <= chain["l2_before"]
+    assert chain["channel"]["path_norm_after"] == pytest.approx(
+        chain["channel"]["path_norm_before"], rel=1e-6
+    )
+
+
+def test_unknown_granularity_is_refused(run: Callable[..., Result], workdir: Path) -> None:
+    result = run(
+        "rebalance", "mlp_digits.pt", "-o", "out.pt", "--assume-relu", "--granularity", "neuron"
     )
     assert result.exit_code == 2
-    assert "--granularity channel" in result.stderr
-    assert "not available" in result.stderr
+    assert "--granularity must be layer or channel" in result.stderr
     assert not (workdir / "out.pt").exists()
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from weissi_cli import __version__
 from weissi_cli.balance.analysis import ChainAnalysis, analyse_chain
+from weissi_cli.balance.channelwise import ChannelSolution, Squares, round_to_powers_of_two, solve
 from weissi_cli.balance.layerwise import Shift, l2_penalty, pow2_shift, weissi_penalty
 from weissi_cli.errors import ConsentError, StructureError, UsageError
 from weissi_cli.io import open_checkpoint
@@ -17,10 +19,16 @@ from weissi_cli.io.checkpoint import Checkpoint
 from weissi_cli.io.dtypes import is_16_bit
 from weissi_cli.ir import Chain
 from weissi_cli.report.common import Source
-from weissi_cli.report.rebalance import ChainResult, RebalanceReport
+from weissi_cli.report.rebalance import ChainResult, ChannelResult, RebalanceReport
 from weissi_cli.rewrite import check_output_path, write_rescaled
-from weissi_cli.scales import TensorScale, scale_record, shift_scales
-from weissi_cli.stats import TensorStats, compute_stats
+from weissi_cli.scales import (
+    TensorScale,
+    Vector,
+    chain_channel_scales,
+    from_symmetries,
+    scale_record,
+)
+from weissi_cli.stats import TensorStats, axis_squares, compute_stats
 from weissi_cli.structure import discover
 from weissi_cli.verify import ChainVerification, Verification, verify_chain
 
@@ -46,12 +54,7 @@ def rebalance_checkpoint(
     """
     if scales not in SCALES_MODES:
         raise UsageError(f"--scales must be one of {', '.join(SCALES_MODES)}, not {scales!r}")
-    if granularity != "layer":
-        if granularity == "channel":
-            raise UsageError(
-                "--granularity channel (one scale per hidden unit) is not available in this "
-                "version of weissi; --granularity layer is"
-            )
+    if granularity not in ("layer", "channel"):
         raise UsageError(f"--granularity must be layer or channel, not {granularity!r}")
     with open_checkpoint(path) as checkpoint:
         check_output_path(checkpoint, output, force)
@@ -68,31 +71,36 @@ def rebalance_checkpoint(
         names = [name for chain in structure.chains for name in chain.tensor_names()]
         before = compute_stats(checkpoint, names, threads=threads)
         warnings = [*checkpoint.notes, *structure.assumptions]
-        plans: list[tuple[ChainAnalysis, Shift | None, str]] = []
-        for chain in structure.chains:
-            analysis = analyse_chain(chain, before, include_bias=include_bias)
-            if analysis.optimal is None:
-                warnings.append(f"{chain.id} left unchanged: {analysis.problem}")
-                plans.append((analysis, None, "none"))
-                continue
-            mode = _mode_for(chain, checkpoint, scales)
-            shift = analysis.optimal
-            if mode == "pow2":
-                biases = analysis.bias_norms if include_bias else None
-                shift = pow2_shift(analysis.optimal, analysis.weight_norms, biases)
-            plans.append((analysis, shift, mode))
-        if all(shift is None for _, shift, _ in plans):
-            problems = "; ".join(f"{a.chain.id}: {a.problem}" for a, _, _ in plans)
+        squares = (
+            axis_squares(
+                checkpoint, _penalised(structure.chains, checkpoint, include_bias), threads
+            )
+            if granularity == "channel"
+            else {}
+        )
+        plans = [
+            _plan(chain, checkpoint, before, squares, scales, include_bias, granularity)
+            for chain in structure.chains
+        ]
+        warnings += [
+            f"{plan.analysis.chain.id} left unchanged: {plan.analysis.problem}"
+            for plan in plans
+            if plan.channel_scales is None
+        ]
+        if all(plan.channel_scales is None for plan in plans):
+            problems = "; ".join(f"{p.analysis.chain.id}: {p.analysis.problem}" for p in plans)
             raise StructureError(f"{path}: nothing can be rebalanced ({problems})")
         shapes = {info.name: info.shape for info in checkpoint.tensors}
         tensor_scales: dict[str, TensorScale] = {}
-        for analysis, planned, _ in plans:
-            if planned is not None:
-                tensor_scales.update(shift_scales(analysis.chain, planned, shapes))
+        for plan in plans:
+            if plan.channel_scales is not None:
+                tensor_scales.update(
+                    from_symmetries(plan.analysis.chain.symmetries(), plan.channel_scales, shapes)
+                )
         record = {
             "tool_version": __version__,
             "source": path.name,
-            "method": "layer-wise L2-optimal scale shift",
+            "method": f"{granularity}-wise L2-optimal scale shift",
             "include_bias": include_bias,
             "scales": {name: scale_record(scale) for name, scale in tensor_scales.items()},
         }
@@ -117,6 +125,7 @@ def rebalance_checkpoint(
             output_format=checkpoint.format,
             written=verification.passed,
             scales=scales,
+            granularity=granularity,
             include_bias=include_bias,
             chains=tuple(results),
             verification=verification,
@@ -131,40 +140,123 @@ def _mode_for(chain: Chain, checkpoint: Checkpoint, scales: str) -> str:
     return "pow2" if sixteen_bit else "real"
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What to do with one chain: its analysis, and the scale of every channel of each of
+    its symmetries (None: leave it alone)."""
+
+    analysis: ChainAnalysis
+    channel_scales: dict[str, Vector] | None
+    mode: str  # "real" | "pow2" | "none"
+    shift: Shift | None = None  # layer granularity
+    solution: ChannelSolution | None = None  # channel granularity
+
+
+def _plan(
+    chain: Chain,
+    checkpoint: Checkpoint,
+    before: dict[str, TensorStats],
+    squares: Mapping[str, Squares],
+    scales: str,
+    include_bias: bool,
+    granularity: str,
+) -> _Plan:
+    analysis = analyse_chain(chain, before, include_bias=include_bias)
+    if analysis.optimal is None:
+        return _Plan(analysis, None, "none")
+    mode = _mode_for(chain, checkpoint, scales)
+    if granularity == "channel":
+        symmetries = chain.symmetries()
+        mine = {name: squares[name] for name in chain.tensor_names() if name in squares}
+        solution = solve(symmetries, mine)
+        if mode == "pow2":
+            solution = round_to_powers_of_two(solution, symmetries, mine)
+        return _Plan(analysis, solution.scales, mode, solution=solution)
+    shift = analysis.optimal
+    if mode == "pow2":
+        biases = analysis.bias_norms if include_bias else None
+        shift = pow2_shift(analysis.optimal, analysis.weight_norms, biases)
+    return _Plan(analysis, chain_channel_scales(chain, shift), mode, shift=shift)
+
+
+def _penalised(chains: Sequence[Chain], checkpoint: Checkpoint, include_bias: bool) -> list[str]:
+    """The tensors whose squares the L2 penalty counts: weights, and biases on request."""
+    return [
+        name
+        for chain in chains
+        for name in chain.tensor_names()
+        if len(checkpoint.info(name).shape) >= 2 or include_bias
+    ]
+
+
 def _verify_and_measure(
     original: Checkpoint,
     rewritten: Checkpoint,
-    plans: list[tuple[ChainAnalysis, Shift | None, str]],
+    plans: list[_Plan],
     scales: Mapping[str, TensorScale],
     before: dict[str, TensorStats],
     include_bias: bool,
 ) -> tuple[list[ChainResult], list[ChainVerification]]:
     results: list[ChainResult] = []
     checks: list[ChainVerification] = []
-    for analysis, shift, mode in plans:
-        chain = analysis.chain
+    for plan in plans:
+        chain = plan.analysis.chain
         after = before  # a chain left alone was copied byte for byte
-        if shift is not None:
-            check = verify_chain(original, rewritten, chain, scales)
+        check = None
+        if plan.channel_scales is not None:
+            check = verify_chain(
+                original, rewritten, chain, scales, path_norm=plan.solution is not None
+            )
             checks.append(check)
             after = check.after
+        if plan.shift is not None:
+            gammas, bias_scales = plan.shift.gammas, plan.shift.bias_scales
+        else:  # what the written file shows, layer by layer
+            gammas = tuple(_ratio(after, before, layer.weight) for layer in chain.layers)
+            bias_scales = tuple(
+                _ratio(after, before, layer.bias) if layer.bias else 1.0 for layer in chain.layers
+            )
+        solution = plan.solution
         results.append(
             ChainResult(
                 id=chain.id,
                 origin=chain.origin,
-                scales=mode,
+                scales=plan.mode,
                 layers=tuple(layer.prefix for layer in chain.layers),
-                gammas=shift.gammas if shift else (1.0,) * chain.depth,
-                bias_scales=shift.bias_scales if shift else (1.0,) * chain.depth,
+                gammas=gammas,
+                bias_scales=bias_scales,
                 l2_before=_chain_l2(chain, before, include_bias),
                 l2_after=_chain_l2(chain, after, include_bias),
-                min_l2_penalty=analysis.min_l2_penalty,
+                min_l2_penalty=plan.analysis.min_l2_penalty,
                 weissi_before=_chain_weissi(chain, before),
                 weissi_after=_chain_weissi(chain, after),
-                skipped=analysis.problem,
+                skipped=plan.analysis.problem,
+                channel=None
+                if solution is None
+                else ChannelResult(
+                    min_l2_penalty=solution.l2_after,
+                    sweeps=solution.sweeps,
+                    converged=solution.converged,
+                    tolerance=solution.tolerance,
+                    dead_units={
+                        key: tuple(item.dead)
+                        for key, item in solution.symmetries.items()
+                        if item.dead
+                    },
+                    unbounded=tuple(
+                        key for key, item in solution.symmetries.items() if item.unbounded
+                    ),
+                    path_norm_before=check.path_norm_before if check else None,
+                    path_norm_after=check.path_norm_after if check else None,
+                ),
             )
         )
     return results, checks
+
+
+def _ratio(after: dict[str, TensorStats], before: dict[str, TensorStats], name: str) -> float:
+    old = before[name].fro_norm
+    return after[name].fro_norm / old if old > 0 else 1.0
 
 
 def _chain_l2(chain: Chain, stats: dict[str, TensorStats], include_bias: bool) -> float | None:

@@ -12,6 +12,32 @@ SCHEMA = "weissi.rebalance/1"
 
 
 @dataclass(frozen=True)
+class ChannelResult:
+    """Per-channel rebalancing of one chain."""
+
+    min_l2_penalty: float
+    sweeps: int
+    converged: bool
+    tolerance: float
+    dead_units: dict[str, tuple[int, ...]]  # symmetry id -> channels left at 1
+    unbounded: tuple[str, ...]
+    path_norm_before: float | None
+    path_norm_after: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "min_l2_penalty": finite_or_none(self.min_l2_penalty),
+            "sweeps": self.sweeps,
+            "converged": self.converged,
+            "tolerance": self.tolerance,
+            "dead_units": {key: list(value) for key, value in self.dead_units.items()},
+            "unbounded": list(self.unbounded),
+            "path_norm_before": finite_or_none(self.path_norm_before),
+            "path_norm_after": finite_or_none(self.path_norm_after),
+        }
+
+
+@dataclass(frozen=True)
 class ChainResult:
     id: str
     origin: str
@@ -25,6 +51,7 @@ class ChainResult:
     weissi_before: float | None
     weissi_after: float | None
     skipped: str | None
+    channel: ChannelResult | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -40,6 +67,7 @@ class ChainResult:
             "weissi_before": finite_or_none(self.weissi_before),
             "weissi_after": finite_or_none(self.weissi_after),
             "skipped": self.skipped,
+            "channel": self.channel.to_dict() if self.channel else None,
         }
 
 
@@ -50,6 +78,7 @@ class RebalanceReport:
     output_format: str
     written: bool
     scales: str
+    granularity: str
     include_bias: bool
     chains: tuple[ChainResult, ...]
     verification: Verification
@@ -67,7 +96,7 @@ class RebalanceReport:
             },
             "settings": {
                 "scales": self.scales,
-                "granularity": "layer",
+                "granularity": self.granularity,
                 "include_bias": self.include_bias,
             },
             "chains": [chain.to_dict() for chain in self.chains],

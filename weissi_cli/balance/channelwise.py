@@ -1,0 +1,239 @@
+"""Per-channel (neuron-wise) rebalancing: one positive scale per channel of every symmetry,
+minimising the L2 penalty of the penalised tensors by block-coordinate descent.
+
+For one symmetry, with every other scale held fixed, the penalty is Σ_j A_j c_j² + B_j c_j⁻²
+(+ a constant): A_j collects the squared entries channel j multiplies (exponent +1), B_j
+those it divides (exponent −1). Its minimum is at c_j = (B_j / A_j)^¼ — the closed-form
+step; every channel of the symmetry is updated at once, symmetries in turn, until a sweep
+lowers the penalty by less than the tolerance. The layer-wise optimum is the same descent
+with one scale per symmetry (sums of A and B over its channels), so the channel-wise
+result can only be lower.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from weissi_cli.errors import StructureError
+from weissi_cli.ir import Member, Symmetry
+
+Vector = npt.NDArray[np.float64]
+Squares = npt.NDArray[np.float32]  # [rows, columns]: see stats.axis_squares
+
+TOLERANCE = 1e-10
+MAX_SWEEPS = 2000
+
+
+@dataclass
+class SymmetrySolution:
+    """What the descent found for one symmetry."""
+
+    id: str
+    scales: Vector  # one per channel (tie groups share a value)
+    dead: list[int] = field(default_factory=list)  # channels left at 1
+    unbounded: bool = False  # its penalised mass can all move into unpenalised tensors
+
+
+@dataclass(frozen=True)
+class ChannelSolution:
+    symmetries: dict[str, SymmetrySolution]
+    l2_before: float
+    l2_after: float
+    sweeps: int
+    converged: bool
+    tolerance: float
+    granularity: str  # "channel" | "layer"
+
+    @property
+    def scales(self) -> dict[str, Vector]:
+        return {key: solution.scales for key, solution in self.symmetries.items()}
+
+
+class _Factors:
+    """The current factor vectors of every penalised tensor along axes 0 and 1."""
+
+    def __init__(self, squares: Mapping[str, Squares]) -> None:
+        self.squares = squares
+        self.rows = {name: np.ones(q.shape[0]) for name, q in squares.items()}
+        self.columns = {name: np.ones(q.shape[1]) for name, q in squares.items()}
+
+    def penalty(self) -> float:
+        return math.fsum(
+            float(self.rows[name] ** 2 @ (q @ (self.columns[name] ** 2)).astype(np.float64))
+            for name, q in self.squares.items()
+        )
+
+    def sums(self, member: Member, size: int, own: Vector) -> Vector:
+        """Per channel of the symmetry, the squared entries `member` touches, under every
+        factor except this symmetry's own (`own`, its current scales)."""
+        q = self.squares[member.tensor]
+        span = slice(member.offset, member.offset + size * member.block)
+        own_along = np.repeat(own ** (2 * member.exponent), member.block)
+        if member.axis == 0:
+            weights = (q @ (self.columns[member.tensor] ** 2).astype(np.float32)).astype(np.float64)
+            along = weights[span] * self.rows[member.tensor][span] ** 2 / own_along
+        else:
+            weights = ((self.rows[member.tensor] ** 2).astype(np.float32) @ q).astype(np.float64)
+            along = weights[span] * self.columns[member.tensor][span] ** 2 / own_along
+        return np.add.reduceat(along, np.arange(0, size * member.block, member.block))
+
+    def apply(self, member: Member, size: int, change: Vector) -> None:
+        vectors = self.rows if member.axis == 0 else self.columns
+        span = slice(member.offset, member.offset + size * member.block)
+        vectors[member.tensor][span] *= np.repeat(change**member.exponent, member.block)
+
+
+def solve(
+    symmetries: Iterable[Symmetry],
+    squares: Mapping[str, Squares],
+    granularity: str = "channel",
+    tolerance: float = TOLERANCE,
+    max_sweeps: int = MAX_SWEEPS,
+) -> ChannelSolution:
+    """Block-coordinate descent on the L2 penalty of the tensors in `squares` (the
+    penalised ones); members on other tensors (running statistics, unpenalised biases)
+    follow the scales but do not count."""
+    symmetries = list(symmetries)
+    factors = _Factors(squares)
+    solutions: dict[str, SymmetrySolution] = {}
+    active: list[tuple[Symmetry, list[Member]]] = []
+    for symmetry in symmetries:
+        penalised = [m for m in symmetry.members if m.tensor in squares]
+        for member in penalised:
+            if member.exponent not in (1, -1) or member.axis not in (0, 1):
+                raise StructureError(
+                    f"symmetry {symmetry.id}: penalised member {member.tensor} has axis "
+                    f"{member.axis} and exponent {member.exponent}; the channel solver takes "
+                    "axis 0 or 1 and exponent ±1 on penalised tensors"
+                )
+        solution = SymmetrySolution(symmetry.id, np.ones(symmetry.size))
+        solutions[symmetry.id] = solution
+        if not any(m.exponent > 0 for m in penalised) or not any(m.exponent < 0 for m in penalised):
+            solution.unbounded = bool(penalised)
+            continue
+        active.append((symmetry, penalised))
+
+    before = factors.penalty()
+    current = before
+    sweeps = 0
+    converged = not active
+    while active and sweeps < max_sweeps:
+        sweeps += 1
+        for symmetry, penalised in active:
+            solution = solutions[symmetry.id]
+            ups = np.zeros(symmetry.size)
+            downs = np.zeros(symmetry.size)
+            for member in penalised:
+                sums = factors.sums(member, symmetry.size, solution.scales)
+                if member.exponent > 0:
+                    ups += sums
+                else:
+                    downs += sums
+            target = _step(ups, downs, symmetry, granularity, solution)
+            change = target / solution.scales
+            for member in symmetry.members:
+                if member.tensor in squares:
+                    factors.apply(member, symmetry.size, change)
+            solution.scales = target
+        updated = factors.penalty()
+        if current - updated <= tolerance * max(current, 1e-300):
+            current = min(current, updated)
+            converged = True
+            break
+        current = updated
+    return ChannelSolution(solutions, before, current, sweeps, converged, tolerance, granularity)
+
+
+def _step(
+    ups: Vector, downs: Vector, symmetry: Symmetry, granularity: str, solution: SymmetrySolution
+) -> Vector:
+    """The minimising scales given the other symmetries: (B/A)^¼ per channel, tie group, or
+    (for layer granularity) the whole symmetry; dead channels stay at 1."""
+    if granularity == "layer":
+        up, down = float(ups.sum()), float(downs.sum())
+        if up > 0 and down > 0:
+            return np.full(symmetry.size, (down / up) ** 0.25)
+        return np.ones(symmetry.size)
+    tie = max(symmetry.tie, 1)
+    grouped_ups = ups.reshape(-1, tie).sum(axis=1)
+    grouped_downs = downs.reshape(-1, tie).sum(axis=1)
+    live = (grouped_ups > 0) & (grouped_downs > 0)
+    result = np.ones(grouped_ups.size)
+    result[live] = (grouped_downs[live] / grouped_ups[live]) ** 0.25
+    solution.dead = [int(group) * tie + k for group in np.flatnonzero(~live) for k in range(tie)]
+    return np.repeat(result, tie)
+
+
+def round_to_powers_of_two(
+    solution: ChannelSolution, symmetries: Iterable[Symmetry], squares: Mapping[str, Squares]
+) -> ChannelSolution:
+    """Every scale a power of two (outputs bit-identical), starting from the nearest power
+    and improving each channel's exponent by ±1 while that lowers the penalty; never worse
+    than leaving everything at 1."""
+    symmetries = [s for s in symmetries if s.id in solution.symmetries]
+    factors = _Factors(squares)
+    rounded = {
+        key: SymmetrySolution(
+            key, np.exp2(np.round(np.log2(item.scales))), item.dead, item.unbounded
+        )
+        for key, item in solution.symmetries.items()
+    }
+    for symmetry in symmetries:
+        for member in symmetry.members:
+            if member.tensor in squares:
+                factors.apply(member, symmetry.size, rounded[symmetry.id].scales)
+    for _ in range(50):
+        moved = False
+        for symmetry in symmetries:
+            item = rounded[symmetry.id]
+            if item.unbounded:
+                continue
+            penalised = [m for m in symmetry.members if m.tensor in squares]
+            ups = np.zeros(symmetry.size)
+            downs = np.zeros(symmetry.size)
+            for member in penalised:
+                sums = factors.sums(member, symmetry.size, item.scales)
+                if member.exponent > 0:
+                    ups += sums
+                else:
+                    downs += sums
+            tie = max(symmetry.tie, 1) if solution.granularity == "channel" else symmetry.size
+            ups_g = ups.reshape(-1, tie).sum(axis=1)
+            downs_g = downs.reshape(-1, tie).sum(axis=1)
+            current = item.scales.reshape(-1, tie)[:, 0]
+            candidates = np.stack([current / 2, current, current * 2])
+            costs = ups_g * candidates**2 + downs_g / candidates**2
+            best = candidates[np.argmin(costs, axis=0), np.arange(current.size)]
+            live = (ups_g > 0) & (downs_g > 0)  # a dead channel stays at 1
+            best = np.where(live, best, current)
+            if np.any(best != current):
+                moved = True
+                new = np.repeat(best, tie)
+                change = new / item.scales
+                for member in symmetry.members:
+                    if member.tensor in squares:
+                        factors.apply(member, symmetry.size, change)
+                item.scales = new
+        if not moved:
+            break
+    after = factors.penalty()
+    if after > solution.l2_before:
+        rounded = {
+            key: SymmetrySolution(key, np.ones_like(item.scales), item.dead, item.unbounded)
+            for key, item in solution.symmetries.items()
+        }
+        after = solution.l2_before
+    return ChannelSolution(
+        rounded,
+        solution.l2_before,
+        after,
+        solution.sweeps,
+        solution.converged,
+        solution.tolerance,
+        solution.granularity,
+    )
