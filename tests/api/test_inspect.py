@@ -133,7 +133,12 @@ def test_json_follows_the_design_contract(samples: Path) -> None:
         "warnings",
     }
     assert set(payload["source"]) == {"path", "format", "tensors", "parameters", "bytes"}
-    assert payload["settings"] == {"lambda1": 1.0, "lambda2": 1.0, "include_bias": False}
+    assert payload["settings"] == {
+        "lambda1": 1.0,
+        "lambda2": 1.0,
+        "include_bias": False,
+        "granularity": "layer",
+    }
     assert set(payload["tensors"][0]) >= {
         "name",
         "shape",

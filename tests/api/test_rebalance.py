@@ -311,3 +311,76 @@ def test_pow2_never_raises_l2_on_a_nearly_balanced_bfloat16_model(tmp_path: Path
     chain = report.chains[0]
     assert chain.scales == "pow2"
     assert chain.l2_after <= chain.l2_before
+
+
+def test_channel_rebalance_of_a_float64_mlp_keeps_function_and_path_norm(tmp_path: Path) -> None:
+    state = mlp_state(sizes=(12, 20, 16, 5), dtype=torch.float64, seed=3)
+    generator = torch.Generator().manual_seed(4)
+    for name in [n for n in state if n.endswith("weight")]:
+        state[name] = state[name] * (
+            0.1 + 5 * torch.rand(state[name].shape[0], 1, generator=generator, dtype=torch.float64)
+        )
+    source = write_torch(tmp_path / "m.pt", state)
+    layer = rebalance_checkpoint(source, tmp_path / "layer.pt", assume_relu=True)
+    channel = rebalance_checkpoint(
+        source, tmp_path / "channel.pt", assume_relu=True, granularity="channel"
+    )
+    result = channel.chains[0]
+    # structure found
+    assert result.layers == ("net.0", "net.2", "net.4")
+    # weights changed as intended: per-channel L2 <= layer-wise L2 <= original L2
+    assert result.l2_after <= layer.chains[0].l2_after <= result.l2_before
+    assert result.l2_after < 0.99 * layer.chains[0].l2_after
+    assert result.channel is not None
+    assert result.channel.converged
+    assert result.channel.path_norm_after == pytest.approx(
+        result.channel.path_norm_before, rel=1e-9
+    )
+    # function unchanged
+    inputs = torch.randn(64, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    expected = mlp_forward(state, inputs)
+    actual = mlp_forward(torch.load(tmp_path / "channel.pt", weights_only=True), inputs)
+    assert torch.allclose(actual, expected, rtol=1e-12, atol=1e-12 * float(expected.abs().max()))
+    assert channel.verification.passed
+
+
+def test_channel_rebalance_of_the_cnn_keeps_its_function(samples: Path, tmp_path: Path) -> None:
+    output = tmp_path / "balanced.pt"
+    report = rebalance_checkpoint(
+        samples / "cnn_digits.pt", output, assume_relu=True, granularity="channel"
+    )
+    assert report.verification.method == "structural"
+    assert report.verification.passed
+    layer = inspect_checkpoint(samples / "cnn_digits.pt").chains[0]
+    assert report.chains[0].l2_after <= layer.min_l2_penalty * (1 + 1e-6)
+    before, after = (
+        torch.load(samples / "cnn_digits.pt", weights_only=True),
+        torch.load(output, weights_only=True),
+    )
+    assert not torch.equal(after["features.2.weight"], before["features.2.weight"])
+    images = DIGITS.to(torch.float32).reshape(-1, 1, 8, 8)
+    expected = cnn_forward(before, images)
+    assert torch.allclose(
+        cnn_forward(after, images), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max())
+    )
+
+
+def test_channel_pow2_rebalance_of_bfloat16_is_bit_identical(samples: Path, tmp_path: Path) -> None:
+    source = samples / "mlp_digits_bf16.safetensors"
+    output = tmp_path / "balanced.safetensors"
+    report = rebalance_checkpoint(source, output, assume_relu=True, granularity="channel")
+    assert report.chains[0].scales == "pow2"
+    assert report.chains[0].l2_after <= report.chains[0].l2_before
+    inputs = DIGITS.to(torch.bfloat16)
+    assert torch.equal(
+        mlp_forward(load_file(str(output)), inputs), mlp_forward(load_file(str(source)), inputs)
+    )
+    assert report.verification.chains[0].bit_identical
+
+
+def test_inspect_reports_the_three_l2_values(samples: Path) -> None:
+    chain = inspect_checkpoint(samples / "mlp_digits.safetensors", granularity="channel").to_dict()[
+        "chains"
+    ][0]
+    assert chain["min_l2_penalty_channel"] <= chain["min_l2_penalty"] <= chain["l2_penalty"]
+    assert chain["channel"]["converged"] is True

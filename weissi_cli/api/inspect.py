@@ -6,11 +6,12 @@ import math
 from pathlib import Path
 
 from weissi_cli.balance.analysis import analyse_chain
+from weissi_cli.balance.channelwise import ChannelSolution, penalised_tensors, solve
 from weissi_cli.errors import UsageError
 from weissi_cli.io import open_checkpoint
 from weissi_cli.report.common import Source
 from weissi_cli.report.inspect import InspectReport, InspectSettings, TensorRow
-from weissi_cli.stats import compute_stats
+from weissi_cli.stats import axis_squares, compute_stats
 from weissi_cli.structure import discover
 
 
@@ -21,7 +22,12 @@ def inspect_checkpoint(
     lambda2: float = 1.0,
     include_bias: bool = False,
     threads: int = 2,
+    granularity: str = "layer",
 ) -> InspectReport:
+    """With `granularity="channel"` the per-channel optimum is reported beside the
+    layer-wise one (one more pass, holding the chains' squared weights in memory)."""
+    if granularity not in ("layer", "channel"):
+        raise UsageError(f"--granularity must be layer or channel, not {granularity!r}")
     for name, value in (("--lambda1", lambda1), ("--lambda2", lambda2)):
         if not math.isfinite(value):
             raise UsageError(f"{name} must be a finite number, not {value}")
@@ -47,6 +53,16 @@ def inspect_checkpoint(
             analyse_chain(chain, stats, lambda1, lambda2, include_bias)
             for chain in structure.chains
         )
+        channel: dict[str, ChannelSolution] = {}
+        if granularity == "channel":
+            shapes = {info.name: info.shape for info in checkpoint.tensors}
+            healthy = [a.chain for a in chains if a.problem is None]
+            squares = axis_squares(
+                checkpoint, penalised_tensors(healthy, shapes, include_bias), threads
+            )
+            for chain in healthy:
+                mine = {name: squares[name] for name in chain.tensor_names() if name in squares}
+                channel[chain.id] = solve(chain.symmetries(), mine)
         warnings = [*checkpoint.notes, *structure.assumptions]
         warnings += [
             f"{row.name}: {row.nonfinite} non-finite value(s) (NaN or Inf)"
@@ -58,9 +74,10 @@ def inspect_checkpoint(
         dtypes = {info.name: info.dtype for info in checkpoint.tensors}
         return InspectReport(
             source=Source.of(checkpoint, str(path)),
-            settings=InspectSettings(lambda1, lambda2, include_bias),
+            settings=InspectSettings(lambda1, lambda2, include_bias, granularity),
             tensors=rows,
             chains=chains,
+            channel=channel,
             dtypes=dtypes,
             unassigned=structure.unassigned,
             warnings=tuple(warnings),

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import math
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from weissi_cli import __version__
 from weissi_cli.balance.analysis import ChainAnalysis, analyse_chain
-from weissi_cli.balance.channelwise import ChannelSolution, Squares, round_to_powers_of_two, solve
+from weissi_cli.balance.channelwise import (
+    ChannelSolution,
+    Squares,
+    penalised_tensors,
+    round_to_powers_of_two,
+    solve,
+)
 from weissi_cli.balance.layerwise import Shift, l2_penalty, pow2_shift, weissi_penalty
 from weissi_cli.errors import ConsentError, StructureError, UsageError
 from weissi_cli.io import open_checkpoint
@@ -73,7 +79,9 @@ def rebalance_checkpoint(
         warnings = [*checkpoint.notes, *structure.assumptions]
         squares = (
             axis_squares(
-                checkpoint, _penalised(structure.chains, checkpoint, include_bias), threads
+                checkpoint,
+                penalised_tensors(structure.chains, _shapes(checkpoint), include_bias),
+                threads,
             )
             if granularity == "channel"
             else {}
@@ -179,16 +187,6 @@ def _plan(
     return _Plan(analysis, chain_channel_scales(chain, shift), mode, shift=shift)
 
 
-def _penalised(chains: Sequence[Chain], checkpoint: Checkpoint, include_bias: bool) -> list[str]:
-    """The tensors whose squares the L2 penalty counts: weights, and biases on request."""
-    return [
-        name
-        for chain in chains
-        for name in chain.tensor_names()
-        if len(checkpoint.info(name).shape) >= 2 or include_bias
-    ]
-
-
 def _verify_and_measure(
     original: Checkpoint,
     rewritten: Checkpoint,
@@ -252,6 +250,10 @@ def _verify_and_measure(
             )
         )
     return results, checks
+
+
+def _shapes(checkpoint: Checkpoint) -> dict[str, tuple[int, ...]]:
+    return {info.name: info.shape for info in checkpoint.tensors}
 
 
 def _ratio(after: dict[str, TensorStats], before: dict[str, TensorStats], name: str) -> float:

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from weissi_cli.errors import StructureError
-from weissi_cli.ir import Member, Symmetry
+from weissi_cli.ir import Chain, Member, Symmetry
 
 Vector = npt.NDArray[np.float64]
 Squares = npt.NDArray[np.float32]  # [rows, columns]: see stats.axis_squares
@@ -237,3 +237,16 @@ def round_to_powers_of_two(
         solution.tolerance,
         solution.granularity,
     )
+
+
+def penalised_tensors(
+    chains: Iterable[Chain], shapes: Mapping[str, tuple[int, ...]], include_bias: bool
+) -> list[str]:
+    """The chain tensors whose squares the L2 penalty counts: weights, and 1-D parameters
+    (biases) on request."""
+    return [
+        name
+        for chain in chains
+        for name in chain.tensor_names()
+        if len(shapes[name]) >= 2 or include_bias
+    ]

@@ -8,7 +8,7 @@ import typer
 
 from weissi_cli.cli.console import print_warnings, stdout_console
 from weissi_cli.cli.errors import handle_errors
-from weissi_cli.cli.options import Checkpoint, IncludeBias, Json, Spec
+from weissi_cli.cli.options import Checkpoint, Granularity, IncludeBias, Json, Spec
 
 
 @handle_errors
@@ -22,6 +22,7 @@ def inspect(
         float, typer.Option("--lambda2", help="Weight λ2 of Σ ‖W/‖W‖‖₁ in the WEISSI penalty.")
     ] = 1.0,
     include_bias: IncludeBias = False,
+    granularity: Granularity = "layer",
     json_output: Json = False,
 ) -> None:
     """Report how the weight scale is spread across layers.
@@ -31,7 +32,9 @@ def inspect(
     from weissi_cli.api.inspect import inspect_checkpoint
     from weissi_cli.report.common import to_json
 
-    report = inspect_checkpoint(checkpoint, spec, lambda1, lambda2, include_bias)
+    report = inspect_checkpoint(
+        checkpoint, spec, lambda1, lambda2, include_bias, granularity=granularity
+    )
     if json_output:
         typer.echo(to_json(report.to_dict()))
     else:

@@ -29,3 +29,11 @@ IncludeBias = Annotated[
         help="Penalise biases too (1-D parameters), with the exact bias-aware optimum.",
     ),
 ]
+Granularity = Annotated[
+    str,
+    typer.Option(
+        "--granularity",
+        help="layer: one scale per layer; channel: one scale per hidden unit (per-channel "
+        "rebalancing, which can only lower L2 further).",
+    ),
+]

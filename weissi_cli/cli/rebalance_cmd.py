@@ -9,7 +9,7 @@ import typer
 
 from weissi_cli.cli.console import print_warnings, stdout_console
 from weissi_cli.cli.errors import handle_errors
-from weissi_cli.cli.options import Checkpoint, IncludeBias, Json, Spec
+from weissi_cli.cli.options import Checkpoint, Granularity, IncludeBias, Json, Spec
 
 
 @handle_errors
@@ -38,13 +38,7 @@ def rebalance(
         ),
     ] = "auto",
     include_bias: IncludeBias = False,
-    granularity: Annotated[
-        str,
-        typer.Option(
-            "--granularity",
-            help="layer: one scale per layer (per-channel rebalancing is not available yet).",
-        ),
-    ] = "layer",
+    granularity: Granularity = "layer",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
     json_output: Json = False,
 ) -> None:

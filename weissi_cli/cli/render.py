@@ -13,6 +13,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from weissi_cli.balance.analysis import ChainAnalysis
+from weissi_cli.balance.channelwise import ChannelSolution
 from weissi_cli.io.dtypes import is_16_bit
 from weissi_cli.ir import Unassigned
 from weissi_cli.report.common import Source
@@ -86,6 +87,9 @@ def render_inspect(report: InspectReport, console: Console) -> None:
         console.print(table)
         sixteen_bit = any(is_16_bit(report.dtypes[name]) for name in analysis.chain.tensor_names())
         console.print(_chain_totals(analysis, sixteen_bit))
+        channel = report.channel.get(analysis.chain.id)
+        if channel is not None:
+            console.print(_channel_line(analysis, channel))
     _print_unassigned(report.unassigned, console)
 
 
@@ -177,6 +181,25 @@ def _chain_totals(analysis: ChainAnalysis, sixteen_bit: bool) -> RenderableType:
     return Group(*lines)
 
 
+def _channel_line(analysis: ChainAnalysis, solution: ChannelSolution) -> Text:
+    dead = sum(len(item.dead) for item in solution.symmetries.values())
+    notes = [f"{solution.sweeps} sweeps" + ("" if solution.converged else ", not converged")]
+    if dead:
+        notes.append(f"{dead} dead unit(s) left at 1")
+    unbounded = [key for key, item in solution.symmetries.items() if item.unbounded]
+    if unbounded:
+        notes.append(f"unbounded: {', '.join(unbounded)}")
+    return Text.assemble(
+        "  L2 now ",
+        (number(analysis.l2_penalty), "bold"),
+        " · layer-wise optimum ",
+        (number(analysis.min_l2_penalty), "bold"),
+        " · channel-wise optimum ",
+        (number(solution.l2_after), "bold green"),
+        f" ({'; '.join(notes)})",
+    )
+
+
 def _print_unassigned(unassigned: Sequence[Unassigned], console: Console) -> None:
     if not unassigned:
         return
@@ -206,8 +229,8 @@ def render_rebalance(report: RebalanceReport, console: Console) -> None:
         )
         table = _table()
         table.add_column("layer")
-        table.add_column("γ (weight)", justify="right")
-        table.add_column("Π (bias)", justify="right")
+        table.add_column("γ (weight)" if result.channel is None else "‖W‖ ratio", justify="right")
+        table.add_column("Π (bias)" if result.channel is None else "‖b‖ ratio", justify="right")
         for layer, gamma, bias_scale in zip(
             result.layers, result.gammas, result.bias_scales, strict=True
         ):
@@ -224,11 +247,26 @@ def render_rebalance(report: RebalanceReport, console: Console) -> None:
                 (number(result.l2_before), "bold"),
                 " → ",
                 (number(result.l2_after), "bold green"),
-                f" (optimum {number(result.min_l2_penalty)}) · "
+                f" ({'layer-wise ' if result.channel else ''}optimum "
+                f"{number(result.min_l2_penalty)}) · "
                 f"WEISSI {number(result.weissi_before)} → "
                 f"{number(result.weissi_after)}",
             )
         )
+        if result.channel is not None:
+            channel = result.channel
+            parts = [f"channel-wise: {channel.sweeps} sweeps"]
+            dead = sum(len(units) for units in channel.dead_units.values())
+            if dead:
+                parts.append(f"{dead} dead unit(s) left at 1")
+            if channel.unbounded:
+                parts.append(f"unbounded: {', '.join(channel.unbounded)}")
+            if channel.path_norm_before is not None:
+                parts.append(
+                    f"path-norm {number(channel.path_norm_before, 10)} → "
+                    f"{number(channel.path_norm_after, 10)}"
+                )
+            console.print(Text("  " + " · ".join(parts), style="dim"))
     console.print()
     verification = report.verification
     mark = (

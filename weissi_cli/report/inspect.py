@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from weissi_cli.balance.analysis import ChainAnalysis
+from weissi_cli.balance.channelwise import ChannelSolution
 from weissi_cli.ir import Unassigned
 from weissi_cli.report.common import TOOL_VERSION, Source, finite_or_none, unassigned_dict
 
@@ -41,9 +42,15 @@ class InspectSettings:
     lambda1: float
     lambda2: float
     include_bias: bool
+    granularity: str = "layer"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"lambda1": self.lambda1, "lambda2": self.lambda2, "include_bias": self.include_bias}
+        return {
+            "lambda1": self.lambda1,
+            "lambda2": self.lambda2,
+            "include_bias": self.include_bias,
+            "granularity": self.granularity,
+        }
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class InspectReport:
     settings: InspectSettings
     tensors: tuple[TensorRow, ...]
     chains: tuple[ChainAnalysis, ...]
+    channel: dict[str, ChannelSolution]  # chain id -> per-channel optimum (when asked for)
     dtypes: dict[str, str]  # weight tensor -> dtype, for the rendering of chain rows
     unassigned: tuple[Unassigned, ...]
     warnings: tuple[str, ...]
@@ -63,14 +71,17 @@ class InspectReport:
             "source": self.source.to_dict(),
             "settings": self.settings.to_dict(),
             "tensors": [row.to_dict() for row in self.tensors],
-            "chains": [chain_dict(analysis) for analysis in self.chains],
+            "chains": [
+                chain_dict(analysis, self.channel.get(analysis.chain.id))
+                for analysis in self.chains
+            ],
             "unassigned": [entry.name for entry in self.unassigned],
             "unassigned_reasons": [unassigned_dict(entry) for entry in self.unassigned],
             "warnings": list(self.warnings),
         }
 
 
-def chain_dict(analysis: ChainAnalysis) -> dict[str, Any]:
+def chain_dict(analysis: ChainAnalysis, channel: ChannelSolution | None = None) -> dict[str, Any]:
     chain = analysis.chain
     l2 = analysis.l2_penalty
     layers = []
@@ -109,4 +120,19 @@ def chain_dict(analysis: ChainAnalysis) -> dict[str, Any]:
         "imbalance": finite_or_none(analysis.imbalance),
         "notes": list(chain.notes),
         "problem": analysis.problem,
+        "min_l2_penalty_channel": finite_or_none(channel.l2_after) if channel else None,
+        "channel": channel_dict(channel) if channel else None,
+    }
+
+
+def channel_dict(solution: ChannelSolution) -> dict[str, Any]:
+    return {
+        "min_l2_penalty": finite_or_none(solution.l2_after),
+        "sweeps": solution.sweeps,
+        "converged": solution.converged,
+        "tolerance": solution.tolerance,
+        "dead_units": {
+            key: list(item.dead) for key, item in solution.symmetries.items() if item.dead
+        },
+        "unbounded": [key for key, item in solution.symmetries.items() if item.unbounded],
     }

@@ -1,0 +1,131 @@
+"""The per-channel solver: optimality, its relation to the layer-wise optimum, dead units."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from weissi_cli.balance.channelwise import round_to_powers_of_two, solve
+from weissi_cli.ir import Chain, Layer, Member, Symmetry
+
+
+def random_chain(sizes: tuple[int, ...], seed: int) -> tuple[Chain, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    layers, weights = [], {}
+    for index, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
+        name = f"l{index}.weight"
+        weights[name] = rng.standard_normal((fan_out, fan_in)) * 3.0 ** rng.uniform(
+            -2, 2, (fan_out, 1)
+        )
+        layers.append(Layer(f"l{index}", name, None, (fan_out, fan_in)))
+    chain = Chain("c", "spec", "relu", tuple(layers), (1,) * (len(layers) - 1))
+    return chain, weights
+
+
+def squares_of(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {name: (w**2).astype(np.float32) for name, w in weights.items()}
+
+
+def applied(
+    chain: Chain, weights: dict[str, np.ndarray], scales: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    result = {name: w.copy() for name, w in weights.items()}
+    for symmetry in chain.symmetries():
+        for member in symmetry.members:
+            factor = scales[symmetry.id] ** member.exponent
+            if member.axis == 0:
+                result[member.tensor] *= factor[:, None]
+            else:
+                result[member.tensor] *= factor[None, :]
+    return result
+
+
+sizes_strategy = st.lists(st.integers(1, 8), min_size=3, max_size=6).map(tuple)
+
+
+@settings(max_examples=30)
+@given(sizes_strategy, st.integers(0, 10_000))
+def test_layer_granularity_reaches_the_closed_form(sizes: tuple[int, ...], seed: int) -> None:
+    chain, weights = random_chain(sizes, seed)
+    norms = [float(np.linalg.norm(w)) for w in weights.values()]
+    closed = len(norms) * math.exp(2 * sum(map(math.log, norms)) / len(norms))
+    solution = solve(chain.symmetries(), squares_of(weights), granularity="layer")
+    assert solution.converged
+    assert solution.l2_after == pytest.approx(closed, rel=1e-5)
+
+
+@settings(max_examples=30)
+@given(sizes_strategy, st.integers(0, 10_000))
+def test_channel_optimum_is_below_layer_optimum_and_balances_every_unit(
+    sizes: tuple[int, ...], seed: int
+) -> None:
+    chain, weights = random_chain(sizes, seed)
+    squares = squares_of(weights)
+    layer = solve(chain.symmetries(), squares, granularity="layer")
+    channel = solve(chain.symmetries(), squares, granularity="channel")
+    assert channel.l2_after <= layer.l2_after * (1 + 1e-6)
+    assert layer.l2_after <= layer.l2_before * (1 + 1e-9)
+    balanced = applied(chain, weights, channel.scales)
+    measured = sum(float((w**2).sum()) for w in balanced.values())
+    assert measured == pytest.approx(channel.l2_after, rel=1e-5)
+    # At the optimum every hidden unit's incoming and outgoing norms are equal.
+    for producer, consumer in zip(chain.layers, chain.layers[1:], strict=False):
+        incoming = np.linalg.norm(balanced[producer.weight], axis=1)
+        outgoing = np.linalg.norm(balanced[consumer.weight], axis=0)
+        assert incoming == pytest.approx(outgoing, rel=1e-3)
+
+
+def test_dead_unit_is_left_at_one_and_reported() -> None:
+    chain, weights = random_chain((4, 5, 3), 0)
+    weights["l0.weight"][2, :] = 0.0  # unit 2 gets no input
+    solution = solve(chain.symmetries(), squares_of(weights))
+    item = solution.symmetries["c.0"]
+    assert item.dead == [2]
+    assert item.scales[2] == 1.0
+    assert np.all(np.isfinite(item.scales))
+
+
+def test_symmetry_with_penalised_mass_on_one_side_only_is_unbounded() -> None:
+    """A conv feeding a batch norm: scaling moves all weight mass into running statistics."""
+    symmetry = Symmetry(
+        "s",
+        3,
+        (
+            Member("conv.weight", 0, 1),
+            Member("bn.running_mean", 0, 1),
+            Member("bn.running_var", 0, 2),
+        ),
+        exact=False,
+    )
+    squares = {"conv.weight": np.ones((3, 2), np.float32)}
+    solution = solve([symmetry], squares)
+    assert solution.symmetries["s"].unbounded
+    assert np.all(solution.symmetries["s"].scales == 1.0)
+    assert solution.l2_after == solution.l2_before
+
+
+def test_tie_groups_share_one_scale() -> None:
+    chain, weights = random_chain((3, 6, 2), 1)
+    (symmetry,) = chain.symmetries()
+    tied = Symmetry(symmetry.id, symmetry.size, symmetry.members, tie=2)
+    scales = solve([tied], squares_of(weights)).symmetries[symmetry.id].scales
+    assert np.all(scales[0::2] == scales[1::2])
+
+
+def test_power_of_two_channel_scales_are_exact_and_never_worse_than_none() -> None:
+    chain, weights = random_chain((6, 7, 7, 5), 3)
+    squares = squares_of(weights)
+    rounded = round_to_powers_of_two(
+        solve(chain.symmetries(), squares), chain.symmetries(), squares
+    )
+    for scales in rounded.scales.values():
+        assert np.all(np.frexp(scales)[0] == 0.5)
+    assert rounded.l2_after <= rounded.l2_before
+    balanced = applied(chain, weights, rounded.scales)
+    assert sum(float((w**2).sum()) for w in balanced.values()) == pytest.approx(
+        rounded.l2_after, rel=1e-5
+    )
