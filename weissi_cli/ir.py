@@ -133,13 +133,29 @@ class Unassigned:
 
 
 @dataclass(frozen=True)
+class Stop:
+    """Where a would-be symmetry was dropped, and why (an op that does not commute with a
+    per-channel scale, the graph output, ...)."""
+
+    producers: tuple[str, ...]
+    node: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Structure:
-    """Everything weissi knows about a checkpoint's scale symmetries."""
+    """Everything weissi knows about a checkpoint's scale symmetries: chains of layers, and
+    symmetries that are not chains (from a graph or a spec's [[symmetry]] tables)."""
 
     chains: tuple[Chain, ...]
     unassigned: tuple[Unassigned, ...]
     origin: Origin
     assumptions: tuple[str, ...] = field(default=())
+    symmetries: tuple[Symmetry, ...] = field(default=())
+    stops: tuple[Stop, ...] = field(default=())
+
+    def all_symmetries(self) -> tuple[Symmetry, ...]:
+        return tuple(s for chain in self.chains for s in chain.symmetries()) + self.symmetries
 
     @property
     def is_assumed(self) -> bool:

@@ -10,6 +10,7 @@ from weissi_cli.io.checkpoint import Checkpoint, TensorInfo
 __all__ = ["Checkpoint", "TensorInfo", "detect_format", "open_checkpoint"]
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+EXPORT_SUFFIX = ".pt2"
 INDEX_SUFFIX = ".safetensors.index.json"
 
 
@@ -36,11 +37,14 @@ def detect_format(path: Path) -> tuple[str, Path]:
         return "safetensors-sharded", path
     if name.endswith(".safetensors"):
         return "safetensors", path
+    if name.endswith(EXPORT_SUFFIX):
+        return "torch.export", path
     if name.endswith(TORCH_SUFFIXES):
         return "torch", path
     raise InputError(
         f"{path}: unknown checkpoint format; weissi reads .safetensors, a sharded "
-        f"*{INDEX_SUFFIX} (or its folder), and torch pickles ({', '.join(TORCH_SUFFIXES)})"
+        f"*{INDEX_SUFFIX} (or its folder), torch pickles ({', '.join(TORCH_SUFFIXES)}) and "
+        f"torch.export programs ({EXPORT_SUFFIX})"
     )
 
 
@@ -57,6 +61,10 @@ def open_checkpoint(path: Path) -> Checkpoint:
         from weissi_cli.io.sharded import ShardedCheckpoint
 
         return ShardedCheckpoint(target)
+    if file_format == "torch.export":
+        from weissi_cli.io.exported import ExportedCheckpoint
+
+        return ExportedCheckpoint(target)
     from weissi_cli.io.torch_pickle import TorchCheckpoint
 
     return TorchCheckpoint(target)

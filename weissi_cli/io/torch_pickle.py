@@ -22,38 +22,16 @@ if TYPE_CHECKING:
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model_state", "model")
 
 
-class TorchCheckpoint(Checkpoint):
-    """A state dict loaded from a torch pickle (memory-mapped where the format allows)."""
+class TensorDictCheckpoint(Checkpoint):
+    """A checkpoint whose tensors are torch tensors already in memory (or mapped)."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__()
-        import torch
-
-        self.path = path
-        self.format = "torch"
-        self.is_zip = zipfile.is_zipfile(path)
-        self.root = load_weights_only(path, mmap=self.is_zip)
-        self.wrapper_key, self.state_dict = find_state_dict(path, self.root)
-        self.file_bytes = path.stat().st_size
-        self.metadata = {}
-        self._tensors: dict[str, torch.Tensor] = {
-            name: value
-            for name, value in self.state_dict.items()
-            if isinstance(value, torch.Tensor)
-        }
-        self.non_tensor_keys = tuple(name for name in self.state_dict if name not in self._tensors)
-        if self.wrapper_key is not None:
-            stray = [repr(k) for k, v in self.root.items() if isinstance(v, torch.Tensor)]
-            if stray:
-                self.notes = (
-                    f"{path.name}: the model is the state dict under {self.wrapper_key!r}; the "
-                    f"top-level tensor(s) {', '.join(stray)} are not part of it (kept as they are)",
-                )
+    def _set_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self._tensors = tensors
         self.tensors = tuple(
             TensorInfo(name, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."))
-            for name, tensor in self._tensors.items()
+            for name, tensor in tensors.items()
         )
-        self._shared = _shared_storage_groups(self._tensors)
+        self._shared = _shared_storage_groups(tensors)
         self._flat: dict[str, torch.Tensor] = {}
 
     def tensor(self, name: str) -> torch.Tensor:
@@ -74,11 +52,39 @@ class TorchCheckpoint(Checkpoint):
                 flat = flat.view(torch.int16)
             self._flat[name] = flat
         chunk = flat[start : start + count].numpy()
-        return (
-            chunk.view(np.uint16)
-            if chunk.dtype == np.int16 and self.info(name).dtype == "bfloat16"
-            else chunk
+        is_bfloat16 = chunk.dtype == np.int16 and self.info(name).dtype == "bfloat16"
+        return chunk.view(np.uint16) if is_bfloat16 else chunk
+
+
+class TorchCheckpoint(TensorDictCheckpoint):
+    """A state dict loaded from a torch pickle (memory-mapped where the format allows)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        import torch
+
+        self.path = path
+        self.format = "torch"
+        self.is_zip = zipfile.is_zipfile(path)
+        self.root = load_weights_only(path, mmap=self.is_zip)
+        self.wrapper_key, self.state_dict = find_state_dict(path, self.root)
+        self.file_bytes = path.stat().st_size
+        self.metadata = {}
+        self._set_tensors(
+            {
+                name: value
+                for name, value in self.state_dict.items()
+                if isinstance(value, torch.Tensor)
+            }
         )
+        self.non_tensor_keys = tuple(name for name in self.state_dict if name not in self._tensors)
+        if self.wrapper_key is not None:
+            stray = [repr(k) for k, v in self.root.items() if isinstance(v, torch.Tensor)]
+            if stray:
+                self.notes = (
+                    f"{path.name}: the model is the state dict under {self.wrapper_key!r}; the "
+                    f"top-level tensor(s) {', '.join(stray)} are not part of it (kept as they are)",
+                )
 
 
 def load_weights_only(path: Path, mmap: bool) -> Any:
