@@ -26,9 +26,10 @@ import numpy.typing as npt
 from weissi_cli.errors import OutputError, UsageError
 from weissi_cli.io import TORCH_SUFFIXES, Checkpoint, TensorInfo
 from weissi_cli.io.dtypes import decode, encode, raw_numpy_dtype
+from weissi_cli.io.exported import ExportedCheckpoint
 from weissi_cli.io.safetensors_file import SafetensorsCheckpoint
 from weissi_cli.io.sharded import ShardedCheckpoint
-from weissi_cli.io.torch_pickle import TorchCheckpoint
+from weissi_cli.io.torch_pickle import TensorDictCheckpoint, TorchCheckpoint
 from weissi_cli.scales import TensorScale, uniform
 from weissi_cli.threads import run_round_robin
 
@@ -67,8 +68,14 @@ class PendingOutput:
         self.moves = []
 
 
-def check_output_path(checkpoint: Checkpoint, output: Path, force: bool) -> None:
+def check_output_path(
+    checkpoint: Checkpoint, output: Path, force: bool, output_format: str = "same"
+) -> None:
     """Refuse outputs that would overwrite the input, clobber a file, or change format."""
+    if output_format not in ("same", "safetensors"):
+        raise UsageError(f"--format must be same or safetensors, not {output_format!r}")
+    if output_format == "safetensors" and checkpoint.format.startswith("safetensors"):
+        output_format = "same"
     inputs = _input_files(checkpoint)
     target = output.resolve()
     for source in inputs:
@@ -92,12 +99,18 @@ def check_output_path(checkpoint: Checkpoint, output: Path, force: bool) -> None
             raise OutputError(f"{output}: folder {output.parent} does not exist")
         return
     name = output.name.lower()
-    if checkpoint.format == "safetensors" and not name.endswith(".safetensors"):
+    expected = "safetensors" if output_format == "safetensors" else checkpoint.format
+    if expected == "safetensors" and not name.endswith(".safetensors"):
         raise UsageError(
-            f"{output}: the input is safetensors and weissi writes the input's format; name the "
-            "output *.safetensors"
+            f"{output}: the output is safetensors (the input's format, or --format "
+            "safetensors); name it *.safetensors"
         )
-    if checkpoint.format == "torch" and not name.endswith(TORCH_SUFFIXES):
+    if expected == "torch.export" and not name.endswith(".pt2"):
+        raise UsageError(
+            f"{output}: the input is a torch.export program and weissi writes the input's "
+            "format; name the output *.pt2, or pass --format safetensors for just the tensors"
+        )
+    if expected == "torch" and not name.endswith(TORCH_SUFFIXES):
         raise UsageError(
             f"{output}: the input is a torch pickle and weissi writes the input's format; name the "
             f"output with one of {', '.join(TORCH_SUFFIXES)}"
@@ -114,9 +127,16 @@ Scale = TensorScale | float
 
 
 def write_rescaled(
-    checkpoint: Checkpoint, scales: Mapping[str, Scale], output: Path, record: Mapping[str, Any]
+    checkpoint: Checkpoint,
+    scales: Mapping[str, Scale],
+    output: Path,
+    record: Mapping[str, Any],
+    output_format: str = "same",
 ) -> PendingOutput:
-    """Write `checkpoint` with each named tensor multiplied by its scale, pending commit."""
+    """Write `checkpoint` with each named tensor multiplied by its scale, pending commit.
+
+    `output_format="safetensors"` writes just the tensors (of a pickle or an exported
+    program) as a safetensors file instead of the input's own format."""
     factors: dict[str, TensorScale] = {}
     for name, scale in scales.items():
         if name not in checkpoint:
@@ -135,6 +155,10 @@ def write_rescaled(
                 "different scales"
             )
     try:
+        if output_format == "safetensors" and checkpoint.format != "safetensors":
+            return _write_state_dict_as_safetensors(checkpoint, factors, output, record)
+        if isinstance(checkpoint, ExportedCheckpoint):
+            return _write_exported(checkpoint, factors, output, record)
         if isinstance(checkpoint, SafetensorsCheckpoint):
             return _write_single(checkpoint, factors, output, record)
         if isinstance(checkpoint, ShardedCheckpoint):
@@ -489,6 +513,70 @@ def _round_product_to_odd(
     product[candidates] = chosen
 
 
+def _write_exported(
+    checkpoint: ExportedCheckpoint,
+    factors: Mapping[str, TensorScale],
+    output: Path,
+    record: Mapping[str, Any],
+) -> PendingOutput:
+    """The same program with rescaled parameters: a fresh load of the (already checked)
+    archive, its tensors overwritten in place, saved with the record as an extra file."""
+    import torch
+
+    program = torch.export.load(checkpoint.path)
+    with torch.no_grad():
+        for name, scale in factors.items():
+            target = (
+                program.state_dict[name] if name in program.state_dict else program.constants[name]
+            )
+            target.copy_(_scaled_torch_tensor(checkpoint, name, scale))
+    temporary = create_temporary(output)
+    pending = PendingOutput(output, temporary, [(temporary, output)])
+    try:
+        with open(temporary, "wb") as handle:
+            try:
+                torch.export.save(program, handle, extra_files={"weissi.json": json.dumps(record)})
+            except RuntimeError as error:
+                raise OutputError(_torch_write_failure(output, error)) from None
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        pending.discard()
+        raise
+    return pending
+
+
+def _write_state_dict_as_safetensors(
+    checkpoint: Checkpoint,
+    factors: Mapping[str, TensorScale],
+    output: Path,
+    record: Mapping[str, Any],
+) -> PendingOutput:
+    """Every float tensor (rescaled where planned) as one safetensors file."""
+    from safetensors.torch import save_file
+
+    if not isinstance(checkpoint, TensorDictCheckpoint):
+        raise UsageError(f"{checkpoint.path}: --format safetensors needs a pickle or a .pt2 input")
+    tensors = {
+        name: (
+            _scaled_torch_tensor(checkpoint, name, factors[name])
+            if name in factors
+            else checkpoint.tensor(name).contiguous()
+        )
+        for name in (info.name for info in checkpoint.tensors)
+    }
+    temporary = create_temporary(output)
+    pending = PendingOutput(output, temporary, [(temporary, output)])
+    try:
+        save_file(tensors, str(temporary), metadata={"weissi": json.dumps(record)})
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+    except BaseException:
+        pending.discard()
+        raise
+    return pending
+
+
 def _torch_write_failure(output: Path, error: RuntimeError) -> str:
     free = shutil.disk_usage(output.parent).free
     if free < 1 << 20:
@@ -497,7 +585,7 @@ def _torch_write_failure(output: Path, error: RuntimeError) -> str:
     return f"{output}: torch could not write the file ({detail}); nothing was written"
 
 
-def _scaled_torch_tensor(checkpoint: TorchCheckpoint, name: str, scale: TensorScale) -> Any:
+def _scaled_torch_tensor(checkpoint: TensorDictCheckpoint, name: str, scale: TensorScale) -> Any:
     import torch
 
     original = checkpoint.tensor(name)

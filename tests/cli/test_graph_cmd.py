@@ -38,6 +38,7 @@ def test_emitted_spec_matches_golden_and_reads_back(
         "axis": 1,
         "exponent": -1,
         "block": 64,
+        "offset": 0,
     }
     assert pinned.stderr == ""  # no assumption to warn about
 

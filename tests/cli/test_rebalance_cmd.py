@@ -101,7 +101,7 @@ def test_output_equal_to_input_is_refused(run: Callable[..., Result], workdir: P
 def test_output_format_must_match(run: Callable[..., Result], workdir: Path) -> None:
     result = run("rebalance", "mlp_digits.safetensors", "-o", "out.pt", "--assume-relu")
     assert result.exit_code == 2
-    assert "name the output *.safetensors" in result.stderr
+    assert "name it *.safetensors" in result.stderr
     assert not (workdir / "out.pt").exists()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from weissi_cli.api.symmetries import solve_group
 from weissi_cli.balance.analysis import analyse_chain
 from weissi_cli.balance.channelwise import ChannelSolution, penalised_tensors, solve
 from weissi_cli.errors import UsageError
@@ -63,6 +64,7 @@ def inspect_checkpoint(
             for chain in healthy:
                 mine = {name: squares[name] for name in chain.tensor_names() if name in squares}
                 channel[chain.id] = solve(chain.symmetries(), mine)
+        solved = solve_group(checkpoint, structure, include_bias, granularity, threads)
         warnings = [*checkpoint.notes, *structure.assumptions]
         warnings += [
             f"{row.name}: {row.nonfinite} non-finite value(s) (NaN or Inf)"
@@ -78,6 +80,7 @@ def inspect_checkpoint(
             tensors=rows,
             chains=chains,
             channel=channel,
+            group=solved[0] if solved else None,
             dtypes=dtypes,
             unassigned=structure.unassigned,
             warnings=tuple(warnings),

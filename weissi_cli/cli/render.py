@@ -20,6 +20,7 @@ from weissi_cli.report.common import Source
 from weissi_cli.report.graph import GraphReport
 from weissi_cli.report.inspect import InspectReport
 from weissi_cli.report.rebalance import RebalanceReport
+from weissi_cli.report.symmetries import SymmetryGroup
 
 BAR_WIDTH = 12
 EIGHTHS = " ▏▎▍▌▋▊▉█"
@@ -78,7 +79,9 @@ def render_inspect(report: InspectReport, console: Console) -> None:
         + ("weights and biases" if settings.include_bias else "weights (biases not penalised)"),
         style="dim",
     )
-    if not report.chains:
+    if report.group is not None:
+        _print_group(report.group, console)
+    elif not report.chains:
         console.print("\nNo chains found (see `weissi graph` and the unassigned tensors below).")
     for analysis in report.chains:
         console.print()
@@ -179,6 +182,63 @@ def _chain_totals(analysis: ChainAnalysis, sixteen_bit: bool) -> RenderableType:
         ),
     ]
     return Group(*lines)
+
+
+def _print_group(group: SymmetryGroup, console: Console) -> None:
+    chosen = group.channel or group.layer
+    console.print()
+    console.print(Text(f"Scale symmetries ({len(group.symmetries)})", style="bold"))
+    table = _table()
+    table.add_column("symmetry", overflow="fold")
+    table.add_column("channels", justify="right")
+    table.add_column("exact")
+    table.add_column("scales at the optimum", no_wrap=True)
+    table.add_column("note", overflow="fold")
+    for symmetry in group.symmetries:
+        found = chosen.symmetries.get(symmetry.id)
+        if found is not None and found.unbounded:
+            scales = Text("unbounded", style="yellow")
+        elif found is not None:
+            low, high = float(found.scales.min()), float(found.scales.max())
+            scales = Text(number(low) if low == high else f"{number(low)} … {number(high)}")
+        else:
+            scales = Text("—")
+        table.add_row(
+            escape(symmetry.id),
+            str(symmetry.size),
+            "yes" if symmetry.exact else "to first order",
+            scales,
+            escape(symmetry.note),
+        )
+    console.print(table)
+    line = Text.assemble(
+        "  L2 now ",
+        (number(group.l2_penalty), "bold"),
+        " · layer-wise optimum ",
+        (number(group.layer.l2_after), "bold green" if group.channel is None else "bold"),
+    )
+    if group.channel is not None:
+        line.append_text(
+            Text.assemble(
+                " · channel-wise optimum ", (number(group.channel.l2_after), "bold green")
+            )
+        )
+    console.print(line)
+    unbounded = [key for key, item in chosen.symmetries.items() if item.unbounded]
+    if unbounded:
+        console.print(
+            Text(
+                f"  unbounded ({len(unbounded)}): their penalised weights can shrink without limit "
+                "into unpenalised tensors (norm gains, running statistics): L2 says nothing there",
+                style="yellow",
+            )
+        )
+    for stop in group.stops:
+        console.print(
+            Text(
+                f"  stopped: {'+'.join(stop.producers)} at {stop.node}: {stop.reason}", style="dim"
+            )
+        )
 
 
 def _channel_line(analysis: ChainAnalysis, solution: ChannelSolution) -> Text:
@@ -313,6 +373,31 @@ def render_graph(report: GraphReport, console: Console) -> None:
             )
         for note in chain.notes:
             branch.add(Text(f"note: {note}", style="dim"))
+    for symmetry in structure.symmetries:
+        branch = tree.add(
+            Text.assemble(
+                (symmetry.id, "bold"),
+                f" · {symmetry.size} channels · ",
+                origin_label(symmetry.origin),
+                "" if symmetry.exact else " · to first order",
+            )
+        )
+        for member in symmetry.members:
+            sign = "×c" if member.exponent == 1 else f"×c^{member.exponent}"
+            where = f"axis {member.axis}"
+            if member.block != 1:
+                where += f", {member.block} per channel"
+            if member.offset:
+                where += f", from {member.offset}"
+            branch.add(f"{escape(member.tensor)}  {sign}  ({where})")
+        if symmetry.note:
+            branch.add(Text(symmetry.note, style="dim"))
+    if structure.stops:
+        stops = tree.add(Text(f"stopped ({len(structure.stops)})", style="bold"))
+        for stop in structure.stops:
+            stops.add(
+                f"{escape('+'.join(stop.producers))} at {escape(stop.node)}: {escape(stop.reason)}"
+            )
     if structure.unassigned:
         rest = tree.add(Text(f"not in any chain ({len(structure.unassigned)})", style="bold"))
         for entry in structure.unassigned[:UNASSIGNED_SHOWN]:

@@ -26,6 +26,11 @@ class GraphReport:
             "source": self.source.to_dict(),
             "origin": self.structure.origin,
             "chains": [self._chain(chain) for chain in self.structure.chains],
+            "symmetries": [symmetry_dict(symmetry) for symmetry in self.structure.symmetries],
+            "stops": [
+                {"producers": list(stop.producers), "node": stop.node, "reason": stop.reason}
+                for stop in self.structure.stops
+            ],
             "unassigned": [unassigned_dict(entry) for entry in self.structure.unassigned],
             "warnings": list(self.warnings),
         }
@@ -58,6 +63,7 @@ def member_dict(member: Member) -> dict[str, Any]:
         "axis": member.axis,
         "exponent": member.exponent,
         "block": member.block,
+        "offset": member.offset,
     }
 
 

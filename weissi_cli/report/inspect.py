@@ -9,6 +9,7 @@ from weissi_cli.balance.analysis import ChainAnalysis
 from weissi_cli.balance.channelwise import ChannelSolution
 from weissi_cli.ir import Unassigned
 from weissi_cli.report.common import TOOL_VERSION, Source, finite_or_none, unassigned_dict
+from weissi_cli.report.symmetries import SymmetryGroup
 
 SCHEMA = "weissi.inspect/1"
 
@@ -60,6 +61,7 @@ class InspectReport:
     tensors: tuple[TensorRow, ...]
     chains: tuple[ChainAnalysis, ...]
     channel: dict[str, ChannelSolution]  # chain id -> per-channel optimum (when asked for)
+    group: SymmetryGroup | None  # symmetries that are not chains (graph, spec)
     dtypes: dict[str, str]  # weight tensor -> dtype, for the rendering of chain rows
     unassigned: tuple[Unassigned, ...]
     warnings: tuple[str, ...]
@@ -75,6 +77,7 @@ class InspectReport:
                 chain_dict(analysis, self.channel.get(analysis.chain.id))
                 for analysis in self.chains
             ],
+            "symmetries": self.group.to_dict() if self.group else None,
             "unassigned": [entry.name for entry in self.unassigned],
             "unassigned_reasons": [unassigned_dict(entry) for entry in self.unassigned],
             "warnings": list(self.warnings),

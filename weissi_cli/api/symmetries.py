@@ -1,0 +1,57 @@
+"""Free symmetries (from a graph or a spec) solved together, shared by inspect and rebalance."""
+
+from __future__ import annotations
+
+from weissi_cli.balance.channelwise import Squares, solve
+from weissi_cli.io.checkpoint import Checkpoint
+from weissi_cli.ir import Structure
+from weissi_cli.report.symmetries import SymmetryGroup
+from weissi_cli.stats import axis_squares
+
+# State-dict names of buffers: statistics, never penalised (for checkpoints without a graph).
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def penalised_members(
+    checkpoint: Checkpoint, structure: Structure, include_bias: bool
+) -> list[str]:
+    """Tensors of the free symmetries that the L2 penalty counts: parameters with 2+ dims,
+    1-D parameters on request; never buffers such as running statistics."""
+    buffers = getattr(checkpoint, "buffers", None)
+    names = dict.fromkeys(m.tensor for s in structure.symmetries for m in s.members)
+    found = []
+    for name in names:
+        is_buffer = name in buffers if buffers is not None else name.endswith(BUFFER_SUFFIXES)
+        shape = checkpoint.info(name).shape
+        if (
+            not is_buffer
+            and checkpoint.info(name).is_supported_float
+            and (len(shape) >= 2 or include_bias)
+        ):
+            found.append(name)
+    return found
+
+
+def solve_group(
+    checkpoint: Checkpoint,
+    structure: Structure,
+    include_bias: bool,
+    granularity: str,
+    threads: int = 2,
+) -> tuple[SymmetryGroup, dict[str, Squares]] | None:
+    """The layer-wise (and, when asked, channel-wise) optimum of the free symmetries."""
+    if not structure.symmetries and not structure.stops:
+        return None
+    squares = axis_squares(
+        checkpoint, penalised_members(checkpoint, structure, include_bias), threads
+    )
+    layer = solve(structure.symmetries, squares, granularity="layer")
+    channel = solve(structure.symmetries, squares) if granularity == "channel" else None
+    group = SymmetryGroup(
+        symmetries=structure.symmetries,
+        l2_penalty=layer.l2_before,
+        layer=layer,
+        channel=channel,
+        stops=structure.stops,
+    )
+    return group, squares
