@@ -16,6 +16,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -69,7 +70,7 @@ class Verification:
             passed=all(result.passed for result in results),
             max_abs_diff=max(abs_diffs) if abs_diffs else None,
             max_rel_diff=max(rel_diffs) if rel_diffs else None,
-            probes=PROBES if "probe" in methods else 0,
+            probes=PROBES if "probe" in methods else (4 if "run" in methods else 0),
             chains=tuple(results),
         )
 
@@ -403,9 +404,21 @@ def structural_check(
     chain: Chain,
     scales: Mapping[str, TensorScale],
 ) -> ChainVerification:
-    """Every value of each rewritten tensor is its original times the planned factor, and the
-    factors form a shift (for chains whose forward pass the files do not determine)."""
-    compute = _compute_dtype(original, chain)
+    """The value check alone, for chains whose forward pass the files do not determine."""
+    return verify_tensors(original, rewritten, chain.id, scales, _compute_dtype(original, chain))
+
+
+def verify_tensors(
+    original: Checkpoint,
+    rewritten: Checkpoint,
+    label: str,
+    scales: Mapping[str, TensorScale],
+    compute: type[np.floating] | None = None,
+) -> ChainVerification:
+    """Every value of each named tensor is its original times the planned factor."""
+    if compute is None:
+        dtypes = {original.info(name).dtype for name in scales}
+        compute = np.float64 if dtypes == {"float64"} else np.float32
     reader = _PairReader(original, rewritten, compute)
     elements = _ElementCheck(compute)
     for name, scale in scales.items():
@@ -424,7 +437,7 @@ def structural_check(
 
         reader.for_each_block(name, compare)
     return ChainVerification(
-        chain.id,
+        label,
         "structural",
         not elements.failures,
         None,
@@ -433,3 +446,74 @@ def structural_check(
         elements.describe(),
         reader.measured(),
     )
+
+
+# Largest output change, relative to the largest output, that running both programs may show:
+# the rewrite rounds every scaled value once; a batch norm's eps adds a little more.
+RUN_TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "float16": 3e-2, "bfloat16": 3e-2}
+
+
+def run_programs(original: Any, rewritten: Any, label: str, probes: int = 4) -> ChainVerification:
+    """Run both exported programs on random inputs shaped like the recorded examples."""
+    import torch
+
+    examples = original.example_inputs
+    if examples is None:
+        return ChainVerification(
+            label, "run", True, None, None, None, "not run: the program records no example inputs"
+        )
+    args, kwargs = examples
+    generator = torch.Generator().manual_seed(SEED)
+
+    def like(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return torch.randn(value.shape, generator=generator, dtype=torch.float32).to(
+                value.dtype
+            )
+        return value
+
+    worst_abs, worst_rel, dtype = 0.0, 0.0, "float32"
+    with torch.no_grad():
+        before_module, after_module = original.module(), rewritten.module()
+        for _ in range(probes):
+            inputs = [like(a) for a in args]
+            named = {k: like(v) for k, v in kwargs.items()}
+            before = [t for t in _tensors(before_module(*inputs, **named)) if t.is_floating_point()]
+            after = [t for t in _tensors(after_module(*inputs, **named)) if t.is_floating_point()]
+            for old, new in zip(before, after, strict=True):
+                dtype = str(old.dtype).removeprefix("torch.")
+                difference = (
+                    float((new.double() - old.double()).abs().max()) if old.numel() else 0.0
+                )
+                scale = float(old.double().abs().max()) if old.numel() else 0.0
+                worst_abs = max(worst_abs, difference)
+                worst_rel = max(worst_rel, difference / scale if scale > 0 else difference)
+    tolerance = RUN_TOLERANCE.get(dtype, 1e-4)
+    passed = math.isfinite(worst_abs) and worst_rel <= tolerance
+    outcome = (
+        "outputs bit-identical"
+        if worst_abs == 0.0
+        else f"outputs moved by at most {worst_abs:.3g} ({worst_rel:.2g} of their largest; "
+        f"allowed {tolerance:g})"
+    )
+    return ChainVerification(
+        label,
+        "run",
+        passed,
+        worst_abs if math.isfinite(worst_abs) else None,
+        worst_rel if math.isfinite(worst_rel) else None,
+        worst_abs == 0.0,
+        f"ran both programs on {probes} random inputs shaped like the recorded examples: {outcome}",
+    )
+
+
+def _tensors(value: Any) -> list[Any]:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [t for item in value for t in _tensors(item)]
+    if isinstance(value, dict):
+        return [t for item in value.values() for t in _tensors(item)]
+    return []

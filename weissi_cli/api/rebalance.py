@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from weissi_cli import __version__
+from weissi_cli.api.symmetries import penalised_members, solve_group
 from weissi_cli.balance.analysis import ChainAnalysis, analyse_chain
 from weissi_cli.balance.channelwise import (
     ChannelSolution,
@@ -23,9 +24,10 @@ from weissi_cli.errors import ConsentError, StructureError, UsageError
 from weissi_cli.io import open_checkpoint
 from weissi_cli.io.checkpoint import Checkpoint
 from weissi_cli.io.dtypes import is_16_bit
-from weissi_cli.ir import Chain
+from weissi_cli.ir import Chain, Structure
 from weissi_cli.report.common import Source
 from weissi_cli.report.rebalance import ChainResult, ChannelResult, RebalanceReport
+from weissi_cli.report.symmetries import SymmetryGroup
 from weissi_cli.rewrite import check_output_path, write_rescaled
 from weissi_cli.scales import (
     TensorScale,
@@ -36,7 +38,13 @@ from weissi_cli.scales import (
 )
 from weissi_cli.stats import TensorStats, axis_squares, compute_stats
 from weissi_cli.structure import discover
-from weissi_cli.verify import ChainVerification, Verification, verify_chain
+from weissi_cli.verify import (
+    ChainVerification,
+    Verification,
+    run_programs,
+    verify_chain,
+    verify_tensors,
+)
 
 ScalesMode = Literal["auto", "real", "pow2"]
 SCALES_MODES: tuple[ScalesMode, ...] = ("auto", "real", "pow2")
@@ -53,6 +61,7 @@ def rebalance_checkpoint(
     threads: int = 2,
     granularity: str = "layer",
     extra_flags: tuple[str, ...] = (),
+    output_format: str = "same",
 ) -> RebalanceReport:
     """Write `output`, the rebalanced copy of `path`, only if verification passes.
 
@@ -63,13 +72,13 @@ def rebalance_checkpoint(
     if granularity not in ("layer", "channel"):
         raise UsageError(f"--granularity must be layer or channel, not {granularity!r}")
     with open_checkpoint(path) as checkpoint:
-        check_output_path(checkpoint, output, force)
+        check_output_path(checkpoint, output, force, output_format)
         structure = discover(checkpoint, spec)
         if structure.is_assumed and not assume_relu:
             raise ConsentError(
                 _consent_message(path, output, scales, include_bias, force, extra_flags)
             )
-        if not structure.chains:
+        if not structure.chains and not structure.symmetries:
             raise StructureError(
                 f"{path}: no chains of layers were found, so there is nothing to rebalance; "
                 f"write a spec file (see `weissi graph {shlex.quote(str(path))} --emit-spec`)"
@@ -95,11 +104,14 @@ def rebalance_checkpoint(
             for plan in plans
             if plan.channel_scales is None
         ]
-        if all(plan.channel_scales is None for plan in plans):
+        if plans and all(plan.channel_scales is None for plan in plans):
             problems = "; ".join(f"{p.analysis.chain.id}: {p.analysis.problem}" for p in plans)
             raise StructureError(f"{path}: nothing can be rebalanced ({problems})")
         shapes = {info.name: info.shape for info in checkpoint.tensors}
-        tensor_scales: dict[str, TensorScale] = {}
+        group, group_scales, group_mode = _solve_group(
+            checkpoint, structure, include_bias, granularity, scales, threads
+        )
+        tensor_scales: dict[str, TensorScale] = dict(group_scales)
         for plan in plans:
             if plan.channel_scales is not None:
                 tensor_scales.update(
@@ -112,12 +124,17 @@ def rebalance_checkpoint(
             "include_bias": include_bias,
             "scales": {name: scale_record(scale) for name, scale in tensor_scales.items()},
         }
-        pending = write_rescaled(checkpoint, tensor_scales, output, record)
+        pending = write_rescaled(checkpoint, tensor_scales, output, record, output_format)
         try:
             with open_checkpoint(pending.readable_path) as rewritten:
                 results, checks = _verify_and_measure(
                     checkpoint, rewritten, plans, tensor_scales, before, include_bias
                 )
+                if group is not None:
+                    group, group_checks = _verify_group(
+                        checkpoint, rewritten, group, group_scales, include_bias
+                    )
+                    checks += group_checks
         except BaseException:
             pending.discard()
             raise
@@ -130,12 +147,14 @@ def rebalance_checkpoint(
         return RebalanceReport(
             source=Source.of(checkpoint, str(path)),
             output_path=str(output),
-            output_format=checkpoint.format,
+            output_format="safetensors" if output_format == "safetensors" else checkpoint.format,
             written=verification.passed,
             scales=scales,
             granularity=granularity,
             include_bias=include_bias,
             chains=tuple(results),
+            group=group,
+            group_scales=group_mode,
             verification=verification,
             warnings=tuple(warnings),
         )
@@ -250,6 +269,59 @@ def _verify_and_measure(
             )
         )
     return results, checks
+
+
+def _solve_group(
+    checkpoint: Checkpoint,
+    structure: Structure,
+    include_bias: bool,
+    granularity: str,
+    scales: str,
+    threads: int,
+) -> tuple[SymmetryGroup | None, dict[str, TensorScale], str]:
+    """The free symmetries' scales (graph or spec), solved jointly."""
+    solved = solve_group(checkpoint, structure, include_bias, granularity, threads)
+    if solved is None or not structure.symmetries:
+        return (solved[0] if solved else None), {}, "none"
+    group, squares = solved
+    mode = scales
+    if scales == "auto":
+        members = {m.tensor for s in structure.symmetries for m in s.members}
+        mode = "pow2" if any(is_16_bit(checkpoint.info(n).dtype) for n in members) else "real"
+    chosen = group.channel or group.layer
+    if mode == "pow2":
+        chosen = round_to_powers_of_two(chosen, structure.symmetries, squares)
+        group = replace(group, channel=chosen) if group.channel else replace(group, layer=chosen)
+    tensor_scales = from_symmetries(structure.symmetries, chosen.scales, _shapes(checkpoint))
+    return group, tensor_scales, mode
+
+
+def _verify_group(
+    original: Checkpoint,
+    rewritten: Checkpoint,
+    group: SymmetryGroup,
+    scales: Mapping[str, TensorScale],
+    include_bias: bool,
+) -> tuple[SymmetryGroup, list[ChainVerification]]:
+    checks = [verify_tensors(original, rewritten, "symmetries", scales)] if scales else []
+    program = getattr(original, "program", None)
+    rewritten_program = getattr(rewritten, "program", None)
+    if program is not None and rewritten_program is not None:
+        checks.append(run_programs(program, rewritten_program, "program"))
+    after = checks[0].after if checks else {}
+    penalised = set(
+        penalised_members(
+            original, Structure((), (), "graph", symmetries=group.symmetries), include_bias
+        )
+    )
+    before_l2 = group.l2_penalty
+    changed = sum(after[n].fro_norm ** 2 for n in after if n in penalised)
+    unchanged = [n for n in penalised if n not in after]
+    if unchanged:
+        stats = compute_stats(original, unchanged)
+        changed += sum(stats[n].fro_norm ** 2 for n in unchanged)
+    del before_l2
+    return replace(group, l2_after=changed), checks
 
 
 def _shapes(checkpoint: Checkpoint) -> dict[str, tuple[int, ...]]:

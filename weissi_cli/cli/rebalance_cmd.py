@@ -40,6 +40,13 @@ def rebalance(
     include_bias: IncludeBias = False,
     granularity: Granularity = "layer",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
+    output_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="same: the input's format; safetensors: just the tensors of a pickle or .pt2.",
+        ),
+    ] = "same",
     json_output: Json = False,
 ) -> None:
     """Rescale layers to the L2 optimum without changing the function, then verify.
@@ -59,6 +66,7 @@ def rebalance(
         force,
         granularity=granularity,
         extra_flags=("--json",) if json_output else (),
+        output_format=output_format,
     )
     if json_output:
         typer.echo(to_json(report.to_dict()))

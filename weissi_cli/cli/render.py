@@ -327,6 +327,17 @@ def render_rebalance(report: RebalanceReport, console: Console) -> None:
                     f"{number(channel.path_norm_after, 10)}"
                 )
             console.print(Text("  " + " · ".join(parts), style="dim"))
+    if report.group is not None:
+        _print_group(report.group, console)
+        console.print(
+            Text.assemble(
+                f"  scales {report.group_scales} · L2 ",
+                (number(report.group.l2_penalty), "bold"),
+                " → ",
+                (number(report.group.l2_after), "bold green"),
+                " (measured in the written file)",
+            )
+        )
     console.print()
     verification = report.verification
     mark = (

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from weissi_cli.report.common import TOOL_VERSION, Source, finite_or_none
+from weissi_cli.report.symmetries import SymmetryGroup
 from weissi_cli.verify import ChainVerification, Verification
 
 SCHEMA = "weissi.rebalance/1"
@@ -83,6 +84,8 @@ class RebalanceReport:
     chains: tuple[ChainResult, ...]
     verification: Verification
     warnings: tuple[str, ...]
+    group: SymmetryGroup | None = None  # symmetries that are not chains, solved together
+    group_scales: str = "none"  # "real" | "pow2" for the group
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -100,6 +103,9 @@ class RebalanceReport:
                 "include_bias": self.include_bias,
             },
             "chains": [chain.to_dict() for chain in self.chains],
+            "symmetries": (
+                {**self.group.to_dict(), "scales": self.group_scales} if self.group else None
+            ),
             "verification": verification_dict(self.verification),
             "warnings": list(self.warnings),
         }
