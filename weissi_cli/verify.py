@@ -493,7 +493,7 @@ def run_programs(original: Any, rewritten: Any, label: str, probes: int = 4) -> 
     outcome = (
         "outputs bit-identical"
         if worst_abs == 0.0
-        else f"outputs moved by at most {worst_abs:.3g} ({worst_rel:.2g} of their largest; "
+        else f"outputs moved by at most {worst_abs:.3g} ({worst_rel:.2g} of their largest, "
         f"allowed {tolerance:g})"
     )
     return ChainVerification(
