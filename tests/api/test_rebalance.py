@@ -384,3 +384,25 @@ def test_inspect_reports_the_three_l2_values(samples: Path) -> None:
     ][0]
     assert chain["min_l2_penalty_channel"] <= chain["min_l2_penalty"] <= chain["l2_penalty"]
     assert chain["channel"]["converged"] is True
+
+
+def test_spec_symmetry_on_a_state_dict_is_rebalanced_and_verified(tmp_path: Path) -> None:
+    state = mlp_state(sizes=(6, 5, 4), dtype=torch.float32, seed=2)
+    state["net.0.weight"] = state["net.0.weight"] * 10
+    source = write_safetensors(tmp_path / "m.safetensors", state)
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        'version = 1\n[[symmetry]]\nid = "hidden"\nsize = 5\nmembers = [\n'
+        '  { tensor = "net.0.weight", axis = 0, exponent = 1 },\n'
+        '  { tensor = "net.0.bias", axis = 0, exponent = 1 },\n'
+        '  { tensor = "net.2.weight", axis = 1, exponent = -1 },\n]\n'
+    )
+    output = tmp_path / "out.safetensors"
+    report = rebalance_checkpoint(source, output, spec=spec, granularity="channel")
+    assert report.group is not None
+    assert report.group.l2_after < report.group.l2_penalty
+    assert report.verification.passed
+    inputs = torch.randn(32, 6, generator=torch.Generator().manual_seed(0))
+    expected = mlp_forward(state, inputs)
+    actual = mlp_forward(load_file(str(output)), inputs)
+    assert torch.allclose(actual, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))

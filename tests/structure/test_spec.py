@@ -78,7 +78,7 @@ def test_emitted_spec_of_a_conv_chain_round_trips(tmp_path: Path) -> None:
     [
         ('[[chain]]\nlayers = ["net.0", "net.2"]\n', "`version = 1` is required"),
         ('version = 2\n[[chain]]\nlayers = ["net.0", "net.2"]\n', "`version = 1` is required"),
-        ("version = 1\n", "declares no [[chain]] tables"),
+        ("version = 1\n", "declares no [[chain]] or [[symmetry]] tables"),
         ('version = 1\nextra = 3\n[[chain]]\nlayers = ["net.0"]\n', "unknown key(s) extra"),
         ('version = 1\n[[chain]]\nlayer = ["net.0"]\n', "unknown key(s) layer"),
         (
@@ -146,3 +146,64 @@ def test_a_layer_twice_in_one_chain_is_refused(tmp_path: Path, mlp_file: Path) -
     spec = spec_file(tmp_path, 'version = 1\n[[chain]]\nlayers = ["net.0", "net.2", "net.0"]\n')
     with pytest.raises(StructureError, match="net.0 appear more than once"):
         from_spec(mlp_file, spec)
+
+
+SYMMETRY_SPEC = """version = 1
+[[symmetry]]
+id = "hidden"
+size = 5
+members = [
+  { tensor = "net.0.weight", axis = 0, exponent = 1 },
+  { tensor = "net.0.bias", axis = 0, exponent = 1 },
+  { tensor = "net.2.weight", axis = 1, exponent = -1 },
+]
+"""
+
+
+def test_symmetry_tables_are_read_as_declared(tmp_path: Path, mlp_file: Path) -> None:
+    structure = from_spec(mlp_file, spec_file(tmp_path, SYMMETRY_SPEC))
+    (symmetry,) = structure.symmetries
+    assert (symmetry.id, symmetry.size, symmetry.tie, symmetry.exact, symmetry.origin) == (
+        "hidden",
+        5,
+        1,
+        True,
+        "spec",
+    )
+    assert [(m.tensor, m.axis, m.exponent, m.block, m.offset) for m in symmetry.members] == [
+        ("net.0.weight", 0, 1, 1, 0),
+        ("net.0.bias", 0, 1, 1, 0),
+        ("net.2.weight", 1, -1, 1, 0),
+    ]
+    assert structure.chains == ()
+
+
+def test_emitted_symmetries_read_back_identically(tmp_path: Path, mlp_file: Path) -> None:
+    first = from_spec(mlp_file, spec_file(tmp_path, SYMMETRY_SPEC))
+    again = from_spec(mlp_file, spec_file(tmp_path, emit_spec(first, "mlp.safetensors")))
+    assert again.symmetries == first.symmetries
+
+
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        ('{ tensor = "net.9.weight", axis = 0, exponent = 1 }', "unknown tensor 'net.9.weight'"),
+        ('{ tensor = "net.0.weight", axis = 2, exponent = 1 }', "axis 2 does not exist"),
+        ('{ tensor = "net.0.weight", axis = 0, exponent = 1, offset = 1 }', "run past axis 0"),
+        ('{ tensor = "net.0.weight", axis = 0, exponent = 0 }', "exponent must be non-zero"),
+        ('{ tensor = "net.0.weight", axis = 0 }', "a member needs `tensor`"),
+    ],
+)
+def test_malformed_symmetry_members_are_refused(
+    tmp_path: Path, mlp_file: Path, member: str, message: str
+) -> None:
+    text = f"version = 1\n[[symmetry]]\nsize = 5\nmembers = [ {member} ]\n"
+    with pytest.raises((InputError, StructureError)) as caught:
+        from_spec(mlp_file, spec_file(tmp_path, text))
+    assert message in str(caught.value)
+
+
+def test_tie_must_divide_the_size(tmp_path: Path, mlp_file: Path) -> None:
+    text = SYMMETRY_SPEC.replace("size = 5", "size = 5\ntie = 2")
+    with pytest.raises(InputError, match="`tie` must be a positive integer that divides size 5"):
+        from_spec(mlp_file, spec_file(tmp_path, text))

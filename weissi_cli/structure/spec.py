@@ -10,12 +10,23 @@ from typing import Any
 
 from weissi_cli.errors import InputError, StructureError
 from weissi_cli.io.checkpoint import Checkpoint
-from weissi_cli.ir import ACTIVATIONS, Activation, Chain, Layer, Structure, Unassigned
+from weissi_cli.ir import (
+    ACTIVATIONS,
+    Activation,
+    Chain,
+    Layer,
+    Member,
+    Structure,
+    Symmetry,
+    Unassigned,
+)
 from weissi_cli.structure.layers import bias_problem, connection, group_modules
 
 SPEC_VERSION = 1
-_TOP_LEVEL_KEYS = {"version", "chain"}
+_TOP_LEVEL_KEYS = {"version", "chain", "symmetry"}
 _CHAIN_KEYS = {"id", "activation", "layers"}
+_SYMMETRY_KEYS = {"id", "size", "tie", "exact", "note", "members"}
+_MEMBER_KEYS = {"tensor", "axis", "exponent", "block", "offset"}
 
 
 def read_spec(path: Path) -> dict[str, Any]:
@@ -37,14 +48,17 @@ def structure_from_spec(path: Path, checkpoint: Checkpoint) -> Structure:
     if unknown:
         raise InputError(
             f"{path}: unknown key(s) {', '.join(unknown)}; spec version {SPEC_VERSION} has "
-            "`version` and `[[chain]]` tables"
+            "`version`, `[[chain]]` and `[[symmetry]]` tables"
         )
     version = document.get("version")
     if type(version) is not int or version != SPEC_VERSION:
         raise InputError(f"{path}: `version = {SPEC_VERSION}` is required (found {version!r})")
     tables = document.get("chain", [])
-    if not isinstance(tables, list) or not tables:
-        raise InputError(f"{path}: declares no [[chain]] tables")
+    symmetry_tables = document.get("symmetry", [])
+    if not isinstance(tables, list) or not isinstance(symmetry_tables, list):
+        raise InputError(f"{path}: `chain` and `symmetry` must be arrays of tables ([[chain]])")
+    if not tables and not symmetry_tables:
+        raise InputError(f"{path}: declares no [[chain]] or [[symmetry]] tables")
     layer_prefixes = [m.prefix for m in group_modules(checkpoint) if "weight" in m.tensors]
     chains: list[Chain] = []
     owner: dict[str, str] = {}
@@ -62,7 +76,16 @@ def structure_from_spec(path: Path, checkpoint: Checkpoint) -> Structure:
     duplicates = sorted({chain_id for chain_id in ids if ids.count(chain_id) > 1})
     if duplicates:
         raise StructureError(f"{path}: chain id(s) {', '.join(duplicates)} used twice")
+    symmetries = [
+        _symmetry_from_table(path, index, table, checkpoint)
+        for index, table in enumerate(symmetry_tables)
+    ]
+    all_ids = ids + [symmetry.id for symmetry in symmetries]
+    repeated = sorted({key for key in all_ids if all_ids.count(key) > 1})
+    if repeated:
+        raise StructureError(f"{path}: id(s) {', '.join(repeated)} used twice")
     claimed = {name for chain in chains for name in chain.tensor_names()}
+    claimed |= {member.tensor for symmetry in symmetries for member in symmetry.members}
     unassigned = tuple(
         Unassigned(
             info.name,
@@ -71,7 +94,7 @@ def structure_from_spec(path: Path, checkpoint: Checkpoint) -> Structure:
         for info in checkpoint.tensors
         if info.name not in claimed
     )
-    return Structure(tuple(chains), unassigned, "spec")
+    return Structure(tuple(chains), unassigned, "spec", symmetries=tuple(symmetries))
 
 
 def _chain_from_table(
@@ -118,6 +141,80 @@ def _chain_from_table(
         notes.append(f"a chain of one layer ({layers[0].prefix}) has no scale symmetry")
     typed_activation: Activation = activation
     return Chain(chain_id, "spec", typed_activation, tuple(layers), tuple(blocks), tuple(notes))
+
+
+def _symmetry_from_table(path: Path, index: int, table: Any, checkpoint: Checkpoint) -> Symmetry:
+    where = f"{path}: [[symmetry]] #{index + 1}"
+    if not isinstance(table, dict):
+        raise InputError(f"{where} is not a table")
+    unknown = sorted(set(table) - _SYMMETRY_KEYS)
+    if unknown:
+        known = ", ".join(sorted(_SYMMETRY_KEYS))
+        raise InputError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {known})")
+    symmetry_id = table.get("id", f"symmetry{index}")
+    size, tie = table.get("size"), table.get("tie", 1)
+    exact, note = table.get("exact", True), table.get("note", "")
+    if not isinstance(symmetry_id, str) or not symmetry_id:
+        raise InputError(f"{where}: `id` must be a non-empty string")
+    if type(size) is not int or size < 1:
+        raise InputError(f"{where}: `size` (channels) must be a positive integer")
+    if type(tie) is not int or tie < 1 or size % tie:
+        raise InputError(f"{where}: `tie` must be a positive integer that divides size {size}")
+    if not isinstance(exact, bool) or not isinstance(note, str):
+        raise InputError(f"{where}: `exact` must be true or false and `note` a string")
+    members = table.get("members")
+    if not isinstance(members, list) or not members:
+        raise InputError(f"{where}: `members` must be a non-empty array of inline tables")
+    parsed = tuple(_member(where, item, size, checkpoint) for item in members)
+    return Symmetry(symmetry_id, size, parsed, tie, exact, "spec", note)
+
+
+def _member(where: str, item: Any, size: int, checkpoint: Checkpoint) -> Member:
+    if not isinstance(item, dict):
+        raise InputError(
+            f"{where}: every member is an inline table "
+            "{ tensor = ..., axis = ..., exponent = ... }"
+        )
+    unknown = sorted(set(item) - _MEMBER_KEYS)
+    if unknown:
+        raise InputError(f"{where}: member has unknown key(s) {', '.join(unknown)}")
+    tensor = item.get("tensor")
+    axis, exponent = item.get("axis"), item.get("exponent")
+    block, offset = item.get("block", 1), item.get("offset", 0)
+    if (
+        not isinstance(tensor, str)
+        or type(axis) is not int
+        or type(exponent) is not int
+        or type(block) is not int
+        or type(offset) is not int
+    ):
+        raise InputError(
+            f"{where}: a member needs `tensor` (string), `axis` and `exponent` (integers); "
+            "`block` and `offset` are integers too"
+        )
+    if tensor not in checkpoint:
+        close = difflib.get_close_matches(tensor, [info.name for info in checkpoint.tensors], n=3)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise StructureError(f"{where}: unknown tensor {tensor!r}{hint}")
+    info = checkpoint.info(tensor)
+    if not info.is_supported_float:
+        raise StructureError(
+            f"{where}: {tensor} is {info.dtype}; only float tensors can be rescaled"
+        )
+    if not 0 <= axis < len(info.shape):
+        raise StructureError(
+            f"{where}: {tensor} has {len(info.shape)} axes, so axis {axis} does not exist"
+        )
+    if exponent == 0 or block < 1 or offset < 0:
+        raise StructureError(
+            f"{where}: {tensor}: exponent must be non-zero, block >= 1, offset >= 0"
+        )
+    if offset + size * block > info.shape[axis]:
+        raise StructureError(
+            f"{where}: {tensor}: {size} channels × block {block} from offset {offset} run past "
+            f"axis {axis} (size {info.shape[axis]})"
+        )
+    return Member(tensor, axis, exponent, block, offset)
 
 
 def _layer(path: Path, prefix: str, checkpoint: Checkpoint, layer_prefixes: list[str]) -> Layer:
@@ -170,6 +267,32 @@ def emit_spec(structure: Structure, source: str) -> str:
         lines.append(f"activation = {json.dumps(chain.activation)}")
         names = ", ".join(json.dumps(layer.prefix) for layer in chain.layers)
         lines.append(f"layers = [{names}]")
-    if not structure.chains:
-        lines.append("# no chains were found: add [[chain]] tables by hand")
+    for symmetry in structure.symmetries:
+        lines.append("")
+        lines.append(f"# {symmetry.id}: {symmetry.size} channels, found by {symmetry.origin}")
+        lines.append("[[symmetry]]")
+        lines.append(f"id = {json.dumps(symmetry.id)}")
+        lines.append(f"size = {symmetry.size}")
+        if symmetry.tie != 1:
+            lines.append(f"tie = {symmetry.tie}")
+        lines.append(f"exact = {'true' if symmetry.exact else 'false'}")
+        if symmetry.note:
+            lines.append(f"note = {json.dumps(symmetry.note)}")
+        lines.append("members = [")
+        for member in symmetry.members:
+            fields = [
+                f"tensor = {json.dumps(member.tensor)}",
+                f"axis = {member.axis}",
+                f"exponent = {member.exponent}",
+            ]
+            if member.block != 1:
+                fields.append(f"block = {member.block}")
+            if member.offset:
+                fields.append(f"offset = {member.offset}")
+            lines.append("  { " + ", ".join(fields) + " },")
+        lines.append("]")
+    for stop in structure.stops:
+        lines.append(f"# dropped: {'+'.join(stop.producers)} at {stop.node}: {stop.reason}")
+    if not structure.chains and not structure.symmetries:
+        lines.append("# nothing was found: add [[chain]] or [[symmetry]] tables by hand")
     return "\n".join(lines) + "\n"
