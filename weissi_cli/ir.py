@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 Origin = str  # "spec" | "graph" | "config:<architecture>" | "heuristic"
@@ -159,4 +159,17 @@ class Structure:
 
     @property
     def is_assumed(self) -> bool:
-        return any(chain.is_assumed for chain in self.chains)
+        return any(chain.is_assumed for chain in self.chains) or any(
+            symmetry.origin == "heuristic" for symmetry in self.symmetries
+        )
+
+    def folded(self) -> Structure:
+        """Chains that share tensors with free symmetries become free symmetries too, so one
+        joint solve scales each tensor once."""
+        shared = {member.tensor for symmetry in self.symmetries for member in symmetry.members}
+        folding = [chain for chain in self.chains if shared & set(chain.tensor_names())]
+        if not folding:
+            return self
+        kept = tuple(chain for chain in self.chains if chain not in folding)
+        extra = tuple(symmetry for chain in folding for symmetry in chain.symmetries())
+        return replace(self, chains=kept, symmetries=self.symmetries + extra)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections import OrderedDict
@@ -406,3 +407,42 @@ def test_spec_symmetry_on_a_state_dict_is_rebalanced_and_verified(tmp_path: Path
     expected = mlp_forward(state, inputs)
     actual = mlp_forward(load_file(str(output)), inputs)
     assert torch.allclose(actual, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_state_dict_cnn_with_batch_norm_needs_consent_and_keeps_its_function(
+    tmp_path: Path,
+) -> None:
+    torch.manual_seed(0)
+    features = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 6, 3, padding=1),
+        torch.nn.BatchNorm2d(6),
+        torch.nn.ReLU(),
+    )
+    with torch.no_grad():
+        for module in features:
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.1, 4.0)
+                module.bias.normal_()
+                module.running_mean.normal_()
+                module.running_var.uniform_(0.5, 2.0)
+    features.eval()
+    state = OrderedDict((f"features.{k}", v) for k, v in features.state_dict().items())
+    source = write_torch(tmp_path / "cnn.pt", state)
+    with pytest.raises(ConsentError):
+        rebalance_checkpoint(source, tmp_path / "out.pt", include_bias=True)
+    report = rebalance_checkpoint(source, tmp_path / "out.pt", assume_relu=True, include_bias=True)
+    assert report.group is not None
+    assert {s.id for s in report.group.symmetries} >= {"features.0", "features.1", "features.3"}
+    assert report.group.l2_after < report.group.l2_penalty
+    assert report.verification.passed
+    after = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert not torch.equal(after["features.1.weight"], state["features.1.weight"])
+    rewritten = copy.deepcopy(features)
+    rewritten.load_state_dict({k.removeprefix("features."): v for k, v in after.items()})
+    images = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, actual = features(images), rewritten(images)
+    assert torch.allclose(actual, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))

@@ -68,7 +68,7 @@ def test_single_layer_is_unassigned_with_the_reason(tmp_path: Path) -> None:
     assert reasons(structure)["b.weight"].startswith("single layer")
 
 
-def test_batch_norm_ends_a_chain(tmp_path: Path) -> None:
+def batch_norm_state() -> OrderedDict[str, torch.Tensor]:
     state = OrderedDict()
     state["conv1.weight"] = torch.randn(8, 3, 3, 3)
     state["bn1.weight"] = torch.randn(8)
@@ -78,12 +78,43 @@ def test_batch_norm_ends_a_chain(tmp_path: Path) -> None:
     state["bn1.num_batches_tracked"] = torch.tensor(3)
     state["conv2.weight"] = torch.randn(8, 8, 3, 3)
     state["conv3.weight"] = torch.randn(4, 8, 3, 3)
+    return state
+
+
+def test_batch_norm_ends_a_chain_and_is_offered_as_assumed_symmetries(tmp_path: Path) -> None:
+    structure = structure_of(write_torch(tmp_path / "m.pt", batch_norm_state()))
+    # conv2 -> conv3 would be a chain, but conv2 also absorbs bn1's gain: one joint solve.
+    assert structure.chains == ()
+    found = {s.id: s for s in structure.symmetries}
+    assert set(found) == {"conv1", "bn1", "chain0.0"}
+    assert [(m.tensor, m.axis, m.exponent) for m in found["conv1"].members] == [
+        ("conv1.weight", 0, 1),
+        ("bn1.running_mean", 0, 1),
+        ("bn1.running_var", 0, 2),
+    ]
+    assert not found["conv1"].exact
+    assert [(m.tensor, m.axis, m.exponent) for m in found["bn1"].members] == [
+        ("bn1.weight", 0, 1),
+        ("bn1.bias", 0, 1),
+        ("conv2.weight", 1, -1),
+    ]
+    assert all(s.origin == "heuristic" for s in found.values() if s.id != "chain0.0")
+    assert structure.is_assumed
+    assert reasons(structure) == {"bn1.num_batches_tracked": "int64 tensor: skipped"}
+
+
+def test_batch_norm_to_a_layer_of_another_module_is_not_assumed(tmp_path: Path) -> None:
+    """layer1.bn2 -> layer2.conv1 may have a residual add between them."""
+    state = OrderedDict()
+    state["layer1.conv2.weight"] = torch.randn(8, 8, 3, 3)
+    state["layer1.bn2.weight"] = torch.randn(8)
+    state["layer1.bn2.bias"] = torch.randn(8)
+    state["layer1.bn2.running_mean"] = torch.randn(8)
+    state["layer1.bn2.running_var"] = torch.rand(8)
+    state["layer2.conv1.weight"] = torch.randn(8, 8, 3, 3)
     structure = structure_of(write_torch(tmp_path / "m.pt", state))
-    assert prefixes(structure) == [["conv2", "conv3"]]
-    why = reasons(structure)
-    assert why["bn1.running_var"] == "normalisation layer bn1: ends a chain"
-    assert why["bn1.num_batches_tracked"] == "int64 tensor: skipped"
-    assert why["conv1.weight"].startswith("single layer: normalisation layer bn1")
+    assert [s.id for s in structure.symmetries] == ["layer1.conv2"]
+    assert "layer1.bn2.weight" in reasons(structure)
 
 
 def test_layer_norm_recognised_by_name(tmp_path: Path) -> None:

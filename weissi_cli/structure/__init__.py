@@ -15,11 +15,11 @@ __all__ = ["discover", "emit_spec"]
 def discover(checkpoint: Checkpoint, spec: Path | None = None) -> Structure:
     """A spec file wins; an exported program's graph is exact; otherwise names and shapes."""
     if spec is not None:
-        return structure_from_spec(spec, checkpoint)
+        return structure_from_spec(spec, checkpoint).folded()
     program = getattr(checkpoint, "program", None)
     if program is not None:
         from weissi_cli.structure.graph import structure_from_program
 
         structure, _ = structure_from_program(program, [info.name for info in checkpoint.tensors])
         return structure
-    return infer_structure(checkpoint)
+    return infer_structure(checkpoint).folded()

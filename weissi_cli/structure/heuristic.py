@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from weissi_cli.io.checkpoint import Checkpoint
-from weissi_cli.ir import Chain, Layer, Structure, Unassigned
+from weissi_cli.ir import Chain, Layer, Member, Structure, Symmetry, Unassigned
 from weissi_cli.structure.layers import (
+    Module,
     as_layer,
     bias_problem,
     connection,
@@ -108,10 +109,94 @@ def infer_structure(checkpoint: Checkpoint) -> Structure:
         )
         for index, (layers, chain_blocks, chain_notes) in enumerate(runs)
     )
-    assumptions: tuple[str, ...] = (ASSUMPTION,) if chains else ()
+    symmetries = batch_norm_symmetries(checkpoint)
+    if symmetries:
+        claimed = {member.tensor for symmetry in symmetries for member in symmetry.members}
+        unassigned = [entry for entry in unassigned if entry.name not in claimed]
+    assumptions: tuple[str, ...] = (ASSUMPTION,) if chains or symmetries else ()
     if chains and checkpoint.format.startswith("safetensors"):
         assumptions += (ORDER_ASSUMPTION,)
-    return Structure(chains, tuple(unassigned), "heuristic", assumptions)
+    return Structure(chains, tuple(unassigned), "heuristic", assumptions, tuple(symmetries))
+
+
+def batch_norm_symmetries(checkpoint: Checkpoint) -> list[Symmetry]:
+    """conv/linear → batch norm → conv/linear, from module order and names alone.
+
+    A layer directly followed by a batch norm of its width: the norm's running statistics
+    absorb the layer's output scale (to first order: eps). A batch norm directly followed by
+    a layer of the same parent module (conv1, bn1, conv2 inside one block): the layer's
+    columns absorb the norm's gain — assuming ReLU or nothing between them. A norm followed
+    by a layer of another module is left alone: a residual add may sit between them.
+    """
+    modules = [
+        m
+        for m in group_modules(checkpoint)
+        if any(i.is_supported_float for i in m.tensors.values())
+    ]
+    found: list[Symmetry] = []
+    for previous, current in zip(modules, modules[1:], strict=False):
+        layer = as_layer(previous)
+        if layer is not None and not is_normalisation(previous) and _is_batch_norm(current):
+            stats_shape = current.tensors["running_mean"].shape
+            if stats_shape == (layer.out_features,) and bias_problem(layer, checkpoint) is None:
+                members = [Member(layer.weight, 0, 1)]
+                if layer.bias is not None:
+                    members.append(Member(layer.bias, 0, 1))
+                members += [
+                    Member(current.tensors["running_mean"].name, 0, 1),
+                    Member(current.tensors["running_var"].name, 0, 2),
+                ]
+                found.append(
+                    Symmetry(
+                        layer.prefix,
+                        layer.out_features,
+                        tuple(members),
+                        exact=False,
+                        origin="heuristic",
+                        note=(
+                            f"batch norm {current.prefix} absorbs it up to its eps (assumed: it "
+                            f"directly follows {layer.prefix})"
+                        ),
+                    )
+                )
+        consumer = as_layer(current)
+        if (
+            _is_batch_norm(previous)
+            and "weight" in previous.tensors
+            and consumer is not None
+            and not is_normalisation(current)
+            and previous.prefix.rpartition(".")[0] == current.prefix.rpartition(".")[0]
+        ):
+            channels = (
+                previous.tensors["weight"].shape[0] if previous.tensors["weight"].shape else 0
+            )
+            block = (
+                consumer.in_features // channels
+                if channels and consumer.in_features % channels == 0
+                else 0
+            )
+            if block == 1 or (block > 1 and consumer.kind == "linear"):
+                members = [Member(previous.tensors["weight"].name, 0, 1)]
+                if "bias" in previous.tensors:
+                    members.append(Member(previous.tensors["bias"].name, 0, 1))
+                members.append(Member(consumer.weight, 1, -1, block))
+                found.append(
+                    Symmetry(
+                        previous.prefix,
+                        channels,
+                        tuple(members),
+                        origin="heuristic",
+                        note=(
+                            f"assumed: {previous.prefix} feeds {current.prefix} through ReLU "
+                            "or nothing"
+                        ),
+                    )
+                )
+    return found
+
+
+def _is_batch_norm(module: Module) -> bool:
+    return all(stat in module.tensors for stat in ("running_mean", "running_var"))
 
 
 def _layer_tensors(layer: Layer) -> list[str]:
