@@ -80,8 +80,10 @@ def rebalance_checkpoint(
             )
         if not structure.chains and not structure.symmetries:
             raise StructureError(
-                f"{path}: no chains of layers were found, so there is nothing to rebalance; "
-                f"write a spec file (see `weissi graph {shlex.quote(str(path))} --emit-spec`)"
+                f"{path}: no chains of layers or scale symmetries were found, so there is nothing "
+                "to rebalance; export the model with torch.export (a .pt2 gives the exact "
+                "structure) or write a spec file (see "
+                f"`weissi graph {shlex.quote(str(path))} --emit-spec`)"
             )
         names = [name for chain in structure.chains for name in chain.tensor_names()]
         before = compute_stats(checkpoint, names, threads=threads)

@@ -82,7 +82,10 @@ def render_inspect(report: InspectReport, console: Console) -> None:
     if report.group is not None:
         _print_group(report.group, console)
     elif not report.chains:
-        console.print("\nNo chains found (see `weissi graph` and the unassigned tensors below).")
+        console.print(
+            "\nNo chains found (see `weissi graph` and the unassigned tensors below). Export the "
+            "model with torch.export for its exact structure, or pin one in a spec file."
+        )
     for analysis in report.chains:
         console.print()
         title, table = _chain_table(analysis, report.dtypes)
