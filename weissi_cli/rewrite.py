@@ -331,11 +331,20 @@ def _copy_range(
 class _ScaleTask:
     name: str
     dtype: str
-    factor: float | npt.NDArray[np.float64]  # one per element when not uniform
+    scale: TensorScale
     power_of_two: bool
     start: int  # first element
     count: int
     offset: int  # byte offset of the chunk in the output
+
+    @property
+    def factor(self) -> float | npt.NDArray[np.float64]:
+        """The chunk's factors, made when needed: one per element when not uniform (made
+        up front for every chunk, they would take twice the tensor's size in float64)."""
+        if not self.scale.vectors:
+            return self.scale.scalar
+        width = max(self.scale.row_width, 1)
+        return self.scale.rows(self.start // width, self.count // width)
 
 
 def _chunks(scale: TensorScale, numel: int) -> list[tuple[int, int]]:
@@ -352,12 +361,11 @@ def _chunks(scale: TensorScale, numel: int) -> list[tuple[int, int]]:
 def _scale_tasks(info: TensorInfo, scale: TensorScale, offset: int) -> list[_ScaleTask]:
     itemsize = raw_numpy_dtype(info.dtype).itemsize
     power_of_two = scale.is_power_of_two
-    width = max(scale.row_width, 1)
     return [
         _ScaleTask(
             info.name,
             info.dtype,
-            scale.rows(start // width, count // width) if scale.vectors else scale.scalar,
+            scale,
             power_of_two,
             start,
             count,
