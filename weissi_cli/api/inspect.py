@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from weissi_cli.api.symmetries import solve_group
+from weissi_cli.api.symmetries import solve_group, unbounded_hint
 from weissi_cli.balance.analysis import analyse_chain
 from weissi_cli.balance.channelwise import ChannelSolution, penalised_tensors, solve
 from weissi_cli.errors import UsageError
@@ -66,6 +66,7 @@ def inspect_checkpoint(
                 channel[chain.id] = solve(chain.symmetries(), mine)
         solved = solve_group(checkpoint, structure, include_bias, granularity, threads)
         warnings = [*checkpoint.notes, *structure.assumptions]
+        warnings += unbounded_hint(solved[0] if solved else None, include_bias)
         warnings += [
             f"{row.name}: {row.nonfinite} non-finite value(s) (NaN or Inf)"
             for row in rows

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from weissi_cli import __version__
-from weissi_cli.api.symmetries import penalised_members, solve_group
+from weissi_cli.api.symmetries import penalised_members, solve_group, unbounded_hint
 from weissi_cli.balance.analysis import ChainAnalysis, analyse_chain
 from weissi_cli.balance.channelwise import (
     ChannelSolution,
@@ -114,6 +114,7 @@ def rebalance_checkpoint(
             checkpoint, structure, include_bias, granularity, scales, threads
         )
         tensor_scales: dict[str, TensorScale] = dict(group_scales)
+        warnings += unbounded_hint(group, include_bias)
         for plan in plans:
             if plan.channel_scales is not None:
                 tensor_scales.update(

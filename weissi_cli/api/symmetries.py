@@ -55,3 +55,22 @@ def solve_group(
         stops=structure.stops,
     )
     return group, squares
+
+
+def unbounded_hint(group: SymmetryGroup | None, include_bias: bool) -> list[str]:
+    """A warning when no free symmetry can move: with weights-only L2, a batch norm's gain
+    and shift are not penalised, so every symmetry touching one is unbounded."""
+    if group is None or not group.symmetries:
+        return []
+    solution = group.channel or group.layer
+    if not all(item.unbounded for item in solution.symmetries.values()):
+        return []
+    hint = (
+        ""
+        if include_bias
+        else "; pass --include-bias to penalise 1-D parameters (norm gains, biases) too"
+    )
+    return [
+        f"every scale symmetry is unbounded: the L2 penalty can shrink without limit into "
+        f"unpenalised tensors, so nothing is rescaled{hint}"
+    ]

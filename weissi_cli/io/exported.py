@@ -17,12 +17,15 @@ from typing import Any
 from weissi_cli.errors import InputError, UnsafePickleError
 from weissi_cli.io.torch_pickle import TensorDictCheckpoint
 
-PICKLE_MAGIC = b"\x80"  # protocol 2+ opcode
-ZIP_MAGIC = b"PK\x03\x04"  # a torch.save archive nested in the .pt2
-
 
 def check_archive(path: Path) -> None:
-    """Refuse a .pt2 whose pickled parts are not plain tensors and containers."""
+    """Refuse a .pt2 whose pickled parts are not plain tensors and containers.
+
+    What torch unpickles is decided by each member's role, not by its first bytes: example
+    inputs (`data/sample_inputs/`) and every config entry marked `use_pickle` are pickles and
+    must pass a `weights_only` load; entries not marked are raw tensor bytes, never
+    unpickled; any other member under `data/` has no known role and must pass too.
+    """
     if not zipfile.is_zipfile(path):
         raise InputError(f"{path}: not a torch.export archive (not a zip file); truncated?")
     import torch
@@ -30,23 +33,25 @@ def check_archive(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-            configs = [name for name in names if name.endswith("_config.json")]
-            suspects: set[str] = set()
-            for config_name in configs:
+            raw: set[str] = set()
+            pickled: set[str] = set()
+            for config_name in (name for name in names if name.endswith("_config.json")):
                 config = json.loads(archive.read(config_name)).get("config", {})
                 folder = config_name.rpartition("/")[0]
                 for fqn, entry in config.items():
-                    if isinstance(entry, dict) and entry.get("use_pickle"):
-                        suspects.add(f"{folder}/{entry.get('path_name')}")
-                    elif not isinstance(entry, dict):
+                    if not isinstance(entry, dict):
                         raise UnsafePickleError(
-                            f"{path}: refused to load: constant {fqn!r} is a pickled object"
+                            f"{path}: refused to load: constant {fqn!r} is not a tensor entry"
                         )
+                    member = f"{folder}/{entry.get('path_name')}"
+                    (pickled if entry.get("use_pickle") else raw).add(member)
             for name in names:
-                head = archive.open(name).read(4)
-                if name in suspects or head.startswith((PICKLE_MAGIC, ZIP_MAGIC)):
+                parts = name.split("/")
+                in_data = "data" in parts[:-1]
+                is_config = name.endswith("_config.json")
+                if name in pickled or (in_data and not is_config and name not in raw):
                     _load_safely(path, name, archive.read(name), torch)
-    except (zipfile.BadZipFile, json.JSONDecodeError, KeyError, OSError) as error:
+    except (zipfile.BadZipFile, json.JSONDecodeError, KeyError, OSError, AttributeError) as error:
         raise InputError(f"{path}: corrupt torch.export archive ({error})") from None
 
 

@@ -410,8 +410,8 @@ class _Walk:
         if layout is None or before is None or after is None:
             return self.refuse(node, [source], "a reshape of unknown shape")
         axis = layout.axis
-        if after == before:
-            return layout
+        if after == before or tuple(after[: axis + 1]) == tuple(before[: axis + 1]):
+            return layout  # the channel axis and everything before it untouched
         if axis < len(after) and list(after[:axis]) == list(before[:axis]):
             # channels stay whole when axis `axis` absorbs the axes after it (a flatten)
             for end in range(axis + 1, len(before) + 1):
