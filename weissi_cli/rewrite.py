@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -460,13 +460,21 @@ def _write_torch(
     else:
         root = type(checkpoint.root)(checkpoint.root)
         root[checkpoint.wrapper_key] = state
+    return _write_with_torch(
+        output,
+        lambda handle: torch.save(root, handle, _use_new_zipfile_serialization=checkpoint.is_zip),
+    )
+
+
+def _write_with_torch(output: Path, save: Callable[[Any], None]) -> PendingOutput:
+    """`save(handle)` into a fresh temporary beside `output`, fsynced, pending commit."""
     temporary = create_temporary(output)
     pending = PendingOutput(output, temporary, [(temporary, output)])
     try:
         with open(temporary, "wb") as handle:
             try:
-                torch.save(root, handle, _use_new_zipfile_serialization=checkpoint.is_zip)
-            except RuntimeError as error:  # torch's writer reports I/O failures this way
+                save(handle)
+            except RuntimeError as error:  # torch's writers report I/O failures this way
                 raise OutputError(_torch_write_failure(output, error)) from None
             handle.flush()
             os.fsync(handle.fileno())
@@ -538,20 +546,10 @@ def _write_exported(
                 program.state_dict[name] if name in program.state_dict else program.constants[name]
             )
             target.copy_(_scaled_torch_tensor(checkpoint, name, scale))
-    temporary = create_temporary(output)
-    pending = PendingOutput(output, temporary, [(temporary, output)])
-    try:
-        with open(temporary, "wb") as handle:
-            try:
-                torch.export.save(program, handle, extra_files={"weissi.json": json.dumps(record)})
-            except RuntimeError as error:
-                raise OutputError(_torch_write_failure(output, error)) from None
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        pending.discard()
-        raise
-    return pending
+    extra = {"weissi.json": json.dumps(record)}
+    return _write_with_torch(
+        output, lambda handle: torch.export.save(program, handle, extra_files=extra)
+    )
 
 
 def _write_state_dict_as_safetensors(

@@ -82,6 +82,17 @@ class _Factors:
             along = weights[span] * self.columns[member.tensor][span] ** 2 / own_along
         return np.add.reduceat(along, np.arange(0, size * member.block, member.block))
 
+    def sides(self, penalised: list[Member], size: int, own: Vector) -> tuple[Vector, Vector]:
+        """(A, B) per channel: the squared entries the channel multiplies, and divides."""
+        ups, downs = np.zeros(size), np.zeros(size)
+        for member in penalised:
+            sums = self.sums(member, size, own)
+            if member.exponent > 0:
+                ups += sums
+            else:
+                downs += sums
+        return ups, downs
+
     def apply(self, member: Member, size: int, change: Vector) -> None:
         vectors = self.rows if member.axis == 0 else self.columns
         span = slice(member.offset, member.offset + size * member.block)
@@ -126,14 +137,7 @@ def solve(
         sweeps += 1
         for symmetry, penalised in active:
             solution = solutions[symmetry.id]
-            ups = np.zeros(symmetry.size)
-            downs = np.zeros(symmetry.size)
-            for member in penalised:
-                sums = factors.sums(member, symmetry.size, solution.scales)
-                if member.exponent > 0:
-                    ups += sums
-                else:
-                    downs += sums
+            ups, downs = factors.sides(penalised, symmetry.size, solution.scales)
             target = _step(ups, downs, symmetry, granularity, solution)
             change = target / solution.scales
             for member in symmetry.members:
@@ -194,14 +198,7 @@ def round_to_powers_of_two(
             if item.unbounded:
                 continue
             penalised = [m for m in symmetry.members if m.tensor in squares]
-            ups = np.zeros(symmetry.size)
-            downs = np.zeros(symmetry.size)
-            for member in penalised:
-                sums = factors.sums(member, symmetry.size, item.scales)
-                if member.exponent > 0:
-                    ups += sums
-                else:
-                    downs += sums
+            ups, downs = factors.sides(penalised, symmetry.size, item.scales)
             tie = max(symmetry.tie, 1) if solution.granularity == "channel" else symmetry.size
             ups_g = ups.reshape(-1, tie).sum(axis=1)
             downs_g = downs.reshape(-1, tie).sum(axis=1)
