@@ -9,6 +9,7 @@ float32 dot per megabyte drifts by 1e-5; rows keep the error near 1e-7.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -265,3 +266,127 @@ def axis_squares(
             threads,
         )
     return result
+
+
+# float16 and bfloat16 limits: values above overflow to inf, non-zero values below flush to 0.
+HEADROOM = {
+    "float16": (65504.0, 2.0**-25),
+    "bfloat16": (3.3895313892515355e38, 2.0**-134),
+}
+
+
+@dataclass(frozen=True)
+class TensorDetails:
+    """What `check` needs beyond the statistics: dead rows/columns and 16-bit headroom."""
+
+    name: str
+    zero_rows: tuple[int, ...]  # indices along axis 0 whose whole slice is zero
+    zero_columns: tuple[int, ...]  # along axis 1 (tensors of 2+ dims)
+    overflow: dict[str, int]  # dtype -> values that would become ±inf
+    underflow: dict[str, int]  # dtype -> non-zero values that would become 0
+
+
+@dataclass
+class _DetailParts:
+    rows: list[npt.NDArray[np.bool_]]
+    columns: npt.NDArray[np.bool_] | None
+    overflow: dict[str, int]
+    underflow: dict[str, int]
+
+
+def compute_stats_and_details(
+    checkpoint: Checkpoint,
+    names: Iterable[str] | None = None,
+    headroom: bool = False,
+    threads: int = 2,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> tuple[dict[str, TensorStats], dict[str, TensorDetails]]:
+    """Statistics and details in one pass over row-aligned chunks."""
+    if names is None:
+        infos = [info for info in checkpoint.tensors if info.is_supported_float]
+    else:
+        infos = [checkpoint.info(name) for name in names]
+    tasks: list[tuple[TensorInfo, int, int]] = []  # (tensor, first row, rows)
+    for info in infos:
+        rows = info.shape[0] if info.shape else 1
+        width = info.numel // rows if rows else 0
+        per_task = max(1, chunk_elements // max(width, 1))
+        tasks += [(info, row, min(per_task, rows - row)) for row in range(0, rows, per_task)]
+    partials: list[Partial | None] = [None] * len(tasks)
+    parts: dict[str, list[tuple[int, _DetailParts]]] = {info.name: [] for info in infos}
+    lock = threading.Lock()
+    capacity = max(
+        [
+            chunk_elements,
+            EXACT_BELOW,
+            *(i.numel // max(i.shape[0] if i.shape else 1, 1) for i in infos),
+        ]
+    )
+
+    def reduce(index: int, worker: _Worker) -> None:
+        info, row, count = tasks[index]
+        rows = info.shape[0] if info.shape else 1
+        width = info.numel // rows if rows else 0
+        raw = checkpoint.read_raw(info.name, row * width, count * width, worker.raw)
+        values = decode(raw, info.dtype, worker.widened)
+        partials[index] = worker.reducer.reduce(values, exact=info.numel < EXACT_BELOW)
+        found = _details(values, info, count, headroom)
+        with lock:
+            parts[info.name].append((row, found))
+
+    workers = max(1, threads) if sum(i.nbytes for i in infos) > THREADS_ABOVE_BYTES else 1
+    with single_threaded_blas():
+        run_round_robin(range(len(tasks)), lambda: _Worker(capacity), reduce, workers)
+    grouped: dict[str, list[Partial]] = {info.name: [] for info in infos}
+    for (info, _, _), partial in zip(tasks, partials, strict=True):
+        assert partial is not None
+        grouped[info.name].append(partial)
+    stats = {info.name: combine(info, grouped[info.name]) for info in infos}
+    details = {info.name: _merge_details(info, parts[info.name]) for info in infos}
+    return stats, details
+
+
+@np.errstate(invalid="ignore")
+def _details(
+    values: npt.NDArray[np.floating], info: TensorInfo, rows: int, headroom: bool
+) -> _DetailParts:
+    shaped = values.reshape(rows, -1)
+    nonzero_rows = np.any(shaped != 0, axis=1)
+    columns = None
+    if len(info.shape) >= 2:
+        columns = np.any(values.reshape(rows, info.shape[1], -1) != 0, axis=(0, 2))
+    overflow: dict[str, int] = {}
+    underflow: dict[str, int] = {}
+    if headroom:
+        magnitudes = np.abs(values)
+        for dtype, (largest, smallest) in HEADROOM.items():
+            overflow[dtype] = int(np.count_nonzero(magnitudes > largest))
+            underflow[dtype] = int(np.count_nonzero((magnitudes < smallest) & (magnitudes > 0)))
+    return _DetailParts([nonzero_rows], columns, overflow, underflow)
+
+
+def _merge_details(info: TensorInfo, parts: list[tuple[int, _DetailParts]]) -> TensorDetails:
+    parts = sorted(parts, key=lambda item: item[0])
+    rows = (
+        np.concatenate([row for _, part in parts for row in part.rows])
+        if parts
+        else np.ones(0, bool)
+    )
+    columns = None
+    for _, part in parts:
+        if part.columns is not None:
+            columns = part.columns if columns is None else columns | part.columns
+    overflow: dict[str, int] = {}
+    underflow: dict[str, int] = {}
+    for _, part in parts:
+        for dtype, count in part.overflow.items():
+            overflow[dtype] = overflow.get(dtype, 0) + count
+        for dtype, count in part.underflow.items():
+            underflow[dtype] = underflow.get(dtype, 0) + count
+    return TensorDetails(
+        info.name,
+        tuple(int(i) for i in np.flatnonzero(~rows)) if len(info.shape) >= 2 else (),
+        tuple(int(i) for i in np.flatnonzero(~columns)) if columns is not None else (),
+        overflow,
+        underflow,
+    )

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from weissi_cli import __version__
+from weissi_cli.cli.check_cmd import check
 from weissi_cli.cli.graph_cmd import graph
 from weissi_cli.cli.inspect_cmd import inspect
 from weissi_cli.cli.rebalance_cmd import rebalance
@@ -23,6 +24,7 @@ app = typer.Typer(
 app.command()(inspect)
 app.command()(rebalance)
 app.command()(graph)
+app.command()(check)
 
 
 def _version(value: bool) -> None:

@@ -16,6 +16,7 @@ from weissi_cli.balance.analysis import ChainAnalysis
 from weissi_cli.balance.channelwise import ChannelSolution
 from weissi_cli.io.dtypes import is_16_bit
 from weissi_cli.ir import Unassigned
+from weissi_cli.report.check import CheckReport
 from weissi_cli.report.common import Source
 from weissi_cli.report.graph import GraphReport
 from weissi_cli.report.inspect import InspectReport
@@ -424,3 +425,46 @@ def render_graph(report: GraphReport, console: Console) -> None:
                 )
             )
     console.print(tree)
+
+
+def render_check(report: CheckReport, console: Console) -> None:
+    console.print(source_line(report.source))
+    settings = report.settings_file or "flags"
+    console.print(f"thresholds from {settings}", style="dim")
+    table = _table()
+    table.add_column("")
+    table.add_column("rule")
+    table.add_column("scope", overflow="fold")
+    table.add_column("value", justify="right")
+    table.add_column("threshold", justify="right")
+    table.add_column("message", overflow="fold")
+    marks = {
+        "pass": Text("✓", style="green"),
+        "warn": Text("!", style="yellow"),
+        "fail": Text("✗", style="bold red"),
+    }
+    shown = [r for r in report.results if r.verdict != "pass" or r.rule != "non-finite"]
+    for result in sorted(shown, key=lambda r: ("fail", "warn", "pass").index(r.verdict)):
+        table.add_row(
+            marks[result.verdict],
+            result.rule,
+            escape(result.scope),
+            number(result.value),
+            number(result.threshold),
+            escape(result.message),
+        )
+    console.print()
+    console.print(table)
+    finite = sum(1 for r in report.results if r.rule == "non-finite" and r.verdict == "pass")
+    console.print(f"  {finite} tensors with only finite values", style="dim")
+    verdict = (
+        Text("passed", style="bold green") if report.passed else Text("failed", style="bold red")
+    )
+    console.print(
+        Text.assemble(
+            "\nweissi check ",
+            verdict,
+            f": {report.count('fail')} failed · {report.count('warn')} warnings · "
+            f"{report.count('pass')} passed",
+        )
+    )

@@ -1,0 +1,115 @@
+"""`weissi check`: gate a CI pipeline on an exported checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from weissi_cli.cli.console import print_warnings, stdout_console
+from weissi_cli.cli.errors import handle_errors
+from weissi_cli.cli.options import Checkpoint, Spec
+
+FORMATS = ("text", "json", "junit", "github", "markdown")
+
+
+@handle_errors
+def check(
+    checkpoint: Checkpoint,
+    max_imbalance: Annotated[
+        float | None,
+        typer.Option(
+            "--max-imbalance", help="Fail a chain whose largest/smallest layer norm exceeds R."
+        ),
+    ] = None,
+    max_l2_ratio: Annotated[
+        float | None,
+        typer.Option(
+            "--max-l2-ratio", help="Fail where L2 / its minimum over scale shifts exceeds X."
+        ),
+    ] = None,
+    max_abs: Annotated[
+        float | None, typer.Option("--max-abs", help="Fail a tensor with |w| above V.")
+    ] = None,
+    max_norm: Annotated[
+        float | None,
+        typer.Option("--max-norm", help="Fail a tensor whose Frobenius norm exceeds V."),
+    ] = None,
+    no_dead_units: Annotated[
+        bool | None,
+        typer.Option(
+            "--no-dead-units", help="Fail on all-zero rows or columns (otherwise a warning)."
+        ),
+    ] = None,
+    fp16_headroom: Annotated[
+        bool | None,
+        typer.Option(
+            "--fp16-headroom",
+            help="Fail on values that overflow or flush to zero in float16/bfloat16.",
+        ),
+    ] = None,
+    spec: Spec = None,
+    output_format: Annotated[
+        str,
+        typer.Option("--format", help="text, json, junit, github (workflow commands) or markdown."),
+    ] = "text",
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Write the report to FILE instead of stdout.")
+    ] = None,
+) -> None:
+    """Check thresholds from flags or [tool.weissi.check] in the nearest pyproject.toml.
+
+    Non-finite values always fail. Exit 0: all rules pass; 1: one failed; 2: bad input.
+    Example: weissi check model.safetensors --max-imbalance 10 --format junit > weissi.xml
+    """
+    from weissi_cli.api.check import check_checkpoint
+    from weissi_cli.config import load_check_settings
+    from weissi_cli.errors import UsageError
+
+    if output_format not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {output_format!r}")
+    for name, value in (
+        ("--max-imbalance", max_imbalance),
+        ("--max-l2-ratio", max_l2_ratio),
+        ("--max-abs", max_abs),
+        ("--max-norm", max_norm),
+    ):
+        if value is not None and not value > 0:
+            raise UsageError(f"{name} must be a positive number, not {value}")
+    configured, settings_file = load_check_settings(Path.cwd())
+    settings = configured.merged(
+        {
+            "max_imbalance": max_imbalance,
+            "max_l2_ratio": max_l2_ratio,
+            "max_abs": max_abs,
+            "max_norm": max_norm,
+            "no_dead_units": no_dead_units,
+            "fp16_headroom": fp16_headroom,
+        }
+    )
+    report = check_checkpoint(checkpoint, settings, settings_file, spec)
+    if output_format == "text":
+        from weissi_cli.cli.render import render_check
+
+        if output is None:
+            render_check(report, stdout_console())
+        else:
+            from rich.console import Console
+
+            with output.open("w", encoding="utf-8") as handle:
+                render_check(report, Console(file=handle, width=100, color_system=None))
+    else:
+        text = {
+            "json": report.to_json,
+            "junit": report.to_junit,
+            "github": report.to_github,
+            "markdown": report.to_markdown,
+        }[output_format]()
+        if output is None:
+            typer.echo(text, nl=not text.endswith("\n"))
+        else:
+            output.write_text(text, encoding="utf-8")
+    print_warnings(report.warnings)
+    if not report.passed:
+        raise typer.Exit(1)
