@@ -34,6 +34,24 @@ def check_checkpoint(
         for chain in structure.chains:
             analysis = analyse_chain(chain, stats)
             names = chain.tensor_names()
+            if analysis.problem is not None:
+                for rule, threshold in (
+                    ("max-imbalance", settings.max_imbalance),
+                    ("max-l2-ratio", settings.max_l2_ratio),
+                ):
+                    if threshold is not None:
+                        results.append(
+                            RuleResult(
+                                rule,
+                                chain.id,
+                                None,
+                                threshold,
+                                "warn",
+                                names,
+                                f"not evaluated: {analysis.problem}",
+                            )
+                        )
+                continue
             if settings.max_imbalance is not None and analysis.imbalance is not None:
                 results.append(
                     _threshold(
