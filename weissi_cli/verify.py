@@ -95,7 +95,7 @@ def verify_chain(
 
 
 @dataclass(frozen=True)
-class _Block:
+class Block:
     name: str
     row: int
     rows: int
@@ -112,7 +112,7 @@ class _BlockState:
         self.partials: list[Partial] = []
 
 
-class _PairReader:
+class PairReader:
     """Row blocks of a tensor from both files, decoded, on two threads; measures the
     rewritten side as it goes."""
 
@@ -129,7 +129,7 @@ class _PairReader:
         self._lock = threading.Lock()
 
     def for_each_block(
-        self, name: str, work: Callable[[_Block, FloatArray, FloatArray, FloatArray], None]
+        self, name: str, work: Callable[[Block, FloatArray, FloatArray, FloatArray], None]
     ) -> None:
         """Call `work(block, old rows, new rows, |new rows|)` for every row block of `name`."""
         info = self.original.info(name)
@@ -137,12 +137,11 @@ class _PairReader:
         width = info.numel // rows if rows else 0
         per_block = max(1, BLOCK_ELEMENTS // max(width, 1))
         blocks = [
-            _Block(name, row, min(per_block, rows - row), width)
-            for row in range(0, rows, per_block)
+            Block(name, row, min(per_block, rows - row), width) for row in range(0, rows, per_block)
         ]
         exact = info.numel < EXACT_BELOW
 
-        def read_and_work(block: _Block, state: _BlockState) -> None:
+        def read_and_work(block: Block, state: _BlockState) -> None:
             start, size = block.row * width, block.rows * width
             old = self._read(self.original, name, start, size, state.buffers[0], state.widened[0])
             new = self._read(self.rewritten, name, start, size, state.buffers[1], state.widened[1])
@@ -230,7 +229,7 @@ class _ElementCheck:
         name: str,
         dtype: str,
         scale: TensorScale,
-        block: _Block,
+        block: Block,
         old: FloatArray,
         new: FloatArray,
         magnitudes: FloatArray,
@@ -306,7 +305,7 @@ def probe_chain(
     through both versions of the chain (one row block at a time) to report how far the
     outputs moved."""
     compute = _compute_dtype(original, chain)
-    reader = _PairReader(original, rewritten, compute)
+    reader = PairReader(original, rewritten, compute)
     elements = _ElementCheck(compute)
     rng = np.random.default_rng(SEED)
     before: npt.NDArray[np.floating] = rng.standard_normal(
@@ -324,7 +323,7 @@ def probe_chain(
         dtype = original.info(layer.weight).dtype
 
         def forward(
-            block: _Block,
+            block: Block,
             old: FloatArray,
             new: FloatArray,
             magnitudes: FloatArray,
@@ -419,13 +418,13 @@ def verify_tensors(
     if compute is None:
         dtypes = {original.info(name).dtype for name in scales}
         compute = np.float64 if dtypes == {"float64"} else np.float32
-    reader = _PairReader(original, rewritten, compute)
+    reader = PairReader(original, rewritten, compute)
     elements = _ElementCheck(compute)
     for name, scale in scales.items():
         dtype = original.info(name).dtype
 
         def compare(
-            block: _Block,
+            block: Block,
             old: FloatArray,
             new: FloatArray,
             magnitudes: FloatArray,

@@ -9,6 +9,7 @@ import typer
 
 from weissi_cli import __version__
 from weissi_cli.cli.check_cmd import check
+from weissi_cli.cli.diff_cmd import diff
 from weissi_cli.cli.graph_cmd import graph
 from weissi_cli.cli.inspect_cmd import inspect
 from weissi_cli.cli.rebalance_cmd import rebalance
@@ -25,6 +26,7 @@ app.command()(inspect)
 app.command()(rebalance)
 app.command()(graph)
 app.command()(check)
+app.command()(diff)
 
 
 def _version(value: bool) -> None:

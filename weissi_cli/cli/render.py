@@ -18,6 +18,7 @@ from weissi_cli.io.dtypes import is_16_bit
 from weissi_cli.ir import Unassigned
 from weissi_cli.report.check import CheckReport
 from weissi_cli.report.common import Source
+from weissi_cli.report.diff import DiffReport
 from weissi_cli.report.graph import GraphReport
 from weissi_cli.report.inspect import InspectReport
 from weissi_cli.report.rebalance import RebalanceReport
@@ -468,3 +469,35 @@ def render_check(report: CheckReport, console: Console) -> None:
             f"{report.count('pass')} passed",
         )
     )
+
+
+def render_diff(report: DiffReport, console: Console) -> None:
+    console.print(Text.assemble("A ", source_line(report.first)))
+    console.print(Text.assemble("B ", source_line(report.second)))
+    style = "bold green" if report.same_function else "bold red"
+    console.print()
+    console.print(Text.assemble("verdict: ", (report.verdict, style)))
+    for reason in report.reasons:
+        console.print(f"  {escape(reason)}", style="red")
+    for shift in report.shifts:
+        factors = " · ".join(
+            f"{escape(name)} ×{number(value)}" for name, value in shift.factors.items()
+        )
+        console.print(f"  {escape(shift.scope)}: {factors}")
+    if report.tensors and report.verdict != "identical":
+        table = _table()
+        table.add_column("tensor", overflow="fold")
+        table.add_column("max |A−B|", justify="right")
+        table.add_column("relative", justify="right")
+        table.add_column("after rebalancing both", justify="right")
+        for item in report.most_different():
+            table.add_row(
+                escape(item.name),
+                number(item.max_abs_diff),
+                number(item.max_rel_diff),
+                number(item.canonical_rel_diff),
+            )
+        console.print()
+        console.print(Text("Largest differences", style="bold"))
+        console.print(table)
+        console.print(f"  tolerance {number(report.tolerance)} relative", style="dim")

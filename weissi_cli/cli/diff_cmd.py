@@ -1,0 +1,42 @@
+"""`weissi diff`: is B the same network as A (an export, a conversion, a rebalanced copy)?"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from weissi_cli.cli.console import print_warnings, stdout_console
+from weissi_cli.cli.errors import handle_errors
+from weissi_cli.cli.options import Granularity, Json, Spec
+
+
+@handle_errors
+def diff(
+    first: Annotated[Path, typer.Argument(help="Checkpoint A.", show_default=False)],
+    second: Annotated[Path, typer.Argument(help="Checkpoint B.", show_default=False)],
+    spec: Spec = None,
+    granularity: Granularity = "layer",
+    json_output: Json = False,
+) -> None:
+    """Compare two checkpoints raw and modulo scale symmetries.
+
+    Verdicts: identical, equal up to rounding, equal up to scale shift (with the shifts),
+    different (with the tensors that differ most). Exit 0 when the function is the same, 1
+    when it differs, 2 on bad input. Works across formats (a .pt against its .safetensors).
+    Example: weissi diff model.pt balanced.safetensors
+    """
+    from weissi_cli.api.diff import diff_checkpoints
+    from weissi_cli.report.common import to_json
+
+    report = diff_checkpoints(first, second, spec, granularity)
+    if json_output:
+        typer.echo(to_json(report.to_dict()))
+    else:
+        from weissi_cli.cli.render import render_diff
+
+        render_diff(report, stdout_console())
+    print_warnings(report.warnings)
+    if not report.same_function:
+        raise typer.Exit(1)
