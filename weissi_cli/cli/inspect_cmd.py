@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from weissi_cli.cli.console import print_warnings, stdout_console
+from weissi_cli.cli.console import print_warnings, stderr_console, stdout_console
 from weissi_cli.cli.errors import handle_errors
 from weissi_cli.cli.options import Checkpoint, Granularity, IncludeBias, Json, Spec
 
@@ -24,21 +25,56 @@ def inspect(
     include_bias: IncludeBias = False,
     granularity: Granularity = "layer",
     json_output: Json = False,
+    output_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="text (default), json, markdown, or html (self-contained, plot inlined).",
+        ),
+    ] = "text",
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot", help="Draw layer norms before/after rebalancing to FILE.png or .svg."
+        ),
+    ] = None,
 ) -> None:
     """Report how the weight scale is spread across layers.
 
     Example: weissi inspect model.safetensors --json | jq '.chains[0].l2_slack'
     """
     from weissi_cli.api.inspect import inspect_checkpoint
+    from weissi_cli.errors import UsageError
     from weissi_cli.report.common import to_json
 
+    formats = ("text", "json", "markdown", "html")
+    if output_format not in formats:
+        raise UsageError(f"--format must be one of {', '.join(formats)}, not {output_format!r}")
+    if json_output:
+        output_format = "json"
+    if plot is not None:
+        from weissi_cli.report.plot import PLOT_FORMATS, pyplot_or_error
+
+        if plot.suffix.lower() not in PLOT_FORMATS:
+            raise UsageError(f"{plot}: --plot writes .png or .svg files")
+        pyplot_or_error()  # fail before the pass over the checkpoint when matplotlib is missing
     report = inspect_checkpoint(
         checkpoint, spec, lambda1, lambda2, include_bias, granularity=granularity
     )
-    if json_output:
+    if output_format == "json":
         typer.echo(to_json(report.to_dict()))
+    elif output_format in ("markdown", "html"):
+        from weissi_cli.report.documents import to_html, to_markdown
+
+        text = to_markdown(report) if output_format == "markdown" else to_html(report)
+        typer.echo(text, nl=False)
     else:
         from weissi_cli.cli.render import render_inspect
 
         render_inspect(report, stdout_console())
+    if plot is not None:
+        from weissi_cli.report.plot import write_plot
+
+        write_plot(report, plot)
+        stderr_console().print(f"wrote {plot}")
     print_warnings(report.warnings)
