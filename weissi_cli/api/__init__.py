@@ -5,11 +5,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from weissi_cli.api.check import check_checkpoint
+    from weissi_cli.api.diff import diff_checkpoints
     from weissi_cli.api.graph import graph_checkpoint
     from weissi_cli.api.inspect import inspect_checkpoint
     from weissi_cli.api.rebalance import rebalance_checkpoint
 
-__all__ = ["graph_checkpoint", "inspect_checkpoint", "rebalance_checkpoint"]
+__all__ = [
+    "check_checkpoint",
+    "diff_checkpoints",
+    "graph_checkpoint",
+    "inspect_checkpoint",
+    "rebalance_checkpoint",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -26,4 +34,12 @@ def __getattr__(name: str) -> Any:
         from weissi_cli.api.rebalance import rebalance_checkpoint
 
         return rebalance_checkpoint
+    if name == "check_checkpoint":
+        from weissi_cli.api.check import check_checkpoint
+
+        return check_checkpoint
+    if name == "diff_checkpoints":
+        from weissi_cli.api.diff import diff_checkpoints
+
+        return diff_checkpoints
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
