@@ -351,10 +351,10 @@ def _details(
     values: npt.NDArray[np.floating], info: TensorInfo, rows: int, headroom: bool
 ) -> _DetailParts:
     shaped = values.reshape(rows, -1)
-    nonzero_rows = shaped.any(axis=1)  # truthiness of floats: non-zero (NaN counts)
+    nonzero_rows: npt.NDArray[np.bool_] = np.asarray(shaped.any(axis=1))  # NaN counts as non-zero
     columns = None
     if len(info.shape) >= 2:
-        columns = values.reshape(rows, info.shape[1], -1).any(axis=(0, 2))
+        columns = np.asarray(values.reshape(rows, info.shape[1], -1).any(axis=(0, 2)))
     overflow: dict[str, int] = {}
     underflow: dict[str, int] = {}
     if headroom:
