@@ -330,7 +330,10 @@ def compute_stats_and_details(
         raw = checkpoint.read_raw(info.name, row * width, count * width, worker.raw)
         values = decode(raw, info.dtype, worker.widened)
         partials[index] = worker.reducer.reduce(values, exact=info.numel < EXACT_BELOW)
-        found = _details(values, info, count, headroom)
+        magnitudes = worker.reducer.last_magnitudes
+        if magnitudes is None:
+            magnitudes = np.abs(values)
+        found = _details(magnitudes, info, count, headroom)
         with lock:
             parts[info.name].append((row, found))
 
@@ -348,30 +351,29 @@ def compute_stats_and_details(
 
 @np.errstate(invalid="ignore")
 def _details(
-    values: npt.NDArray[np.floating], info: TensorInfo, rows: int, headroom: bool
+    magnitudes: npt.NDArray[np.floating], info: TensorInfo, rows: int, headroom: bool
 ) -> _DetailParts:
-    shaped = values.reshape(rows, -1)
-    nonzero_rows: npt.NDArray[np.bool_] = np.asarray(shaped.any(axis=1))  # NaN counts as non-zero
+    """From the chunk's magnitudes (the reducer already made them): a max is the fastest
+    reduction, and `== 0` keeps NaN non-zero."""
+    nonzero_rows: list[npt.NDArray[np.bool_]] = []
     columns = None
     if len(info.shape) >= 2:
-        columns = np.asarray(values.reshape(rows, info.shape[1], -1).any(axis=(0, 2)))
+        shaped = magnitudes.reshape(rows, info.shape[1], -1)
+        nonzero_rows = [~(shaped.max(axis=(1, 2)) == 0)]
+        columns = ~(shaped.max(axis=(0, 2)) == 0)
     overflow: dict[str, int] = {}
     underflow: dict[str, int] = {}
     if headroom:
-        magnitudes = np.abs(values)
         for dtype, (largest, smallest) in HEADROOM.items():
             overflow[dtype] = int(np.count_nonzero(magnitudes > largest))
             underflow[dtype] = int(np.count_nonzero((magnitudes < smallest) & (magnitudes > 0)))
-    return _DetailParts([nonzero_rows], columns, overflow, underflow)
+    return _DetailParts(nonzero_rows, columns, overflow, underflow)
 
 
 def _merge_details(info: TensorInfo, parts: list[tuple[int, _DetailParts]]) -> TensorDetails:
     parts = sorted(parts, key=lambda item: item[0])
-    rows = (
-        np.concatenate([row for _, part in parts for row in part.rows])
-        if parts
-        else np.ones(0, bool)
-    )
+    pieces = [row for _, part in parts for row in part.rows]
+    rows = np.concatenate(pieces) if pieces else np.ones(0, bool)
     columns = None
     for _, part in parts:
         if part.columns is not None:
