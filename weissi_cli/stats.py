@@ -93,19 +93,28 @@ class ChunkReducer:
             np.dtype(np.float64): np.ones(ROW, np.float64),
         }
         self.last_magnitudes: npt.NDArray[np.floating] | None = None
+        self.last_row_max: npt.NDArray[np.floating] | None = None
 
-    def reduce(self, values: npt.NDArray[np.floating], exact: bool = False) -> Partial:
+    def reduce(
+        self, values: npt.NDArray[np.floating], exact: bool = False, row_width: int = 0
+    ) -> Partial:
         """Sum of squares, L1 and max |x| of a float32/float64 chunk (partials in float64).
 
-        Afterwards `last_magnitudes` holds |values| when this path computed them, else None.
+        Afterwards `last_magnitudes` holds |values| when this path computed them, else None;
+        with `row_width`, `last_row_max` holds each row's max |x| (the same pass as the max).
         """
         count = values.size
         self.last_magnitudes = None
+        self.last_row_max = None
         if exact or count < ROW:
             return reduce_float64(values.astype(np.float64))
         magnitudes = np.abs(values, out=self.magnitudes[values.dtype][:count])
         self.last_magnitudes = magnitudes
-        largest = float(magnitudes.max())
+        if row_width and count % row_width == 0:
+            self.last_row_max = magnitudes.reshape(-1, row_width).max(axis=1)
+            largest = float(self.last_row_max.max())
+        else:
+            largest = float(magnitudes.max())
         if largest == 0.0:
             return Partial(0.0, 0.0, 0.0, 0)
         if not SAFE_LOW <= largest <= SAFE_HIGH:
@@ -329,11 +338,12 @@ def compute_stats_and_details(
         width = info.numel // rows if rows else 0
         raw = checkpoint.read_raw(info.name, row * width, count * width, worker.raw)
         values = decode(raw, info.dtype, worker.widened)
-        partials[index] = worker.reducer.reduce(values, exact=info.numel < EXACT_BELOW)
-        magnitudes = worker.reducer.last_magnitudes
+        reducer = worker.reducer
+        partials[index] = reducer.reduce(values, exact=info.numel < EXACT_BELOW, row_width=width)
+        magnitudes = reducer.last_magnitudes
         if magnitudes is None:
             magnitudes = np.abs(values)
-        found = _details(magnitudes, info, count, headroom)
+        found = _details(magnitudes, info, count, headroom, reducer.last_row_max)
         with lock:
             parts[info.name].append((row, found))
 
@@ -351,15 +361,21 @@ def compute_stats_and_details(
 
 @np.errstate(invalid="ignore")
 def _details(
-    magnitudes: npt.NDArray[np.floating], info: TensorInfo, rows: int, headroom: bool
+    magnitudes: npt.NDArray[np.floating],
+    info: TensorInfo,
+    rows: int,
+    headroom: bool,
+    row_max: npt.NDArray[np.floating] | None = None,
 ) -> _DetailParts:
-    """From the chunk's magnitudes (the reducer already made them): a max is the fastest
-    reduction, and `== 0` keeps NaN non-zero."""
+    """From the chunk's magnitudes (and row maxima, when the reducer made them): a max is
+    the fastest reduction, and `== 0` keeps NaN non-zero."""
     nonzero_rows: list[npt.NDArray[np.bool_]] = []
     columns = None
     if len(info.shape) >= 2:
         shaped = magnitudes.reshape(rows, info.shape[1], -1)
-        nonzero_rows = [~(shaped.max(axis=(1, 2)) == 0)]
+        if row_max is None:
+            row_max = shaped.max(axis=(1, 2))
+        nonzero_rows = [~(row_max == 0)]
         columns = ~(shaped.max(axis=(0, 2)) == 0)
     overflow: dict[str, int] = {}
     underflow: dict[str, int] = {}
