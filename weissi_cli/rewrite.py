@@ -50,6 +50,7 @@ class PendingOutput:
     def commit(self) -> None:
         for temporary, final in self.moves:
             os.replace(temporary, final)
+        remove_stale_temporaries(self.destination)
         for directory in {final.parent for _, final in self.moves}:
             _fsync_directory(directory)
         if self.temporary_dir is not None:
@@ -180,14 +181,54 @@ def _same_scale(first: TensorScale | None, second: TensorScale) -> bool:
     return bool(np.array_equal(np.asarray(first.whole()), np.asarray(second.whole())))
 
 
+TEMPORARY_MARK = ".weissi-tmp"
+
+
 def create_temporary(final: Path) -> Path:
     """A new, uniquely named hidden file beside `final` (same filesystem, so the final rename
-    is atomic) that keeps its suffix, so it opens as the same format."""
+    is atomic) that keeps its suffix, so it opens as the same format. The name carries the
+    process id, so a later run can tell the leftovers of a killed run from a live one's."""
     descriptor, name = tempfile.mkstemp(
-        dir=final.parent, prefix=f".{final.name}.", suffix=f".weissi-tmp{final.suffix}"
+        dir=final.parent,
+        prefix=f".{final.name}.{os.getpid()}.",
+        suffix=f"{TEMPORARY_MARK}{final.suffix}",
     )
     os.close(descriptor)
     return Path(name)
+
+
+def remove_stale_temporaries(final: Path) -> list[Path]:
+    """Delete what killed runs left beside `final` (temporaries whose process is gone)."""
+    removed = []
+    pattern = f".{final.name}.*{TEMPORARY_MARK}*"
+    candidates = (
+        [*final.parent.glob(pattern), *final.glob(".weissi-tmp-*")]
+        if final.is_dir()
+        else list(final.parent.glob(pattern))
+    )
+    for candidate in candidates:
+        pid_text = candidate.name.removeprefix(f".{final.name}.").split(".", 1)[0]
+        if candidate.name.startswith(".weissi-tmp-"):
+            pid_text = candidate.name.removeprefix(".weissi-tmp-").split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _alive(int(pid_text)):
+            continue
+        with contextlib.suppress(OSError):
+            if candidate.is_dir():
+                shutil.rmtree(candidate)
+            else:
+                candidate.unlink()
+            removed.append(candidate)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write_single(
@@ -214,7 +255,7 @@ def _write_sharded(
 ) -> PendingOutput:
     created = not output.exists()
     output.mkdir(exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output, prefix=".weissi-tmp-"))
+    staging = Path(tempfile.mkdtemp(dir=output, prefix=f".weissi-tmp-{os.getpid()}-"))
     pending = PendingOutput(
         output,
         staging / checkpoint.path.name,
