@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from weissi_cli.errors import InputError, UnsafePickleError
-from weissi_cli.io.torch_pickle import TensorDictCheckpoint
+from weissi_cli.io.torch_pickle import TensorDictCheckpoint, is_zip
 
 
 def check_archive(path: Path) -> None:
@@ -26,7 +26,7 @@ def check_archive(path: Path) -> None:
     must pass a `weights_only` load; entries not marked are raw tensor bytes, never
     unpickled; any other member under `data/` has no known role and must pass too.
     """
-    if not zipfile.is_zipfile(path):
+    if not is_zip(path):
         raise InputError(f"{path}: not a torch.export archive (not a zip file); truncated?")
     import torch
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import struct
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -65,7 +66,7 @@ class TorchCheckpoint(TensorDictCheckpoint):
 
         self.path = path
         self.format = "torch"
-        self.is_zip = zipfile.is_zipfile(path)
+        self.is_zip = is_zip(path)
         self.root = load_weights_only(path, mmap=self.is_zip)
         self.wrapper_key, self.state_dict = find_state_dict(path, self.root)
         self.file_bytes = path.stat().st_size
@@ -85,6 +86,15 @@ class TorchCheckpoint(TensorDictCheckpoint):
                     f"{path.name}: the model is the state dict under {self.wrapper_key!r}; the "
                     f"top-level tensor(s) {', '.join(stray)} are not part of it (kept as they are)",
                 )
+
+
+def is_zip(path: Path) -> bool:
+    """zipfile.is_zipfile, except that a malformed end record (e.g. a ZIP64 locator claiming
+    several disks) is "not a zip" rather than an exception."""
+    try:
+        return zipfile.is_zipfile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, struct.error):
+        return False
 
 
 def load_weights_only(path: Path, mmap: bool) -> Any:

@@ -1,0 +1,225 @@
+"""Mutated checkpoints: every one is read or refused with InputError — no other exception,
+no hang, no allocation the file does not back. `pytest -m fuzz` runs 10,000 per format."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.helpers import mlp_state, write_safetensors
+from weissi_cli.errors import InputError
+from weissi_cli.io import open_checkpoint
+from weissi_cli.stats import compute_stats
+
+FAST, LONG = 150, 10_000
+
+
+def valid_safetensors(folder: Path) -> bytes:
+    state = mlp_state(sizes=(5, 4, 3), dtype=torch.float32)
+    state["net.0.bias"] = state["net.0.bias"].to(torch.bfloat16)
+    return write_safetensors(folder / "valid.safetensors", state).read_bytes()
+
+
+def valid_pickle() -> bytes:
+    buffer = io.BytesIO()
+    torch.save(mlp_state(sizes=(5, 4, 3), dtype=torch.float32), buffer)
+    return buffer.getvalue()
+
+
+@st.composite
+def header_mutations(draw: st.DrawFn, original: bytes) -> bytes:
+    """Structured mutations of the JSON header (and its length field)."""
+    (length,) = struct.unpack("<Q", original[:8])
+    header = json.loads(original[8 : 8 + length])
+    data = original[8 + length :]
+    names = [n for n in header if n != "__metadata__"]
+    name = draw(st.sampled_from(names))
+    entry = header[name]
+    kind = draw(
+        st.sampled_from(
+            [
+                "dtype",
+                "shape",
+                "offsets",
+                "duplicate",
+                "huge",
+                "delete",
+                "meta",
+                "length",
+                "truncate",
+            ]
+        )
+    )
+    if kind == "dtype":
+        entry["dtype"] = draw(
+            st.sampled_from(["F32", "F16", "BF16", "I64", "BOOL", "F8_E4M3", "C64", "", 7, None])
+        )
+    elif kind == "shape":
+        entry["shape"] = draw(
+            st.lists(
+                st.one_of(st.integers(-3, 10**6), st.floats(), st.text(max_size=2)), max_size=5
+            )
+        )
+    elif kind == "offsets":
+        entry["data_offsets"] = draw(
+            st.lists(st.integers(-10, len(data) * 3 + 10), min_size=0, max_size=3)
+        )
+    elif kind == "huge":
+        entry["shape"] = [2**40, 2**20]
+        entry["data_offsets"] = [0, 2**62]
+    elif kind == "delete":
+        del header[name]
+    elif kind == "meta":
+        header["__metadata__"] = draw(
+            st.one_of(
+                st.integers(), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
+            )
+        )
+    text = json.dumps(header)
+    if kind == "duplicate":
+        other = draw(st.sampled_from(names))
+        text = text[:-1] + f', "{other}": ' + json.dumps(header.get(other, {})) + "}"
+    encoded = text.encode()
+    declared = len(encoded)
+    if kind == "length":
+        declared = draw(st.sampled_from([0, 1, declared - 1, declared + 1, 2**40, 2**64 - 1]))
+    result = struct.pack("<Q", declared) + encoded + data
+    if kind == "truncate":
+        result = result[: draw(st.integers(0, len(result) - 1))]
+    return result
+
+
+@st.composite
+def byte_mutations(draw: st.DrawFn, original: bytes) -> bytes:
+    """Random flips, cuts and splices anywhere in the file."""
+    data = bytearray(original)
+    for _ in range(draw(st.integers(1, 8))):
+        action = draw(st.sampled_from(["flip", "cut", "insert"]))
+        position = draw(st.integers(0, max(len(data) - 1, 0)))
+        if action == "flip" and data:
+            data[position] ^= draw(st.integers(1, 255))
+        elif action == "cut":
+            del data[position : position + draw(st.integers(1, 64))]
+        else:
+            data[position:position] = draw(st.binary(min_size=1, max_size=16))
+    return bytes(data)
+
+
+def read_or_refuse(path: Path) -> None:
+    try:
+        with open_checkpoint(path) as checkpoint:
+            compute_stats(checkpoint)
+    except InputError:
+        pass  # refused with a message: fine (UnsafePickleError is an InputError)
+
+
+def fuzz(folder: Path, suffix: str, data: bytes) -> None:
+    path = folder / f"mutant{suffix}"
+    path.write_bytes(data)
+    read_or_refuse(path)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fuzz")
+
+
+def _safetensors_cases(folder: Path, examples: int) -> None:
+    original = valid_safetensors(folder)
+
+    @settings(max_examples=examples, suppress_health_check=list(HealthCheck), deadline=None)
+    @given(st.one_of(header_mutations(original), byte_mutations(original)))
+    def run(data: bytes) -> None:
+        fuzz(folder, ".safetensors", data)
+
+    run()
+
+
+def _pickle_cases(folder: Path, examples: int) -> None:
+    original = valid_pickle()
+
+    @settings(max_examples=examples, suppress_health_check=list(HealthCheck), deadline=None)
+    @given(byte_mutations(original))
+    def run(data: bytes) -> None:
+        fuzz(folder, ".pt", data)
+
+    run()
+
+
+def test_mutated_safetensors_are_read_or_refused(folder: Path) -> None:
+    _safetensors_cases(folder, FAST)
+
+
+def test_mutated_pickles_are_read_or_refused(folder: Path) -> None:
+    _pickle_cases(folder, FAST)
+
+
+@pytest.mark.fuzz
+def test_mutated_safetensors_long(folder: Path) -> None:
+    _safetensors_cases(folder, LONG)
+
+
+@pytest.mark.fuzz
+def test_mutated_pickles_long(folder: Path) -> None:
+    _pickle_cases(folder, LONG)
+
+
+def test_a_header_declaring_terabytes_allocates_nothing(folder: Path) -> None:
+    path = folder / "huge.safetensors"
+    header = json.dumps(
+        {"w": {"dtype": "F32", "shape": [2**40, 2**20], "data_offsets": [0, 2**62]}}
+    ).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\x00" * 16)
+    with pytest.raises(InputError, match="needs|truncated"):
+        open_checkpoint(path)
+
+
+def test_a_zip_that_is_not_a_torch_archive_is_refused(folder: Path) -> None:
+    path = folder / "plain.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("hello.txt", "not a checkpoint")
+    with pytest.raises(InputError):
+        open_checkpoint(path)
+
+
+def test_a_zip64_locator_claiming_several_disks_is_read_or_refused(folder: Path) -> None:
+    """Found by the long fuzzing run: zipfile.is_zipfile itself raised BadZipFile. torch's
+    own zip reader ignores the disk number, so the file is read."""
+    data = bytearray(valid_pickle())
+    locator = data.find(b"PK\x06\x07")
+    assert locator > 0
+    data[locator + 4 : locator + 8] = (1).to_bytes(4, "little")  # disk number 1
+    path = folder / "multidisk.pt"
+    path.write_bytes(bytes(data))
+    read_or_refuse(path)
+
+
+CORPUS = Path(__file__).resolve().parent / "fuzz_corpus"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CORPUS.iterdir()))
+def test_header_fuzzer_corpus_is_parsed_or_refused(name: str, folder: Path) -> None:
+    """The corpus an atheris session grew (fuzz/header_fuzzer.py), kept as regression inputs."""
+    read_or_refuse_header(CORPUS / name)
+
+
+def read_or_refuse_header(path: Path) -> None:
+    import os
+
+    from weissi_cli.io.safetensors_file import parse_header
+
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        parse_header(path, descriptor)
+    except InputError:
+        pass
+    finally:
+        os.close(descriptor)
