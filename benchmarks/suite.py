@@ -181,13 +181,14 @@ def measure_case(
     def record(label: str, value: Any) -> None:
         measured.setdefault(label, []).append(value)
 
-    def clean() -> None:
-        if output.is_dir():
-            shutil.rmtree(output)
-        else:
-            output.unlink(missing_ok=True)
-
     out_path = output if shards > 1 else output.with_suffix(".safetensors")
+
+    def clean() -> None:
+        if out_path.is_dir():
+            shutil.rmtree(out_path)
+        else:
+            out_path.unlink(missing_ok=True)
+
     scratch = data_dir / "ceiling-scratch.safetensors"
     rewrite_ceiling(files[0], scratch)  # warm-up: fresh pages write slowly on this VM
     for _ in range(runs):
