@@ -39,6 +39,8 @@ class Symmetry:
     exact: bool = True
     origin: Origin = "heuristic"
     note: str = ""
+    kind: str = ""  # what it relates, for reports: "q↔k", "up→down", ... ("" for graph/spec)
+    group: str = ""  # where it sits, for reports: a transformer block's prefix
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ class Structure:
     assumptions: tuple[str, ...] = field(default=())
     symmetries: tuple[Symmetry, ...] = field(default=())
     stops: tuple[Stop, ...] = field(default=())
+    notes: tuple[str, ...] = field(default=())  # facts about the structure a report states
 
     def all_symmetries(self) -> tuple[Symmetry, ...]:
         return tuple(s for chain in self.chains for s in chain.symmetries()) + self.symmetries

@@ -49,6 +49,7 @@ class PendingOutput:
 
     def commit(self) -> None:
         for temporary, final in self.moves:
+            final.parent.mkdir(parents=True, exist_ok=True)  # a companion's subfolder
             os.replace(temporary, final)
         remove_stale_temporaries(self.destination)
         for directory in {final.parent for _, final in self.moves}:
@@ -70,23 +71,35 @@ class PendingOutput:
 
 
 def check_output_path(
-    checkpoint: Checkpoint, output: Path, force: bool, output_format: str = "same"
+    checkpoint: Checkpoint,
+    output: Path,
+    force: bool,
+    output_format: str = "same",
+    folder: bool = False,
 ) -> None:
-    """Refuse outputs that would overwrite the input, clobber a file, or change format."""
+    """Refuse outputs that would overwrite the input, clobber a file, or change format.
+
+    `folder`: the input was named as a model folder, so the output is one too."""
     if output_format not in ("same", "safetensors"):
         raise UsageError(f"--format must be same or safetensors, not {output_format!r}")
     if output_format == "safetensors" and checkpoint.format.startswith("safetensors"):
         output_format = "same"
-    inputs = _input_files(checkpoint)
+    inputs = input_files(checkpoint)
     target = output.resolve()
     for source in inputs:
         if target == source.resolve() or (target.exists() and target.samefile(source)):
             raise OutputError(f"{output}: is the input checkpoint; write the result to a new file")
-    if checkpoint.format == "safetensors-sharded":
+    if folder and not isinstance(checkpoint, (SafetensorsCheckpoint, ShardedCheckpoint)):
+        raise UsageError(
+            f"{checkpoint.path.parent}: weissi writes model folders of safetensors checkpoints; "
+            f"name the file ({checkpoint.path.name}) to rebalance it alone"
+        )
+    if folder or checkpoint.format == "safetensors-sharded":
+        kind = "a model folder" if folder else "a sharded checkpoint"
         if target.exists() and not target.is_dir():
-            raise OutputError(
-                f"{output}: a sharded checkpoint is written to a folder, and this is a file"
-            )
+            raise OutputError(f"{output}: {kind} is written to a folder, and this is a file")
+        if folder and (target == checkpoint.path.parent.resolve()):
+            raise OutputError(f"{output}: is the input's folder; write the result to a new folder")
         if target.is_dir() and any(target.iterdir()) and not force:
             raise OutputError(
                 f"{output}: folder exists and is not empty; pass --force to write into it"
@@ -133,11 +146,14 @@ def write_rescaled(
     output: Path,
     record: Mapping[str, Any],
     output_format: str = "same",
+    folder: bool = False,
 ) -> PendingOutput:
     """Write `checkpoint` with each named tensor multiplied by its scale, pending commit.
 
     `output_format="safetensors"` writes just the tensors (of a pickle or an exported
-    program) as a safetensors file instead of the input's own format."""
+    program) as a safetensors file instead of the input's own format. `folder`: `output`
+    is a model folder: the checkpoint's files keep their names, and every other file of
+    the input's folder (config, tokenizer, README) is copied unchanged."""
     factors: dict[str, TensorScale] = {}
     for name, scale in scales.items():
         if name not in checkpoint:
@@ -160,10 +176,12 @@ def write_rescaled(
             return _write_state_dict_as_safetensors(checkpoint, factors, output, record)
         if isinstance(checkpoint, ExportedCheckpoint):
             return _write_exported(checkpoint, factors, output, record)
+        if isinstance(checkpoint, (SafetensorsCheckpoint, ShardedCheckpoint)) and (
+            folder or isinstance(checkpoint, ShardedCheckpoint)
+        ):
+            return _write_folder(checkpoint, factors, output, record, companions=folder)
         if isinstance(checkpoint, SafetensorsCheckpoint):
             return _write_single(checkpoint, factors, output, record)
-        if isinstance(checkpoint, ShardedCheckpoint):
-            return _write_sharded(checkpoint, factors, output, record)
         if isinstance(checkpoint, TorchCheckpoint):
             return _write_torch(checkpoint, factors, output, record)
     except OSError as error:
@@ -247,12 +265,15 @@ def _write_single(
     return pending
 
 
-def _write_sharded(
-    checkpoint: ShardedCheckpoint,
+def _write_folder(
+    checkpoint: SafetensorsCheckpoint | ShardedCheckpoint,
     factors: Mapping[str, TensorScale],
     output: Path,
     record: Mapping[str, Any],
+    companions: bool,
 ) -> PendingOutput:
+    """Shards (or the one file) into a staging folder inside `output`, renamed into place
+    on commit: companion files first, then the shards, the index last."""
     created = not output.exists()
     output.mkdir(exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=output, prefix=f".weissi-tmp-{os.getpid()}-"))
@@ -263,10 +284,14 @@ def _write_sharded(
         created_dir=output if created else None,
     )
     try:
-        for shard_name, shard in checkpoint.shards.items():
-            shard_factors = {
-                name: f for name, f in factors.items() if checkpoint.shard_of(name) == shard_name
-            }
+        if companions:
+            pending.moves += _stage_companions(checkpoint, staging, output)
+        if isinstance(checkpoint, SafetensorsCheckpoint):
+            shards = {checkpoint.path.name: checkpoint}
+        else:
+            shards = checkpoint.shards
+        for shard_name, shard in shards.items():
+            shard_factors = {name: f for name, f in factors.items() if name in shard}
             shard_record = {
                 **record,
                 "scales": {n: f for n, f in record.get("scales", {}).items() if n in shard_factors},
@@ -275,14 +300,43 @@ def _write_sharded(
                 shard, shard_factors, staging / shard_name, {"weissi": json.dumps(shard_record)}
             )
             pending.moves.append((staging / shard_name, output / shard_name))
-        index = json.loads(checkpoint.path.read_text(encoding="utf-8"))
-        index["metadata"] = {**(index.get("metadata") or {}), "weissi": record}
-        _write_file(staging / checkpoint.path.name, (json.dumps(index, indent=2) + "\n").encode())
-        pending.moves.append((staging / checkpoint.path.name, output / checkpoint.path.name))
+        if isinstance(checkpoint, ShardedCheckpoint):
+            index = json.loads(checkpoint.path.read_text(encoding="utf-8"))
+            index["metadata"] = {**(index.get("metadata") or {}), "weissi": record}
+            index_bytes = (json.dumps(index, indent=2) + "\n").encode()
+            _write_file(staging / checkpoint.path.name, index_bytes)
+            pending.moves.append((staging / checkpoint.path.name, output / checkpoint.path.name))
     except BaseException:
         pending.discard()
         raise
     return pending
+
+
+def companion_files(checkpoint: Checkpoint) -> list[Path]:
+    """The files of a model folder besides the checkpoint's own (config, tokenizer, README,
+    subfolders' files), relative to the folder; version-control folders are left out."""
+    folder = checkpoint.path.parent
+    own = {path.resolve() for path in input_files(checkpoint)}
+    found = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if relative.parts[0] in (".git", ".cache") or relative.parts[0].startswith(".weissi-tmp-"):
+            continue
+        if path.is_file() and path.resolve() not in own:
+            found.append(relative)
+    return found
+
+
+def _stage_companions(
+    checkpoint: Checkpoint, staging: Path, output: Path
+) -> list[tuple[Path, Path]]:
+    moves = []
+    for relative in companion_files(checkpoint):
+        staged = staging / "companions" / relative
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        _copy_durably(checkpoint.path.parent / relative, staged)
+        moves.append((staged, output / relative))
+    return moves
 
 
 def write_safetensors_copy(
@@ -661,6 +715,14 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
+def _copy_durably(source: Path, destination: Path) -> None:
+    with open(source, "rb") as reader, open(destination, "xb") as writer:
+        shutil.copyfileobj(reader, writer, COPY_CHUNK_BYTES)
+        writer.flush()
+        os.fsync(writer.fileno())
+    shutil.copymode(source, destination)
+
+
 def _fsync_directory(directory: Path) -> None:
     descriptor = os.open(directory, os.O_RDONLY)
     try:
@@ -669,7 +731,7 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
-def _input_files(checkpoint: Checkpoint) -> list[Path]:
+def input_files(checkpoint: Checkpoint) -> list[Path]:
     if isinstance(checkpoint, ShardedCheckpoint):
         return [checkpoint.path, *(shard.path for shard in checkpoint.shards.values())]
     return [checkpoint.path]

@@ -24,6 +24,7 @@ def inspect_checkpoint(
     include_bias: bool = False,
     threads: int = 2,
     granularity: str = "layer",
+    allow_approximate: bool = False,
 ) -> InspectReport:
     """With `granularity="channel"` the per-channel optimum is reported beside the
     layer-wise one (one more pass, holding the chains' squared weights in memory)."""
@@ -33,7 +34,7 @@ def inspect_checkpoint(
         if not math.isfinite(value):
             raise UsageError(f"{name} must be a finite number, not {value}")
     with open_checkpoint(path) as checkpoint:
-        structure = discover(checkpoint, spec)
+        structure = discover(checkpoint, spec, allow_approximate)
         stats = compute_stats(checkpoint, threads=threads)
         rows = tuple(
             TensorRow(
@@ -64,7 +65,15 @@ def inspect_checkpoint(
             for chain in healthy:
                 mine = {name: squares[name] for name in chain.tensor_names() if name in squares}
                 channel[chain.id] = solve(chain.symmetries(), mine)
-        solved = solve_group(checkpoint, structure, include_bias, granularity, threads)
+        solved = solve_group(
+            checkpoint,
+            structure,
+            include_bias,
+            granularity,
+            threads,
+            stats=stats,
+            lambdas=(lambda1, lambda2),
+        )
         warnings = [*checkpoint.notes, *structure.assumptions]
         warnings += unbounded_hint(solved[0] if solved else None, include_bias)
         warnings += [

@@ -28,7 +28,7 @@ from weissi_cli.ir import Chain, Structure
 from weissi_cli.report.common import Source
 from weissi_cli.report.rebalance import ChainResult, ChannelResult, RebalanceReport
 from weissi_cli.report.symmetries import SymmetryGroup
-from weissi_cli.rewrite import check_output_path, write_rescaled
+from weissi_cli.rewrite import PendingOutput, check_output_path, input_files, write_rescaled
 from weissi_cli.scales import (
     TensorScale,
     Vector,
@@ -38,6 +38,7 @@ from weissi_cli.scales import (
 )
 from weissi_cli.stats import TensorStats, axis_squares, compute_stats
 from weissi_cli.structure import discover
+from weissi_cli.structure.architectures import find_config
 from weissi_cli.verify import (
     ChainVerification,
     Verification,
@@ -45,6 +46,7 @@ from weissi_cli.verify import (
     verify_chain,
     verify_tensors,
 )
+from weissi_cli.verify_transformers import model_folder, require_transformers, run_transformers
 
 ScalesMode = Literal["auto", "real", "pow2"]
 SCALES_MODES: tuple[ScalesMode, ...] = ("auto", "real", "pow2")
@@ -62,18 +64,37 @@ def rebalance_checkpoint(
     granularity: str = "layer",
     extra_flags: tuple[str, ...] = (),
     output_format: str = "same",
+    allow_approximate: bool = False,
+    verify_with: str | None = None,
 ) -> RebalanceReport:
     """Write `output`, the rebalanced copy of `path`, only if verification passes.
 
-    `extra_flags` are appended to the command a refusal suggests (the CLI's --json).
+    `extra_flags` are appended to the command a refusal suggests (the CLI's --json). A
+    model folder in gives a model folder out (every other file copied). `verify_with=
+    "transformers"` also runs both models with the architecture's own code; so does
+    rebalancing an approximate symmetry (`allow_approximate`), to measure what it changed.
     """
     if scales not in SCALES_MODES:
         raise UsageError(f"--scales must be one of {', '.join(SCALES_MODES)}, not {scales!r}")
     if granularity not in ("layer", "channel"):
         raise UsageError(f"--granularity must be layer or channel, not {granularity!r}")
+    if verify_with not in (None, "transformers"):
+        raise UsageError(f"--verify-with takes transformers, not {verify_with!r}")
+    folder = path.is_dir()
     with open_checkpoint(path) as checkpoint:
-        check_output_path(checkpoint, output, force, output_format)
-        structure = discover(checkpoint, spec)
+        check_output_path(checkpoint, output, force, output_format, folder=folder)
+        structure = discover(checkpoint, spec, allow_approximate)
+        approximate = [s.id for s in structure.symmetries if not s.exact and s.kind]
+        config = find_config(checkpoint.path)
+        if approximate and verify_with is None:
+            verify_with = "transformers"
+        if verify_with is not None:
+            require_transformers()
+            if config is None:
+                raise UsageError(
+                    f"{path}: --verify-with transformers needs the config.json of a Hugging "
+                    "Face model beside the checkpoint"
+                )
         if structure.is_assumed and not assume_relu:
             raise ConsentError(
                 _consent_message(path, output, scales, include_bias, force, extra_flags)
@@ -127,7 +148,9 @@ def rebalance_checkpoint(
             "include_bias": include_bias,
             "scales": {name: scale_record(scale) for name, scale in tensor_scales.items()},
         }
-        pending = write_rescaled(checkpoint, tensor_scales, output, record, output_format)
+        pending = write_rescaled(
+            checkpoint, tensor_scales, output, record, output_format, folder=folder
+        )
         try:
             with open_checkpoint(pending.readable_path) as rewritten:
                 results, checks = _verify_and_measure(
@@ -138,6 +161,14 @@ def rebalance_checkpoint(
                         checkpoint, rewritten, group, group_scales, include_bias
                     )
                     checks += group_checks
+            if verify_with is not None and config is not None:
+                run = _run_transformers(checkpoint, pending, config.path, not approximate)
+                checks.append(run)
+                if approximate:
+                    warnings.append(
+                        f"{len(approximate)} approximate symmetries rebalanced "
+                        f"(--allow-approximate): {run.detail}"
+                    )
         except BaseException:
             pending.discard()
             raise
@@ -161,6 +192,24 @@ def rebalance_checkpoint(
             verification=verification,
             warnings=tuple(warnings),
         )
+
+
+def _run_transformers(
+    checkpoint: Checkpoint, pending: PendingOutput, config: Path, exact: bool
+) -> ChainVerification:
+    """Both models through transformers: the input's files, and the pending output's files
+    under their final names."""
+    original = {path.name: path for path in input_files(checkpoint)}
+    written = {
+        final.name: temporary for temporary, final in pending.moves if final.name in original
+    }
+    if not written:  # one file written under a new name: load it under the input's
+        written[checkpoint.path.name] = pending.readable_path
+    with (
+        model_folder(config, original) as before,
+        model_folder(config, written) as after,
+    ):
+        return run_transformers(before, after, exact)
 
 
 def _mode_for(chain: Chain, checkpoint: Checkpoint, scales: str) -> str:

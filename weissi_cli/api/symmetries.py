@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 from weissi_cli.balance.channelwise import Squares, solve
 from weissi_cli.io.checkpoint import Checkpoint
 from weissi_cli.ir import Structure
 from weissi_cli.report.symmetries import SymmetryGroup
-from weissi_cli.stats import axis_squares
+from weissi_cli.stats import TensorStats, axis_squares
 
 # State-dict names of buffers: statistics, never penalised (for checkpoints without a graph).
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
@@ -38,8 +41,11 @@ def solve_group(
     include_bias: bool,
     granularity: str,
     threads: int = 2,
+    stats: Mapping[str, TensorStats] | None = None,
+    lambdas: tuple[float, float] = (1.0, 1.0),
 ) -> tuple[SymmetryGroup, dict[str, Squares]] | None:
-    """The layer-wise (and, when asked, channel-wise) optimum of the free symmetries."""
+    """The layer-wise (and, when asked, channel-wise) optimum of the free symmetries;
+    with `stats`, the WEISSI terms of their weight tensors too."""
     if not structure.symmetries and not structure.stops:
         return None
     squares = axis_squares(
@@ -53,8 +59,23 @@ def solve_group(
         layer=layer,
         channel=channel,
         stops=structure.stops,
+        weissi_terms=_weissi_terms(stats, squares) if stats is not None else {},
+        notes=structure.notes,
+        lambdas=lambdas,
     )
     return group, squares
+
+
+def _weissi_terms(
+    stats: Mapping[str, TensorStats], penalised: Mapping[str, object]
+) -> dict[str, tuple[float, float]]:
+    """(log ‖W‖, ‖W/‖W‖‖₁) of every penalised tensor with a defined direction."""
+    terms = {}
+    for name in penalised:
+        found = stats.get(name)
+        if found is not None and found.fro_norm > 0 and found.l1_direction is not None:
+            terms[name] = (math.log(found.fro_norm), found.l1_direction)
+    return terms
 
 
 def unbounded_hint(group: SymmetryGroup | None, include_bias: bool) -> list[str]:

@@ -48,6 +48,9 @@ class ChannelSolution:
     converged: bool
     tolerance: float
     granularity: str  # "channel" | "layer"
+    # Per penalised tensor, its squared norm before and at the solution.
+    tensor_l2_before: dict[str, float] = field(default_factory=dict, compare=False)
+    tensor_l2_after: dict[str, float] = field(default_factory=dict, compare=False)
 
     @property
     def scales(self) -> dict[str, Vector]:
@@ -63,10 +66,13 @@ class _Factors:
         self.columns = {name: np.ones(q.shape[1]) for name, q in squares.items()}
 
     def penalty(self) -> float:
-        return math.fsum(
-            float(self.rows[name] ** 2 @ (q @ (self.columns[name] ** 2)).astype(np.float64))
+        return math.fsum(self.per_tensor().values())
+
+    def per_tensor(self) -> dict[str, float]:
+        return {
+            name: float(self.rows[name] ** 2 @ (q @ (self.columns[name] ** 2)).astype(np.float64))
             for name, q in self.squares.items()
-        )
+        }
 
     def sums(self, member: Member, size: int, own: Vector) -> Vector:
         """Per channel of the symmetry, the squared entries `member` touches, under every
@@ -129,7 +135,8 @@ def solve(
             continue
         active.append((symmetry, penalised))
 
-    before = factors.penalty()
+    tensors_before = factors.per_tensor()
+    before = math.fsum(tensors_before.values())
     current = before
     sweeps = 0
     converged = not active
@@ -150,7 +157,17 @@ def solve(
             converged = True
             break
         current = updated
-    return ChannelSolution(solutions, before, current, sweeps, converged, tolerance, granularity)
+    return ChannelSolution(
+        solutions,
+        before,
+        current,
+        sweeps,
+        converged,
+        tolerance,
+        granularity,
+        tensors_before,
+        factors.per_tensor(),
+    )
 
 
 def _step(
@@ -218,13 +235,15 @@ def round_to_powers_of_two(
                 item.scales = new
         if not moved:
             break
-    after = factors.penalty()
+    tensors_after = factors.per_tensor()
+    after = math.fsum(tensors_after.values())
     if after > solution.l2_before:
         rounded = {
             key: SymmetrySolution(key, np.ones_like(item.scales), item.dead, item.unbounded)
             for key, item in solution.symmetries.items()
         }
         after = solution.l2_before
+        tensors_after = dict(solution.tensor_l2_before)
     return ChannelSolution(
         rounded,
         solution.l2_before,
@@ -233,6 +252,8 @@ def round_to_powers_of_two(
         solution.converged,
         solution.tolerance,
         solution.granularity,
+        solution.tensor_l2_before,
+        tensors_after,
     )
 
 

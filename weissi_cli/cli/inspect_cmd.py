@@ -9,7 +9,14 @@ import typer
 
 from weissi_cli.cli.console import print_warnings, stderr_console, stdout_console
 from weissi_cli.cli.errors import handle_errors
-from weissi_cli.cli.options import Checkpoint, Granularity, IncludeBias, Json, Spec
+from weissi_cli.cli.options import (
+    AllowApproximate,
+    Checkpoint,
+    Granularity,
+    IncludeBias,
+    Json,
+    Spec,
+)
 
 
 @handle_errors
@@ -24,6 +31,7 @@ def inspect(
     ] = 1.0,
     include_bias: IncludeBias = False,
     granularity: Granularity = "layer",
+    allow_approximate: AllowApproximate = False,
     json_output: Json = False,
     output_format: Annotated[
         str,
@@ -59,7 +67,13 @@ def inspect(
             raise UsageError(f"{plot}: --plot writes .png or .svg files")
         pyplot_or_error()  # fail before the pass over the checkpoint when matplotlib is missing
     report = inspect_checkpoint(
-        checkpoint, spec, lambda1, lambda2, include_bias, granularity=granularity
+        checkpoint,
+        spec,
+        lambda1,
+        lambda2,
+        include_bias,
+        granularity=granularity,
+        allow_approximate=allow_approximate,
     )
     if output_format == "json":
         typer.echo(to_json(report.to_dict()))

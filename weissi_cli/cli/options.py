@@ -10,8 +10,9 @@ import typer
 Checkpoint = Annotated[
     Path,
     typer.Argument(
-        help="Checkpoint: .safetensors, a sharded *.safetensors.index.json (or its folder), "
-        "or a torch pickle (.pt/.pth/.bin).",
+        help="Checkpoint: .safetensors, a sharded *.safetensors.index.json, a model folder "
+        "(with a Hugging Face config.json: the architecture's exact symmetries), a torch "
+        "pickle (.pt/.pth/.bin) or a torch.export program (.pt2).",
         show_default=False,
     ),
 ]
@@ -35,5 +36,13 @@ Granularity = Annotated[
         "--granularity",
         help="layer: one scale per layer; channel: one scale per hidden unit (per-channel "
         "rebalancing, which can only lower L2 further).",
+    ),
+]
+AllowApproximate = Annotated[
+    bool,
+    typer.Option(
+        "--allow-approximate",
+        help="Include approximate symmetries (a transformer's GELU MLP); rebalance then "
+        "measures the output change with transformers.",
     ),
 ]

@@ -9,7 +9,14 @@ import typer
 
 from weissi_cli.cli.console import print_warnings, stdout_console
 from weissi_cli.cli.errors import handle_errors
-from weissi_cli.cli.options import Checkpoint, Granularity, IncludeBias, Json, Spec
+from weissi_cli.cli.options import (
+    AllowApproximate,
+    Checkpoint,
+    Granularity,
+    IncludeBias,
+    Json,
+    Spec,
+)
 
 
 @handle_errors
@@ -47,11 +54,22 @@ def rebalance(
             help="same: the input's format; safetensors: just the tensors of a pickle or .pt2.",
         ),
     ] = "same",
+    allow_approximate: AllowApproximate = False,
+    verify_with: Annotated[
+        str | None,
+        typer.Option(
+            "--verify-with",
+            help="transformers: also load both models with the architecture's own class "
+            "and compare logits on random token ids (needs weissi-cli[hf]).",
+        ),
+    ] = None,
     json_output: Json = False,
 ) -> None:
     """Rescale layers to the L2 optimum without changing the function, then verify.
 
     Example: weissi rebalance model.safetensors -o balanced.safetensors --spec spec.toml
+
+    A model folder in (a Hugging Face checkpoint) gives a model folder out.
     """
     from weissi_cli.api.rebalance import rebalance_checkpoint
     from weissi_cli.report.common import to_json
@@ -67,6 +85,8 @@ def rebalance(
         granularity=granularity,
         extra_flags=("--json",) if json_output else (),
         output_format=output_format,
+        allow_approximate=allow_approximate,
+        verify_with=verify_with,
     )
     if json_output:
         typer.echo(to_json(report.to_dict()))

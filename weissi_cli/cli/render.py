@@ -22,7 +22,7 @@ from weissi_cli.report.diff import DiffReport
 from weissi_cli.report.graph import GraphReport
 from weissi_cli.report.inspect import InspectReport
 from weissi_cli.report.rebalance import RebalanceReport
-from weissi_cli.report.symmetries import SymmetryGroup
+from weissi_cli.report.symmetries import KindRow, SymmetryGroup
 
 BAR_WIDTH = 12
 EIGHTHS = " ▏▎▍▌▋▊▉█"
@@ -192,6 +192,15 @@ def _chain_totals(analysis: ChainAnalysis, sixteen_bit: bool) -> RenderableType:
 def _print_group(group: SymmetryGroup, console: Console) -> None:
     chosen = group.channel or group.layer
     console.print()
+    kinds = group.kinds()
+    if kinds:
+        _print_kinds(group, kinds, console)
+    else:
+        _print_symmetries(group, chosen, console)
+    _print_totals(group, chosen, console)
+
+
+def _print_symmetries(group: SymmetryGroup, chosen: ChannelSolution, console: Console) -> None:
     console.print(Text(f"Scale symmetries ({len(group.symmetries)})", style="bold"))
     table = _table()
     table.add_column("symmetry", overflow="fold")
@@ -216,6 +225,59 @@ def _print_group(group: SymmetryGroup, console: Console) -> None:
             escape(symmetry.note),
         )
     console.print(table)
+
+
+def _print_kinds(group: SymmetryGroup, kinds: list[KindRow], console: Console) -> None:
+    """A transformer's symmetries, one row per block and kind (per-symmetry scales are in
+    --json and `weissi graph`)."""
+    origins = sorted({s.origin for s in group.symmetries})
+    console.print(
+        Text.assemble(
+            (f"Scale symmetries ({len(group.symmetries)}", "bold"),
+            (f", {len(kinds)} kinds × blocks) ", "bold"),
+            origin_label(origins[0]) if len(origins) == 1 else Text(", ".join(origins)),
+        )
+    )
+    table = _table()
+    table.add_column("block", overflow="fold")
+    table.add_column("kind")
+    table.add_column("sym", justify="right")
+    table.add_column("L2 now", justify="right")
+    table.add_column("layer-wise opt.", justify="right")
+    if group.channel is not None:
+        table.add_column("channel-wise opt.", justify="right")
+    table.add_column("Σ ln‖W‖", justify="right")
+    table.add_column("Σ l1 dir", justify="right")
+    table.add_column("WEISSI", justify="right")
+    for row in kinds:
+        optimum: list[RenderableType] = (
+            [Text("unbounded", style="yellow")]
+            if row.unbounded
+            else [Text(number(row.l2_layer), style="green" if group.channel is None else "")]
+        )
+        if group.channel is not None:
+            optimum.append(
+                Text("unbounded", style="yellow")
+                if row.unbounded
+                else Text(number(row.l2_channel), style="green")
+            )
+        kind = row.kind if row.exact else f"{row.kind} ≈"
+        table.add_row(
+            escape(row.group),
+            escape(kind),
+            str(row.symmetries),
+            number(row.l2_now),
+            *optimum,
+            number(row.log_norm_sum),
+            number(row.l1_direction_sum),
+            number(row.weissi_penalty),
+        )
+    console.print(table)
+    for note in group.notes:
+        console.print(Text(f"  {note}", style="dim"))
+
+
+def _print_totals(group: SymmetryGroup, chosen: ChannelSolution, console: Console) -> None:
     line = Text.assemble(
         "  L2 now ",
         (number(group.l2_penalty), "bold"),

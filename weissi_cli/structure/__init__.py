@@ -1,19 +1,31 @@
-"""Structure discovery: a spec file when given, otherwise the name/shape heuristic."""
+"""Structure discovery: a spec file, an exported graph, a Hugging Face config, or names."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from weissi_cli.io.checkpoint import Checkpoint
-from weissi_cli.ir import Structure
+from weissi_cli.ir import Stop, Structure
+from weissi_cli.structure.architectures import (
+    describe_unknown,
+    family_for,
+    find_config,
+    structure_from_config,
+)
 from weissi_cli.structure.heuristic import infer_structure
 from weissi_cli.structure.spec import emit_spec, structure_from_spec
 
 __all__ = ["discover", "emit_spec"]
 
+APPROXIMATE_FLAG = "--allow-approximate"
 
-def discover(checkpoint: Checkpoint, spec: Path | None = None) -> Structure:
-    """A spec file wins; an exported program's graph is exact; otherwise names and shapes."""
+
+def discover(
+    checkpoint: Checkpoint, spec: Path | None = None, allow_approximate: bool = False
+) -> Structure:
+    """A spec file wins; an exported program's graph is exact; a known architecture's
+    config.json is exact; otherwise names and shapes (an assumption)."""
     if spec is not None:
         return structure_from_spec(spec, checkpoint).folded()
     program = getattr(checkpoint, "program", None)
@@ -22,4 +34,30 @@ def discover(checkpoint: Checkpoint, spec: Path | None = None) -> Structure:
 
         structure, _ = structure_from_program(program, [info.name for info in checkpoint.tensors])
         return structure
+    config = find_config(checkpoint.path)
+    if config is not None:
+        family = family_for(config)
+        if family is not None:
+            shapes = {info.name: info.shape for info in checkpoint.tensors}
+            found = structure_from_config(config, family, shapes)
+            return found if allow_approximate else without_approximate(found)
+        guessed = infer_structure(checkpoint).folded()
+        return replace(guessed, assumptions=(describe_unknown(config), *guessed.assumptions))
     return infer_structure(checkpoint).folded()
+
+
+def without_approximate(structure: Structure) -> Structure:
+    """Approximate symmetries (across a GELU) become stops: reported, never rebalanced."""
+    kept = tuple(s for s in structure.symmetries if s.exact or not s.origin.startswith("config:"))
+    if len(kept) == len(structure.symmetries):
+        return structure
+    stops = tuple(
+        Stop(
+            producers=tuple(dict.fromkeys(m.tensor for m in s.members if m.exponent > 0)),
+            node=s.id,
+            reason=f"{s.note}; not rebalanced without {APPROXIMATE_FLAG}",
+        )
+        for s in structure.symmetries
+        if s not in kept
+    )
+    return replace(structure, symmetries=kept, stops=structure.stops + stops)

@@ -1,0 +1,121 @@
+"""Verification with the architecture's own code: load both folders with transformers and
+compare what they compute on random token ids."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from weissi_cli.errors import UsageError
+from weissi_cli.structure.architectures import CONFIG_NAME
+from weissi_cli.verify import SEED, ChainVerification, _tensors
+
+# Relative to the largest output magnitude: float32 keeps 1e-5 (the issue's bar); a 16-bit
+# model rebalanced with real (not power-of-two) scales rounds every rescaled weight once.
+TOLERANCE = {"float64": 1e-10, "float32": 1e-5, "float16": 3e-2, "bfloat16": 3e-2}
+SEQUENCE = 16
+BATCH = 2
+
+
+def require_transformers() -> None:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "--verify-with transformers needs the transformers library: "
+            "pip install 'weissi-cli[hf]'"
+        ) from None
+
+
+@contextlib.contextmanager
+def model_folder(config: Path, weights: Mapping[str, Path]) -> Iterator[Path]:
+    """A throw-away folder holding links to a config.json and the weight files (by the
+    names the folder gives them), so a pending, not yet committed output loads like a
+    finished one."""
+    with tempfile.TemporaryDirectory(prefix="weissi-verify-") as folder:
+        os.symlink(config.resolve(), Path(folder) / CONFIG_NAME)
+        for name, weight in weights.items():
+            os.symlink(weight.resolve(), Path(folder) / name)
+        yield Path(folder)
+
+
+def run_transformers(
+    original: Path, rewritten: Path, exact: bool = True, probes: int = 2
+) -> ChainVerification:
+    """Run both model folders with the class their config.json names on random token ids
+    and compare every floating-point output (logits, hidden states)."""
+    require_transformers()
+    import torch
+    import transformers
+
+    generator = torch.Generator().manual_seed(SEED)
+    before_model = _load(transformers, original)
+    after_model = _load(transformers, rewritten)
+    vocab = int(getattr(before_model.config, "vocab_size", 0) or 0)
+    if vocab <= 0:
+        raise UsageError(f"{original}: config.json has no vocab_size to draw token ids from")
+    worst_abs, worst_rel, dtype = 0.0, 0.0, "float32"
+    with torch.no_grad():
+        for _ in range(probes):
+            ids = torch.randint(vocab, (BATCH, SEQUENCE), generator=generator)
+            before = [t for t in _tensors(_outputs(before_model, ids)) if t.is_floating_point()]
+            after = [t for t in _tensors(_outputs(after_model, ids)) if t.is_floating_point()]
+            for old, new in zip(before, after, strict=True):
+                dtype = str(old.dtype).removeprefix("torch.")
+                difference = float((new.double() - old.double()).abs().max())
+                scale = float(old.double().abs().max())
+                worst_abs = max(worst_abs, difference)
+                worst_rel = max(worst_rel, difference / scale if scale > 0 else difference)
+    tolerance = TOLERANCE.get(dtype, 1e-4)
+    finite = math.isfinite(worst_abs)
+    passed = finite and (worst_rel <= tolerance or not exact)
+    outcome = (
+        "outputs bit-identical"
+        if worst_abs == 0.0
+        else f"outputs moved by at most {worst_abs:.3g} ({worst_rel:.2g} of their largest"
+        + (
+            f", allowed {tolerance:g})"
+            if exact
+            else "; approximate symmetries: measured, not bounded)"
+        )
+    )
+    name = type(before_model).__name__
+    return ChainVerification(
+        "transformers",
+        "transformers",
+        passed,
+        worst_abs if finite else None,
+        worst_rel if math.isfinite(worst_rel) else None,
+        worst_abs == 0.0,
+        f"loaded both folders with transformers' {name} and ran {probes} batches of random "
+        f"token ids ({BATCH}×{SEQUENCE}) in {dtype}: {outcome}",
+    )
+
+
+def _load(transformers: Any, folder: Path) -> Any:
+    """The class config.json names (e.g. LlamaForCausalLM), else AutoModel; in the stored
+    dtype, eager attention (deterministic on the CPU), evaluation mode."""
+    config = transformers.AutoConfig.from_pretrained(folder)
+    classes = [getattr(transformers, name, None) for name in (config.architectures or [])]
+    model_class = next((c for c in classes if c is not None), transformers.AutoModel)
+    try:
+        model = model_class.from_pretrained(
+            folder, dtype="auto", attn_implementation="eager", local_files_only=True
+        )
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{folder}: transformers cannot load this folder ({error})") from None
+    return model.eval()
+
+
+def _outputs(model: Any, ids: Any) -> Any:
+    result = model(input_ids=ids, output_hidden_states=True)
+    return {
+        key: value
+        for key, value in result.items()
+        if key in ("logits", "last_hidden_state", "hidden_states", "pooler_output")
+    }
