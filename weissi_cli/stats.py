@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -230,22 +230,33 @@ def combine(info: TensorInfo, parts: Iterable[Partial]) -> TensorStats:
 
 
 def axis_squares(
-    checkpoint: Checkpoint, names: Iterable[str], threads: int = 2
+    checkpoint: Checkpoint,
+    names: Iterable[str],
+    threads: int = 2,
+    keep: Mapping[str, tuple[bool, bool]] | None = None,
 ) -> dict[str, npt.NDArray[np.float32]]:
     """Per tensor, the sums of squares Q[i, k] over all axes after the second: an
     [out, in] matrix for a weight (a conv's kernel summed), [n, 1] for a 1-D tensor.
 
     What per-channel rebalancing needs: the squared norm of any slice along axis 0 or 1,
     under any per-row and per-column factors, is a weighted sum of Q. Kept in float32, so
-    a linear layer's Q is as large as the layer itself.
+    a linear layer's Q is as large as the layer itself. `keep[name]` = (rows, columns):
+    which of the two axes any scale moves; an axis no scale moves is summed out (a
+    transformer's projections are scaled along one axis each by default, so their Q
+    shrinks to a vector).
     """
     infos = [checkpoint.info(name) for name in names]
+    keep = keep or {}
     result: dict[str, npt.NDArray[np.float32]] = {}
     tasks: list[tuple[TensorInfo, int, int]] = []  # (tensor, first row, rows)
+    lock = threading.Lock()
     for info in infos:
         rows = info.shape[0] if info.shape else 1
         columns = info.shape[1] if len(info.shape) > 1 else 1
-        result[info.name] = np.zeros((rows, columns), np.float32)
+        keep_rows, keep_columns = keep.get(info.name, (True, True))
+        result[info.name] = np.zeros(
+            (rows if keep_rows else 1, columns if keep_columns else 1), np.float32
+        )
         width = info.numel // rows if rows else 0
         per_task = max(1, CHUNK_ELEMENTS // max(width, 1))
         tasks += [(info, row, min(per_task, rows - row)) for row in range(0, rows, per_task)]
@@ -258,8 +269,16 @@ def axis_squares(
         width = info.numel // rows if rows else 0
         raw = checkpoint.read_raw(info.name, row * width, count * width, buffers[0])
         values = decode(raw, info.dtype, buffers[1]).astype(np.float64, copy=False)
-        squares = np.square(values).reshape(count, result[info.name].shape[1], -1).sum(axis=2)
-        result[info.name][row : row + count] = squares
+        columns = info.shape[1] if len(info.shape) > 1 else 1
+        squares = np.square(values).reshape(count, columns, -1).sum(axis=2)
+        target = result[info.name]
+        if target.shape[1] == 1 and columns > 1:
+            squares = squares.sum(axis=1, keepdims=True)
+        if target.shape[0] == 1 and rows > 1:
+            with lock:  # rows summed out: every task adds into the same vector
+                target += squares.sum(axis=0, keepdims=True)
+        else:
+            target[row : row + count] = squares
 
     capacity = max(
         [

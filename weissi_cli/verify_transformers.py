@@ -100,6 +100,8 @@ def run_transformers(
 def _load(transformers: Any, folder: Path) -> Any:
     """The class config.json names (e.g. LlamaForCausalLM), else AutoModel; in the stored
     dtype, eager attention (deterministic on the CPU), evaluation mode."""
+    transformers.utils.logging.disable_progress_bar()  # stderr is for weissi's own output
+    transformers.utils.logging.set_verbosity_error()
     config = transformers.AutoConfig.from_pretrained(folder)
     classes = [getattr(transformers, name, None) for name in (config.architectures or [])]
     model_class = next((c for c in classes if c is not None), transformers.AutoModel)

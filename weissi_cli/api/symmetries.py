@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from weissi_cli.balance.channelwise import Squares, solve
+from weissi_cli.balance.channelwise import Squares, moving_axes, solve
 from weissi_cli.io.checkpoint import Checkpoint
 from weissi_cli.ir import Structure
 from weissi_cli.report.symmetries import SymmetryGroup
@@ -48,9 +48,9 @@ def solve_group(
     with `stats`, the WEISSI terms of their weight tensors too."""
     if not structure.symmetries and not structure.stops:
         return None
-    squares = axis_squares(
-        checkpoint, penalised_members(checkpoint, structure, include_bias), threads
-    )
+    penalised = penalised_members(checkpoint, structure, include_bias)
+    keep = moving_axes(structure.symmetries, penalised)
+    squares = axis_squares(checkpoint, penalised, threads, keep)
     layer = solve(structure.symmetries, squares, granularity="layer")
     channel = solve(structure.symmetries, squares) if granularity == "channel" else None
     group = SymmetryGroup(

@@ -102,6 +102,10 @@ class _Factors:
     def apply(self, member: Member, size: int, change: Vector) -> None:
         vectors = self.rows if member.axis == 0 else self.columns
         span = slice(member.offset, member.offset + size * member.block)
+        if vectors[member.tensor].size < span.stop:  # an axis summed out: nothing moves it
+            if not np.all(change == 1.0):
+                raise ValueError(f"{member.tensor}: axis {member.axis} was summed out but moves")
+            return
         vectors[member.tensor][span] *= np.repeat(change**member.exponent, member.block)
 
 
@@ -255,6 +259,24 @@ def round_to_powers_of_two(
         solution.tensor_l2_before,
         tensors_after,
     )
+
+
+def moving_axes(
+    symmetries: Iterable[Symmetry], penalised: Iterable[str]
+) -> dict[str, tuple[bool, bool]]:
+    """Per penalised tensor, whether any bounded symmetry (one that the descent can move)
+    scales its rows, and its columns: axes no such symmetry touches can be summed out of
+    the squares before solving."""
+    penalised = set(penalised)
+    moving = dict.fromkeys(penalised, (False, False))
+    for symmetry in symmetries:
+        members = [m for m in symmetry.members if m.tensor in penalised]
+        if not (any(m.exponent > 0 for m in members) and any(m.exponent < 0 for m in members)):
+            continue
+        for member in members:
+            rows, columns = moving[member.tensor]
+            moving[member.tensor] = (rows or member.axis == 0, columns or member.axis == 1)
+    return moving
 
 
 def penalised_tensors(

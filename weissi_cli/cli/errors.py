@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 import typer
-from rich.markup import escape
 
 from weissi_cli.cli.console import stderr_console
 from weissi_cli.errors import WeissiError
@@ -29,10 +28,12 @@ def handle_errors(command: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        console = stderr_console()
         try:
             return command(*args, **kwargs)
         except WeissiError as error:
+            from rich.markup import escape
+
+            console = stderr_console()
             if os.environ.get(DEBUG_VARIABLE) == "1":
                 console.print(escape(traceback.format_exc()), end="")
             console.print(f"[bold red]error:[/] {escape(str(error))}")
@@ -42,6 +43,9 @@ def handle_errors(command: Callable[P, R]) -> Callable[P, R]:
         except (typer.Exit, typer.Abort):
             raise
         except Exception as error:
+            from rich.markup import escape
+
+            console = stderr_console()
             console.print(escape(traceback.format_exc()), end="")
             console.print(
                 f"[bold red]internal error:[/] {escape(type(error).__name__)}: {escape(str(error))}"

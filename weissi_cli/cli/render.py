@@ -228,8 +228,8 @@ def _print_symmetries(group: SymmetryGroup, chosen: ChannelSolution, console: Co
 
 
 def _print_kinds(group: SymmetryGroup, kinds: list[KindRow], console: Console) -> None:
-    """A transformer's symmetries, one row per block and kind (per-symmetry scales are in
-    --json and `weissi graph`)."""
+    """A transformer's symmetries, one row per block and kind (per-symmetry scales, and the
+    two sums of each WEISSI value, are in --json)."""
     origins = sorted({s.origin for s in group.symmetries})
     console.print(
         Text.assemble(
@@ -239,16 +239,14 @@ def _print_kinds(group: SymmetryGroup, kinds: list[KindRow], console: Console) -
         )
     )
     table = _table()
-    table.add_column("block", overflow="fold")
-    table.add_column("kind")
+    table.add_column("block", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
     table.add_column("sym", justify="right")
-    table.add_column("L2 now", justify="right")
-    table.add_column("layer-wise opt.", justify="right")
+    table.add_column("L2 now", justify="right", no_wrap=True)
+    table.add_column("layer opt.", justify="right", no_wrap=True)
     if group.channel is not None:
-        table.add_column("channel-wise opt.", justify="right")
-    table.add_column("Σ ln‖W‖", justify="right")
-    table.add_column("Σ l1 dir", justify="right")
-    table.add_column("WEISSI", justify="right")
+        table.add_column("chan. opt.", justify="right", no_wrap=True)
+    table.add_column("WEISSI", justify="right", no_wrap=True)
     for row in kinds:
         optimum: list[RenderableType] = (
             [Text("unbounded", style="yellow")]
@@ -268,8 +266,6 @@ def _print_kinds(group: SymmetryGroup, kinds: list[KindRow], console: Console) -
             str(row.symmetries),
             number(row.l2_now),
             *optimum,
-            number(row.log_norm_sum),
-            number(row.l1_direction_sum),
             number(row.weissi_penalty),
         )
     console.print(table)
@@ -487,6 +483,8 @@ def render_graph(report: GraphReport, console: Console) -> None:
                     style="dim",
                 )
             )
+    for note in structure.notes:
+        tree.add(Text(note, style="dim"))
     console.print(tree)
 
 

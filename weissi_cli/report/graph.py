@@ -32,6 +32,7 @@ class GraphReport:
                 for stop in self.structure.stops
             ],
             "unassigned": [unassigned_dict(entry) for entry in self.structure.unassigned],
+            "notes": list(self.structure.notes),
             "warnings": list(self.warnings),
         }
 
@@ -76,4 +77,6 @@ def symmetry_dict(symmetry: Symmetry) -> dict[str, Any]:
         "exact": symmetry.exact,
         "origin": symmetry.origin,
         "note": symmetry.note,
+        "kind": symmetry.kind,
+        "block": symmetry.group,
     }

@@ -25,7 +25,7 @@ from weissi_cli.structure.layers import bias_problem, connection, group_modules
 SPEC_VERSION = 1
 _TOP_LEVEL_KEYS = {"version", "chain", "symmetry"}
 _CHAIN_KEYS = {"id", "activation", "layers"}
-_SYMMETRY_KEYS = {"id", "size", "tie", "exact", "note", "members"}
+_SYMMETRY_KEYS = {"id", "size", "tie", "exact", "note", "members", "kind", "block"}
 _MEMBER_KEYS = {"tensor", "axis", "exponent", "block", "offset"}
 
 
@@ -154,6 +154,9 @@ def _symmetry_from_table(path: Path, index: int, table: Any, checkpoint: Checkpo
     symmetry_id = table.get("id", f"symmetry{index}")
     size, tie = table.get("size"), table.get("tie", 1)
     exact, note = table.get("exact", True), table.get("note", "")
+    kind, block = table.get("kind", ""), table.get("block", "")
+    if not isinstance(kind, str) or not isinstance(block, str):
+        raise InputError(f"{where}: `kind` and `block` (labels for reports) must be strings")
     if not isinstance(symmetry_id, str) or not symmetry_id:
         raise InputError(f"{where}: `id` must be a non-empty string")
     if type(size) is not int or size < 1:
@@ -166,7 +169,7 @@ def _symmetry_from_table(path: Path, index: int, table: Any, checkpoint: Checkpo
     if not isinstance(members, list) or not members:
         raise InputError(f"{where}: `members` must be a non-empty array of inline tables")
     parsed = tuple(_member(where, item, size, checkpoint) for item in members)
-    return Symmetry(symmetry_id, size, parsed, tie, exact, "spec", note)
+    return Symmetry(symmetry_id, size, parsed, tie, exact, "spec", note, kind, block)
 
 
 def _member(where: str, item: Any, size: int, checkpoint: Checkpoint) -> Member:
@@ -263,25 +266,29 @@ def emit_spec(structure: Structure, source: str) -> str:
         lines.append(f"# {chain.id}: {chain.depth} layers, found by {chain.origin}")
         lines += [f"# {note}" for note in chain.notes]
         lines.append("[[chain]]")
-        lines.append(f"id = {json.dumps(chain.id)}")
-        lines.append(f"activation = {json.dumps(chain.activation)}")
-        names = ", ".join(json.dumps(layer.prefix) for layer in chain.layers)
+        lines.append(f"id = {_quote(chain.id)}")
+        lines.append(f"activation = {_quote(chain.activation)}")
+        names = ", ".join(_quote(layer.prefix) for layer in chain.layers)
         lines.append(f"layers = [{names}]")
     for symmetry in structure.symmetries:
         lines.append("")
         lines.append(f"# {symmetry.id}: {symmetry.size} channels, found by {symmetry.origin}")
         lines.append("[[symmetry]]")
-        lines.append(f"id = {json.dumps(symmetry.id)}")
+        lines.append(f"id = {_quote(symmetry.id)}")
         lines.append(f"size = {symmetry.size}")
         if symmetry.tie != 1:
             lines.append(f"tie = {symmetry.tie}")
         lines.append(f"exact = {'true' if symmetry.exact else 'false'}")
         if symmetry.note:
-            lines.append(f"note = {json.dumps(symmetry.note)}")
+            lines.append(f"note = {_quote(symmetry.note)}")
+        if symmetry.kind:
+            lines.append(f"kind = {_quote(symmetry.kind)}")
+        if symmetry.group:
+            lines.append(f"block = {_quote(symmetry.group)}")
         lines.append("members = [")
         for member in symmetry.members:
             fields = [
-                f"tensor = {json.dumps(member.tensor)}",
+                f"tensor = {_quote(member.tensor)}",
                 f"axis = {member.axis}",
                 f"exponent = {member.exponent}",
             ]
@@ -296,3 +303,8 @@ def emit_spec(structure: Structure, source: str) -> str:
     if not structure.chains and not structure.symmetries:
         lines.append("# nothing was found: add [[chain]] or [[symmetry]] tables by hand")
     return "\n".join(lines) + "\n"
+
+
+def _quote(value: str) -> str:
+    """A TOML basic string (JSON's escapes are TOML's), keeping non-ASCII as written."""
+    return json.dumps(value, ensure_ascii=False)

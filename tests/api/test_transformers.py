@@ -1,0 +1,165 @@
+"""Rebalancing Hugging Face model folders: the structure found, the weights changed as the
+symmetries say, and the function unchanged when the architecture's own code runs it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.hf_models import TINY, build, load, outputs, save
+from weissi_cli.api.rebalance import rebalance_checkpoint
+from weissi_cli.errors import UsageError
+
+ATTENTION = {
+    "llama": "model.layers.0.self_attn",
+    "mistral": "model.layers.0.self_attn",
+    "qwen2": "model.layers.0.self_attn",
+}
+
+
+def tensors(folder: Path) -> dict[str, torch.Tensor]:
+    found: dict[str, torch.Tensor] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        found.update(load_file(path))
+    return found
+
+
+def relative_change(before: torch.Tensor, after: torch.Tensor) -> float:
+    scale = before.double().abs().max()
+    return float((after.double() - before.double()).abs().max() / scale)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_float32_rebalance_keeps_the_logits(tmp_path: Path, name: str) -> None:
+    source = save(build(name), tmp_path / "in")
+    report = rebalance_checkpoint(source, tmp_path / "out", verify_with="transformers")
+    model_type = json.loads((source / "config.json").read_text())["model_type"]
+
+    # the structure found
+    assert report.group is not None
+    assert {s.origin for s in report.group.symmetries} == {f"config:{model_type}"}
+    kinds = {s.kind for s in report.group.symmetries}
+    assert {"q↔k", "v→o"} <= kinds
+    # the weights changed as intended: L2 went down, the untouched tensors are bit-equal
+    before, after = tensors(source), tensors(tmp_path / "out")
+    assert report.group.l2_after is not None
+    assert report.group.l2_after < report.group.l2_penalty * (1 - 1e-3)
+    moved = {m.tensor for s in report.group.symmetries for m in s.members}
+    for tensor_name, value in before.items():
+        if tensor_name not in moved:
+            assert torch.equal(value, after[tensor_name]), tensor_name
+    assert any(not torch.equal(before[t], after[t]) for t in moved)
+    # the function unchanged, by the library's own model class
+    assert report.written and report.verification.passed
+    assert "transformers" in report.verification.method
+    assert relative_change(outputs(load(source)), outputs(load(tmp_path / "out"))) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_sixteen_bit_rebalance_is_bit_identical(tmp_path: Path, name: str, dtype: str) -> None:
+    source = save(build(name, dtype), tmp_path / "in")
+    report = rebalance_checkpoint(source, tmp_path / "out", verify_with="transformers")
+    assert report.group_scales == "pow2"
+    before, after = tensors(source), tensors(tmp_path / "out")
+    assert any(not torch.equal(before[t], after[t]) for t in before)
+    for value in report.group.layer.scales.values() if report.group else []:
+        mantissas, _ = np.frexp(value)
+        assert np.all(mantissas == 0.5)  # every scale a power of two
+    assert torch.equal(outputs(load(source)), outputs(load(tmp_path / "out")))
+    assert report.verification.max_abs_diff == 0.0
+
+
+@pytest.mark.parametrize("name", sorted(ATTENTION))
+def test_query_and_key_rows_move_inversely_per_rope_pair(tmp_path: Path, name: str) -> None:
+    source = save(build(name), tmp_path / "in")
+    rebalance_checkpoint(source, tmp_path / "out", granularity="channel")
+    before, after = tensors(source), tensors(tmp_path / "out")
+    prefix = ATTENTION[name]
+    config = json.loads((source / "config.json").read_text())
+    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    head_dim = config["hidden_size"] // heads
+
+    def row_scales(tensor: str) -> torch.Tensor:
+        ratio = after[tensor].double() / before[tensor].double()
+        return ratio[:, 0]  # every column of a row shares the row's factor
+
+    q = row_scales(f"{prefix}.q_proj.weight").reshape(heads, head_dim)
+    k = row_scales(f"{prefix}.k_proj.weight").reshape(kv_heads, head_dim)
+    group = heads // kv_heads
+    for head in range(heads):
+        product = q[head] * k[head // group]
+        assert torch.allclose(product, torch.ones_like(product), rtol=1e-6), head
+    half = head_dim // 2
+    assert torch.allclose(q[:, :half], q[:, half:], rtol=1e-6)  # RoPE pairs tied
+    assert not torch.allclose(q, torch.ones_like(q))
+
+
+def test_sharded_folder_is_mirrored_with_every_file(tmp_path: Path) -> None:
+    source = save(build("llama"), tmp_path / "in", max_shard_size="40KB")
+    shards = sorted(p.name for p in source.glob("*.safetensors"))
+    assert len(shards) > 1
+    report = rebalance_checkpoint(source, tmp_path / "out", verify_with="transformers")
+    assert report.written
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("*.safetensors")) == shards
+    index_in = json.loads((source / "model.safetensors.index.json").read_text())
+    index_out = json.loads((out / "model.safetensors.index.json").read_text())
+    assert index_out["weight_map"] == index_in["weight_map"]
+    for companion in ("config.json", "generation_config.json", "README.md", "tokenizer/vocab.txt"):
+        assert (out / companion).read_bytes() == (source / companion).read_bytes(), companion
+    assert not list(out.glob(".weissi-tmp-*"))
+    assert relative_change(outputs(load(source)), outputs(load(out))) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert"])
+def test_approximate_mlp_only_with_consent_and_a_measured_change(tmp_path: Path, name: str) -> None:
+    source = save(build(name), tmp_path / "in")
+    exact = rebalance_checkpoint(source, tmp_path / "exact")
+    assert exact.group is not None
+    assert all(s.exact for s in exact.group.symmetries)
+    assert len(exact.group.stops) == 2
+    before = tensors(source)
+    up = "transformer.h.0.mlp.c_fc.weight" if name == "gpt2" else "encoder.layer.0.intermediate.dense.weight"
+    if name == "bert":  # nothing else touches BERT's intermediate layer
+        assert torch.equal(tensors(tmp_path / "exact")[up], before[up])
+
+    report = rebalance_checkpoint(source, tmp_path / "loose", allow_approximate=True)
+    assert report.group is not None
+    assert any(not s.exact for s in report.group.symmetries)
+    assert "transformers" in report.verification.method  # run without being asked
+    assert report.written and report.verification.passed
+    measured = [w for w in report.warnings if "approximate symmetries rebalanced" in w]
+    assert measured and "outputs moved by at most" in measured[0]
+    assert not torch.equal(tensors(tmp_path / "loose")[up], before[up])
+
+
+def test_verify_with_transformers_needs_a_config(tmp_path: Path) -> None:
+    folder = save(build("llama"), tmp_path / "in")
+    (tmp_path / "lonely").mkdir()
+    lonely = tmp_path / "lonely" / "model.safetensors"
+    lonely.write_bytes((folder / "model.safetensors").read_bytes())
+    with pytest.raises(UsageError, match="config.json"):
+        rebalance_checkpoint(lonely, tmp_path / "x.safetensors", verify_with="transformers")
+
+
+def test_single_file_beside_a_config_is_verified_under_its_own_name(tmp_path: Path) -> None:
+    folder = save(build("mistral"), tmp_path / "in")
+    output = tmp_path / "balanced.safetensors"
+    report = rebalance_checkpoint(folder / "model.safetensors", output, verify_with="transformers")
+    assert report.written and output.is_file()
+    assert "transformers" in report.verification.method
+
+
+def test_trained_sample_transformer(tmp_path: Path, samples: Path) -> None:
+    source = samples / "tiny_llama_chars"
+    report = rebalance_checkpoint(source, tmp_path / "out", verify_with="transformers")
+    assert report.written and report.verification.passed
+    assert report.group is not None and report.group.l2_after is not None
+    assert report.group.l2_after < report.group.l2_penalty
+    assert relative_change(outputs(load(source)), outputs(load(tmp_path / "out"))) <= 1e-5
