@@ -91,6 +91,22 @@ class Transformer:
     def name(self, shards: int) -> str:
         return f"transformer_{self.dtype}_{self.layers}x{self.hidden}_{shards}shard"
 
+    def config(self) -> dict[str, Any]:
+        """A Hugging Face config.json for these shapes (head_dim 128, no GQA: k and v are
+        [h, h]), so weissi finds the architecture's exact symmetries, as on a real model."""
+        return {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": self.hidden,
+            "intermediate_size": self.ffn,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.hidden // 128,
+            "num_key_value_heads": self.hidden // 128,
+            "vocab_size": self.vocab,
+            "tie_word_embeddings": False,
+            "torch_dtype": self.dtype,
+        }
+
 
 def write_shard(
     path: Path, tensors: list[tuple[str, tuple[int, ...]]], dtype: str, seed: int
@@ -123,14 +139,16 @@ def write_shard(
 
 
 def generate(folder: Path, model: Transformer, shards: int) -> tuple[Path, list[Path]]:
-    """One file, or `shards` files plus model.safetensors.index.json, in `folder`."""
+    """A model folder: config.json and one file, or `shards` files plus
+    model.safetensors.index.json."""
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(model.config(), indent=2) + "\n")
     tensors = model.tensors()
     if shards == 1:
         path = folder / "model.safetensors"
         if not path.exists():
             write_shard(path, tensors, model.dtype, 0)
-        return path, [path]
+        return folder, [path]
     groups = [tensors[i::shards] for i in range(shards)]
     files = [folder / f"model-{i + 1:05d}-of-{shards:05d}.safetensors" for i in range(shards)]
     index = folder / "model.safetensors.index.json"
@@ -141,7 +159,7 @@ def generate(folder: Path, model: Transformer, shards: int) -> tuple[Path, list[
             name: path.name for path, group in zip(files, groups, strict=True) for name, _ in group
         }
         index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    return index, files
+    return folder, files
 
 
 BASELINE_NORMS = """
@@ -181,7 +199,7 @@ def measure_case(
     def record(label: str, value: Any) -> None:
         measured.setdefault(label, []).append(value)
 
-    out_path = output if shards > 1 else output.with_suffix(".safetensors")
+    out_path = output  # a model folder in, a model folder out
 
     def clean() -> None:
         if out_path.is_dir():
@@ -222,7 +240,6 @@ def measure_case(
                 str(entry),
                 "-o",
                 str(out_path),
-                "--assume-relu",
                 "--json",
             ]
             record(

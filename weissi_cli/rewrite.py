@@ -30,6 +30,7 @@ from weissi_cli.io.exported import ExportedCheckpoint
 from weissi_cli.io.safetensors_file import SafetensorsCheckpoint
 from weissi_cli.io.sharded import ShardedCheckpoint
 from weissi_cli.io.torch_pickle import TensorDictCheckpoint, TorchCheckpoint
+from weissi_cli.progress import Stage
 from weissi_cli.scales import TensorScale, uniform
 from weissi_cli.threads import run_round_robin
 
@@ -372,10 +373,16 @@ def write_safetensors_copy(
             else:
                 copies.append([entry.begin, entry.end])
 
+        stage = Stage(
+            f"writing {destination.name.split('.weissi')[0].lstrip('.')}",
+            sum(e.end - e.begin for e in entries),
+        )
+
         def write_chunk(task: _ScaleTask, scaler: ChunkScaler) -> None:
             raw = source.read_raw(task.name, task.start, task.count, scaler.raw)
             data = scaler.scale(raw, task.dtype, task.factor, task.power_of_two)
             _write_all(descriptor, data.data.cast("B"), task.offset)
+            stage.advance(data.nbytes)
 
         def copy_untouched() -> None:
             for begin, end in copies:
@@ -386,10 +393,14 @@ def write_safetensors_copy(
                     new_start + begin,
                     end - begin,
                 )
+                stage.advance(end - begin)
 
-        capacity = max((task.count for task in tasks), default=1)
-        run_round_robin(tasks, lambda: ChunkScaler(capacity), write_chunk, alongside=copy_untouched)
-        os.fsync(descriptor)
+        with stage:
+            capacity = max((task.count for task in tasks), default=1)
+            run_round_robin(
+                tasks, lambda: ChunkScaler(capacity), write_chunk, alongside=copy_untouched
+            )
+            os.fsync(descriptor)
     except BaseException:
         os.close(descriptor)
         with contextlib.suppress(FileNotFoundError):

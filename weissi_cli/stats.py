@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from weissi_cli.io.checkpoint import Checkpoint, TensorInfo
 from weissi_cli.io.dtypes import decode
+from weissi_cli.progress import Stage
 from weissi_cli.threads import run_round_robin, single_threaded_blas
 
 CHUNK_ELEMENTS = 1 << 19
@@ -78,6 +79,11 @@ class _Task:
     start: int
     count: int
     exact: bool
+    # For tensors whose axis squares are wanted: the task covers whole rows of this many
+    # [columns, rest] elements, starting at row start // row_width (0: no squares).
+    row_width: int = 0
+    columns: int = 1
+    tensor_rows: int = 1
 
 
 class ChunkReducer:
@@ -142,9 +148,59 @@ class _Worker:
         self.widened = np.empty(capacity, np.float32)
         self.reducer = ChunkReducer(capacity)
 
-    def reduce(self, checkpoint: Checkpoint, task: _Task) -> Partial:
+    def reduce(
+        self, checkpoint: Checkpoint, task: _Task, squares: _SquaresSink | None = None
+    ) -> Partial:
         raw = checkpoint.read_raw(task.name, task.start, task.count, self.raw)
-        return self.reducer.reduce(decode(raw, task.dtype, self.widened), exact=task.exact)
+        values = decode(raw, task.dtype, self.widened)
+        partial = self.reducer.reduce(values, exact=task.exact)
+        if squares is not None and task.row_width:
+            squares.add(task, values, partial, self.reducer)
+        return partial
+
+
+class _SquaresSink:
+    """Axis squares (see `axis_squares`) filled by the statistics pass while each chunk is
+    still in cache. Sums along a row are numpy's pairwise float32 sums (accurate to ~1e-7);
+    sums over rows are taken in float64."""
+
+    def __init__(self, targets: dict[str, npt.NDArray[np.float32]]) -> None:
+        self.targets = targets
+        self.lock = threading.Lock()
+
+    @np.errstate(over="ignore", under="ignore", invalid="ignore")
+    def add(
+        self,
+        task: _Task,
+        values: npt.NDArray[np.floating],
+        partial: Partial,
+        reducer: ChunkReducer,
+    ) -> None:
+        target = self.targets[task.name]
+        rows = task.count // task.row_width
+        first = task.start // task.row_width
+        safe = SAFE_LOW <= partial.max_abs <= SAFE_HIGH and partial.nonfinite == 0
+        if task.exact or not safe or values.dtype != np.float32:
+            squares = np.square(values.astype(np.float64))
+            squares[~np.isfinite(squares)] = 0.0  # the statistics report non-finite values
+        else:
+            buffer = reducer.magnitudes[values.dtype][: values.size]
+            squares = np.multiply(values, values, out=buffer)
+        matrix = squares.reshape(rows, task.columns, -1)
+        rows_summed = target.shape[0] == 1 and task.tensor_rows > 1
+        if target.shape[1] == 1:  # one column, or columns summed out
+            sums = matrix.reshape(rows, -1).sum(axis=1)
+            if rows_summed:
+                with self.lock:  # rows summed out too: every task adds into one number
+                    target[0, 0] += float(sums.sum(dtype=np.float64))
+            else:
+                target[first : first + rows, 0] = sums
+        elif rows_summed:  # columns kept
+            column_sums = matrix.sum(axis=(0, 2), dtype=np.float64)
+            with self.lock:
+                target[0] += column_sums
+        else:
+            target[first : first + rows] = matrix.sum(axis=2)
 
 
 @np.errstate(over="ignore", under="ignore")
@@ -170,14 +226,33 @@ def reduce_float64(values: npt.NDArray[np.float64]) -> Partial:
     )
 
 
-def _tasks(infos: Iterable[TensorInfo], chunk_elements: int) -> Iterator[_Task]:
+def _tasks(
+    infos: Iterable[TensorInfo],
+    chunk_elements: int,
+    squared: Mapping[str, tuple[bool, bool]] | None = None,
+) -> Iterator[_Task]:
     for info in infos:
         total = info.numel
+        if squared is not None and info.name in squared and total:
+            yield from _row_tasks(info, chunk_elements)
+            continue
         if total < EXACT_BELOW:
             yield _Task(info.name, info.dtype, 0, total, exact=True)
             continue
         for start in range(0, total, chunk_elements):
             yield _Task(info.name, info.dtype, start, min(chunk_elements, total - start), False)
+
+
+def _row_tasks(info: TensorInfo, chunk_elements: int) -> Iterator[_Task]:
+    """Chunks of whole rows (at least one), so each chunk's axis squares are complete."""
+    rows = info.shape[0] if info.shape else 1
+    width = info.numel // rows
+    columns = info.shape[1] if len(info.shape) > 1 else 1
+    exact = info.numel < EXACT_BELOW
+    per_task = rows if exact else max(1, chunk_elements // width)
+    for row in range(0, rows, per_task):
+        count = min(per_task, rows - row)
+        yield _Task(info.name, info.dtype, row * width, count * width, exact, width, columns, rows)
 
 
 def compute_stats(
@@ -187,21 +262,58 @@ def compute_stats(
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> dict[str, TensorStats]:
     """Statistics of the named tensors (default: every supported float tensor)."""
+    return compute_stats_and_squares(checkpoint, names, threads, chunk_elements)[0]
+
+
+def compute_stats_and_squares(
+    checkpoint: Checkpoint,
+    names: Iterable[str] | None = None,
+    threads: int = 2,
+    chunk_elements: int = CHUNK_ELEMENTS,
+    squared: Mapping[str, tuple[bool, bool]] | None = None,
+) -> tuple[dict[str, TensorStats], dict[str, npt.NDArray[np.float32]]]:
+    """Statistics of the named tensors and, in the same pass, the axis squares (see
+    `axis_squares`) of the tensors in `squared`, which maps a name to the axes to keep."""
     if names is None:
         infos = [info for info in checkpoint.tensors if info.is_supported_float]
     else:
         infos = [checkpoint.info(name) for name in names]
-    tasks = list(_tasks(infos, chunk_elements))
+    squared = squared or {}
+    missing = [name for name in squared if name not in {info.name for info in infos}]
+    if missing:
+        raise ValueError(f"axis squares asked for tensors outside the pass: {missing}")
+    targets = {
+        info.name: _squares_target(info, *squared[info.name])
+        for info in infos
+        if info.name in squared
+    }
+    sink = _SquaresSink(targets) if targets else None
+    tasks = list(_tasks(infos, chunk_elements, squared))
     partials: list[Partial | None] = [None] * len(tasks)
     total_bytes = sum(info.nbytes for info in infos)
     workers = max(1, threads) if total_bytes > THREADS_ABOVE_BYTES else 1
+    capacity = max([chunk_elements, *(task.count for task in tasks if task.row_width)])
 
-    def reduce(index: int, worker: _Worker) -> None:
-        partials[index] = worker.reduce(checkpoint, tasks[index])
+    itemsize = {info.name: info.nbytes // max(info.numel, 1) for info in infos}
 
-    with single_threaded_blas():
-        run_round_robin(range(len(tasks)), lambda: _Worker(chunk_elements), reduce, workers)
-    return _combine(infos, tasks, partials)
+    with Stage("reading", total_bytes) as stage:
+
+        def reduce(index: int, worker: _Worker) -> None:
+            task = tasks[index]
+            partials[index] = worker.reduce(checkpoint, task, sink)
+            stage.advance(task.count * itemsize[task.name])
+
+        with single_threaded_blas():
+            run_round_robin(range(len(tasks)), lambda: _Worker(capacity), reduce, workers)
+    return _combine(infos, tasks, partials), targets
+
+
+def _squares_target(
+    info: TensorInfo, keep_rows: bool, keep_columns: bool
+) -> npt.NDArray[np.float32]:
+    rows = info.shape[0] if info.shape else 1
+    columns = info.shape[1] if len(info.shape) > 1 else 1
+    return np.zeros((rows if keep_rows else 1, columns if keep_columns else 1), np.float32)
 
 
 def _combine(
@@ -245,55 +357,9 @@ def axis_squares(
     transformer's projections are scaled along one axis each by default, so their Q
     shrinks to a vector).
     """
-    infos = [checkpoint.info(name) for name in names]
-    keep = keep or {}
-    result: dict[str, npt.NDArray[np.float32]] = {}
-    tasks: list[tuple[TensorInfo, int, int]] = []  # (tensor, first row, rows)
-    lock = threading.Lock()
-    for info in infos:
-        rows = info.shape[0] if info.shape else 1
-        columns = info.shape[1] if len(info.shape) > 1 else 1
-        keep_rows, keep_columns = keep.get(info.name, (True, True))
-        result[info.name] = np.zeros(
-            (rows if keep_rows else 1, columns if keep_columns else 1), np.float32
-        )
-        width = info.numel // rows if rows else 0
-        per_task = max(1, CHUNK_ELEMENTS // max(width, 1))
-        tasks += [(info, row, min(per_task, rows - row)) for row in range(0, rows, per_task)]
-
-    def reduce(
-        task: tuple[TensorInfo, int, int], buffers: tuple[bytearray, npt.NDArray[np.float32]]
-    ) -> None:
-        info, row, count = task
-        rows = info.shape[0] if info.shape else 1
-        width = info.numel // rows if rows else 0
-        raw = checkpoint.read_raw(info.name, row * width, count * width, buffers[0])
-        values = decode(raw, info.dtype, buffers[1]).astype(np.float64, copy=False)
-        columns = info.shape[1] if len(info.shape) > 1 else 1
-        squares = np.square(values).reshape(count, columns, -1).sum(axis=2)
-        target = result[info.name]
-        if target.shape[1] == 1 and columns > 1:
-            squares = squares.sum(axis=1, keepdims=True)
-        if target.shape[0] == 1 and rows > 1:
-            with lock:  # rows summed out: every task adds into the same vector
-                target += squares.sum(axis=0, keepdims=True)
-        else:
-            target[row : row + count] = squares
-
-    capacity = max(
-        [
-            CHUNK_ELEMENTS,
-            *(info.numel // max(info.shape[0] if info.shape else 1, 1) for info in infos),
-        ]
-    )
-    with single_threaded_blas():
-        run_round_robin(
-            tasks,
-            lambda: (bytearray(capacity * 8), np.empty(capacity, np.float32)),
-            reduce,
-            threads,
-        )
-    return result
+    names = list(names)
+    keep = {name: (keep or {}).get(name, (True, True)) for name in names}
+    return compute_stats_and_squares(checkpoint, names, threads, squared=keep)[1]
 
 
 # float16 and bfloat16 limits: values above overflow to inf, non-zero values below flush to 0.

@@ -245,9 +245,11 @@ def test_small_data_stays_in_the_calling_thread(tmp_path: Path) -> None:
     seen: list[int] = []
     original = stats._Worker.reduce
 
-    def recording(worker: stats._Worker, checkpoint: object, task: object) -> object:
+    def recording(
+        worker: stats._Worker, checkpoint: object, task: object, sink: object = None
+    ) -> object:
         seen.append(threading.get_ident())
-        return original(worker, checkpoint, task)  # type: ignore[arg-type]
+        return original(worker, checkpoint, task, sink)  # type: ignore[arg-type]
 
     raw = stored(random_values(3 * EXACT_BELOW), "float32")
     with pytest.MonkeyPatch.context() as patch:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from weissi_cli.api.symmetries import solve_group, unbounded_hint
+from weissi_cli.api.symmetries import group_squares_plan, solve_group, unbounded_hint
 from weissi_cli.balance.analysis import analyse_chain
 from weissi_cli.balance.channelwise import ChannelSolution, penalised_tensors, solve
 from weissi_cli.errors import UsageError
 from weissi_cli.io import open_checkpoint
 from weissi_cli.report.common import Source
 from weissi_cli.report.inspect import InspectReport, InspectSettings, TensorRow
-from weissi_cli.stats import axis_squares, compute_stats
+from weissi_cli.stats import axis_squares, compute_stats_and_squares
 from weissi_cli.structure import discover
 
 
@@ -35,7 +35,11 @@ def inspect_checkpoint(
             raise UsageError(f"{name} must be a finite number, not {value}")
     with open_checkpoint(path) as checkpoint:
         structure = discover(checkpoint, spec, allow_approximate)
-        stats = compute_stats(checkpoint, threads=threads)
+        plan = (
+            group_squares_plan(checkpoint, structure, include_bias) if structure.symmetries else {}
+        )
+        # One pass: the statistics of every tensor and the squares the symmetries need.
+        stats, group_squares = compute_stats_and_squares(checkpoint, threads=threads, squared=plan)
         rows = tuple(
             TensorRow(
                 name=info.name,
@@ -73,6 +77,7 @@ def inspect_checkpoint(
             threads,
             stats=stats,
             lambdas=(lambda1, lambda2),
+            squares=group_squares if plan else None,
         )
         warnings = [*checkpoint.notes, *structure.assumptions]
         warnings += unbounded_hint(solved[0] if solved else None, include_bias)

@@ -43,14 +43,18 @@ def solve_group(
     threads: int = 2,
     stats: Mapping[str, TensorStats] | None = None,
     lambdas: tuple[float, float] = (1.0, 1.0),
+    squares: Mapping[str, Squares] | None = None,
 ) -> tuple[SymmetryGroup, dict[str, Squares]] | None:
     """The layer-wise (and, when asked, channel-wise) optimum of the free symmetries;
-    with `stats`, the WEISSI terms of their weight tensors too."""
+    with `stats`, the WEISSI terms of their weight tensors too. `squares`: the axis
+    squares of `group_squares_plan`, when a statistics pass already computed them."""
     if not structure.symmetries and not structure.stops:
         return None
-    penalised = penalised_members(checkpoint, structure, include_bias)
-    keep = moving_axes(structure.symmetries, penalised)
-    squares = axis_squares(checkpoint, penalised, threads, keep)
+    plan = group_squares_plan(checkpoint, structure, include_bias)
+    if squares is None:
+        squares = axis_squares(checkpoint, list(plan), threads, plan)
+    else:
+        squares = {name: squares[name] for name in plan}
     layer = solve(structure.symmetries, squares, granularity="layer")
     channel = solve(structure.symmetries, squares) if granularity == "channel" else None
     group = SymmetryGroup(
@@ -64,6 +68,15 @@ def solve_group(
         lambdas=lambdas,
     )
     return group, squares
+
+
+def group_squares_plan(
+    checkpoint: Checkpoint, structure: Structure, include_bias: bool
+) -> dict[str, tuple[bool, bool]]:
+    """The penalised tensors of the free symmetries, and the axes of each that a bounded
+    symmetry moves (the others are summed out of its squares)."""
+    penalised = penalised_members(checkpoint, structure, include_bias)
+    return moving_axes(structure.symmetries, penalised)
 
 
 def _weissi_terms(

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from weissi_cli.cli.console import print_warnings, stdout_console
+from weissi_cli.cli.console import print_warnings, progress_bar, stdout_console
 from weissi_cli.cli.errors import handle_errors
 from weissi_cli.cli.options import Checkpoint, Spec
 
@@ -88,7 +88,8 @@ def check(
             "fp16_headroom": fp16_headroom,
         }
     )
-    report = check_checkpoint(checkpoint, settings, settings_file, spec)
+    with progress_bar(output_format == "text" and output is None):
+        report = check_checkpoint(checkpoint, settings, settings_file, spec)
     if output_format == "text":
         from weissi_cli.cli.render import render_check
 

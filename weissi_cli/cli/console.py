@@ -5,8 +5,13 @@ Width comes from the terminal, or from COLUMNS when output is piped (Rich's rule
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from weissi_cli.progress import listen
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -33,3 +38,64 @@ def print_warnings(warnings: tuple[str, ...] | list[str]) -> None:
     console = stderr_console()
     for warning in warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
+
+
+# A pass shorter than this never shows a bar (no flicker on small models).
+BAR_DELAY_SECONDS = 1.0
+
+
+class _Bar:
+    """A Rich progress bar on stderr that appears once a pass has run for a while."""
+
+    def __init__(self) -> None:
+        self.progress: Any = None
+        self.task: Any = None
+
+    def start(self, label: str, total_bytes: int) -> None:
+        self.label, self.total, self.done = label, total_bytes, 0
+        self.began = time.monotonic()
+
+    def advance(self, nbytes: int) -> None:
+        self.done += nbytes
+        if self.progress is None and time.monotonic() - self.began > BAR_DELAY_SECONDS:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=stderr_console(),
+                transient=True,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task(self.label, total=self.total)
+        if self.progress is not None:
+            self.progress.update(self.task, completed=self.done)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        self.progress = None
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool) -> Iterator[None]:
+    """A bar on stderr for long passes, unless output is for machines or stderr is not a
+    terminal."""
+    if not (enabled and sys.stderr.isatty()):
+        yield
+        return
+    listen(_Bar())
+    try:
+        yield
+    finally:
+        listen(None)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from weissi_cli.cli.console import print_warnings, stdout_console
+from weissi_cli.cli.console import print_warnings, progress_bar, stdout_console
 from weissi_cli.cli.errors import handle_errors
 from weissi_cli.cli.options import Granularity, Json, Spec
 
@@ -30,7 +30,8 @@ def diff(
     from weissi_cli.api.diff import diff_checkpoints
     from weissi_cli.report.common import to_json
 
-    report = diff_checkpoints(first, second, spec, granularity)
+    with progress_bar(not json_output):
+        report = diff_checkpoints(first, second, spec, granularity)
     if json_output:
         typer.echo(to_json(report.to_dict()))
     else:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from weissi_cli.cli.console import print_warnings, stderr_console, stdout_console
+from weissi_cli.cli.console import print_warnings, progress_bar, stderr_console, stdout_console
 from weissi_cli.cli.errors import handle_errors
 from weissi_cli.cli.options import (
     AllowApproximate,
@@ -66,15 +66,16 @@ def inspect(
         if plot.suffix.lower() not in PLOT_FORMATS:
             raise UsageError(f"{plot}: --plot writes .png or .svg files")
         pyplot_or_error()  # fail before the pass over the checkpoint when matplotlib is missing
-    report = inspect_checkpoint(
-        checkpoint,
-        spec,
-        lambda1,
-        lambda2,
-        include_bias,
-        granularity=granularity,
-        allow_approximate=allow_approximate,
-    )
+    with progress_bar(output_format == "text"):
+        report = inspect_checkpoint(
+            checkpoint,
+            spec,
+            lambda1,
+            lambda2,
+            include_bias,
+            granularity=granularity,
+            allow_approximate=allow_approximate,
+        )
     if output_format == "json":
         typer.echo(to_json(report.to_dict()))
     elif output_format in ("markdown", "html"):

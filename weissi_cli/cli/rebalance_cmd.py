@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from weissi_cli.cli.console import print_warnings, stdout_console
+from weissi_cli.cli.console import print_warnings, progress_bar, stdout_console
 from weissi_cli.cli.errors import handle_errors
 from weissi_cli.cli.options import (
     AllowApproximate,
@@ -74,20 +74,21 @@ def rebalance(
     from weissi_cli.api.rebalance import rebalance_checkpoint
     from weissi_cli.report.common import to_json
 
-    report = rebalance_checkpoint(
-        checkpoint,
-        output,
-        spec,
-        assume_relu,
-        scales,
-        include_bias,
-        force,
-        granularity=granularity,
-        extra_flags=("--json",) if json_output else (),
-        output_format=output_format,
-        allow_approximate=allow_approximate,
-        verify_with=verify_with,
-    )
+    with progress_bar(not json_output):
+        report = rebalance_checkpoint(
+            checkpoint,
+            output,
+            spec,
+            assume_relu,
+            scales,
+            include_bias,
+            force,
+            granularity=granularity,
+            extra_flags=("--json",) if json_output else (),
+            output_format=output_format,
+            allow_approximate=allow_approximate,
+            verify_with=verify_with,
+        )
     if json_output:
         typer.echo(to_json(report.to_dict()))
     else:
