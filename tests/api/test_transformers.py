@@ -55,7 +55,8 @@ def test_float32_rebalance_keeps_the_logits(tmp_path: Path, name: str) -> None:
             assert torch.equal(value, after[tensor_name]), tensor_name
     assert any(not torch.equal(before[t], after[t]) for t in moved)
     # the function unchanged, by the library's own model class
-    assert report.written and report.verification.passed
+    assert report.written
+    assert report.verification.passed
     assert "transformers" in report.verification.method
     assert relative_change(outputs(load(source)), outputs(load(tmp_path / "out"))) <= 1e-5
 
@@ -125,7 +126,11 @@ def test_approximate_mlp_only_with_consent_and_a_measured_change(tmp_path: Path,
     assert all(s.exact for s in exact.group.symmetries)
     assert len(exact.group.stops) == 2
     before = tensors(source)
-    up = "transformer.h.0.mlp.c_fc.weight" if name == "gpt2" else "encoder.layer.0.intermediate.dense.weight"
+    up = (
+        "transformer.h.0.mlp.c_fc.weight"
+        if name == "gpt2"
+        else "encoder.layer.0.intermediate.dense.weight"
+    )
     if name == "bert":  # nothing else touches BERT's intermediate layer
         assert torch.equal(tensors(tmp_path / "exact")[up], before[up])
 
@@ -133,9 +138,11 @@ def test_approximate_mlp_only_with_consent_and_a_measured_change(tmp_path: Path,
     assert report.group is not None
     assert any(not s.exact for s in report.group.symmetries)
     assert "transformers" in report.verification.method  # run without being asked
-    assert report.written and report.verification.passed
+    assert report.written
+    assert report.verification.passed
     measured = [w for w in report.warnings if "approximate symmetries rebalanced" in w]
-    assert measured and "outputs moved by at most" in measured[0]
+    assert measured
+    assert "outputs moved by at most" in measured[0]
     assert not torch.equal(tensors(tmp_path / "loose")[up], before[up])
 
 
@@ -152,14 +159,17 @@ def test_single_file_beside_a_config_is_verified_under_its_own_name(tmp_path: Pa
     folder = save(build("mistral"), tmp_path / "in")
     output = tmp_path / "balanced.safetensors"
     report = rebalance_checkpoint(folder / "model.safetensors", output, verify_with="transformers")
-    assert report.written and output.is_file()
+    assert report.written
+    assert output.is_file()
     assert "transformers" in report.verification.method
 
 
 def test_trained_sample_transformer(tmp_path: Path, samples: Path) -> None:
     source = samples / "tiny_llama_chars"
     report = rebalance_checkpoint(source, tmp_path / "out", verify_with="transformers")
-    assert report.written and report.verification.passed
-    assert report.group is not None and report.group.l2_after is not None
+    assert report.written
+    assert report.verification.passed
+    assert report.group is not None
+    assert report.group.l2_after is not None
     assert report.group.l2_after < report.group.l2_penalty
     assert relative_change(outputs(load(source)), outputs(load(tmp_path / "out"))) <= 1e-5

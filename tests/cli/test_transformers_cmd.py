@@ -38,9 +38,7 @@ def test_graph_lists_the_config_symmetries(run: Callable[..., Result], model: Pa
     assert payload["notes"][0].startswith("the residual stream and the embeddings")
 
 
-def test_rebalance_folder_verified_by_transformers(
-    run: Callable[..., Result], model: Path
-) -> None:
+def test_rebalance_folder_verified_by_transformers(run: Callable[..., Result], model: Path) -> None:
     result = run(
         "rebalance", str(model), "-o", "balanced", "--verify-with", "transformers", "--json"
     )

@@ -93,8 +93,12 @@ def test_emitted_spec_reads_back_to_the_same_symmetries(
         spec = tmp_path / "spec.toml"
         spec.write_text(emit_spec(structure, "qwen2"), encoding="utf-8")
         again = structure_from_spec(spec, checkpoint)
-    strip = [(s.id, s.size, s.members, s.tie, s.exact, s.kind, s.group) for s in structure.symmetries]
-    assert [(s.id, s.size, s.members, s.tie, s.exact, s.kind, s.group) for s in again.symmetries] == strip
+    strip = [
+        (s.id, s.size, s.members, s.tie, s.exact, s.kind, s.group) for s in structure.symmetries
+    ]
+    assert [
+        (s.id, s.size, s.members, s.tie, s.exact, s.kind, s.group) for s in again.symmetries
+    ] == strip
 
 
 def test_unknown_architecture_is_reported_never_mapped(
@@ -102,7 +106,9 @@ def test_unknown_architecture_is_reported_never_mapped(
 ) -> None:
     folder = tmp_path / "odd"
     folder.mkdir()
-    (folder / "model.safetensors").write_bytes((folders["llama"] / "model.safetensors").read_bytes())
+    (folder / "model.safetensors").write_bytes(
+        (folders["llama"] / "model.safetensors").read_bytes()
+    )
     config = json.loads((folders["llama"] / "config.json").read_text())
     config.update(model_type="phimoe", architectures=["PhiMoEForCausalLM"])
     (folder / "config.json").write_text(json.dumps(config))
@@ -118,7 +124,9 @@ def test_a_config_that_disagrees_with_the_shapes_is_refused(
 ) -> None:
     folder = tmp_path / "wrong"
     folder.mkdir()
-    (folder / "model.safetensors").write_bytes((folders["llama"] / "model.safetensors").read_bytes())
+    (folder / "model.safetensors").write_bytes(
+        (folders["llama"] / "model.safetensors").read_bytes()
+    )
     config = json.loads((folders["llama"] / "config.json").read_text())
     config["num_key_value_heads"] = 4
     (folder / "config.json").write_text(json.dumps(config))
