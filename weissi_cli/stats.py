@@ -12,10 +12,12 @@ import math
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from weissi_cli import kernel
 from weissi_cli.io.checkpoint import Checkpoint, TensorInfo
 from weissi_cli.io.dtypes import decode
 from weissi_cli.progress import Stage
@@ -147,16 +149,52 @@ class _Worker:
         self.raw = bytearray(capacity * 8)
         self.widened = np.empty(capacity, np.float32)
         self.reducer = ChunkReducer(capacity)
+        self.sums = np.zeros(capacity if kernel.AVAILABLE else 0, np.float64)
 
     def reduce(
         self, checkpoint: Checkpoint, task: _Task, squares: _SquaresSink | None = None
     ) -> Partial:
         raw = checkpoint.read_raw(task.name, task.start, task.count, self.raw)
+        if kernel.compiled is not None and task.dtype in kernel.DTYPE_CODES and not task.exact:
+            return self._reduce_compiled(kernel.compiled, raw, task, squares)
         values = decode(raw, task.dtype, self.widened)
         partial = self.reducer.reduce(values, exact=task.exact)
         if squares is not None and task.row_width:
             squares.add(task, values, partial, self.reducer)
         return partial
+
+    def _reduce_compiled(
+        self,
+        compiled: Any,
+        raw: npt.NDArray[np.generic],
+        task: _Task,
+        squares: _SquaresSink | None,
+    ) -> Partial:
+        """One pass of the C kernel over the stored bits: statistics, and the axis squares
+        when the pass collects them (into `sums`, then into the tensor's target)."""
+        mode, target = kernel.NO_AXES, None
+        if squares is not None and task.row_width:
+            target = squares.targets[task.name]
+            rows_summed = target.shape[0] == 1 and task.tensor_rows > 1
+            if target.shape[1] == 1:
+                mode = kernel.ROWS  # summed over columns too below, when rows are
+            else:
+                mode = kernel.COLUMNS if rows_summed else kernel.MATRIX
+        rows = task.count // task.row_width if mode else 0
+        if mode == kernel.ROWS or mode == kernel.COLUMNS:
+            self.sums[: rows if mode == kernel.ROWS else task.columns] = 0.0
+        sum_squares, l1, largest, nonfinite = compiled.reduce_chunk(
+            raw,
+            kernel.DTYPE_CODES[task.dtype],
+            task.count,
+            task.row_width if mode else 0,
+            task.columns if mode else 1,
+            mode,
+            self.sums,
+        )
+        if target is not None and squares is not None:
+            squares.store(task, target, self.sums, rows)
+        return Partial(sum_squares, l1, largest, nonfinite)
 
 
 class _SquaresSink:
@@ -167,6 +205,24 @@ class _SquaresSink:
     def __init__(self, targets: dict[str, npt.NDArray[np.float32]]) -> None:
         self.targets = targets
         self.lock = threading.Lock()
+
+    def store(
+        self, task: _Task, target: npt.NDArray[np.float32], sums: npt.NDArray[np.float64], rows: int
+    ) -> None:
+        """Put what the C kernel summed for `task` into the tensor's target."""
+        first = task.start // task.row_width
+        rows_summed = target.shape[0] == 1 and task.tensor_rows > 1
+        if target.shape[1] == 1:
+            if rows_summed:
+                with self.lock:
+                    target[0, 0] += float(sums[:rows].sum())
+            else:
+                target[first : first + rows, 0] = sums[:rows]
+        elif rows_summed:
+            with self.lock:
+                target[0] += sums[: task.columns]
+        else:
+            target[first : first + rows] = sums[: rows * task.columns].reshape(rows, task.columns)
 
     @np.errstate(over="ignore", under="ignore", invalid="ignore")
     def add(

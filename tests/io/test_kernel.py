@@ -1,0 +1,102 @@
+"""The compiled statistics kernel agrees with the numpy kernel on any chunk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from weissi_cli import kernel
+from weissi_cli.stats import reduce_float64
+
+pytestmark = pytest.mark.skipif(not kernel.AVAILABLE, reason="the C kernel was not built")
+DUMMY = bytearray(8)
+
+
+def test_the_kernel_was_built() -> None:
+    # The skip above would hide a broken build; CI installs a compiler, so insist here.
+    assert kernel.compiled is not None
+
+
+def raw_of(values: np.ndarray, dtype: str) -> np.ndarray:
+    as32 = values.astype(np.float32)
+    if dtype == "float32":
+        return as32
+    return (as32.view(np.uint32) >> 16).astype(np.uint16)  # truncation: any bits will do
+
+
+def exact_of(raw: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "float32":
+        return raw.astype(np.float64)
+    return (raw.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+special = st.sampled_from([0.0, np.inf, -np.inf, np.nan, 3e38, -2e-38, 1e-42, 1e30, 7e-20])
+
+
+@given(
+    count=st.integers(1, 3000),
+    dtype=st.sampled_from(["float32", "bfloat16"]),
+    scale=st.sampled_from([1.0, 1e-30, 1e30, 1e-3]),
+    seed=st.integers(0, 2**16),
+    extras=st.lists(st.tuples(st.integers(0, 2999), special), max_size=4),
+)
+def test_statistics_equal_the_float64_reference(
+    count: int, dtype: str, scale: float, seed: int, extras: list[tuple[int, float]]
+) -> None:
+    values = np.random.default_rng(seed).standard_normal(count) * scale
+    for index, value in extras:
+        values[index % count] = value
+    raw = raw_of(values, dtype)
+    assert kernel.compiled is not None
+    squares, l1, largest, nonfinite = kernel.compiled.reduce_chunk(
+        raw, kernel.DTYPE_CODES[dtype], count, 0, 1, kernel.NO_AXES, DUMMY
+    )
+    reference = reduce_float64(exact_of(raw, dtype))
+    assert nonfinite == reference.nonfinite
+    assert largest == reference.max_abs
+    assert l1 == pytest.approx(reference.l1, rel=1e-6, abs=1e-300)
+    expected = reference.sum_squares * reference.scale**2
+    assert squares == pytest.approx(expected, rel=1e-6, abs=1e-300)
+
+
+@given(
+    rows=st.integers(1, 40),
+    columns=st.integers(1, 70),
+    inner=st.sampled_from([1, 3, 9]),
+    dtype=st.sampled_from(["float32", "bfloat16"]),
+    mode=st.sampled_from([kernel.ROWS, kernel.COLUMNS, kernel.MATRIX]),
+    poison=st.booleans(),
+)
+def test_axis_sums_equal_the_float64_reference(
+    rows: int, columns: int, inner: int, dtype: str, mode: int, poison: bool
+) -> None:
+    values = np.random.default_rng(rows * columns).standard_normal(rows * columns * inner)
+    if poison:
+        values[values.size // 2] = np.nan
+    raw = raw_of(values, dtype)
+    exact = exact_of(raw, dtype)
+    exact[~np.isfinite(exact)] = 0.0
+    squares = (exact**2).reshape(rows, columns, inner).sum(axis=2)
+    expected = {
+        kernel.ROWS: squares.sum(axis=1),
+        kernel.COLUMNS: squares.sum(axis=0),
+        kernel.MATRIX: squares.reshape(-1),
+    }[mode]
+    out = np.zeros(max(rows * columns, 1))
+    assert kernel.compiled is not None
+    kernel.compiled.reduce_chunk(
+        raw, kernel.DTYPE_CODES[dtype], raw.size, columns * inner, columns, mode, out
+    )
+    np.testing.assert_allclose(out[: expected.size], expected, rtol=1e-6)
+
+
+def test_bad_arguments_are_value_errors() -> None:
+    assert kernel.compiled is not None
+    with pytest.raises(ValueError, match="columns must divide"):
+        kernel.compiled.reduce_chunk(np.zeros(10, np.float32), 0, 10, 4, 3, 1, np.zeros(4))
+    with pytest.raises(ValueError, match="smaller than count"):
+        kernel.compiled.reduce_chunk(np.zeros(10, np.float32), 0, 11, 0, 1, 0, DUMMY)
+    with pytest.raises(ValueError, match="output too small"):
+        kernel.compiled.reduce_chunk(np.zeros(12, np.float32), 0, 12, 4, 4, 3, np.zeros(4))
