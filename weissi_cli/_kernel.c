@@ -312,10 +312,88 @@ static PyObject *reduce_chunk(PyObject *Py_UNUSED(self), PyObject *args) {
     return Py_BuildValue("(dddn)", squares, l1, (double)largest, nonfinite);
 }
 
+/* The largest magnitude's bit pattern per row and per column (max-accumulated into
+ * `column_out` across chunks): zero exactly where every value is ±0, and never zero for a
+ * NaN, which is what `check` needs to find dead units. */
+__attribute__((target_clones("avx2", "default")))
+static void maxima_loop(const void *data, int dtype, Py_ssize_t rows, Py_ssize_t row_width,
+                        Py_ssize_t columns, uint32_t *row_out, uint32_t *column_out) {
+    Py_ssize_t inner = row_width / columns;
+    for (Py_ssize_t row = 0; row < rows; row++) {
+        uint32_t row_top = 0;
+        Py_ssize_t first = row * row_width;
+        if (inner == 1) {
+            if (dtype == FLOAT32) {
+                const uint32_t *bits = (const uint32_t *)data + first;
+                for (Py_ssize_t k = 0; k < columns; k++) {
+                    uint32_t m = bits[k] & 0x7FFFFFFFu;
+                    row_top = m > row_top ? m : row_top;
+                    column_out[k] = m > column_out[k] ? m : column_out[k];
+                }
+            } else {
+                const uint16_t *bits = (const uint16_t *)data + first;
+                for (Py_ssize_t k = 0; k < columns; k++) {
+                    uint32_t m = bits[k] & 0x7FFFu;
+                    row_top = m > row_top ? m : row_top;
+                    column_out[k] = m > column_out[k] ? m : column_out[k];
+                }
+            }
+        } else {
+            for (Py_ssize_t column = 0; column < columns; column++) {
+                uint32_t top = 0;
+                for (Py_ssize_t k = 0; k < inner; k++) {
+                    Py_ssize_t index = first + column * inner + k;
+                    uint32_t m = dtype == FLOAT32
+                                     ? (((const uint32_t *)data)[index] & 0x7FFFFFFFu)
+                                     : (uint32_t)(((const uint16_t *)data)[index] & 0x7FFFu);
+                    top = m > top ? m : top;
+                }
+                row_top = top > row_top ? top : row_top;
+                column_out[column] = top > column_out[column] ? top : column_out[column];
+            }
+        }
+        row_out[row] = row_top;
+    }
+}
+
+static PyObject *maxima(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_buffer data, row_out, column_out;
+    int dtype;
+    Py_ssize_t count, row_width, columns;
+    if (!PyArg_ParseTuple(args, "y*innnw*w*", &data, &dtype, &count, &row_width, &columns,
+                          &row_out, &column_out))
+        return NULL;
+    Py_ssize_t itemsize = dtype == FLOAT32 ? 4 : 2;
+    const char *problem = NULL;
+    if (dtype != FLOAT32 && dtype != BFLOAT16) problem = "maxima reads float32 or bfloat16";
+    else if (count < 0 || data.len < count * itemsize) problem = "buffer smaller than count";
+    else if (row_width <= 0 || count % row_width || columns <= 0 || row_width % columns)
+        problem = "rows must be whole and columns must divide the row width";
+    else if (row_out.len < (count / row_width) * 4 || column_out.len < columns * 4)
+        problem = "output too small";
+    if (!problem) {
+        Py_BEGIN_ALLOW_THREADS
+        maxima_loop(data.buf, dtype, count / row_width, row_width, columns,
+                    (uint32_t *)row_out.buf, (uint32_t *)column_out.buf);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&row_out);
+    PyBuffer_Release(&column_out);
+    if (problem) {
+        PyErr_SetString(PyExc_ValueError, problem);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"reduce_chunk", reduce_chunk, METH_VARARGS,
      "reduce_chunk(data, dtype_code, count, row_width, columns, mode, out) -> "
      "(sum_squares, l1, max_abs, nonfinite)"},
+    {"maxima", maxima, METH_VARARGS,
+     "maxima(data, dtype_code, count, row_width, columns, row_out, column_out): the largest "
+     "magnitude bits per row (uint32) and, max-accumulated, per column"},
     {NULL, NULL, 0, NULL},
 };
 

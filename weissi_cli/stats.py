@@ -150,6 +150,7 @@ class _Worker:
         self.widened = np.empty(capacity, np.float32)
         self.reducer = ChunkReducer(capacity)
         self.sums = np.zeros(capacity if kernel.AVAILABLE else 0, np.float64)
+        self.row_maxima = np.zeros(capacity if kernel.AVAILABLE else 0, np.uint32)
 
     def reduce(
         self, checkpoint: Checkpoint, task: _Task, squares: _SquaresSink | None = None
@@ -473,11 +474,19 @@ def compute_stats_and_details(
         ]
     )
 
+    compiled = kernel.compiled if not headroom else None  # headroom counts: numpy's job
+
     def reduce(index: int, worker: _Worker) -> None:
         info, row, count = tasks[index]
         rows = info.shape[0] if info.shape else 1
         width = info.numel // rows if rows else 0
         raw = checkpoint.read_raw(info.name, row * width, count * width, worker.raw)
+        exact = info.numel < EXACT_BELOW
+        if compiled is not None and info.dtype in kernel.DTYPE_CODES and not exact and width:
+            partials[index], found = _compiled_details(compiled, raw, info, count, width, worker)
+            with lock:
+                parts[info.name].append((row, found))
+            return
         values = decode(raw, info.dtype, worker.widened)
         reducer = worker.reducer
         partials[index] = reducer.reduce(values, exact=info.numel < EXACT_BELOW, row_width=width)
@@ -498,6 +507,31 @@ def compute_stats_and_details(
     stats = {info.name: combine(info, grouped[info.name]) for info in infos}
     details = {info.name: _merge_details(info, parts[info.name]) for info in infos}
     return stats, details
+
+
+def _compiled_details(
+    compiled: Any,
+    raw: npt.NDArray[np.generic],
+    info: TensorInfo,
+    rows: int,
+    width: int,
+    worker: _Worker,
+) -> tuple[Partial, _DetailParts]:
+    """Statistics and dead rows/columns of a row-aligned chunk by the C kernel: two passes
+    over the chunk while it is in cache."""
+    code = kernel.DTYPE_CODES[info.dtype]
+    count = rows * width
+    sum_squares, l1, largest, nonfinite = compiled.reduce_chunk(
+        raw, code, count, 0, 1, kernel.NO_AXES, worker.sums
+    )
+    partial = Partial(sum_squares, l1, largest, nonfinite)
+    if len(info.shape) < 2:
+        return partial, _DetailParts([], None, {}, {})
+    columns = info.shape[1]
+    row_maxima = worker.row_maxima[:rows]
+    column_maxima = np.zeros(columns, np.uint32)
+    compiled.maxima(raw, code, count, width, columns, row_maxima, column_maxima)
+    return partial, _DetailParts([row_maxima != 0], column_maxima != 0, {}, {})
 
 
 @np.errstate(invalid="ignore")

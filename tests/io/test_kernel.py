@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.helpers import write_safetensors
 from weissi_cli import kernel
-from weissi_cli.stats import reduce_float64
+from weissi_cli.io import open_checkpoint
+from weissi_cli.stats import compute_stats_and_details, reduce_float64
 
 pytestmark = pytest.mark.skipif(not kernel.AVAILABLE, reason="the C kernel was not built")
 DUMMY = bytearray(8)
@@ -100,3 +105,39 @@ def test_bad_arguments_are_value_errors() -> None:
         kernel.compiled.reduce_chunk(np.zeros(10, np.float32), 0, 11, 0, 1, 0, DUMMY)
     with pytest.raises(ValueError, match="output too small"):
         kernel.compiled.reduce_chunk(np.zeros(12, np.float32), 0, 12, 4, 4, 3, np.zeros(4))
+
+
+def test_dead_units_found_by_the_kernel_equal_numpys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    generator = torch.Generator().manual_seed(3)
+    state = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        linear = torch.randn(300, 400, generator=generator)
+        linear[7] = 0.0  # a dead row
+        linear[:, 11] = 0.0  # a dead column
+        linear[9, 3] = float("nan")  # never dead
+        conv = torch.randn(64, 32, 3, 3, generator=generator)
+        conv[:, 5] = 0.0
+        conv[2] = -0.0
+        name = str(dtype).removeprefix("torch.")
+        state[f"linear.{name}"] = linear.to(dtype)
+        state[f"conv.{name}"] = conv.to(dtype)
+        state[f"bias.{name}"] = torch.randn(70000, generator=generator).to(dtype)
+    path = write_safetensors(tmp_path / "dead.safetensors", state)
+    with open_checkpoint(path) as checkpoint:
+        compiled_stats, compiled_details = compute_stats_and_details(
+            checkpoint, chunk_elements=4096
+        )
+        monkeypatch.setattr(kernel, "compiled", None)
+        numpy_stats, numpy_details = compute_stats_and_details(checkpoint, chunk_elements=4096)
+    for name in state:
+        assert compiled_details[name].zero_rows == numpy_details[name].zero_rows, name
+        assert compiled_details[name].zero_columns == numpy_details[name].zero_columns, name
+        assert compiled_stats[name].nonfinite == numpy_stats[name].nonfinite
+        assert compiled_stats[name].max_abs == numpy_stats[name].max_abs
+        assert compiled_stats[name].fro_norm == pytest.approx(numpy_stats[name].fro_norm, rel=1e-6)
+    assert compiled_details["linear.float32"].zero_rows == (7,)
+    assert compiled_details["linear.bfloat16"].zero_columns == (11,)
+    assert compiled_details["conv.float32"].zero_rows == (2,)
+    assert compiled_details["conv.bfloat16"].zero_columns == (5,)
