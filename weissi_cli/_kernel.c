@@ -251,11 +251,12 @@ static PyObject *reduce_chunk(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_ssize_t itemsize = dtype == FLOAT32 ? 4 : 2;
     const char *problem = NULL;
     if (dtype < FLOAT32 || dtype > FLOAT16) problem = "unknown dtype code";
+    else if (mode < NO_AXES || mode > MATRIX) problem = "unknown mode";
     else if (count < 0 || data.len < count * itemsize) problem = "buffer smaller than count";
     else if (mode != NO_AXES && (row_width <= 0 || count % row_width || columns <= 0 ||
                                  row_width % columns))
         problem = "rows must be whole and columns must divide the row width";
-    Py_ssize_t rows = mode == NO_AXES ? 0 : count / row_width;
+    Py_ssize_t rows = (problem || mode == NO_AXES) ? 0 : count / row_width;
     Py_ssize_t needed = mode == ROWS ? rows : mode == COLUMNS ? columns
                       : mode == MATRIX ? rows * columns : 0;
     if (!problem && out.len < needed * (Py_ssize_t)sizeof(double)) problem = "output too small";

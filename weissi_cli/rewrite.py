@@ -99,8 +99,8 @@ def check_output_path(
         kind = "a model folder" if folder else "a sharded checkpoint"
         if target.exists() and not target.is_dir():
             raise OutputError(f"{output}: {kind} is written to a folder, and this is a file")
-        if folder and (target == checkpoint.path.parent.resolve()):
-            raise OutputError(f"{output}: is the input's folder; write the result to a new folder")
+        if folder:
+            _check_output_folder(checkpoint, output, target)
         if target.is_dir() and any(target.iterdir()) and not force:
             raise OutputError(
                 f"{output}: folder exists and is not empty; pass --force to write into it"
@@ -136,6 +136,33 @@ def check_output_path(
         raise OutputError(f"{output}: already exists; pass --force to overwrite it")
     if not target.parent.is_dir():
         raise OutputError(f"{output}: folder {output.parent} does not exist")
+
+
+def _check_output_folder(checkpoint: Checkpoint, output: Path, target: Path) -> None:
+    """A model folder's output is a separate folder holding no stale weights."""
+    source = checkpoint.path.parent.resolve()
+    if target == source or target.is_relative_to(source):
+        raise OutputError(
+            f"{output}: is inside the input folder {checkpoint.path.parent}; write the result "
+            "to a folder outside it (its files would be copied into every later output)"
+        )
+    if source.is_relative_to(target):
+        raise OutputError(f"{output}: contains the input folder; write the result elsewhere")
+    if target.is_dir():
+        written = {path.name for path in input_files(checkpoint)}
+        stale = sorted(
+            path.name
+            for path in target.iterdir()
+            if path.is_file()
+            and path.name.lower().endswith(WEIGHT_SUFFIXES)
+            and path.name not in written
+        )
+        if stale:
+            raise OutputError(
+                f"{output}: already holds weight files that this run would not replace "
+                f"({', '.join(stale)}), which a loader could pick instead; remove them or "
+                "write to a new folder"
+            )
 
 
 Scale = TensorScale | float
@@ -313,26 +340,47 @@ def _write_folder(
     return pending
 
 
-def companion_files(checkpoint: Checkpoint) -> list[Path]:
-    """The files of a model folder besides the checkpoint's own (config, tokenizer, README,
-    subfolders' files), relative to the folder; version-control folders are left out."""
+# Files that hold weights in some format: never copied into a rebalanced folder, where a
+# loader could pick them (transformers prefers model.safetensors over an index, and falls
+# back to pytorch_model.bin) and silently get the original weights back.
+WEIGHT_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".pt2",
+    ".gguf",
+    ".h5",
+    ".msgpack",
+    ".onnx",
+    ".index.json",
+)
+
+
+def companion_files(checkpoint: Checkpoint) -> tuple[list[Path], list[Path]]:
+    """The files of a model folder besides the checkpoint's own, relative to the folder:
+    (to copy: config, tokenizer, README, subfolders' files; left out: other weight files).
+    Version-control folders are left out silently."""
     folder = checkpoint.path.parent
     own = {path.resolve() for path in input_files(checkpoint)}
-    found = []
+    copied: list[Path] = []
+    weights: list[Path] = []
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
         if relative.parts[0] in (".git", ".cache") or relative.parts[0].startswith(".weissi-tmp-"):
             continue
-        if path.is_file() and path.resolve() not in own:
-            found.append(relative)
-    return found
+        if not path.is_file() or path.resolve() in own:
+            continue
+        (weights if path.name.lower().endswith(WEIGHT_SUFFIXES) else copied).append(relative)
+    return copied, weights
 
 
 def _stage_companions(
     checkpoint: Checkpoint, staging: Path, output: Path
 ) -> list[tuple[Path, Path]]:
     moves = []
-    for relative in companion_files(checkpoint):
+    for relative in companion_files(checkpoint)[0]:
         staged = staging / "companions" / relative
         staged.parent.mkdir(parents=True, exist_ok=True)
         _copy_durably(checkpoint.path.parent / relative, staged)

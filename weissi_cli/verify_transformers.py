@@ -109,15 +109,17 @@ def _load(transformers: Any, folder: Path) -> Any:
         model = model_class.from_pretrained(
             folder, dtype="auto", attn_implementation="eager", local_files_only=True
         )
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, TypeError, RuntimeError) as error:
         raise UsageError(f"{folder}: transformers cannot load this folder ({error})") from None
     return model.eval()
 
 
 def _outputs(model: Any, ids: Any) -> Any:
+    """Logits (else the last hidden state) and the residual stream between blocks. The
+    final hidden state of a causal LM is left out: it is the final norm's output, which a
+    norm→lm_head symmetry rescales on purpose (the logits are unchanged)."""
     result = model(input_ids=ids, output_hidden_states=True)
-    return {
-        key: value
-        for key, value in result.items()
-        if key in ("logits", "last_hidden_state", "hidden_states", "pooler_output")
-    }
+    hidden = list(result.get("hidden_states") or ())
+    if "logits" in result:
+        return {"logits": result["logits"], "hidden_states": hidden[:-1]}
+    return {"last_hidden_state": result["last_hidden_state"], "hidden_states": hidden}

@@ -13,7 +13,9 @@ from safetensors.torch import load_file
 
 from tests.hf_models import TINY, build, load, outputs, save
 from weissi_cli.api.rebalance import rebalance_checkpoint
-from weissi_cli.errors import UsageError
+from weissi_cli.errors import OutputError, UsageError
+from weissi_cli.io import open_checkpoint
+from weissi_cli.structure import discover
 
 ATTENTION = {
     "llama": "model.layers.0.self_attn",
@@ -173,3 +175,67 @@ def test_trained_sample_transformer(tmp_path: Path, samples: Path) -> None:
     assert report.group.l2_after is not None
     assert report.group.l2_after < report.group.l2_penalty
     assert relative_change(outputs(load(source)), outputs(load(tmp_path / "out"))) <= 1e-5
+
+
+def test_final_norm_rescaled_with_include_bias_keeps_the_logits(tmp_path: Path) -> None:
+    source = save(build("llama"), tmp_path / "in")
+    report = rebalance_checkpoint(
+        source, tmp_path / "out", include_bias=True, verify_with="transformers"
+    )
+    assert report.written
+    assert report.verification.passed
+    before, after = tensors(source), tensors(tmp_path / "out")
+    assert not torch.equal(before["model.norm.weight"], after["model.norm.weight"])
+    assert relative_change(outputs(load(source)), outputs(load(tmp_path / "out"))) <= 1e-5
+
+
+def test_other_weight_files_are_not_copied(tmp_path: Path) -> None:
+    source = save(build("llama"), tmp_path / "in")
+    (source / "pytorch_model.bin").write_bytes(b"the original weights")
+    (source / "original").mkdir()
+    (source / "original" / "consolidated.00.pth").write_bytes(b"x")
+    report = rebalance_checkpoint(source, tmp_path / "out")
+    assert report.written
+    assert not (tmp_path / "out" / "pytorch_model.bin").exists()
+    assert not (tmp_path / "out" / "original").exists()
+    assert (tmp_path / "out" / "README.md").is_file()
+    left_out = [w for w in report.warnings if w.startswith("not copied")]
+    assert left_out
+    assert "pytorch_model.bin" in left_out[0]
+    assert "consolidated.00.pth" in left_out[0]
+
+
+def test_output_folder_inside_the_input_or_with_stale_weights_is_refused(
+    tmp_path: Path,
+) -> None:
+    source = save(build("llama"), tmp_path / "in")
+    with pytest.raises(OutputError, match="inside the input folder"):
+        rebalance_checkpoint(source, source / "balanced")
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    (stale / "model-00001-of-00002.safetensors").write_bytes(b"old")
+    with pytest.raises(OutputError, match="would not replace"):
+        rebalance_checkpoint(source, stale, force=True)
+
+
+def test_bert_with_relative_positions_has_no_query_key_symmetry(tmp_path: Path) -> None:
+    source = save(build("bert"), tmp_path / "in")
+    config = json.loads((source / "config.json").read_text())
+    config["position_embedding_type"] = "relative_key"
+    (source / "config.json").write_text(json.dumps(config))
+    with open_checkpoint(source) as checkpoint:
+        structure = discover(checkpoint)
+    assert not [s for s in structure.symmetries if s.kind == "q↔k"]
+    assert [s for s in structure.symmetries if s.kind == "v→o"]
+    assert any("relative_key" in note for note in structure.notes)
+
+
+def test_an_oddly_named_single_file_is_verified_under_the_loaders_name(tmp_path: Path) -> None:
+    folder = save(build("qwen2"), tmp_path / "in")
+    (folder / "model.safetensors").rename(folder / "weights.safetensors")
+    output = tmp_path / "balanced.safetensors"
+    report = rebalance_checkpoint(
+        folder / "weights.safetensors", output, verify_with="transformers"
+    )
+    assert report.written
+    assert report.verification.passed

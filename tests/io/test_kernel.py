@@ -103,6 +103,10 @@ def test_bad_arguments_are_value_errors() -> None:
         kernel.compiled.reduce_chunk(np.zeros(10, np.float32), 0, 10, 4, 3, 1, np.zeros(4))
     with pytest.raises(ValueError, match="smaller than count"):
         kernel.compiled.reduce_chunk(np.zeros(10, np.float32), 0, 11, 0, 1, 0, DUMMY)
+    with pytest.raises(ValueError, match="unknown mode"):
+        kernel.compiled.reduce_chunk(np.zeros(12, np.float32), 0, 12, 0, 1, 7, np.zeros(4))
+    with pytest.raises(ValueError, match="rows must be whole"):
+        kernel.compiled.reduce_chunk(np.zeros(12, np.float32), 0, 12, 0, 1, 1, np.zeros(4))
     with pytest.raises(ValueError, match="output too small"):
         kernel.compiled.reduce_chunk(np.zeros(12, np.float32), 0, 12, 4, 4, 3, np.zeros(4))
 

@@ -24,11 +24,18 @@ from weissi_cli.errors import ConsentError, StructureError, UsageError
 from weissi_cli.io import open_checkpoint
 from weissi_cli.io.checkpoint import Checkpoint
 from weissi_cli.io.dtypes import is_16_bit
+from weissi_cli.io.sharded import ShardedCheckpoint
 from weissi_cli.ir import Chain, Structure
 from weissi_cli.report.common import Source
 from weissi_cli.report.rebalance import ChainResult, ChannelResult, RebalanceReport
 from weissi_cli.report.symmetries import SymmetryGroup
-from weissi_cli.rewrite import PendingOutput, check_output_path, input_files, write_rescaled
+from weissi_cli.rewrite import (
+    PendingOutput,
+    check_output_path,
+    companion_files,
+    input_files,
+    write_rescaled,
+)
 from weissi_cli.scales import (
     TensorScale,
     Vector,
@@ -151,6 +158,13 @@ def rebalance_checkpoint(
         pending = write_rescaled(
             checkpoint, tensor_scales, output, record, output_format, folder=folder
         )
+        if folder:
+            left_out = companion_files(checkpoint)[1]
+            if left_out:
+                warnings.append(
+                    f"not copied into {output}: other weight files of the input folder "
+                    f"({', '.join(map(str, left_out))}); they hold the original weights"
+                )
         try:
             with open_checkpoint(pending.readable_path) as rewritten:
                 results, checks = _verify_and_measure(
@@ -162,7 +176,12 @@ def rebalance_checkpoint(
                     )
                     checks += group_checks
             if verify_with is not None and config is not None:
-                run = _run_transformers(checkpoint, pending, config.path, not approximate)
+                written_format = (
+                    "safetensors" if output_format == "safetensors" else checkpoint.format
+                )
+                run = _run_transformers(
+                    checkpoint, pending, config.path, not approximate, written_format
+                )
                 checks.append(run)
                 if approximate:
                     warnings.append(
@@ -194,17 +213,28 @@ def rebalance_checkpoint(
         )
 
 
+# The file name transformers looks for, per format, when a folder holds one weights file.
+LOADER_NAMES = {"safetensors": "model.safetensors", "torch": "pytorch_model.bin"}
+
+
 def _run_transformers(
-    checkpoint: Checkpoint, pending: PendingOutput, config: Path, exact: bool
+    checkpoint: Checkpoint, pending: PendingOutput, config: Path, exact: bool, written_format: str
 ) -> ChainVerification:
     """Both models through transformers: the input's files, and the pending output's files
-    under their final names."""
-    original = {path.name: path for path in input_files(checkpoint)}
-    written = {
-        final.name: temporary for temporary, final in pending.moves if final.name in original
-    }
-    if not written:  # one file written under a new name: load it under the input's
-        written[checkpoint.path.name] = pending.readable_path
+    under their final names (a single file under the name the loader looks for)."""
+    if isinstance(checkpoint, ShardedCheckpoint):
+        original = {path.name: path for path in input_files(checkpoint)}
+        written = {
+            final.name: temporary for temporary, final in pending.moves if final.name in original
+        }
+    else:
+        if checkpoint.format not in LOADER_NAMES or written_format not in LOADER_NAMES:
+            raise UsageError(
+                f"{checkpoint.path}: --verify-with transformers loads safetensors and torch "
+                f"pickle weights, not {checkpoint.format}"
+            )
+        original = {LOADER_NAMES[checkpoint.format]: checkpoint.path}
+        written = {LOADER_NAMES[written_format]: pending.readable_path}
     with (
         model_folder(config, original) as before,
         model_folder(config, written) as after,

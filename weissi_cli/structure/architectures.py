@@ -213,7 +213,8 @@ def structure_from_config(
     )
     notes = [
         "the residual stream and the embeddings are not rescaled: a norm's eps (and the "
-        "residual adds) make scaling them inexact"
+        "residual adds) make scaling them inexact",
+        *builder.notes,
     ]
     if not family.exact_mlp:
         notes.append(
@@ -264,6 +265,16 @@ class _Builder:
             raise StructureError(f"{config.path}: RoPE needs an even head_dim, not {self.head_dim}")
         tied = config.raw.get("tie_word_embeddings", family.tie_default)
         self.tied_embeddings = bool(tied)
+        self.notes: list[str] = []
+        # BERT's relative position embeddings (transformers 4.x) add query·position and
+        # key·position terms to the scores: scaling q against k no longer cancels.
+        positions = config.raw.get("position_embedding_type") or "absolute"
+        self.query_key_exact = positions == "absolute"
+        if not self.query_key_exact:
+            self.notes.append(
+                f"position_embedding_type {positions!r} adds position terms to the attention "
+                "scores: q↔k is not a symmetry there, so it is left out"
+            )
 
     def _integer(self, keys: tuple[str, ...]) -> int:
         for key in keys:
@@ -378,7 +389,10 @@ class _Builder:
                     note=f"{family.attention_norm} gain → inputs of q, k, v",
                 )
             )
-        found += self.attention(block, (query, key, value), offsets, output)
+        attention = self.attention(block, (query, key, value), offsets, output)
+        if not self.query_key_exact:
+            attention = [s for s in attention if s.kind != QUERY_KEY]
+        found += attention
         found += self.mlp(block)
         return found
 
