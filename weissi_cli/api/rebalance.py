@@ -396,13 +396,13 @@ def _verify_group(
             original, Structure((), (), "graph", symmetries=group.symmetries), include_bias
         )
     )
-    before_l2 = group.l2_penalty
-    changed = sum(after[n].fro_norm ** 2 for n in after if n in penalised)
+    changed = math.fsum(after[n].fro_norm ** 2 for n in after if n in penalised)
+    # A tensor the rewrite left alone keeps the squared norm the solve started from.
+    known = group.layer.tensor_l2_before
     unchanged = [n for n in penalised if n not in after]
-    if unchanged:
-        stats = compute_stats(original, unchanged)
-        changed += sum(stats[n].fro_norm ** 2 for n in unchanged)
-    del before_l2
+    missing = [n for n in unchanged if n not in known]
+    stats = compute_stats(original, missing) if missing else {}
+    changed += math.fsum(known[n] if n in known else stats[n].fro_norm ** 2 for n in unchanged)
     return replace(group, l2_after=changed), checks
 
 
