@@ -1,4 +1,4 @@
-"""The read ceiling as a program of its own: a chunked preadv + np.dot pass over a file's data.
+"""The read ceiling as a program of its own: a chunked preadv + np.dot pass over files' data.
 
 Run as a subprocess next to `weissi inspect`, so both sides pay an interpreter start-up.
 """
@@ -13,7 +13,12 @@ import numpy as np
 CHUNK_BYTES = 1 << 20
 
 
-def main(path: str) -> None:
+def main(paths: list[str]) -> None:
+    for path in paths:
+        one_file(path)
+
+
+def one_file(path: str) -> None:
     descriptor = os.open(path, os.O_RDONLY)
     header = int.from_bytes(os.pread(descriptor, 8, 0), "little")
     offset, size = 8 + header, os.fstat(descriptor).st_size
@@ -32,4 +37,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])

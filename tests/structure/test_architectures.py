@@ -101,17 +101,22 @@ def test_emitted_spec_reads_back_to_the_same_symmetries(
     ] == strip
 
 
+def with_config(source: Path, folder: Path, **changes: object) -> Path:
+    """A copy of the model folder `source` whose config.json has `changes`."""
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes((source / "model.safetensors").read_bytes())
+    config = json.loads((source / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
 def test_unknown_architecture_is_reported_never_mapped(
     folders: dict[str, Path], tmp_path: Path
 ) -> None:
-    folder = tmp_path / "odd"
-    folder.mkdir()
-    (folder / "model.safetensors").write_bytes(
-        (folders["llama"] / "model.safetensors").read_bytes()
+    folder = with_config(
+        folders["llama"], tmp_path / "odd", model_type="phimoe", architectures=["PhiMoEForCausalLM"]
     )
-    config = json.loads((folders["llama"] / "config.json").read_text())
-    config.update(model_type="phimoe", architectures=["PhiMoEForCausalLM"])
-    (folder / "config.json").write_text(json.dumps(config))
     with open_checkpoint(folder) as checkpoint:
         structure = discover(checkpoint)
     assert structure.origin == "heuristic"
@@ -122,14 +127,7 @@ def test_unknown_architecture_is_reported_never_mapped(
 def test_a_config_that_disagrees_with_the_shapes_is_refused(
     folders: dict[str, Path], tmp_path: Path
 ) -> None:
-    folder = tmp_path / "wrong"
-    folder.mkdir()
-    (folder / "model.safetensors").write_bytes(
-        (folders["llama"] / "model.safetensors").read_bytes()
-    )
-    config = json.loads((folders["llama"] / "config.json").read_text())
-    config["num_key_value_heads"] = 4
-    (folder / "config.json").write_text(json.dumps(config))
+    folder = with_config(folders["llama"], tmp_path / "wrong", num_key_value_heads=4)
     with open_checkpoint(folder) as checkpoint, pytest.raises(StructureError, match="k_proj"):
         discover(checkpoint)
 

@@ -144,6 +144,7 @@ def solve(
     current = before
     sweeps = 0
     converged = not active
+    alone = _independent([symmetry for symmetry, _ in active])
     while active and sweeps < max_sweeps:
         sweeps += 1
         for symmetry, penalised in active:
@@ -155,8 +156,13 @@ def solve(
                 if member.tensor in squares:
                     factors.apply(member, symmetry.size, change)
             solution.scales = target
+        # A symmetry that shares no penalised entries' factors with another has reached its
+        # optimum in one step (its A and B cannot change): later sweeps skip it.
+        active = [
+            (symmetry, penalised) for symmetry, penalised in active if symmetry.id not in alone
+        ]
         updated = factors.penalty()
-        if current - updated <= tolerance * max(current, 1e-300):
+        if not active or current - updated <= tolerance * max(current, 1e-300):
             current = min(current, updated)
             converged = True
             break
@@ -172,6 +178,35 @@ def solve(
         tensors_before,
         factors.per_tensor(),
     )
+
+
+def _independent(symmetries: list[Symmetry]) -> set[str]:
+    """Ids of the symmetries whose per-channel sums no other symmetry's scales enter: they
+    touch no tensor that another one scales along the other axis, nor an overlapping span of
+    the same axis. (A transformer's heads: each q↔k symmetry owns its rows of q and k.)"""
+    spans: dict[str, list[tuple[int, int, int, str]]] = {}
+    for symmetry in symmetries:
+        for member in symmetry.members:
+            stop = member.offset + symmetry.size * member.block
+            spans.setdefault(member.tensor, []).append(
+                (member.axis, member.offset, stop, symmetry.id)
+            )
+    coupled: set[str] = set()
+    for entries in spans.values():
+        owners = {entry[3] for entry in entries}
+        if len(owners) == 1:
+            continue
+        if len({entry[0] for entry in entries}) > 1:  # scaled along both axes: all coupled
+            coupled |= owners
+            continue
+        entries.sort()
+        reach, reacher = -1, ""  # the furthest end so far, and whose span it is
+        for _, start, stop, owner in entries:
+            if start < reach and owner != reacher:
+                coupled |= {owner, reacher}
+            if stop > reach:
+                reach, reacher = stop, owner
+    return {symmetry.id for symmetry in symmetries} - coupled
 
 
 def _step(

@@ -52,8 +52,10 @@ def unassigned_dict(entry: Unassigned) -> dict[str, str]:
 
 
 def to_json(payload: dict[str, Any]) -> str:
-    """Stable JSON for machines: NaN is an error, never an output."""
-    return json.dumps(payload, indent=2, allow_nan=False)
+    """Stable JSON for machines, on one line: NaN is an error, never an output. (Indented
+    output goes through json's pure-Python encoder: 0.13 s for a transformer's payload, ten
+    times the C encoder; `jq .` indents it for people.)"""
+    return json.dumps(payload, allow_nan=False)
 
 
 TOOL_VERSION = __version__
