@@ -113,7 +113,7 @@ def build(name: str, dtype: str = "float32") -> Any:
     with torch.no_grad():
         for parameter_name, parameter in model.named_parameters():
             if parameter.dim() >= 2 and "emb" not in parameter_name and "wte" not in parameter_name:
-                factor = float(torch.empty(()).uniform_(0.25, 4.0, generator=generator))
+                factor = 2.0 ** float(torch.empty(()).uniform_(-2.5, 2.5, generator=generator))
                 parameter.mul_(factor)
             elif parameter.dim() == 1 and "norm" in parameter_name.lower():
                 parameter.uniform_(0.5, 1.5, generator=generator)
