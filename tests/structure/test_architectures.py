@@ -135,3 +135,15 @@ def test_a_config_that_disagrees_with_the_shapes_is_refused(
 def test_a_config_beside_a_single_file_is_used(folders: dict[str, Path]) -> None:
     with open_checkpoint(folders["bert"] / "model.safetensors") as checkpoint:
         assert discover(checkpoint).origin == "config:bert"
+
+
+def test_a_broken_config_is_bad_input(folders: dict[str, Path], tmp_path: Path) -> None:
+    from weissi_cli.errors import InputError
+
+    folder = with_config(folders["gpt2"], tmp_path / "broken")
+    (folder / "config.json").write_text("{ not json")
+    with (
+        open_checkpoint(folder) as checkpoint,
+        pytest.raises(InputError, match="valid JSON config"),
+    ):
+        discover(checkpoint)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from weissi_cli.errors import InputError
 from weissi_cli.io.dtypes import ITEMSIZE, is_supported_float, raw_numpy_dtype
 
 
@@ -111,3 +113,13 @@ def natural_key(name: str) -> tuple[Any, ...]:
 
 def empty_raw(dtype: str) -> npt.NDArray[np.generic]:
     return np.empty(0, raw_numpy_dtype(dtype))
+
+
+def read_json_file(path: Path, what: str) -> Any:
+    """A JSON file beside a checkpoint (an index, a config), or exit 2 naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise InputError(f"{path}: cannot read ({error.strerror})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: not a valid JSON {what} ({error})") from None

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from weissi_cli.errors import InputError
-from weissi_cli.io.checkpoint import Checkpoint, natural_key
+from weissi_cli.io.checkpoint import Checkpoint, natural_key, read_json_file
 from weissi_cli.io.safetensors_file import SafetensorsCheckpoint
 
 
@@ -72,12 +71,7 @@ class ShardedCheckpoint(Checkpoint):
 
 
 def _read_index(index_path: Path) -> tuple[dict[str, object], dict[str, str]]:
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise InputError(f"{index_path}: cannot read ({error.strerror})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{index_path}: not a valid JSON index ({error})") from None
+    index = read_json_file(index_path, "index")
     if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
         raise InputError(f'{index_path}: a sharded index needs a "weight_map" object')
     weight_map = index["weight_map"]

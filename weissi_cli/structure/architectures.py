@@ -14,7 +14,6 @@ inexact, so only the projections inside a block and a pre-norm's gain are rescal
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from weissi_cli.errors import InputError, StructureError
+from weissi_cli.io.checkpoint import read_json_file
 from weissi_cli.ir import Member, Structure, Symmetry, Unassigned
 
 CONFIG_NAME = "config.json"
@@ -159,12 +159,7 @@ def find_config(checkpoint_path: Path) -> HfConfig | None:
     path = folder / CONFIG_NAME
     if not path.is_file():
         return None
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise InputError(f"{path}: cannot read ({error.strerror})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: not valid JSON ({error})") from None
+    raw = read_json_file(path, "config")
     if not isinstance(raw, dict):
         raise InputError(f"{path}: a Hugging Face config is a JSON object")
     model_type = raw.get("model_type")
