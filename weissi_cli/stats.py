@@ -149,115 +149,102 @@ class _Worker:
         self.raw = bytearray(capacity * 8)
         self.widened = np.empty(capacity, np.float32)
         self.reducer = ChunkReducer(capacity)
-        self.sums = np.zeros(capacity if kernel.AVAILABLE else 0, np.float64)
+        self.sums = np.zeros(capacity, np.float64)  # a chunk's axis sums (and the kernel's)
         self.row_maxima = np.zeros(capacity if kernel.AVAILABLE else 0, np.uint32)
 
     def reduce(
         self, checkpoint: Checkpoint, task: _Task, squares: _SquaresSink | None = None
     ) -> Partial:
         raw = checkpoint.read_raw(task.name, task.start, task.count, self.raw)
+        mode = squares.mode(task) if squares is not None else kernel.NO_AXES
         if kernel.compiled is not None and task.dtype in kernel.DTYPE_CODES and not task.exact:
-            return self._reduce_compiled(kernel.compiled, raw, task, squares)
-        values = decode(raw, task.dtype, self.widened)
-        partial = self.reducer.reduce(values, exact=task.exact)
-        if squares is not None and task.row_width:
-            squares.add(task, values, partial, self.reducer)
+            if mode in (kernel.ROWS, kernel.COLUMNS):  # the kernel adds into these
+                self.sums[: _sums_size(task, mode)] = 0.0
+            sum_squares, l1, largest, nonfinite = kernel.compiled.reduce_chunk(
+                raw,
+                kernel.DTYPE_CODES[task.dtype],
+                task.count,
+                task.row_width if mode else 0,
+                task.columns if mode else 1,
+                mode,
+                self.sums,
+            )
+            partial = Partial(sum_squares, l1, largest, nonfinite)
+        else:
+            values = decode(raw, task.dtype, self.widened)
+            partial = self.reducer.reduce(values, exact=task.exact)
+            if mode:
+                self._numpy_sums(values, partial, task, mode)
+        if squares is not None and mode:
+            squares.store(task, mode, self.sums)
         return partial
 
-    def _reduce_compiled(
-        self,
-        compiled: Any,
-        raw: npt.NDArray[np.generic],
-        task: _Task,
-        squares: _SquaresSink | None,
-    ) -> Partial:
-        """One pass of the C kernel over the stored bits: statistics, and the axis squares
-        when the pass collects them (into `sums`, then into the tensor's target)."""
-        mode, target = kernel.NO_AXES, None
-        if squares is not None and task.row_width:
-            target = squares.targets[task.name]
-            rows_summed = target.shape[0] == 1 and task.tensor_rows > 1
-            if target.shape[1] == 1:
-                mode = kernel.ROWS  # summed over columns too below, when rows are
-            else:
-                mode = kernel.COLUMNS if rows_summed else kernel.MATRIX
-        rows = task.count // task.row_width if mode else 0
-        if mode == kernel.ROWS or mode == kernel.COLUMNS:
-            self.sums[: rows if mode == kernel.ROWS else task.columns] = 0.0
-        sum_squares, l1, largest, nonfinite = compiled.reduce_chunk(
-            raw,
-            kernel.DTYPE_CODES[task.dtype],
-            task.count,
-            task.row_width if mode else 0,
-            task.columns if mode else 1,
-            mode,
-            self.sums,
-        )
-        if target is not None and squares is not None:
-            squares.store(task, target, self.sums, rows)
-        return Partial(sum_squares, l1, largest, nonfinite)
+    @np.errstate(over="ignore", under="ignore", invalid="ignore")
+    def _numpy_sums(
+        self, values: npt.NDArray[np.floating], partial: Partial, task: _Task, mode: int
+    ) -> None:
+        """What the C kernel's `mode` puts in `sums`, by numpy: per-row sums along the
+        contiguous axis are pairwise float32 sums (accurate to ~1e-7), sums over rows are
+        taken in float64; non-finite values count as 0, as the statistics report them."""
+        rows = task.count // task.row_width
+        safe = SAFE_LOW <= partial.max_abs <= SAFE_HIGH and partial.nonfinite == 0
+        if task.exact or not safe or values.dtype != np.float32:
+            squares = np.square(values.astype(np.float64))
+            squares[~np.isfinite(squares)] = 0.0
+        else:
+            buffer = self.reducer.magnitudes[values.dtype][: values.size]
+            squares = np.multiply(values, values, out=buffer)
+        matrix = squares.reshape(rows, task.columns, -1)
+        size = _sums_size(task, mode)
+        if mode == kernel.ROWS:
+            self.sums[:size] = matrix.reshape(rows, -1).sum(axis=1)
+        elif mode == kernel.COLUMNS:
+            self.sums[:size] = matrix.sum(axis=(0, 2), dtype=np.float64)
+        else:
+            self.sums[:size] = matrix.sum(axis=2).reshape(-1)
+
+
+def _sums_size(task: _Task, mode: int) -> int:
+    rows = task.count // task.row_width
+    return {kernel.ROWS: rows, kernel.COLUMNS: task.columns}.get(mode, rows * task.columns)
 
 
 class _SquaresSink:
     """Axis squares (see `axis_squares`) filled by the statistics pass while each chunk is
-    still in cache. Sums along a row are numpy's pairwise float32 sums (accurate to ~1e-7);
-    sums over rows are taken in float64."""
+    still in cache: a chunk's sums (per row, per column, or per row and column) go into
+    the tensor's target, added under a lock where the target sums over rows."""
 
     def __init__(self, targets: dict[str, npt.NDArray[np.float32]]) -> None:
         self.targets = targets
         self.lock = threading.Lock()
 
-    def store(
-        self, task: _Task, target: npt.NDArray[np.float32], sums: npt.NDArray[np.float64], rows: int
-    ) -> None:
-        """Put what the C kernel summed for `task` into the tensor's target."""
+    def mode(self, task: _Task) -> int:
+        """Which sums a chunk of `task` contributes to its tensor's target."""
+        if not task.row_width or task.name not in self.targets:
+            return kernel.NO_AXES
+        target = self.targets[task.name]
+        if target.shape[1] == 1:  # one column, or columns summed out
+            return kernel.ROWS
+        return kernel.COLUMNS if self._rows_summed(task, target) else kernel.MATRIX
+
+    def store(self, task: _Task, mode: int, sums: npt.NDArray[np.float64]) -> None:
+        target = self.targets[task.name]
+        rows = task.count // task.row_width
         first = task.start // task.row_width
-        rows_summed = target.shape[0] == 1 and task.tensor_rows > 1
-        if target.shape[1] == 1:
-            if rows_summed:
-                with self.lock:
-                    target[0, 0] += float(sums[:rows].sum())
-            else:
-                target[first : first + rows, 0] = sums[:rows]
-        elif rows_summed:
+        if mode == kernel.ROWS and self._rows_summed(task, target):
+            with self.lock:
+                target[0, 0] += float(sums[:rows].sum())
+        elif mode == kernel.ROWS:
+            target[first : first + rows, 0] = sums[:rows]
+        elif mode == kernel.COLUMNS:
             with self.lock:
                 target[0] += sums[: task.columns]
         else:
             target[first : first + rows] = sums[: rows * task.columns].reshape(rows, task.columns)
 
-    @np.errstate(over="ignore", under="ignore", invalid="ignore")
-    def add(
-        self,
-        task: _Task,
-        values: npt.NDArray[np.floating],
-        partial: Partial,
-        reducer: ChunkReducer,
-    ) -> None:
-        target = self.targets[task.name]
-        rows = task.count // task.row_width
-        first = task.start // task.row_width
-        safe = SAFE_LOW <= partial.max_abs <= SAFE_HIGH and partial.nonfinite == 0
-        if task.exact or not safe or values.dtype != np.float32:
-            squares = np.square(values.astype(np.float64))
-            squares[~np.isfinite(squares)] = 0.0  # the statistics report non-finite values
-        else:
-            buffer = reducer.magnitudes[values.dtype][: values.size]
-            squares = np.multiply(values, values, out=buffer)
-        matrix = squares.reshape(rows, task.columns, -1)
-        rows_summed = target.shape[0] == 1 and task.tensor_rows > 1
-        if target.shape[1] == 1:  # one column, or columns summed out
-            sums = matrix.reshape(rows, -1).sum(axis=1)
-            if rows_summed:
-                with self.lock:  # rows summed out too: every task adds into one number
-                    target[0, 0] += float(sums.sum(dtype=np.float64))
-            else:
-                target[first : first + rows, 0] = sums
-        elif rows_summed:  # columns kept
-            column_sums = matrix.sum(axis=(0, 2), dtype=np.float64)
-            with self.lock:
-                target[0] += column_sums
-        else:
-            target[first : first + rows] = matrix.sum(axis=2)
+    @staticmethod
+    def _rows_summed(task: _Task, target: npt.NDArray[np.float32]) -> bool:
+        return target.shape[0] == 1 and task.tensor_rows > 1
 
 
 @np.errstate(over="ignore", under="ignore")
