@@ -47,6 +47,9 @@ class PendingOutput:
     moves: list[tuple[Path, Path]] = field(default_factory=list)  # (temporary, final), in order
     temporary_dir: Path | None = None
     created_dir: Path | None = None  # removed again on discard
+    # Weight files of the input's folder that were deliberately not copied (see
+    # WEIGHT_SUFFIXES), relative to that folder.
+    left_out: list[Path] = field(default_factory=list)
 
     def commit(self) -> None:
         for temporary, final in self.moves:
@@ -313,7 +316,8 @@ def _write_folder(
     )
     try:
         if companions:
-            pending.moves += _stage_companions(checkpoint, staging, output)
+            copied, pending.left_out = companion_files(checkpoint)
+            pending.moves += _stage_companions(checkpoint, copied, staging, output)
         if isinstance(checkpoint, SafetensorsCheckpoint):
             shards = {checkpoint.path.name: checkpoint}
         else:
@@ -377,10 +381,10 @@ def companion_files(checkpoint: Checkpoint) -> tuple[list[Path], list[Path]]:
 
 
 def _stage_companions(
-    checkpoint: Checkpoint, staging: Path, output: Path
+    checkpoint: Checkpoint, copied: list[Path], staging: Path, output: Path
 ) -> list[tuple[Path, Path]]:
     moves = []
-    for relative in companion_files(checkpoint)[0]:
+    for relative in copied:
         staged = staging / "companions" / relative
         staged.parent.mkdir(parents=True, exist_ok=True)
         _copy_durably(checkpoint.path.parent / relative, staged)
@@ -421,10 +425,7 @@ def write_safetensors_copy(
             else:
                 copies.append([entry.begin, entry.end])
 
-        stage = Stage(
-            f"writing {destination.name.split('.weissi')[0].lstrip('.')}",
-            sum(e.end - e.begin for e in entries),
-        )
+        stage = Stage("writing", sum(entry.end - entry.begin for entry in entries))
 
         def write_chunk(task: _ScaleTask, scaler: ChunkScaler) -> None:
             raw = source.read_raw(task.name, task.start, task.count, scaler.raw)

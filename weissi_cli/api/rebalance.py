@@ -29,13 +29,7 @@ from weissi_cli.ir import Chain, Structure
 from weissi_cli.report.common import Source
 from weissi_cli.report.rebalance import ChainResult, ChannelResult, RebalanceReport
 from weissi_cli.report.symmetries import SymmetryGroup
-from weissi_cli.rewrite import (
-    PendingOutput,
-    check_output_path,
-    companion_files,
-    input_files,
-    write_rescaled,
-)
+from weissi_cli.rewrite import PendingOutput, check_output_path, input_files, write_rescaled
 from weissi_cli.scales import (
     TensorScale,
     Vector,
@@ -44,7 +38,7 @@ from weissi_cli.scales import (
     scale_record,
 )
 from weissi_cli.stats import TensorStats, axis_squares, compute_stats
-from weissi_cli.structure import discover
+from weissi_cli.structure import discover, is_approximate
 from weissi_cli.structure.architectures import find_config
 from weissi_cli.verify import (
     ChainVerification,
@@ -89,9 +83,10 @@ def rebalance_checkpoint(
         raise UsageError(f"--verify-with takes transformers, not {verify_with!r}")
     folder = path.is_dir()
     with open_checkpoint(path) as checkpoint:
+        written_format = "safetensors" if output_format == "safetensors" else checkpoint.format
         check_output_path(checkpoint, output, force, output_format, folder=folder)
         structure = discover(checkpoint, spec, allow_approximate)
-        approximate = [s.id for s in structure.symmetries if not s.exact and s.kind]
+        approximate = [s.id for s in structure.symmetries if is_approximate(s)]
         config = find_config(checkpoint.path)
         if approximate and verify_with is None:
             verify_with = "transformers"
@@ -158,13 +153,11 @@ def rebalance_checkpoint(
         pending = write_rescaled(
             checkpoint, tensor_scales, output, record, output_format, folder=folder
         )
-        if folder:
-            left_out = companion_files(checkpoint)[1]
-            if left_out:
-                warnings.append(
-                    f"not copied into {output}: other weight files of the input folder "
-                    f"({', '.join(map(str, left_out))}); they hold the original weights"
-                )
+        if pending.left_out:
+            warnings.append(
+                f"not copied into {output}: other weight files of the input folder "
+                f"({', '.join(map(str, pending.left_out))}); they hold the original weights"
+            )
         try:
             with open_checkpoint(pending.readable_path) as rewritten:
                 results, checks = _verify_and_measure(
@@ -176,9 +169,6 @@ def rebalance_checkpoint(
                     )
                     checks += group_checks
             if verify_with is not None and config is not None:
-                written_format = (
-                    "safetensors" if output_format == "safetensors" else checkpoint.format
-                )
                 run = _run_transformers(
                     checkpoint, pending, config.path, not approximate, written_format
                 )
@@ -200,7 +190,7 @@ def rebalance_checkpoint(
         return RebalanceReport(
             source=Source.of(checkpoint, str(path)),
             output_path=str(output),
-            output_format="safetensors" if output_format == "safetensors" else checkpoint.format,
+            output_format=written_format,
             written=verification.passed,
             scales=scales,
             granularity=granularity,

@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from weissi_cli.io.checkpoint import Checkpoint
-from weissi_cli.ir import Stop, Structure
+from weissi_cli.ir import Stop, Structure, Symmetry
 from weissi_cli.structure.architectures import (
     describe_unknown,
     family_for,
@@ -16,7 +16,7 @@ from weissi_cli.structure.architectures import (
 from weissi_cli.structure.heuristic import infer_structure
 from weissi_cli.structure.spec import emit_spec, structure_from_spec
 
-__all__ = ["discover", "emit_spec"]
+__all__ = ["discover", "emit_spec", "is_approximate"]
 
 APPROXIMATE_FLAG = "--allow-approximate"
 
@@ -46,9 +46,16 @@ def discover(
     return infer_structure(checkpoint).folded()
 
 
+def is_approximate(symmetry: Symmetry) -> bool:
+    """An architecture's symmetry across a non-homogeneous activation (a GELU MLP): it
+    changes the function a little, so it needs consent. (A batch norm's `exact=False` is
+    its eps, which the graph walk bounds; that one is rebalanced.)"""
+    return not symmetry.exact and symmetry.origin.startswith("config:")
+
+
 def without_approximate(structure: Structure) -> Structure:
-    """Approximate symmetries (across a GELU) become stops: reported, never rebalanced."""
-    kept = tuple(s for s in structure.symmetries if s.exact or not s.origin.startswith("config:"))
+    """Approximate symmetries become stops: reported, never rebalanced."""
+    kept = tuple(s for s in structure.symmetries if not is_approximate(s))
     if len(kept) == len(structure.symmetries):
         return structure
     stops = tuple(
