@@ -77,7 +77,7 @@ def inspect_checkpoint(
             threads,
             stats=stats,
             lambdas=(lambda1, lambda2),
-            squares=group_squares if plan else None,
+            squares=group_squares,
         )
         warnings = [*checkpoint.notes, *structure.assumptions]
         warnings += unbounded_hint(solved[0] if solved else None, include_bias)

@@ -44,17 +44,15 @@ def solve_group(
     stats: Mapping[str, TensorStats] | None = None,
     lambdas: tuple[float, float] = (1.0, 1.0),
     squares: Mapping[str, Squares] | None = None,
-) -> tuple[SymmetryGroup, dict[str, Squares]] | None:
+) -> tuple[SymmetryGroup, Mapping[str, Squares]] | None:
     """The layer-wise (and, when asked, channel-wise) optimum of the free symmetries;
     with `stats`, the WEISSI terms of their weight tensors too. `squares`: the axis
     squares of `group_squares_plan`, when a statistics pass already computed them."""
     if not structure.symmetries and not structure.stops:
         return None
-    plan = group_squares_plan(checkpoint, structure, include_bias)
     if squares is None:
+        plan = group_squares_plan(checkpoint, structure, include_bias)
         squares = axis_squares(checkpoint, list(plan), threads, plan)
-    else:
-        squares = {name: squares[name] for name in plan}
     layer = solve(structure.symmetries, squares, granularity="layer")
     channel = solve(structure.symmetries, squares) if granularity == "channel" else None
     group = SymmetryGroup(

@@ -134,7 +134,7 @@ def solve(
                 )
         solution = SymmetrySolution(symmetry.id, np.ones(symmetry.size))
         solutions[symmetry.id] = solution
-        if not any(m.exponent > 0 for m in penalised) or not any(m.exponent < 0 for m in penalised):
+        if not _bounded(penalised):
             solution.unbounded = bool(penalised)
             continue
         active.append((symmetry, penalised))
@@ -144,7 +144,7 @@ def solve(
     current = before
     sweeps = 0
     converged = not active
-    alone = _independent([symmetry for symmetry, _ in active])
+    alone = _independent(active)
     while active and sweeps < max_sweeps:
         sweeps += 1
         for symmetry, penalised in active:
@@ -180,13 +180,20 @@ def solve(
     )
 
 
-def _independent(symmetries: list[Symmetry]) -> set[str]:
-    """Ids of the symmetries whose per-channel sums no other symmetry's scales enter: they
-    touch no tensor that another one scales along the other axis, nor an overlapping span of
-    the same axis. (A transformer's heads: each q↔k symmetry owns its rows of q and k.)"""
+def _bounded(penalised: list[Member]) -> bool:
+    """Whether a symmetry has penalised mass on both sides, so L2 has a minimum along it
+    (otherwise the mass can all move into unpenalised tensors: unbounded)."""
+    return any(m.exponent > 0 for m in penalised) and any(m.exponent < 0 for m in penalised)
+
+
+def _independent(active: list[tuple[Symmetry, list[Member]]]) -> set[str]:
+    """Ids of the symmetries whose per-channel sums no other symmetry's scales enter: their
+    penalised members share no tensor that another one scales along the other axis, nor an
+    overlapping span of the same axis. (A transformer's heads: each q↔k symmetry owns its
+    rows of q and k.)"""
     spans: dict[str, list[tuple[int, int, int, str]]] = {}
-    for symmetry in symmetries:
-        for member in symmetry.members:
+    for symmetry, penalised in active:
+        for member in penalised:
             stop = member.offset + symmetry.size * member.block
             spans.setdefault(member.tensor, []).append(
                 (member.axis, member.offset, stop, symmetry.id)
@@ -206,7 +213,7 @@ def _independent(symmetries: list[Symmetry]) -> set[str]:
                 coupled |= {owner, reacher}
             if stop > reach:
                 reach, reacher = stop, owner
-    return {symmetry.id for symmetry in symmetries} - coupled
+    return {symmetry.id for symmetry, _ in active} - coupled
 
 
 def _step(
@@ -302,11 +309,10 @@ def moving_axes(
     """Per penalised tensor, whether any bounded symmetry (one that the descent can move)
     scales its rows, and its columns: axes no such symmetry touches can be summed out of
     the squares before solving."""
-    penalised = set(penalised)
     moving = dict.fromkeys(penalised, (False, False))
     for symmetry in symmetries:
-        members = [m for m in symmetry.members if m.tensor in penalised]
-        if not (any(m.exponent > 0 for m in members) and any(m.exponent < 0 for m in members)):
+        members = [m for m in symmetry.members if m.tensor in moving]
+        if not _bounded(members):
             continue
         for member in members:
             rows, columns = moving[member.tensor]

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from weissi_cli.balance.channelwise import ChannelSolution
+from weissi_cli.balance.layerwise import weissi_penalty
 from weissi_cli.ir import Stop, Symmetry
 from weissi_cli.report.common import finite_or_none
 from weissi_cli.report.graph import member_dict
@@ -134,7 +135,7 @@ class KindRow:
     def weissi_penalty(self) -> float | None:
         if self.log_norm_sum is None or self.l1_direction_sum is None:
             return None
-        return self.lambdas[0] * self.log_norm_sum + self.lambdas[1] * self.l1_direction_sum
+        return weissi_penalty(self.log_norm_sum, self.l1_direction_sum, *self.lambdas)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from weissi_cli.errors import InputError, StructureError
-from weissi_cli.io.checkpoint import read_json_file
+from weissi_cli.io.checkpoint import natural_key, read_json_file
 from weissi_cli.ir import Member, Structure, Symmetry, Unassigned
 
 CONFIG_NAME = "config.json"
@@ -284,9 +284,7 @@ class _Builder:
     def blocks(self) -> list[str]:
         anchor = re.compile(f"^{self.family.block}\\.{re.escape(self.family.query)}\\.weight$")
         found = [m.group("block") for name in self.shapes if (m := anchor.match(name))]
-        return sorted(
-            set(found), key=lambda b: [int(p) if p.isdigit() else p for p in b.split(".")]
-        )
+        return sorted(set(found), key=natural_key)
 
     # -- tensors -------------------------------------------------------------------------
 
