@@ -323,7 +323,8 @@ def compute_stats_and_squares(
     else:
         infos = [checkpoint.info(name) for name in names]
     squared = squared or {}
-    missing = [name for name in squared if name not in {info.name for info in infos}]
+    in_pass = {info.name for info in infos}
+    missing = [name for name in squared if name not in in_pass]
     if missing:
         raise ValueError(f"axis squares asked for tensors outside the pass: {missing}")
     targets = {
