@@ -77,41 +77,64 @@ typedef float float8 __attribute__((vector_size(32)));
 typedef uint32_t uint8x32 __attribute__((vector_size(32)));
 typedef uint16_t uint8x16 __attribute__((vector_size(16)));
 
-/* Eight magnitudes from `index` on, as a float vector (a macro, so that it is compiled
- * inside each target clone rather than called across them). */
-#define MAGNITUDES8(out, data, dtype, index)                                          \
+/* The bits of eight magnitudes from `index` on, as float32 bit patterns (a bfloat16 is the
+ * top half of a float32). A macro, so that it is compiled inside each target clone rather
+ * than called across them. */
+#define MAGNITUDE_BITS8(out, data, dtype, index)                                      \
     do {                                                                              \
-        uint8x32 wide_;                                                               \
         if ((dtype) == FLOAT32) {                                                     \
-            memcpy(&wide_, (const float *)(data) + (index), sizeof wide_);            \
-            wide_ &= 0x7FFFFFFFu;                                                     \
+            memcpy(&(out), (const float *)(data) + (index), sizeof(out));             \
+            (out) &= 0x7FFFFFFFu;                                                     \
         } else {                                                                      \
             uint8x16 narrow_;                                                         \
             memcpy(&narrow_, (const uint16_t *)(data) + (index), sizeof narrow_);     \
-            wide_ = __builtin_convertvector(narrow_ & 0x7FFF, uint8x32) << 16;        \
+            (out) = __builtin_convertvector(narrow_ & 0x7FFF, uint8x32) << 16;        \
         }                                                                             \
-        (out) = (float8)wide_;                                                        \
     } while (0)
 
-/* Sum of squares and L1 of float32/bfloat16 values [start, stop), all finite and in the
- * safe range: blocks of 256 in float vectors (four accumulators of eight lanes), each
- * block's sums added to double totals. Compiled for AVX2 and for the baseline, picked at
- * run time. */
-__attribute__((target_clones("avx2", "default")))
-static void sums_finite_float(const void *data, int dtype, Py_ssize_t start, Py_ssize_t stop,
-                              double *squares, double *l1) {
+typedef int32_t int8x32 __attribute__((vector_size(32)));
+
+/* One pass over float32/bfloat16 values [start, stop): the sum of squares and L1 (float
+ * vectors over blocks of BLOCK values, each block's sums added to double totals), the bits
+ * of the largest magnitude as a float32 (NaN above Inf above every finite value), and,
+ * when `columns_out` is given, columns_out[k] (+)= x[start + k]² in double: a linear
+ * layer's row gives its columns' squares. Every statistic of a value is taken while it is
+ * in a register; the old code made three passes (max, sums, column squares).
+ *
+ * The float sums are right only when every value is finite and the largest is within
+ * [SAFE_LOW, SAFE_HIGH] (or all are zero): the caller checks the returned bits and
+ * otherwise redoes the chunk on the checked, double path. Compiled for AVX2 and for the
+ * baseline, picked at run time. */
+static uint32_t fused_pass_portable(const void *data, int dtype, Py_ssize_t start, Py_ssize_t stop,
+                           double *squares, double *l1, double *columns_out, int add) {
     double total_s = 0.0, total_a = 0.0;
+    int8x32 top0 = {0}, top1 = {0};
     Py_ssize_t i = start;
-    for (; i + BLOCK <= stop; i += BLOCK) {
+    while (stop - i >= 16) {
+        Py_ssize_t whole = (stop - i) - (stop - i) % 16;
+        Py_ssize_t block_end = i + (whole < BLOCK ? whole : BLOCK);
         float8 s0 = {0}, s1 = {0}, a0 = {0}, a1 = {0};
-        for (Py_ssize_t k = i; k < i + BLOCK; k += 16) {
-            float8 x0, x1;
-            MAGNITUDES8(x0, data, dtype, k);
-            MAGNITUDES8(x1, data, dtype, k + 8);
-            s0 += x0 * x0;
-            s1 += x1 * x1;
+        for (Py_ssize_t k = i; k < block_end; k += 16) {
+            uint8x32 w0, w1;
+            MAGNITUDE_BITS8(w0, data, dtype, k);
+            MAGNITUDE_BITS8(w1, data, dtype, k + 8);
+            int8x32 v0 = (int8x32)w0, v1 = (int8x32)w1; /* sign bit clear: int order */
+            int8x32 g0 = v0 > top0, g1 = v1 > top1;
+            top0 = (v0 & g0) | (top0 & ~g0);
+            top1 = (v1 & g1) | (top1 & ~g1);
+            float8 x0 = (float8)w0, x1 = (float8)w1;
+            float8 q0 = x0 * x0, q1 = x1 * x1;
+            s0 += q0;
+            s1 += q1;
             a0 += x0;
             a1 += x1;
+            if (columns_out) {
+                double *target = columns_out + (k - start);
+                for (int j = 0; j < 8; j++) {
+                    target[j] = add ? target[j] + q0[j] : q0[j];
+                    target[j + 8] = add ? target[j + 8] + q1[j] : q1[j];
+                }
+            }
         }
         float8 s = s0 + s1, a = a0 + a1;
         double block_s = 0.0, block_a = 0.0;
@@ -121,16 +144,135 @@ static void sums_finite_float(const void *data, int dtype, Py_ssize_t start, Py_
         }
         total_s += block_s;
         total_a += block_a;
+        i = block_end;
+    }
+    uint32_t top = 0;
+    for (int j = 0; j < 8; j++) {
+        uint32_t t0 = (uint32_t)top0[j], t1 = (uint32_t)top1[j];
+        top = t0 > top ? t0 : top;
+        top = t1 > top ? t1 : top;
     }
     for (; i < stop; i++) {
-        double x = magnitude_at(data, dtype, i);
+        uint32_t bits = dtype == FLOAT32 ? ((const uint32_t *)data)[i] & 0x7FFFFFFFu
+                                         : (uint32_t)(((const uint16_t *)data)[i] & 0x7FFFu) << 16;
+        top = bits > top ? bits : top;
+        float value;
+        memcpy(&value, &bits, sizeof value);
+        double x = value;
         total_s += x * x;
         total_a += x;
+        if (columns_out) {
+            double *target = columns_out + (i - start);
+            *target = add ? *target + x * x : x * x;
+        }
     }
     *squares += total_s;
     *l1 += total_a;
+    return top;
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+/* fused_pass_portable in AVX2 intrinsics: the column squares need the float-to-double
+ * conversions that GCC's generic vectors lowered through the stack (1.5 Gvalues/s). */
+__attribute__((target("avx2")))
+static uint32_t fused_pass_avx2(const void *data, int dtype, Py_ssize_t start, Py_ssize_t stop,
+                                double *squares, double *l1, double *columns_out, int add) {
+    const __m256i magnitude_mask = _mm256_set1_epi32(dtype == FLOAT32 ? 0x7FFFFFFF : 0x7FFF0000);
+    __m256i top0 = _mm256_setzero_si256(), top1 = _mm256_setzero_si256();
+    __m256d sum_s = _mm256_setzero_pd(), sum_a = _mm256_setzero_pd();
+    Py_ssize_t i = start;
+    while (stop - i >= 16) {
+        Py_ssize_t whole = (stop - i) - (stop - i) % 16;
+        Py_ssize_t block_end = i + (whole < BLOCK ? whole : BLOCK);
+        __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        for (Py_ssize_t k = i; k < block_end; k += 16) {
+            __m256i w0, w1;
+            if (dtype == FLOAT32) {
+                w0 = _mm256_loadu_si256((const __m256i *)((const float *)data + k));
+                w1 = _mm256_loadu_si256((const __m256i *)((const float *)data + k + 8));
+            } else {
+                const uint16_t *bits = (const uint16_t *)data + k;
+                w0 = _mm256_slli_epi32(
+                    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)bits)), 16);
+                w1 = _mm256_slli_epi32(
+                    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(bits + 8))), 16);
+            }
+            w0 = _mm256_and_si256(w0, magnitude_mask);
+            w1 = _mm256_and_si256(w1, magnitude_mask);
+            top0 = _mm256_max_epi32(top0, w0); /* sign bit clear: int order = float order */
+            top1 = _mm256_max_epi32(top1, w1);
+            __m256 x0 = _mm256_castsi256_ps(w0), x1 = _mm256_castsi256_ps(w1);
+            __m256 q0 = _mm256_mul_ps(x0, x0), q1 = _mm256_mul_ps(x1, x1);
+            s0 = _mm256_add_ps(s0, q0);
+            s1 = _mm256_add_ps(s1, q1);
+            a0 = _mm256_add_ps(a0, x0);
+            a1 = _mm256_add_ps(a1, x1);
+            if (columns_out) {
+                double *target = columns_out + (k - start);
+                __m256d d0 = _mm256_cvtps_pd(_mm256_castps256_ps128(q0));
+                __m256d d1 = _mm256_cvtps_pd(_mm256_extractf128_ps(q0, 1));
+                __m256d d2 = _mm256_cvtps_pd(_mm256_castps256_ps128(q1));
+                __m256d d3 = _mm256_cvtps_pd(_mm256_extractf128_ps(q1, 1));
+                if (add) {
+                    d0 = _mm256_add_pd(d0, _mm256_loadu_pd(target));
+                    d1 = _mm256_add_pd(d1, _mm256_loadu_pd(target + 4));
+                    d2 = _mm256_add_pd(d2, _mm256_loadu_pd(target + 8));
+                    d3 = _mm256_add_pd(d3, _mm256_loadu_pd(target + 12));
+                }
+                _mm256_storeu_pd(target, d0);
+                _mm256_storeu_pd(target + 4, d1);
+                _mm256_storeu_pd(target + 8, d2);
+                _mm256_storeu_pd(target + 12, d3);
+            }
+        }
+        /* the block's float sums join double vector totals (no scalar chain per block) */
+        __m256 s = _mm256_add_ps(s0, s1), a = _mm256_add_ps(a0, a1);
+        sum_s = _mm256_add_pd(sum_s, _mm256_cvtps_pd(_mm256_castps256_ps128(s)));
+        sum_s = _mm256_add_pd(sum_s, _mm256_cvtps_pd(_mm256_extractf128_ps(s, 1)));
+        sum_a = _mm256_add_pd(sum_a, _mm256_cvtps_pd(_mm256_castps256_ps128(a)));
+        sum_a = _mm256_add_pd(sum_a, _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1)));
+        i = block_end;
+    }
+    double lanes_s[4], lanes_a[4];
+    _mm256_storeu_pd(lanes_s, sum_s);
+    _mm256_storeu_pd(lanes_a, sum_a);
+    double total_s = (lanes_s[0] + lanes_s[1]) + (lanes_s[2] + lanes_s[3]);
+    double total_a = (lanes_a[0] + lanes_a[1]) + (lanes_a[2] + lanes_a[3]);
+    uint32_t lanes[8], top = 0;
+    _mm256_storeu_si256((__m256i *)lanes, _mm256_max_epi32(top0, top1));
+    for (int j = 0; j < 8; j++) top = lanes[j] > top ? lanes[j] : top;
+    double tail_s = 0.0, tail_a = 0.0;
+    uint32_t tail_top = fused_pass_portable(data, dtype, i, stop, &tail_s, &tail_a,
+                                            columns_out ? columns_out + (i - start) : NULL, add);
+    *squares += total_s + tail_s;
+    *l1 += total_a + tail_a;
+    return tail_top > top ? tail_top : top;
+}
+
+static uint32_t fused_pass(const void *data, int dtype, Py_ssize_t start, Py_ssize_t stop,
+                           double *squares, double *l1, double *columns_out, int add) {
+    static int avx2 = -1;
+    if (avx2 < 0) avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
+    if (avx2) return fused_pass_avx2(data, dtype, start, stop, squares, l1, columns_out, add);
+    return fused_pass_portable(data, dtype, start, stop, squares, l1, columns_out, add);
+}
+#else
+#define fused_pass fused_pass_portable
+#endif
+
+/* Whether fused_pass's sums hold for a chunk whose largest magnitude has these bits. */
+static int fused_sums_hold(uint32_t top) {
+    if (top == 0) return 1; /* all zeros */
+    if (top >= 0x7F800000u) return 0; /* Inf or NaN */
+    float largest;
+    memcpy(&largest, &top, sizeof largest);
+    return largest >= SAFE_LOW && largest <= SAFE_HIGH;
+}
+
+/* Sum of squares and L1 of values [start, stop), all finite, in double (any range). */
 static void sums_finite_double(const void *data, int dtype, Py_ssize_t start, Py_ssize_t stop,
                                double *squares, double *l1) {
     double s = 0.0, a = 0.0;
@@ -143,46 +285,9 @@ static void sums_finite_double(const void *data, int dtype, Py_ssize_t start, Py
     *l1 += a;
 }
 
-/* Sum of squares and L1 of values [start, stop), all finite, the largest being `largest`. */
-static void sums_finite(const void *data, int dtype, Py_ssize_t start, Py_ssize_t stop,
-                        double *squares, double *l1, float largest) {
-    if (dtype != FLOAT16 && largest <= SAFE_HIGH && largest >= SAFE_LOW)
-        sums_finite_float(data, dtype, start, stop, squares, l1);
-    else
-        sums_finite_double(data, dtype, start, stop, squares, l1);
-}
-
-typedef double double8 __attribute__((vector_size(64)));
-
-/* sums[k] (+)= x[start + k]² for k < n: a linear layer's row gives its columns' squares.
- * The vector loop needs finite values in the safe range; the scalar one takes any. */
-__attribute__((target_clones("avx2", "default")))
-static void squares_into_fast(const void *data, int dtype, Py_ssize_t start, Py_ssize_t n,
-                              double *sums, int add) {
-    Py_ssize_t k = 0;
-    for (; k + 8 <= n; k += 8) {
-        float8 x;
-        MAGNITUDES8(x, data, dtype, start + k);
-        double8 squares = __builtin_convertvector(x * x, double8);
-        if (add) {
-            double8 current;
-            memcpy(&current, sums + k, sizeof current);
-            squares += current;
-        }
-        memcpy(sums + k, &squares, sizeof squares);
-    }
-    for (; k < n; k++) {
-        double x = magnitude_at(data, dtype, start + k);
-        sums[k] = add ? sums[k] + x * x : x * x;
-    }
-}
-
+/* sums[k] (+)= x[start + k]² for k < n, in double; non-finite values count as 0. */
 static void squares_into(const void *data, int dtype, Py_ssize_t start, Py_ssize_t n,
-                         double *sums, int add, int fast) {
-    if (fast) {
-        squares_into_fast(data, dtype, start, n, sums, add);
-        return;
-    }
+                         double *sums, int add) {
     for (Py_ssize_t k = 0; k < n; k++) {
         double x = magnitude_at(data, dtype, start + k);
         double value = isfinite(x) ? x * x : 0.0;
@@ -269,30 +374,55 @@ static PyObject *reduce_chunk(PyObject *Py_UNUSED(self), PyObject *args) {
     double squares = 0.0, l1 = 0.0;
     float largest = 0.0f;
     Py_ssize_t nonfinite = 0;
-    int finite = 1;
     Py_BEGIN_ALLOW_THREADS
-    largest = largest_magnitude(data.buf, dtype, count, &finite);
-    if (!finite) largest = 0.0f;
-    if (mode == NO_AXES) {
-        if (finite) sums_finite(data.buf, dtype, 0, count, &squares, &l1, largest);
-        else sums_checked(data.buf, dtype, 0, count, &squares, &l1, &largest, &nonfinite);
-    } else {
-        double *sums = (double *)out.buf;
-        Py_ssize_t inner = row_width / columns;
-        int fast = finite && dtype != FLOAT16 && largest <= SAFE_HIGH && largest >= SAFE_LOW;
-        for (Py_ssize_t row = 0; row < rows; row++) {
-            Py_ssize_t first = row * row_width;
+    double *sums = (double *)out.buf;
+    Py_ssize_t inner = mode == NO_AXES ? 1 : row_width / columns;
+    int done = 0;
+    if (dtype != FLOAT16 && (inner == 1 || mode == ROWS)) {
+        uint32_t top = 0;
+        if (mode == NO_AXES) {
+            top = fused_pass(data.buf, dtype, 0, count, &squares, &l1, NULL, 0);
+        } else {
+            for (Py_ssize_t row = 0; row < rows; row++) {
+                Py_ssize_t first = row * row_width;
+                double s = 0.0, a = 0.0;
+                double *target = mode == ROWS      ? NULL
+                                 : mode == COLUMNS ? sums
+                                                   : sums + row * columns;
+                uint32_t row_top = fused_pass(data.buf, dtype, first, first + row_width, &s,
+                                              &a, target, mode == COLUMNS);
+                top = row_top > top ? row_top : top;
+                squares += s;
+                l1 += a;
+                if (mode == ROWS) sums[row] += s;
+            }
+        }
+        done = fused_sums_hold(top);
+        if (done) {
+            memcpy(&largest, &top, sizeof largest);
+        } else { /* start again on the checked path */
+            squares = l1 = 0.0;
+            if (needed) memset(sums, 0, (size_t)needed * sizeof(double));
+        }
+    }
+    if (!done) {
+        int finite = 1;
+        largest = largest_magnitude(data.buf, dtype, count, &finite);
+        if (!finite) largest = 0.0f;
+        for (Py_ssize_t row = 0; row < (mode == NO_AXES ? 1 : rows); row++) {
+            Py_ssize_t first = mode == NO_AXES ? 0 : row * row_width;
+            Py_ssize_t stop = mode == NO_AXES ? count : first + row_width;
             double s = 0.0, a = 0.0;
-            if (finite) sums_finite(data.buf, dtype, first, first + row_width, &s, &a, largest);
-            else sums_checked(data.buf, dtype, first, first + row_width, &s, &a, &largest,
-                              &nonfinite);
+            if (finite) sums_finite_double(data.buf, dtype, first, stop, &s, &a);
+            else sums_checked(data.buf, dtype, first, stop, &s, &a, &largest, &nonfinite);
             squares += s;
             l1 += a;
+            if (mode == NO_AXES) break;
             if (mode == ROWS) {
                 sums[row] += s;
-            } else if (inner == 1) { /* the row's values are its columns' squares */
+            } else if (inner == 1) {
                 double *target = mode == COLUMNS ? sums : sums + row * columns;
-                squares_into(data.buf, dtype, first, columns, target, mode == COLUMNS, fast);
+                squares_into(data.buf, dtype, first, columns, target, mode == COLUMNS);
             } else {
                 for (Py_ssize_t column = 0; column < columns; column++) {
                     Py_ssize_t start = first + column * inner;

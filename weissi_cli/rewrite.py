@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from weissi_cli.errors import OutputError, UsageError
 from weissi_cli.io import TORCH_SUFFIXES, Checkpoint, TensorInfo
+from weissi_cli.io.checkpoint import read_buffer
 from weissi_cli.io.dtypes import decode, encode, raw_numpy_dtype
 from weissi_cli.io.exported import ExportedCheckpoint
 from weissi_cli.io.safetensors_file import SafetensorsCheckpoint
@@ -534,7 +535,7 @@ class ChunkScaler:
     """Multiplies raw chunks by a factor, rounding once to the storage dtype."""
 
     def __init__(self, capacity: int) -> None:
-        self.raw = bytearray(capacity * 8)
+        self.raw = read_buffer(capacity * 8)
         self.widened = np.empty(capacity, np.float32)
         self.product = np.empty(capacity, np.float64)
         self.bits = np.empty(capacity, np.uint16)

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from weissi_cli import kernel
-from weissi_cli.io.checkpoint import Checkpoint, TensorInfo
+from weissi_cli.io.checkpoint import Checkpoint, TensorInfo, read_buffer
 from weissi_cli.io.dtypes import decode
 from weissi_cli.progress import Stage
 from weissi_cli.threads import run_round_robin, single_threaded_blas
@@ -146,7 +146,7 @@ class _Worker:
 
     def __init__(self, chunk_elements: int) -> None:
         capacity = max(chunk_elements, EXACT_BELOW)  # small tensors are read whole
-        self.raw = bytearray(capacity * 8)
+        self.raw = read_buffer(capacity * 8)
         self.widened = np.empty(capacity, np.float32)
         self.reducer = ChunkReducer(capacity)
         self.sums = np.zeros(capacity, np.float64)  # a chunk's axis sums (and the kernel's)

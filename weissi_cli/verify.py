@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from weissi_cli.io.checkpoint import Checkpoint
+from weissi_cli.io.checkpoint import Checkpoint, ReadBuffer, read_buffer
 from weissi_cli.io.dtypes import UNIT_ROUNDOFF, decode
 from weissi_cli.ir import Chain, Layer
 from weissi_cli.scales import TensorScale
@@ -106,7 +106,7 @@ class _BlockState:
     """One thread's buffers for reading block pairs, and what it measured."""
 
     def __init__(self, capacity: int) -> None:
-        self.buffers = [bytearray(capacity * 8) for _ in range(2)]
+        self.buffers = [read_buffer(capacity * 8) for _ in range(2)]
         self.widened = [np.empty(capacity, np.float32) for _ in range(2)]
         self.reducer = ChunkReducer(capacity)
         self.partials: list[Partial] = []
@@ -178,7 +178,7 @@ class PairReader:
         name: str,
         start: int,
         count: int,
-        buffer: bytearray | None = None,
+        buffer: ReadBuffer | None = None,
         widened: FloatArray | None = None,
     ) -> FloatArray:
         dtype = checkpoint.info(name).dtype

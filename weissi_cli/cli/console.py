@@ -32,6 +32,8 @@ def stderr_console() -> Console:
 
 
 def print_warnings(warnings: tuple[str, ...] | list[str]) -> None:
+    if not warnings:
+        return  # and Rich stays unimported: 35 ms of a JSON run's start-up
     from rich.markup import escape
 
     sys.stdout.flush()  # keep the result and the warnings in order on a shared terminal

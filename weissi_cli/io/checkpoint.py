@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -14,6 +15,19 @@ import numpy.typing as npt
 
 from weissi_cli.errors import InputError
 from weissi_cli.io.dtypes import ITEMSIZE, is_supported_float, raw_numpy_dtype
+
+
+ReadBuffer = bytearray | mmap.mmap
+
+
+def read_buffer(nbytes: int) -> mmap.mmap:
+    """A page-aligned buffer of `nbytes` for `read_raw`.
+
+    The kernel's copy into user memory (`preadv`) ran 5-6x slower on this AMD machine
+    when the destination sat 16 bytes off a 32-byte boundary, which is where malloc puts
+    a `bytearray`: 1.2 s instead of 0.2 s for 2.2 GB. An anonymous map starts on a page.
+    """
+    return mmap.mmap(-1, max(nbytes, 1))
 
 
 @dataclass(frozen=True)
@@ -81,7 +95,7 @@ class Checkpoint(ABC):
 
     @abstractmethod
     def read_raw(
-        self, name: str, start: int, count: int, buffer: bytearray | None = None
+        self, name: str, start: int, count: int, buffer: ReadBuffer | None = None
     ) -> npt.NDArray[np.generic]:
         """Elements `start:start+count` of the flattened tensor as raw storage values.
 

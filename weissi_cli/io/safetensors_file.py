@@ -13,7 +13,13 @@ import numpy as np
 import numpy.typing as npt
 
 from weissi_cli.errors import InputError
-from weissi_cli.io.checkpoint import Checkpoint, TensorInfo, natural_key
+from weissi_cli.io.checkpoint import (
+    Checkpoint,
+    ReadBuffer,
+    TensorInfo,
+    natural_key,
+    read_buffer,
+)
 from weissi_cli.io.dtypes import ITEMSIZE, SAFETENSORS_NAMES, raw_numpy_dtype
 
 # The reference implementation refuses headers above 100 MB; so do we.
@@ -189,14 +195,14 @@ class SafetensorsCheckpoint(Checkpoint):
         return self._entries[name]
 
     def read_raw(
-        self, name: str, start: int, count: int, buffer: bytearray | None = None
+        self, name: str, start: int, count: int, buffer: ReadBuffer | None = None
     ) -> npt.NDArray[np.generic]:
         entry = self._entries[name]
         if start < 0 or count < 0 or start + count > entry.info.numel:
             raise ValueError(f"elements {start}:{start + count} are outside tensor {name!r}")
         dtype = raw_numpy_dtype(entry.info.dtype)
         nbytes = count * dtype.itemsize
-        target = bytearray(nbytes) if buffer is None else buffer
+        target = read_buffer(nbytes) if buffer is None else buffer
         if len(target) < nbytes:
             raise ValueError("buffer too small for the requested chunk")
         view = memoryview(target)[:nbytes]

@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from weissi_cli.errors import InputError
-from weissi_cli.io.checkpoint import Checkpoint, natural_key, read_json_file
+from weissi_cli.io.checkpoint import Checkpoint, ReadBuffer, natural_key, read_json_file
 from weissi_cli.io.safetensors_file import SafetensorsCheckpoint
 
 
@@ -61,7 +61,7 @@ class ShardedCheckpoint(Checkpoint):
         return self._shard_of[name]
 
     def read_raw(
-        self, name: str, start: int, count: int, buffer: bytearray | None = None
+        self, name: str, start: int, count: int, buffer: ReadBuffer | None = None
     ) -> npt.NDArray[np.generic]:
         return self.shards[self._shard_of[name]].read_raw(name, start, count, buffer)
 

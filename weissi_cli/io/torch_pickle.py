@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from weissi_cli.errors import InputError, UnsafePickleError
-from weissi_cli.io.checkpoint import Checkpoint, TensorInfo
+from weissi_cli.io.checkpoint import Checkpoint, ReadBuffer, TensorInfo
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +42,7 @@ class TensorDictCheckpoint(Checkpoint):
         return self._shared.get(name, ())
 
     def read_raw(
-        self, name: str, start: int, count: int, buffer: bytearray | None = None
+        self, name: str, start: int, count: int, buffer: ReadBuffer | None = None
     ) -> npt.NDArray[np.generic]:
         import torch
 
