@@ -15,7 +15,9 @@
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <errno.h>
 #include <string.h>
+#include <unistd.h>
 
 enum { FLOAT32 = 0, BFLOAT16 = 1, FLOAT16 = 2 };
 enum { NO_AXES = 0, ROWS = 1, COLUMNS = 2, MATRIX = 3 };
@@ -176,7 +178,7 @@ static uint32_t fused_pass_portable(const void *data, int dtype, Py_ssize_t star
 
 /* fused_pass_portable in AVX2 intrinsics: the column squares need the float-to-double
  * conversions that GCC's generic vectors lowered through the stack (1.5 Gvalues/s). */
-__attribute__((target("avx2")))
+__attribute__((target("avx2,fma")))
 static uint32_t fused_pass_avx2(const void *data, int dtype, Py_ssize_t start, Py_ssize_t stop,
                                 double *squares, double *l1, double *columns_out, int add) {
     const __m256i magnitude_mask = _mm256_set1_epi32(dtype == FLOAT32 ? 0x7FFFFFFF : 0x7FFF0000);
@@ -194,38 +196,43 @@ static uint32_t fused_pass_avx2(const void *data, int dtype, Py_ssize_t start, P
                 w0 = _mm256_loadu_si256((const __m256i *)((const float *)data + k));
                 w1 = _mm256_loadu_si256((const __m256i *)((const float *)data + k + 8));
             } else {
-                const uint16_t *bits = (const uint16_t *)data + k;
-                w0 = _mm256_slli_epi32(
-                    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)bits)), 16);
-                w1 = _mm256_slli_epi32(
-                    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(bits + 8))), 16);
+                /* interleaving with zeros widens bfloat16 to float32 in one step, in the
+                 * order 0-3, 8-11 (w0) and 4-7, 12-15 (w1): the column writes follow it */
+                __m256i narrow = _mm256_loadu_si256((const __m256i *)((const uint16_t *)data + k));
+                w0 = _mm256_unpacklo_epi16(_mm256_setzero_si256(), narrow);
+                w1 = _mm256_unpackhi_epi16(_mm256_setzero_si256(), narrow);
             }
             w0 = _mm256_and_si256(w0, magnitude_mask);
             w1 = _mm256_and_si256(w1, magnitude_mask);
             top0 = _mm256_max_epi32(top0, w0); /* sign bit clear: int order = float order */
             top1 = _mm256_max_epi32(top1, w1);
             __m256 x0 = _mm256_castsi256_ps(w0), x1 = _mm256_castsi256_ps(w1);
-            __m256 q0 = _mm256_mul_ps(x0, x0), q1 = _mm256_mul_ps(x1, x1);
-            s0 = _mm256_add_ps(s0, q0);
-            s1 = _mm256_add_ps(s1, q1);
             a0 = _mm256_add_ps(a0, x0);
             a1 = _mm256_add_ps(a1, x1);
             if (columns_out) {
+                __m256 q0 = _mm256_mul_ps(x0, x0), q1 = _mm256_mul_ps(x1, x1);
+                s0 = _mm256_add_ps(s0, q0);
+                s1 = _mm256_add_ps(s1, q1);
+                /* where each lane's value sits in the row (see the bfloat16 load) */
                 double *target = columns_out + (k - start);
+                int second = dtype == FLOAT32 ? 8 : 4, third = dtype == FLOAT32 ? 4 : 8;
                 __m256d d0 = _mm256_cvtps_pd(_mm256_castps256_ps128(q0));
                 __m256d d1 = _mm256_cvtps_pd(_mm256_extractf128_ps(q0, 1));
                 __m256d d2 = _mm256_cvtps_pd(_mm256_castps256_ps128(q1));
                 __m256d d3 = _mm256_cvtps_pd(_mm256_extractf128_ps(q1, 1));
                 if (add) {
                     d0 = _mm256_add_pd(d0, _mm256_loadu_pd(target));
-                    d1 = _mm256_add_pd(d1, _mm256_loadu_pd(target + 4));
-                    d2 = _mm256_add_pd(d2, _mm256_loadu_pd(target + 8));
+                    d1 = _mm256_add_pd(d1, _mm256_loadu_pd(target + third));
+                    d2 = _mm256_add_pd(d2, _mm256_loadu_pd(target + second));
                     d3 = _mm256_add_pd(d3, _mm256_loadu_pd(target + 12));
                 }
                 _mm256_storeu_pd(target, d0);
-                _mm256_storeu_pd(target + 4, d1);
-                _mm256_storeu_pd(target + 8, d2);
+                _mm256_storeu_pd(target + third, d1);
+                _mm256_storeu_pd(target + second, d2);
                 _mm256_storeu_pd(target + 12, d3);
+            } else {
+                s0 = _mm256_fmadd_ps(x0, x0, s0);
+                s1 = _mm256_fmadd_ps(x1, x1, s1);
             }
         }
         /* the block's float sums join double vector totals (no scalar chain per block) */
@@ -255,7 +262,7 @@ static uint32_t fused_pass_avx2(const void *data, int dtype, Py_ssize_t start, P
 static uint32_t fused_pass(const void *data, int dtype, Py_ssize_t start, Py_ssize_t stop,
                            double *squares, double *l1, double *columns_out, int add) {
     static int avx2 = -1;
-    if (avx2 < 0) avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
+    if (avx2 < 0) avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     if (avx2) return fused_pass_avx2(data, dtype, start, stop, squares, l1, columns_out, add);
     return fused_pass_portable(data, dtype, start, stop, squares, l1, columns_out, add);
 }
@@ -345,43 +352,28 @@ static float largest_magnitude(const void *data, int dtype, Py_ssize_t count, in
     return from_float16(top);
 }
 
-static PyObject *reduce_chunk(PyObject *Py_UNUSED(self), PyObject *args) {
-    Py_buffer data, out;
-    int dtype, mode;
-    Py_ssize_t count, row_width, columns;
-    out.buf = NULL;
-    if (!PyArg_ParseTuple(args, "y*innniw*", &data, &dtype, &count, &row_width, &columns, &mode,
-                          &out))
-        return NULL;
-    Py_ssize_t itemsize = dtype == FLOAT32 ? 4 : 2;
-    const char *problem = NULL;
-    if (dtype < FLOAT32 || dtype > FLOAT16) problem = "unknown dtype code";
-    else if (mode < NO_AXES || mode > MATRIX) problem = "unknown mode";
-    else if (count < 0 || data.len < count * itemsize) problem = "buffer smaller than count";
-    else if (mode != NO_AXES && (row_width <= 0 || count % row_width || columns <= 0 ||
-                                 row_width % columns))
-        problem = "rows must be whole and columns must divide the row width";
-    Py_ssize_t rows = (problem || mode == NO_AXES) ? 0 : count / row_width;
+/* Totals of one block of values, as reduce_chunk returns them. */
+typedef struct {
+    double squares, l1;
+    float largest;
+    Py_ssize_t nonfinite;
+} Totals;
+
+/* The statistics of `count` values at `data` and, by `mode`, their axis squares written to
+ * `sums` (not added): ROWS sums[r]; COLUMNS sums[c] summed over the block's rows; MATRIX
+ * sums[r * columns + c]. Runs without the GIL. The fused pass serves every finite chunk in
+ * the safe range; anything else is redone on the checked, double path. */
+static Totals reduce_block(const void *data, int dtype, Py_ssize_t count, Py_ssize_t row_width,
+                           Py_ssize_t columns, int mode, double *sums) {
+    Totals totals = {0.0, 0.0, 0.0f, 0};
+    Py_ssize_t rows = mode == NO_AXES ? 0 : count / row_width;
+    Py_ssize_t inner = mode == NO_AXES ? 1 : row_width / columns;
     Py_ssize_t needed = mode == ROWS ? rows : mode == COLUMNS ? columns
                       : mode == MATRIX ? rows * columns : 0;
-    if (!problem && out.len < needed * (Py_ssize_t)sizeof(double)) problem = "output too small";
-    if (problem) {
-        PyBuffer_Release(&data);
-        PyBuffer_Release(&out);
-        PyErr_SetString(PyExc_ValueError, problem);
-        return NULL;
-    }
-    double squares = 0.0, l1 = 0.0;
-    float largest = 0.0f;
-    Py_ssize_t nonfinite = 0;
-    Py_BEGIN_ALLOW_THREADS
-    double *sums = (double *)out.buf;
-    Py_ssize_t inner = mode == NO_AXES ? 1 : row_width / columns;
-    int done = 0;
     if (dtype != FLOAT16 && (inner == 1 || mode == ROWS)) {
         uint32_t top = 0;
         if (mode == NO_AXES) {
-            top = fused_pass(data.buf, dtype, 0, count, &squares, &l1, NULL, 0);
+            top = fused_pass(data, dtype, 0, count, &totals.squares, &totals.l1, NULL, 0);
         } else {
             for (Py_ssize_t row = 0; row < rows; row++) {
                 Py_ssize_t first = row * row_width;
@@ -389,58 +381,179 @@ static PyObject *reduce_chunk(PyObject *Py_UNUSED(self), PyObject *args) {
                 double *target = mode == ROWS      ? NULL
                                  : mode == COLUMNS ? sums
                                                    : sums + row * columns;
-                uint32_t row_top = fused_pass(data.buf, dtype, first, first + row_width, &s,
-                                              &a, target, mode == COLUMNS);
+                uint32_t row_top = fused_pass(data, dtype, first, first + row_width, &s, &a,
+                                              target, mode == COLUMNS && row > 0);
                 top = row_top > top ? row_top : top;
-                squares += s;
-                l1 += a;
-                if (mode == ROWS) sums[row] += s;
+                totals.squares += s;
+                totals.l1 += a;
+                if (mode == ROWS) sums[row] = s;
             }
         }
-        done = fused_sums_hold(top);
-        if (done) {
-            memcpy(&largest, &top, sizeof largest);
-        } else { /* start again on the checked path */
-            squares = l1 = 0.0;
-            if (needed) memset(sums, 0, (size_t)needed * sizeof(double));
+        if (fused_sums_hold(top)) {
+            memcpy(&totals.largest, &top, sizeof totals.largest);
+            return totals;
         }
+        totals.squares = totals.l1 = 0.0; /* start again on the checked path */
     }
-    if (!done) {
-        int finite = 1;
-        largest = largest_magnitude(data.buf, dtype, count, &finite);
-        if (!finite) largest = 0.0f;
-        for (Py_ssize_t row = 0; row < (mode == NO_AXES ? 1 : rows); row++) {
-            Py_ssize_t first = mode == NO_AXES ? 0 : row * row_width;
-            Py_ssize_t stop = mode == NO_AXES ? count : first + row_width;
-            double s = 0.0, a = 0.0;
-            if (finite) sums_finite_double(data.buf, dtype, first, stop, &s, &a);
-            else sums_checked(data.buf, dtype, first, stop, &s, &a, &largest, &nonfinite);
-            squares += s;
-            l1 += a;
-            if (mode == NO_AXES) break;
-            if (mode == ROWS) {
-                sums[row] += s;
-            } else if (inner == 1) {
-                double *target = mode == COLUMNS ? sums : sums + row * columns;
-                squares_into(data.buf, dtype, first, columns, target, mode == COLUMNS);
-            } else {
-                for (Py_ssize_t column = 0; column < columns; column++) {
-                    Py_ssize_t start = first + column * inner;
-                    double cs = 0.0, ca = 0.0;
-                    Py_ssize_t ignored = 0;
-                    float unused = 0.0f;
-                    sums_checked(data.buf, dtype, start, start + inner, &cs, &ca, &unused,
-                                 &ignored);
-                    if (mode == COLUMNS) sums[column] += cs;
-                    else sums[row * columns + column] = cs;
-                }
+    if (needed) memset(sums, 0, (size_t)needed * sizeof(double));
+    int finite = 1;
+    totals.largest = largest_magnitude(data, dtype, count, &finite);
+    if (!finite) totals.largest = 0.0f;
+    for (Py_ssize_t row = 0; row < (mode == NO_AXES ? 1 : rows); row++) {
+        Py_ssize_t first = mode == NO_AXES ? 0 : row * row_width;
+        Py_ssize_t stop = mode == NO_AXES ? count : first + row_width;
+        double s = 0.0, a = 0.0;
+        if (finite) sums_finite_double(data, dtype, first, stop, &s, &a);
+        else sums_checked(data, dtype, first, stop, &s, &a, &totals.largest, &totals.nonfinite);
+        totals.squares += s;
+        totals.l1 += a;
+        if (mode == NO_AXES) break;
+        if (mode == ROWS) {
+            sums[row] = s;
+        } else if (inner == 1) {
+            double *target = mode == COLUMNS ? sums : sums + row * columns;
+            squares_into(data, dtype, first, columns, target, mode == COLUMNS);
+        } else {
+            for (Py_ssize_t column = 0; column < columns; column++) {
+                Py_ssize_t start = first + column * inner;
+                double cs = 0.0, ca = 0.0;
+                Py_ssize_t ignored = 0;
+                float unused = 0.0f;
+                sums_checked(data, dtype, start, start + inner, &cs, &ca, &unused, &ignored);
+                if (mode == COLUMNS) sums[column] += cs;
+                else sums[row * columns + column] = cs;
             }
         }
     }
-    Py_END_ALLOW_THREADS
+    return totals;
+}
+
+/* The argument checks shared by reduce_chunk and reduce_range; NULL when they pass. */
+static const char *shape_problem(int dtype, int mode, Py_ssize_t count, Py_ssize_t row_width,
+                                 Py_ssize_t columns) {
+    if (dtype < FLOAT32 || dtype > FLOAT16) return "unknown dtype code";
+    if (mode < NO_AXES || mode > MATRIX) return "unknown mode";
+    if (count < 0) return "negative count";
+    if (mode != NO_AXES &&
+        (row_width <= 0 || count % row_width || columns <= 0 || row_width % columns))
+        return "rows must be whole and columns must divide the row width";
+    return NULL;
+}
+
+static PyObject *totals_tuple(Totals totals) {
+    return Py_BuildValue("(dddn)", totals.squares, totals.l1, (double)totals.largest,
+                         totals.nonfinite);
+}
+
+static PyObject *reduce_chunk(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_buffer data, out;
+    int dtype, mode;
+    Py_ssize_t count, row_width, columns;
+    if (!PyArg_ParseTuple(args, "y*innniw*", &data, &dtype, &count, &row_width, &columns, &mode,
+                          &out))
+        return NULL;
+    Py_ssize_t itemsize = dtype == FLOAT32 ? 4 : 2;
+    const char *problem = shape_problem(dtype, mode, count, row_width, columns);
+    if (!problem && data.len < count * itemsize) problem = "buffer smaller than count";
+    Py_ssize_t rows = (problem || mode == NO_AXES) ? 0 : count / row_width;
+    Py_ssize_t needed = mode == ROWS ? rows : mode == COLUMNS ? columns
+                      : mode == MATRIX ? rows * columns : 0;
+    if (!problem && out.len < needed * (Py_ssize_t)sizeof(double)) problem = "output too small";
+    Totals totals = {0.0, 0.0, 0.0f, 0};
+    if (!problem) {
+        Py_BEGIN_ALLOW_THREADS
+        totals = reduce_block(data.buf, dtype, count, row_width, columns, mode,
+                              (double *)out.buf);
+        Py_END_ALLOW_THREADS
+    }
     PyBuffer_Release(&data);
     PyBuffer_Release(&out);
-    return Py_BuildValue("(dddn)", squares, l1, (double)largest, nonfinite);
+    if (problem) {
+        PyErr_SetString(PyExc_ValueError, problem);
+        return NULL;
+    }
+    return totals_tuple(totals);
+}
+
+/* Bytes read and reduced at a time by reduce_range: small enough that a piece is still in
+ * the core's L2 cache when the kernel reads it back after the read's copy. */
+#ifndef PIECE_BYTES
+#define PIECE_BYTES (256 << 10)
+#endif
+
+/* reduce_chunk over `count` values read from file descriptor `fd` at byte `offset`,
+ * through `scratch` in pieces of whole rows of about PIECE_BYTES: one call per task
+ * instead of a Python read and a Python call per piece. COLUMNS mode needs `out` to hold
+ * 2 x columns (the second half stages each piece's sums). Raises EOFError when the file
+ * ends early and OSError when a read fails. */
+static PyObject *reduce_range(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_buffer scratch, out;
+    int fd, dtype, mode;
+    long long offset;
+    Py_ssize_t count, row_width, columns;
+    if (!PyArg_ParseTuple(args, "iLw*innniw*", &fd, &offset, &scratch, &dtype, &count,
+                          &row_width, &columns, &mode, &out))
+        return NULL;
+    Py_ssize_t itemsize = dtype == FLOAT32 ? 4 : 2;
+    const char *problem = shape_problem(dtype, mode, count, row_width, columns);
+    Py_ssize_t rows = (problem || mode == NO_AXES) ? 0 : count / row_width;
+    Py_ssize_t needed = mode == ROWS ? rows : mode == COLUMNS ? 2 * columns
+                      : mode == MATRIX ? rows * columns : 0;
+    Py_ssize_t unit = mode == NO_AXES ? 1 : row_width; /* pieces hold whole rows */
+    Py_ssize_t per_piece = PIECE_BYTES / (unit * itemsize);
+    per_piece = (per_piece < 1 ? 1 : per_piece) * unit;
+    if (!problem && out.len < needed * (Py_ssize_t)sizeof(double)) problem = "output too small";
+    if (!problem && scratch.len < per_piece * itemsize) problem = "scratch smaller than a row";
+    Totals totals = {0.0, 0.0, 0.0f, 0};
+    int error = 0; /* errno of a failed read, or -1 for an early end of file */
+    if (!problem) {
+        Py_BEGIN_ALLOW_THREADS
+        double *sums = (double *)out.buf;
+        char *buffer = (char *)scratch.buf;
+        for (Py_ssize_t done = 0; done < count && !error; done += per_piece) {
+            Py_ssize_t n = count - done < per_piece ? count - done : per_piece;
+            size_t want = (size_t)(n * itemsize), have = 0;
+            while (have < want) {
+                ssize_t got = pread(fd, buffer + have, want - have,
+                                    (off_t)(offset + done * itemsize + (long long)have));
+                if (got < 0 && errno == EINTR) continue;
+                if (got <= 0) {
+                    error = got < 0 ? errno : -1;
+                    break;
+                }
+                have += (size_t)got;
+            }
+            if (error) break;
+            Py_ssize_t first_row = mode == NO_AXES ? 0 : done / row_width;
+            double *target = mode == ROWS      ? sums + first_row
+                             : mode == MATRIX  ? sums + first_row * columns
+                             : mode == COLUMNS ? (done == 0 ? sums : sums + columns)
+                                               : NULL;
+            Totals piece = reduce_block(buffer, dtype, n, row_width, columns, mode, target);
+            if (mode == COLUMNS && done > 0)
+                for (Py_ssize_t c = 0; c < columns; c++) sums[c] += sums[columns + c];
+            totals.squares += piece.squares;
+            totals.l1 += piece.l1;
+            totals.largest = piece.largest > totals.largest ? piece.largest : totals.largest;
+            totals.nonfinite += piece.nonfinite;
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&scratch);
+    PyBuffer_Release(&out);
+    if (problem) {
+        PyErr_SetString(PyExc_ValueError, problem);
+        return NULL;
+    }
+    if (error > 0) {
+        errno = error;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (error < 0) {
+        PyErr_SetString(PyExc_EOFError, "the file ended before the tensor's data");
+        return NULL;
+    }
+    return totals_tuple(totals);
 }
 
 /* The largest magnitude's bit pattern per row and per column (max-accumulated into
@@ -522,6 +635,9 @@ static PyMethodDef methods[] = {
     {"reduce_chunk", reduce_chunk, METH_VARARGS,
      "reduce_chunk(data, dtype_code, count, row_width, columns, mode, out) -> "
      "(sum_squares, l1, max_abs, nonfinite)"},
+    {"reduce_range", reduce_range, METH_VARARGS,
+     "reduce_range(fd, offset, scratch, dtype_code, count, row_width, columns, mode, out) -> "
+     "(sum_squares, l1, max_abs, nonfinite): reduce_chunk over values read from a file"},
     {"maxima", maxima, METH_VARARGS,
      "maxima(data, dtype_code, count, row_width, columns, row_out, column_out): the largest "
      "magnitude bits per row (uint32) and, max-accumulated, per column"},

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from weissi_cli import kernel
+from weissi_cli.errors import InputError
 from weissi_cli.io.checkpoint import Checkpoint, TensorInfo, read_buffer
 from weissi_cli.io.dtypes import decode
 from weissi_cli.progress import Stage
@@ -149,18 +150,39 @@ class _Worker:
         self.raw = read_buffer(capacity * 8)
         self.widened = np.empty(capacity, np.float32)
         self.reducer = ChunkReducer(capacity)
-        self.sums = np.zeros(capacity, np.float64)  # a chunk's axis sums (and the kernel's)
+        # a chunk's axis sums; twice the values, as the kernel's COLUMNS mode stages its pieces
+        self.sums = np.zeros(2 * capacity, np.float64)
         self.row_maxima = np.zeros(capacity if kernel.AVAILABLE else 0, np.uint32)
 
     def reduce(
         self, checkpoint: Checkpoint, task: _Task, squares: _SquaresSink | None = None
     ) -> Partial:
-        raw = checkpoint.read_raw(task.name, task.start, task.count, self.raw)
         mode = squares.mode(task) if squares is not None else kernel.NO_AXES
-        if kernel.compiled is not None and task.dtype in kernel.DTYPE_CODES and not task.exact:
-            if mode in (kernel.ROWS, kernel.COLUMNS):  # the kernel adds into these
-                self.sums[: _sums_size(task, mode)] = 0.0
-            sum_squares, l1, largest, nonfinite = kernel.compiled.reduce_chunk(
+        compiled = kernel.compiled
+        fast = compiled is not None and task.dtype in kernel.DTYPE_CODES and not task.exact
+        located = checkpoint.locate(task.name) if fast else None
+        if compiled is not None and fast and located is not None:
+            # The kernel reads the file itself, in pieces that stay in cache.
+            fd, begin, path = located
+            itemsize = 4 if task.dtype == "float32" else 2
+            try:
+                totals = compiled.reduce_range(
+                    fd,
+                    begin + task.start * itemsize,
+                    self.raw,
+                    kernel.DTYPE_CODES[task.dtype],
+                    task.count,
+                    task.row_width if mode else 0,
+                    task.columns if mode else 1,
+                    mode,
+                    self.sums,
+                )
+            except EOFError:
+                raise InputError(f"{path}: file ended early (truncated while reading?)") from None
+            partial = Partial(*totals)
+        elif compiled is not None and fast:
+            raw = checkpoint.read_raw(task.name, task.start, task.count, self.raw)
+            totals = compiled.reduce_chunk(
                 raw,
                 kernel.DTYPE_CODES[task.dtype],
                 task.count,
@@ -169,8 +191,9 @@ class _Worker:
                 mode,
                 self.sums,
             )
-            partial = Partial(sum_squares, l1, largest, nonfinite)
+            partial = Partial(*totals)
         else:
+            raw = checkpoint.read_raw(task.name, task.start, task.count, self.raw)
             values = decode(raw, task.dtype, self.widened)
             partial = self.reducer.reduce(values, exact=task.exact)
             if mode:

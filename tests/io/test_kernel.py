@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+import os
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +97,64 @@ def test_axis_sums_equal_the_float64_reference(
         raw, kernel.DTYPE_CODES[dtype], raw.size, columns * inner, columns, mode, out
     )
     np.testing.assert_allclose(out[: expected.size], expected, rtol=1e-6)
+
+
+@given(
+    rows=st.integers(1, 120),
+    width=st.sampled_from([1, 17, 3000, 40000]),
+    dtype=st.sampled_from(["float32", "bfloat16"]),
+    mode=st.sampled_from([kernel.NO_AXES, kernel.ROWS, kernel.COLUMNS, kernel.MATRIX]),
+    poison=st.sampled_from([None, 0.0, 0.5, 0.99]),
+    scale=st.sampled_from([1.0, 1e30]),
+)
+def test_reading_the_file_in_pieces_equals_one_chunk(
+    tmp_path_factory: pytest.TempPathFactory,
+    rows: int,
+    width: int,
+    dtype: str,
+    mode: int,
+    poison: float | None,
+    scale: float,
+) -> None:
+    """reduce_range reads 256 KiB pieces of whole rows; its totals and axis sums equal
+    reduce_chunk's over the same bytes, with a NaN or huge values in any piece."""
+    values = np.random.default_rng(rows * width).standard_normal(rows * width) * scale
+    if poison is not None:
+        values[int(poison * (values.size - 1))] = np.nan
+    raw = raw_of(values, dtype)
+    path = tmp_path_factory.mktemp("range") / "data.bin"
+    path.write_bytes(b"x" * 24 + raw.tobytes())
+    code, columns = kernel.DTYPE_CODES[dtype], width
+    expected_sums = np.zeros(2 * rows * width)
+    sums = np.zeros(2 * rows * width)
+    assert kernel.compiled is not None
+    expected = kernel.compiled.reduce_chunk(raw, code, raw.size, width, columns, mode, expected_sums)
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        scratch = mmap.mmap(-1, max(256 << 10, raw.nbytes))
+        got = kernel.compiled.reduce_range(
+            descriptor, 24, scratch, code, raw.size, width, columns, mode, sums
+        )
+    finally:
+        os.close(descriptor)
+    # Pieces regroup the float blocks of 256 values: equal to float rounding, not bits.
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    used = {kernel.NO_AXES: 0, kernel.ROWS: rows, kernel.COLUMNS: width}.get(mode, rows * width)
+    np.testing.assert_allclose(sums[:used], expected_sums[:used], rtol=1e-6)
+
+
+def test_reading_past_the_end_is_an_eof_error(tmp_path: Path) -> None:
+    path = tmp_path / "short.bin"
+    path.write_bytes(np.ones(100, np.float32).tobytes())
+    descriptor = os.open(path, os.O_RDONLY)
+    assert kernel.compiled is not None
+    try:
+        with pytest.raises(EOFError):
+            kernel.compiled.reduce_range(
+                descriptor, 0, mmap.mmap(-1, 1 << 18), 0, 101, 0, 1, kernel.NO_AXES, DUMMY
+            )
+    finally:
+        os.close(descriptor)
 
 
 def test_bad_arguments_are_value_errors() -> None:

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from weissi_cli import stats
+from weissi_cli import kernel, stats
+from weissi_cli.errors import InputError
 from weissi_cli.io import open_checkpoint
 from weissi_cli.io.dtypes import decode, encode
 from weissi_cli.stats import CHUNK_ELEMENTS, EXACT_BELOW, TensorStats, compute_stats
@@ -279,9 +281,30 @@ def test_an_error_in_a_worker_thread_reaches_the_caller(
             raise OSError("disk gone")
 
         checkpoint.read_raw = failing  # type: ignore[method-assign]
+        checkpoint.locate = lambda name: None  # type: ignore[method-assign]
         with pytest.raises(OSError, match="disk gone"):
             compute_stats(checkpoint, threads=2, chunk_elements=EXACT_BELOW)
     assert len(threaded) == 2
+
+
+@pytest.mark.skipif(not kernel.AVAILABLE, reason="the C kernel reads files itself")
+def test_a_failed_read_in_the_kernel_reaches_the_caller(tmp_path: Path) -> None:
+    raw = stored(random_values(4 * EXACT_BELOW), "float32")
+    path = write_raw_tensors(tmp_path / "m.safetensors", {"w": ("float32", raw)})
+    with open_checkpoint(path) as checkpoint:
+        checkpoint.locate = lambda name: (-1, 0, path)  # type: ignore[method-assign]
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            compute_stats(checkpoint, threads=2, chunk_elements=EXACT_BELOW)
+
+
+@pytest.mark.skipif(not kernel.AVAILABLE, reason="the C kernel reads files itself")
+def test_a_file_truncated_under_the_kernel_is_an_input_error(tmp_path: Path) -> None:
+    raw = stored(random_values(4 * EXACT_BELOW), "float32")
+    path = write_raw_tensors(tmp_path / "m.safetensors", {"w": ("float32", raw)})
+    with open_checkpoint(path) as checkpoint:
+        os.truncate(path, path.stat().st_size - 1000)
+        with pytest.raises(InputError, match="ended early"):
+            compute_stats(checkpoint, threads=2, chunk_elements=EXACT_BELOW)
 
 
 # --- non-finite values and extreme magnitudes ------------------------------------------------

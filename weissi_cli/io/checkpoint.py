@@ -103,6 +103,12 @@ class Checkpoint(ABC):
         reused. bfloat16 comes back as uint16 bits (see `dtypes.decode`).
         """
 
+    def locate(self, name: str) -> tuple[int, int, Path] | None:
+        """(open file descriptor, byte offset of the tensor's first element, file) when the
+        tensor lies contiguously in a file in its storage layout, so that the compiled kernel
+        can read it itself; None otherwise."""
+        return None
+
     def read_all(self, name: str) -> npt.NDArray[np.generic]:
         """The whole tensor as raw storage values (for small tensors only)."""
         info = self.info(name)

@@ -194,6 +194,9 @@ class SafetensorsCheckpoint(Checkpoint):
     def entry(self, name: str) -> SafetensorsEntry:
         return self._entries[name]
 
+    def locate(self, name: str) -> tuple[int, int, Path] | None:
+        return self._fd, self.header.data_start + self._entries[name].begin, self.path
+
     def read_raw(
         self, name: str, start: int, count: int, buffer: ReadBuffer | None = None
     ) -> npt.NDArray[np.generic]:

@@ -60,6 +60,9 @@ class ShardedCheckpoint(Checkpoint):
     def shard_of(self, name: str) -> str:
         return self._shard_of[name]
 
+    def locate(self, name: str) -> tuple[int, int, Path] | None:
+        return self.shards[self._shard_of[name]].locate(name)
+
     def read_raw(
         self, name: str, start: int, count: int, buffer: ReadBuffer | None = None
     ) -> npt.NDArray[np.generic]:
