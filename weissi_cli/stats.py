@@ -25,6 +25,9 @@ from weissi_cli.progress import Stage
 from weissi_cli.threads import run_round_robin, single_threaded_blas
 
 CHUNK_ELEMENTS = 1 << 19
+# Where the C kernel reads the file itself it works in cache-sized pieces anyway; larger
+# tasks only cut the Python work per task (2.2 GB of bfloat16: 0.33 -> 0.27 s).
+KERNEL_TASK_ELEMENTS = 1 << 21
 # Tensors this small are reduced in float64 outright: exact, and cheap at this size.
 EXACT_BELOW = 1 << 16
 # Below this much data a second thread costs more than it saves.
@@ -326,7 +329,7 @@ def compute_stats(
     checkpoint: Checkpoint,
     names: Iterable[str] | None = None,
     threads: int = 2,
-    chunk_elements: int = CHUNK_ELEMENTS,
+    chunk_elements: int | None = None,
 ) -> dict[str, TensorStats]:
     """Statistics of the named tensors (default: every supported float tensor)."""
     return compute_stats_and_squares(checkpoint, names, threads, chunk_elements)[0]
@@ -336,11 +339,14 @@ def compute_stats_and_squares(
     checkpoint: Checkpoint,
     names: Iterable[str] | None = None,
     threads: int = 2,
-    chunk_elements: int = CHUNK_ELEMENTS,
+    chunk_elements: int | None = None,
     squared: Mapping[str, tuple[bool, bool]] | None = None,
 ) -> tuple[dict[str, TensorStats], dict[str, npt.NDArray[np.float32]]]:
     """Statistics of the named tensors and, in the same pass, the axis squares (see
-    `axis_squares`) of the tensors in `squared`, which maps a name to the axes to keep."""
+    `axis_squares`) of the tensors in `squared`, which maps a name to the axes to keep.
+    Tasks are `chunk_elements` long (default: by who reads, see KERNEL_TASK_ELEMENTS)."""
+    if chunk_elements is None:
+        chunk_elements = KERNEL_TASK_ELEMENTS if kernel.AVAILABLE else CHUNK_ELEMENTS
     if names is None:
         infos = [info for info in checkpoint.tensors if info.is_supported_float]
     else:
