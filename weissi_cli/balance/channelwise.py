@@ -64,6 +64,9 @@ class _Factors:
         self.squares = squares
         self.rows = {name: np.ones(q.shape[0]) for name, q in squares.items()}
         self.columns = {name: np.ones(q.shape[1]) for name, q in squares.items()}
+        # (tensor, axis) -> the squares summed along the other axis under its factors: kept
+        # until that other axis moves (a transformer's heads each move only their own rows).
+        self._weights: dict[tuple[str, int], Vector] = {}
 
     def penalty(self) -> float:
         return math.fsum(self.per_tensor().values())
@@ -80,12 +83,17 @@ class _Factors:
         q = self.squares[member.tensor]
         span = slice(member.offset, member.offset + size * member.block)
         own_along = np.repeat(own ** (2 * member.exponent), member.block)
-        if member.axis == 0:
-            weights = (q @ (self.columns[member.tensor] ** 2).astype(np.float32)).astype(np.float64)
-            along = weights[span] * self.rows[member.tensor][span] ** 2 / own_along
-        else:
-            weights = ((self.rows[member.tensor] ** 2).astype(np.float32) @ q).astype(np.float64)
-            along = weights[span] * self.columns[member.tensor][span] ** 2 / own_along
+        weights = self._weights.get((member.tensor, member.axis))
+        if weights is None:
+            if member.axis == 0:
+                other = (self.columns[member.tensor] ** 2).astype(np.float32)
+                weights = (q @ other).astype(np.float64)
+            else:
+                other = (self.rows[member.tensor] ** 2).astype(np.float32)
+                weights = (other @ q).astype(np.float64)
+            self._weights[(member.tensor, member.axis)] = weights
+        factors = (self.rows if member.axis == 0 else self.columns)[member.tensor]
+        along = weights[span] * factors[span] ** 2 / own_along
         return np.add.reduceat(along, np.arange(0, size * member.block, member.block))
 
     def sides(self, penalised: list[Member], size: int, own: Vector) -> tuple[Vector, Vector]:
@@ -107,6 +115,7 @@ class _Factors:
                 raise ValueError(f"{member.tensor}: axis {member.axis} was summed out but moves")
             return
         vectors[member.tensor][span] *= np.repeat(change**member.exponent, member.block)
+        self._weights.pop((member.tensor, 1 - member.axis), None)
 
 
 def solve(
