@@ -5,6 +5,7 @@ Run as a subprocess next to `weissi inspect`, so both sides pay an interpreter s
 
 from __future__ import annotations
 
+import mmap
 import os
 import sys
 
@@ -22,7 +23,8 @@ def one_file(path: str) -> None:
     descriptor = os.open(path, os.O_RDONLY)
     header = int.from_bytes(os.pread(descriptor, 8, 0), "little")
     offset, size = 8 + header, os.fstat(descriptor).st_size
-    buffer = bytearray(CHUNK_BYTES)
+    # Page-aligned: preadv into malloc's 16-byte-offset memory runs 5-6x slower here.
+    buffer = mmap.mmap(-1, CHUNK_BYTES)
     values = np.frombuffer(buffer, np.float32)
     total = 0.0
     while offset < size:

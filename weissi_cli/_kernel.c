@@ -556,6 +556,196 @@ static PyObject *reduce_range(PyObject *Py_UNUSED(self), PyObject *args) {
     return totals_tuple(totals);
 }
 
+/* Read `count` bytes-worth of values fully, or report why not (errno, or -1 at EOF). */
+static int read_fully(int fd, char *buffer, size_t want, long long offset) {
+    size_t have = 0;
+    while (have < want) {
+        ssize_t got = pread(fd, buffer + have, want - have, (off_t)(offset + (long long)have));
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) return got < 0 ? errno : -1;
+        have += (size_t)got;
+    }
+    return 0;
+}
+
+/* What check_range found: values checked, values outside their allowance (NaN counts),
+ * the largest deviation as a share of its allowance (finite ones), and the rewritten
+ * values' statistics. */
+typedef struct {
+    Py_ssize_t checked, bad;
+    double worst;
+    Totals rewritten;
+} CheckTotals;
+
+/* new[i] against old[i] * factor_i for values [start, stop) of one row: |new - f·old| must
+ * be at most |new|·unit + floor. In double: the product of a 24-bit value and a factor is
+ * then off by at most 2^-53 of itself, far inside any allowance the caller passes. */
+static void check_values_portable(const void *old, const void *new, int dtype, Py_ssize_t start,
+                                  Py_ssize_t stop, double row_factor, const double *pattern,
+                                  double unit, double floor, CheckTotals *found) {
+    double worst = found->worst;
+    Py_ssize_t bad = 0;
+    for (Py_ssize_t k = start; k < stop; k++) {
+        double o = value_at(old, dtype, k), n = value_at(new, dtype, k);
+        double factor = pattern ? row_factor * pattern[k - start] : row_factor;
+        double deviation = fabs(n - o * factor);
+        double allowance = fabs(n) * unit + floor;
+        bad += !(deviation <= allowance); /* NaN counts as bad */
+        double share = deviation / allowance;
+        worst = share > worst ? share : worst; /* NaN shares are left out */
+    }
+    found->worst = worst;
+    found->bad += bad;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* Four values from `index` on, widened to double. */
+__attribute__((target("avx2,fma"))) static inline __m256d load4(const void *data, int dtype,
+                                                                Py_ssize_t index) {
+    if (dtype == FLOAT32) return _mm256_cvtps_pd(_mm_loadu_ps((const float *)data + index));
+    __m128i narrow = _mm_loadl_epi64((const __m128i *)((const uint16_t *)data + index));
+    __m128i wide = _mm_slli_epi32(_mm_cvtepu16_epi32(narrow), 16);
+    return _mm256_cvtps_pd(_mm_castsi128_ps(wide));
+}
+
+/* check_values_portable in AVX2, four values at a time. */
+__attribute__((target("avx2,fma")))
+static void check_values_avx2(const void *old, const void *new, int dtype, Py_ssize_t start,
+                              Py_ssize_t stop, double row_factor, const double *pattern,
+                              double unit, double floor, CheckTotals *found) {
+    const __m256d sign = _mm256_set1_pd(-0.0), units = _mm256_set1_pd(unit);
+    const __m256d floors = _mm256_set1_pd(floor), factor = _mm256_set1_pd(row_factor);
+    __m256d worst = _mm256_set1_pd(found->worst);
+    __m256i bad = _mm256_setzero_si256();
+    Py_ssize_t k = start;
+    for (; k + 4 <= stop; k += 4) {
+        __m256d o = load4(old, dtype, k), n = load4(new, dtype, k);
+        __m256d f = pattern ? _mm256_mul_pd(factor, _mm256_loadu_pd(pattern + (k - start)))
+                            : factor;
+        __m256d deviation = _mm256_andnot_pd(sign, _mm256_fnmadd_pd(o, f, n));
+        __m256d allowance = _mm256_fmadd_pd(_mm256_andnot_pd(sign, n), units, floors);
+        /* all ones where within the allowance; NaN compares false and counts as bad */
+        __m256d within = _mm256_cmp_pd(deviation, allowance, _CMP_LE_OQ);
+        bad = _mm256_add_epi64(bad, _mm256_add_epi64(_mm256_castpd_si256(within),
+                                                     _mm256_set1_epi64x(1)));
+        /* in double: a float allowance can be subnormal, and float division by one is
+         * slow (microcode) */
+        worst = _mm256_max_pd(_mm256_div_pd(deviation, allowance), worst); /* NaN: keep */
+    }
+    double lanes[4];
+    _mm256_storeu_pd(lanes, worst);
+    double top = lanes[0];
+    for (int j = 1; j < 4; j++) top = lanes[j] > top ? lanes[j] : top;
+    int64_t counts[4];
+    _mm256_storeu_si256((__m256i *)counts, bad);
+    found->bad += (Py_ssize_t)(counts[0] + counts[1] + counts[2] + counts[3]);
+    found->worst = top;
+    check_values_portable(old, new, dtype, k, stop, row_factor,
+                          pattern ? pattern + (k - start) : NULL, unit, floor, found);
+}
+#endif
+
+/* The check of one piece of whole rows: factor = scalar · row_factors[row] · pattern[k]
+ * (either array may be absent). */
+static void check_piece(const void *old, const void *new, int dtype, Py_ssize_t rows,
+                        Py_ssize_t row_width, double scalar, const double *row_factors,
+                        const double *pattern, double unit, double floor, CheckTotals *found) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    static int avx2 = -1;
+    if (avx2 < 0) avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    for (Py_ssize_t row = 0; row < rows; row++) {
+        double row_factor = scalar * (row_factors ? row_factors[row] : 1.0);
+        Py_ssize_t first = row * row_width;
+#if defined(__x86_64__) && defined(__GNUC__)
+        if (avx2) {
+            check_values_avx2(old, new, dtype, first, first + row_width, row_factor, pattern,
+                              unit, floor, found);
+            continue;
+        }
+#endif
+        check_values_portable(old, new, dtype, first, first + row_width, row_factor, pattern,
+                              unit, floor, found);
+    }
+    found->checked += rows * row_width;
+}
+
+/* The value check of a rewrite, reading both files itself: `count` values (whole rows of
+ * `row_width`) of a tensor at `old_offset` in `old_fd` and `new_offset` in `new_fd`, with
+ * `row_factors` holding these rows' factors (or empty). Also measures the rewritten
+ * values as reduce_chunk does. Returns (checked, bad, worst, sum_squares, l1, max_abs,
+ * nonfinite). */
+static PyObject *check_range(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_buffer old_scratch, new_scratch, row_factors, pattern;
+    int old_fd, new_fd, dtype;
+    long long old_offset, new_offset;
+    Py_ssize_t count, row_width;
+    double scalar, unit, floor;
+    if (!PyArg_ParseTuple(args, "iLiLw*w*inndy*y*dd", &old_fd, &old_offset, &new_fd,
+                          &new_offset, &old_scratch, &new_scratch, &dtype, &count, &row_width,
+                          &scalar, &row_factors, &pattern, &unit, &floor))
+        return NULL;
+    Py_ssize_t itemsize = dtype == FLOAT32 ? 4 : 2;
+    const char *problem = NULL;
+    if (dtype != FLOAT32 && dtype != BFLOAT16) problem = "check_range reads float32 or bfloat16";
+    else if (count < 0 || row_width <= 0 || count % row_width)
+        problem = "rows must be whole";
+    Py_ssize_t rows = problem ? 0 : count / row_width;
+    Py_ssize_t per_piece = PIECE_BYTES / (row_width * itemsize);
+    per_piece = per_piece < 1 ? 1 : per_piece;
+    if (!problem && row_factors.len && row_factors.len < rows * (Py_ssize_t)sizeof(double))
+        problem = "row factors shorter than the rows";
+    if (!problem && pattern.len && pattern.len < row_width * (Py_ssize_t)sizeof(double))
+        problem = "pattern shorter than a row";
+    if (!problem && (old_scratch.len < per_piece * row_width * itemsize ||
+                     new_scratch.len < per_piece * row_width * itemsize))
+        problem = "scratch smaller than a row";
+    CheckTotals found = {0, 0, 0.0, {0.0, 0.0, 0.0f, 0}};
+    int error = 0;
+    if (!problem) {
+        Py_BEGIN_ALLOW_THREADS
+        const double *factors = row_factors.len ? (const double *)row_factors.buf : NULL;
+        const double *along = pattern.len ? (const double *)pattern.buf : NULL;
+        for (Py_ssize_t row = 0; row < rows; row += per_piece) {
+            Py_ssize_t n = rows - row < per_piece ? rows - row : per_piece;
+            size_t nbytes = (size_t)(n * row_width * itemsize);
+            long long skip = (long long)row * row_width * itemsize;
+            error = read_fully(old_fd, (char *)old_scratch.buf, nbytes, old_offset + skip);
+            if (!error)
+                error = read_fully(new_fd, (char *)new_scratch.buf, nbytes, new_offset + skip);
+            if (error) break;
+            check_piece(old_scratch.buf, new_scratch.buf, dtype, n, row_width, scalar,
+                        factors ? factors + row : NULL, along, unit, floor, &found);
+            Totals piece = reduce_block(new_scratch.buf, dtype, n * row_width, 0, 1, NO_AXES,
+                                        NULL);
+            found.rewritten.squares += piece.squares;
+            found.rewritten.l1 += piece.l1;
+            if (piece.largest > found.rewritten.largest) found.rewritten.largest = piece.largest;
+            found.rewritten.nonfinite += piece.nonfinite;
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&old_scratch);
+    PyBuffer_Release(&new_scratch);
+    PyBuffer_Release(&row_factors);
+    PyBuffer_Release(&pattern);
+    if (problem) {
+        PyErr_SetString(PyExc_ValueError, problem);
+        return NULL;
+    }
+    if (error > 0) {
+        errno = error;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (error < 0) {
+        PyErr_SetString(PyExc_EOFError, "a file ended before the tensor's data");
+        return NULL;
+    }
+    return Py_BuildValue("(nnddddn)", found.checked, found.bad, found.worst,
+                         found.rewritten.squares, found.rewritten.l1,
+                         (double)found.rewritten.largest, found.rewritten.nonfinite);
+}
+
 /* The largest magnitude's bit pattern per row and per column (max-accumulated into
  * `column_out` across chunks): zero exactly where every value is ±0, and never zero for a
  * NaN, which is what `check` needs to find dead units. */
@@ -638,6 +828,10 @@ static PyMethodDef methods[] = {
     {"reduce_range", reduce_range, METH_VARARGS,
      "reduce_range(fd, offset, scratch, dtype_code, count, row_width, columns, mode, out) -> "
      "(sum_squares, l1, max_abs, nonfinite): reduce_chunk over values read from a file"},
+    {"check_range", check_range, METH_VARARGS,
+     "check_range(old_fd, old_offset, new_fd, new_offset, old_scratch, new_scratch, "
+     "dtype_code, count, row_width, scalar, row_factors, pattern, unit, floor) -> "
+     "(checked, bad, worst, sum_squares, l1, max_abs, nonfinite)"},
     {"maxima", maxima, METH_VARARGS,
      "maxima(data, dtype_code, count, row_width, columns, row_out, column_out): the largest "
      "magnitude bits per row (uint32) and, max-accumulated, per column"},

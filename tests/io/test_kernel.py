@@ -128,7 +128,9 @@ def test_reading_the_file_in_pieces_equals_one_chunk(
     expected_sums = np.zeros(2 * rows * width)
     sums = np.zeros(2 * rows * width)
     assert kernel.compiled is not None
-    expected = kernel.compiled.reduce_chunk(raw, code, raw.size, width, columns, mode, expected_sums)
+    expected = kernel.compiled.reduce_chunk(
+        raw, code, raw.size, width, columns, mode, expected_sums
+    )
     descriptor = os.open(path, os.O_RDONLY)
     try:
         scratch = mmap.mmap(-1, max(256 << 10, raw.nbytes))
@@ -205,3 +207,82 @@ def test_dead_units_found_by_the_kernel_equal_numpys(
     assert compiled_details["linear.bfloat16"].zero_columns == (11,)
     assert compiled_details["conv.float32"].zero_rows == (2,)
     assert compiled_details["conv.bfloat16"].zero_columns == (5,)
+
+
+@given(
+    rows=st.integers(1, 60),
+    width=st.sampled_from([1, 5, 64, 3000]),
+    dtype=st.sampled_from(["float32", "bfloat16"]),
+    per_row=st.booleans(),
+    per_column=st.booleans(),
+    power_of_two=st.booleans(),
+    corrupt=st.lists(st.floats(0, 1), max_size=3),
+    poison=st.booleans(),
+)
+def test_the_kernel_value_check_counts_what_numpy_counts(
+    tmp_path_factory: pytest.TempPathFactory,
+    rows: int,
+    width: int,
+    dtype: str,
+    per_row: bool,
+    per_column: bool,
+    power_of_two: bool,
+    corrupt: list[float],
+    poison: bool,
+) -> None:
+    """check_range: new == old × factor rounded once, with per-row and per-column factors,
+    over several pieces; corrupted and NaN values are counted as bad."""
+    rng = np.random.default_rng(rows * width)
+    old = raw_of(rng.standard_normal(rows * width), dtype)
+    row_factors = 2.0 ** rng.integers(-3, 4, rows) if per_row else np.ones(rows)
+    column_factors = 2.0 ** rng.integers(-3, 4, width) if per_column else np.ones(width)
+    scalar = 0.5 if power_of_two else 0.7
+    if not power_of_two:
+        row_factors = row_factors * (1 + rng.random(rows) / 3)
+    factors = (scalar * row_factors[:, None] * column_factors[None, :]).reshape(-1)
+    product = exact_of(old, dtype) * factors
+    new = product.astype(np.float32)
+    if dtype == "bfloat16":
+        new = torch.from_numpy(new).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    bits = new.view(np.uint32 if dtype == "float32" else np.uint16).copy()
+    wrong = sorted({int(c * (bits.size - 1)) for c in corrupt})
+    bits[wrong] ^= 0x40  # a flipped mantissa bit: far outside any rounding allowance
+    if poison:
+        bits[bits.size // 2] = 0x7FC00000 if dtype == "float32" else 0x7FC0  # NaN
+        wrong = sorted({*wrong, bits.size // 2})
+    new = bits.view(new.dtype)
+    unit = 0.0 if power_of_two else (2.0**-8 if dtype == "bfloat16" else 2.0**-24) + 3 * 2.0**-24
+    allowance = np.abs(exact_of(new, dtype)) * unit + 2.0**-133
+    deviation = np.abs(exact_of(new, dtype) - product)
+    expected_bad = int(np.count_nonzero(~(deviation <= allowance)))
+    folder = tmp_path_factory.mktemp("check")
+    (folder / "old.bin").write_bytes(b"x" * 16 + old.tobytes())
+    (folder / "new.bin").write_bytes(new.tobytes())
+    old_fd = os.open(folder / "old.bin", os.O_RDONLY)
+    new_fd = os.open(folder / "new.bin", os.O_RDONLY)
+    assert kernel.compiled is not None
+    try:
+        checked, bad, worst, *_ = kernel.compiled.check_range(
+            old_fd,
+            16,
+            new_fd,
+            0,
+            mmap.mmap(-1, max(1 << 20, width * 4)),
+            mmap.mmap(-1, max(1 << 20, width * 4)),
+            kernel.DTYPE_CODES[dtype],
+            rows * width,
+            width,
+            scalar,
+            row_factors if per_row or not power_of_two else np.zeros(0),
+            column_factors if per_column else np.zeros(0),
+            unit,
+            2.0**-133,
+        )
+    finally:
+        os.close(old_fd)
+        os.close(new_fd)
+    assert checked == rows * width
+    assert bad == expected_bad
+    assert (bad > 0) == bool(wrong)
+    if not wrong:
+        assert worst <= 1.0
