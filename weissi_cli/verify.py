@@ -487,8 +487,8 @@ def _check_in_kernel(
     row_vector = scale.vectors.get(0)
     others = {axis: vector for axis, vector in scale.vectors.items() if axis != 0}
     pattern = TensorScale(info.shape, 1.0, others).rows(0, 1) if others else None
-    factors = [scale.scalar, *scale.vectors.values()]
-    if not all(np.all(np.isfinite(f)) and np.all(np.asarray(f) > 0) for f in factors):
+    factors = [np.asarray(scale.scalar), *scale.vectors.values()]
+    if not all(np.all(np.isfinite(f)) and np.all(f > 0) for f in factors):
         with elements._lock:
             elements.failures[name] = elements.failures.get(name, 0) + info.numel
         return True

@@ -16,7 +16,6 @@ import numpy.typing as npt
 from weissi_cli.errors import InputError
 from weissi_cli.io.dtypes import ITEMSIZE, is_supported_float, raw_numpy_dtype
 
-
 ReadBuffer = bytearray | mmap.mmap
 
 
