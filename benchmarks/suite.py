@@ -36,10 +36,12 @@ from run import (  # noqa: E402
     SAFETENSORS_CODE,
     _to_bfloat16_bits,
     _write_fully,
+    compile_weissi,
     machine_info,
     read_ceiling,
     rewrite_ceiling,
     run_measured,
+    settle,
     warm_page_cache,
     weissi_command,
 )
@@ -194,6 +196,7 @@ def measure_case(
     for path in files:
         warm_page_cache(path)
     weissi = weissi_command()
+    compile_weissi()
     rows: list[dict[str, Any]] = []
     measured: dict[str, list[Any]] = {}
 
@@ -219,11 +222,13 @@ def measure_case(
             "dot as a program",
             run_measured([sys.executable, str(READ_CEILING_PROGRAM), *map(str, files)]),
         )
+        settle()
         record("rewrite", sum(rewrite_ceiling(path, scratch) for path in files))
         record(
             "baseline norms", run_measured([sys.executable, "-c", BASELINE_NORMS, *map(str, files)])
         )
         copies = [str(data_dir / f"baseline-{i}.safetensors") for i in range(len(files))]
+        settle()
         record(
             "baseline rewrite",
             run_measured([sys.executable, "-c", BASELINE_REWRITE, *map(str, files), *copies]),
@@ -239,6 +244,7 @@ def measure_case(
         )
         for granularity in ("layer", "channel"):
             clean()
+            settle()
             command = [
                 *weissi,
                 "rebalance",

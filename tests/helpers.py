@@ -5,10 +5,14 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import save_file
+
+from weissi_cli.io.dtypes import decode, encode
 
 
 def mlp_state(
@@ -113,3 +117,26 @@ def write_sharded(
     index_path = folder / index_name
     index_path.write_text(json.dumps(index, indent=2), encoding="utf-8")
     return index_path
+
+
+def make_rewrites_scale_wrongly(monkeypatch: pytest.MonkeyPatch, error: float) -> None:
+    """Every scaled value comes out `error` times too large, whichever path scales it (the
+    C kernel for float32/bfloat16 safetensors, numpy's encode otherwise): a rewrite bug
+    that verification must catch."""
+    import weissi_cli.rewrite as rewrite
+
+    real_encode = rewrite.encode
+    real_kernel = rewrite._scale_in_kernel
+
+    def encode_wrongly(values: np.ndarray, dtype: str) -> np.ndarray:
+        return real_encode(values * error, dtype)
+
+    def kernel_wrongly(raw: np.ndarray, task: Any) -> bool:
+        if not real_kernel(raw, task):
+            return False
+        values = decode(raw, task.dtype) * error
+        raw[...] = encode(values.astype(np.float64), task.dtype)
+        return True
+
+    monkeypatch.setattr(rewrite, "encode", encode_wrongly)
+    monkeypatch.setattr(rewrite, "_scale_in_kernel", kernel_wrongly)

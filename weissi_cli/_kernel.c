@@ -746,6 +746,203 @@ static PyObject *check_range(PyObject *Py_UNUSED(self), PyObject *args) {
                          (double)found.rewritten.largest, found.rewritten.nonfinite);
 }
 
+/* x · factor rounded once to float32 or bfloat16 (the exact product rounded to nearest
+ * even), from the float64 product rounded *to odd*: with 53 >= 24 + 2 bits, rounding that
+ * to the narrower format again gives the correctly rounded exact product. FMA gives the
+ * float64 product's exact error. Non-finite products pass through unchanged. */
+static inline __attribute__((always_inline)) double product_to_odd(double x, double factor) {
+    double product = x * factor;
+    double error = fma(x, factor, -product);
+    uint64_t bits;
+    memcpy(&bits, &product, sizeof bits);
+    /* branch-free (the branch was mispredicted on every other value: 0.12 G values/s): an
+     * inexact finite product with an even last bit steps one ulp toward the exact one */
+    uint64_t step = (uint64_t)(error != 0.0) & (uint64_t)(fabs(product) <= 1.7976931348623157e308) &
+                    (~bits & 1u);
+    uint64_t up = (uint64_t)((error > 0) == (product > 0));
+    bits += step * (2 * up - 1);
+    memcpy(&product, &bits, sizeof product);
+    return product;
+}
+
+/* float64 (rounded to odd) to bfloat16 bits, rounding once: to float32 to odd, then to
+ * nearest even on the top 16 bits. */
+static inline __attribute__((always_inline)) uint16_t odd_double_to_bfloat16(double value) {
+    float narrow = (float)value;
+    uint32_t bits;
+    memcpy(&bits, &narrow, sizeof bits);
+    uint32_t step = (uint32_t)((double)narrow != value) &
+                    (uint32_t)(fabsf(narrow) <= 3.4028234663852886e38f) & (~bits & 1u);
+    uint32_t down = (uint32_t)(fabs((double)narrow) > fabs(value));
+    bits += step * (1u - 2u * down);
+    uint32_t nan = (uint32_t)((bits & 0x7FFFFFFFu) > 0x7F800000u);
+    uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+    return (uint16_t)(nan ? ((bits >> 16) | 0x40u) : rounded);
+}
+
+static inline __attribute__((always_inline)) void scale_values(
+    void *data, int dtype, Py_ssize_t start, Py_ssize_t stop, double row_factor,
+    const double *pattern) {
+    if (dtype == FLOAT32) {
+        float *values = (float *)data;
+        for (Py_ssize_t k = start; k < stop; k++) {
+            double factor = pattern ? row_factor * pattern[k - start] : row_factor;
+            values[k] = (float)product_to_odd((double)values[k], factor);
+        }
+    } else {
+        uint16_t *values = (uint16_t *)data;
+        for (Py_ssize_t k = start; k < stop; k++) {
+            double factor = pattern ? row_factor * pattern[k - start] : row_factor;
+            values[k] = odd_double_to_bfloat16(
+                product_to_odd((double)from_bfloat16(values[k]), factor));
+        }
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* product_to_odd on four lanes. */
+__attribute__((target("avx2,fma"))) static inline __m256d product_to_odd4(__m256d x,
+                                                                         __m256d factor) {
+    const __m256d largest = _mm256_set1_pd(1.7976931348623157e308);
+    const __m256d sign = _mm256_set1_pd(-0.0);
+    const __m256i one = _mm256_set1_epi64x(1);
+    __m256d product = _mm256_mul_pd(x, factor);
+    __m256d error = _mm256_fmsub_pd(x, factor, product);
+    __m256i bits = _mm256_castpd_si256(product);
+    __m256d inexact = _mm256_and_pd(_mm256_cmp_pd(error, _mm256_setzero_pd(), _CMP_NEQ_OQ),
+                                    _mm256_cmp_pd(_mm256_andnot_pd(sign, product), largest,
+                                                  _CMP_LE_OQ));
+    __m256i even = _mm256_cmpeq_epi64(_mm256_and_si256(bits, one), _mm256_setzero_si256());
+    __m256i step = _mm256_and_si256(_mm256_castpd_si256(inexact), even);
+    /* +1 where error and product share a sign (the exact value is farther from zero) */
+    __m256i differ = _mm256_srli_epi64(
+        _mm256_xor_si256(_mm256_castpd_si256(error), bits), 63);
+    __m256i delta = _mm256_sub_epi64(one, _mm256_slli_epi64(differ, 1));
+    bits = _mm256_add_epi64(bits, _mm256_and_si256(step, delta));
+    return _mm256_castsi256_pd(bits);
+}
+
+/* scale_values, four values at a time, the tail by the scalar code. */
+__attribute__((target("avx2,fma")))
+static void scale_values_avx2(void *data, int dtype, Py_ssize_t start, Py_ssize_t stop,
+                              double row_factor, const double *pattern) {
+    const __m256d row = _mm256_set1_pd(row_factor);
+    Py_ssize_t k = start;
+    if (dtype == FLOAT32) {
+        float *values = (float *)data;
+        for (; k + 4 <= stop; k += 4) {
+            __m256d factor = pattern ? _mm256_mul_pd(row, _mm256_loadu_pd(pattern + (k - start)))
+                                     : row;
+            __m256d x = _mm256_cvtps_pd(_mm_loadu_ps(values + k));
+            _mm_storeu_ps(values + k, _mm256_cvtpd_ps(product_to_odd4(x, factor)));
+        }
+    } else {
+        uint16_t *values = (uint16_t *)data;
+        const __m128i one = _mm_set1_epi32(1), magnitude = _mm_set1_epi32(0x7FFFFFFF);
+        const __m128 largest = _mm_set1_ps(3.4028234663852886e38f);
+        const __m256d sign = _mm256_set1_pd(-0.0);
+        for (; k + 4 <= stop; k += 4) {
+            __m256d factor = pattern ? _mm256_mul_pd(row, _mm256_loadu_pd(pattern + (k - start)))
+                                     : row;
+            __m128i narrow16 = _mm_loadl_epi64((const __m128i *)(values + k));
+            __m128 wide = _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(narrow16), 16));
+            __m256d product = product_to_odd4(_mm256_cvtps_pd(wide), factor);
+            /* to float32, rounded to odd */
+            __m128 narrow = _mm256_cvtpd_ps(product);
+            __m256d back = _mm256_cvtps_pd(narrow);
+            __m128i bits = _mm_castps_si128(narrow);
+            __m128 inexact = _mm_and_ps(
+                _mm256_cvtpd_ps(_mm256_cmp_pd(back, product, _CMP_NEQ_OQ)),
+                _mm_cmp_ps(_mm_castsi128_ps(_mm_and_si128(bits, magnitude)), largest,
+                           _CMP_LE_OQ));
+            /* the compare mask turned float is NaN (all ones): nonzero where set */
+            __m128i step = _mm_and_si128(
+                _mm_cmpeq_epi32(_mm_castps_si128(inexact), _mm_castps_si128(inexact)),
+                _mm_cmpeq_epi32(_mm_and_si128(bits, one), _mm_setzero_si128()));
+            step = _mm_and_si128(step, _mm_xor_si128(_mm_cmpeq_epi32(_mm_castps_si128(inexact),
+                                                                     _mm_setzero_si128()),
+                                                      _mm_set1_epi32(-1)));
+            __m256d away = _mm256_cmp_pd(_mm256_andnot_pd(sign, back),
+                                         _mm256_andnot_pd(sign, product), _CMP_GT_OQ);
+            __m128i down = _mm_castps_si128(_mm256_cvtpd_ps(away)); /* nonzero where away */
+            down = _mm_xor_si128(_mm_cmpeq_epi32(down, _mm_setzero_si128()), _mm_set1_epi32(-1));
+            /* -1 where rounding went away from zero, else +1 */
+            __m128i delta = _mm_or_si128(down, one);
+            bits = _mm_add_epi32(bits, _mm_and_si128(step, delta));
+            /* to bfloat16, to nearest even; NaN stays NaN (quiet) */
+            __m128i rounded = _mm_srli_epi32(
+                _mm_add_epi32(_mm_add_epi32(bits, _mm_set1_epi32(0x7FFF)),
+                              _mm_and_si128(_mm_srli_epi32(bits, 16), one)),
+                16);
+            __m128i nan = _mm_cmpgt_epi32(_mm_and_si128(bits, magnitude),
+                                          _mm_set1_epi32(0x7F800000));
+            __m128i quiet = _mm_or_si128(_mm_srli_epi32(bits, 16), _mm_set1_epi32(0x40));
+            __m128i out = _mm_blendv_epi8(rounded, quiet, nan);
+            _mm_storel_epi64((__m128i *)(values + k), _mm_packus_epi32(out, out));
+        }
+    }
+    scale_values(data, dtype, k, stop, row_factor, pattern ? pattern + (k - start) : NULL);
+}
+#endif
+
+static void scale_values_portable(void *data, int dtype, Py_ssize_t start, Py_ssize_t stop,
+                                  double row_factor, const double *pattern) {
+    scale_values(data, dtype, start, stop, row_factor, pattern);
+}
+
+/* Scale `count` float32 or bfloat16 values in place, whole rows of `row_width`: value
+ * (row, k) by scalar · row_factors[row] · pattern[k] (either array may be empty). */
+static PyObject *scale_chunk(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_buffer data, row_factors, pattern;
+    int dtype;
+    Py_ssize_t count, row_width;
+    double scalar;
+    if (!PyArg_ParseTuple(args, "w*inndy*y*", &data, &dtype, &count, &row_width, &scalar,
+                          &row_factors, &pattern))
+        return NULL;
+    Py_ssize_t itemsize = dtype == FLOAT32 ? 4 : 2;
+    const char *problem = NULL;
+    if (dtype != FLOAT32 && dtype != BFLOAT16) problem = "scale_chunk takes float32 or bfloat16";
+    else if (count < 0 || row_width <= 0 || count % row_width) problem = "rows must be whole";
+    else if (data.len < count * itemsize) problem = "buffer smaller than count";
+    Py_ssize_t rows = problem ? 0 : count / row_width;
+    if (!problem && row_factors.len && row_factors.len < rows * (Py_ssize_t)sizeof(double))
+        problem = "row factors shorter than the rows";
+    if (!problem && pattern.len && pattern.len < row_width * (Py_ssize_t)sizeof(double))
+        problem = "pattern shorter than a row";
+    if (!problem) {
+        const double *factors = row_factors.len ? (const double *)row_factors.buf : NULL;
+        const double *along = pattern.len ? (const double *)pattern.buf : NULL;
+        Py_BEGIN_ALLOW_THREADS
+#if defined(__x86_64__) && defined(__GNUC__)
+        int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+        int avx2 = 0;
+#endif
+        for (Py_ssize_t row = 0; row < rows; row++) {
+            double row_factor = scalar * (factors ? factors[row] : 1.0);
+            Py_ssize_t first = row * row_width;
+#if defined(__x86_64__) && defined(__GNUC__)
+            if (avx2) {
+                scale_values_avx2(data.buf, dtype, first, first + row_width, row_factor, along);
+                continue;
+            }
+#endif
+            scale_values_portable(data.buf, dtype, first, first + row_width, row_factor, along);
+        }
+        (void)avx2;
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&row_factors);
+    PyBuffer_Release(&pattern);
+    if (problem) {
+        PyErr_SetString(PyExc_ValueError, problem);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 /* The largest magnitude's bit pattern per row and per column (max-accumulated into
  * `column_out` across chunks): zero exactly where every value is ±0, and never zero for a
  * NaN, which is what `check` needs to find dead units. */
@@ -832,6 +1029,9 @@ static PyMethodDef methods[] = {
      "check_range(old_fd, old_offset, new_fd, new_offset, old_scratch, new_scratch, "
      "dtype_code, count, row_width, scalar, row_factors, pattern, unit, floor) -> "
      "(checked, bad, worst, sum_squares, l1, max_abs, nonfinite)"},
+    {"scale_chunk", scale_chunk, METH_VARARGS,
+     "scale_chunk(data, dtype_code, count, row_width, scalar, row_factors, pattern): scale "
+     "in place, rounding once"},
     {"maxima", maxima, METH_VARARGS,
      "maxima(data, dtype_code, count, row_width, columns, row_out, column_out): the largest "
      "magnitude bits per row (uint32) and, max-accumulated, per column"},

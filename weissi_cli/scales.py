@@ -42,6 +42,16 @@ class TensorScale:
         """Elements per index of axis 0 (the unit chunks are aligned to)."""
         return math.prod(self.shape[1:]) if len(self.shape) > 1 else 1
 
+    @functools.cached_property
+    def row_pattern(self) -> Vector | None:
+        """The factors along one row from every axis but the first (None when uniform):
+        factor(row r, k) = scalar · vectors[0][r] · row_pattern[k]."""
+        others = {axis: vector for axis, vector in self.vectors.items() if axis != 0}
+        if not others:
+            return None
+        pattern = TensorScale(self.shape, 1.0, others).rows(0, 1)
+        return np.ascontiguousarray(pattern, dtype=np.float64)
+
     def rows(self, start: int, count: int) -> float | Vector:
         """The factors of rows start..start+count, flattened (a scalar when uniform)."""
         if not self.vectors:

@@ -16,7 +16,13 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 from sklearn.datasets import load_digits
 
-from tests.helpers import mlp_forward, mlp_state, write_safetensors, write_torch
+from tests.helpers import (
+    make_rewrites_scale_wrongly,
+    mlp_forward,
+    mlp_state,
+    write_safetensors,
+    write_torch,
+)
 from tests.strategies import layer_sizes
 from weissi_cli.api import inspect_checkpoint, rebalance_checkpoint
 from weissi_cli.errors import ConsentError, OutputError
@@ -205,8 +211,14 @@ def test_failed_verification_leaves_no_output(
 ) -> None:
     import weissi_cli.rewrite as rewrite
 
-    real_encode = rewrite.encode
-    monkeypatch.setattr(rewrite, "encode", lambda values, dtype: real_encode(values * 1.001, dtype))
+    real_write = rewrite._write_all
+
+    def write_with_a_flipped_bit(descriptor: int, data: memoryview, offset: int) -> None:
+        damaged = bytearray(data)
+        damaged[len(damaged) // 2] ^= 0x40  # a mantissa bit of one scaled value
+        real_write(descriptor, memoryview(damaged), offset)
+
+    monkeypatch.setattr(rewrite, "_write_all", write_with_a_flipped_bit)
     output = tmp_path / "balanced.safetensors"
     report = rebalance_checkpoint(samples / "mlp_digits.safetensors", output, assume_relu=True)
     assert not report.verification.passed
@@ -285,14 +297,12 @@ def test_failed_verification_on_a_wide_deep_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A rewrite bug that scales every value 5% too much must be caught on realistic widths."""
-    import weissi_cli.rewrite as rewrite
 
     state = mlp_state(sizes=(512,) * 7, dtype=torch.float32)
     for index, name in enumerate(n for n in state if n.endswith("weight")):
         state[name] = state[name] * 2.0 ** (index % 3) * 1.3
     source = write_safetensors(tmp_path / "wide.safetensors", state)
-    real_encode = rewrite.encode
-    monkeypatch.setattr(rewrite, "encode", lambda values, dtype: real_encode(values * 1.05, dtype))
+    make_rewrites_scale_wrongly(monkeypatch, 1.05)
     output = tmp_path / "out.safetensors"
     report = rebalance_checkpoint(source, output, assume_relu=True, scales="real")
     assert not report.verification.passed

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import Result
 
 from tests.cli.conftest import assert_golden
+from tests.helpers import make_rewrites_scale_wrongly
 
 
 def test_pow2_report_matches_golden(run: Callable[..., Result], workdir: Path) -> None:
@@ -131,10 +132,7 @@ def test_unknown_spec_layer_leaves_no_output(run: Callable[..., Result], workdir
 def test_failed_verification_exits_1(
     run: Callable[..., Result], workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import weissi_cli.rewrite as rewrite
-
-    real_encode = rewrite.encode
-    monkeypatch.setattr(rewrite, "encode", lambda values, dtype: real_encode(values * 1.01, dtype))
+    make_rewrites_scale_wrongly(monkeypatch, 1.01)
     result = run(
         "rebalance", "mlp_digits.safetensors", "-o", "out.safetensors", "--assume-relu", "--json"
     )
