@@ -541,6 +541,9 @@ def measure(
     rewrite_ceiling(path, scratch)
     # Interleave ceilings and commands so drift hits both sides of each ratio alike.
     for index in range(runs):
+        # This VM pages out memory left untouched for a few seconds (DAMON), page cache too:
+        # every run starts from a warm cache.
+        warm_page_cache(path)
         found.startup.add(run_measured([sys.executable, "-c", "import weissi_cli.cli.app"]))
         found.fixed.add(run_measured(tiny_command, env))
         read_s = _timed(lambda: read_ceiling(path), found.reads)
