@@ -297,10 +297,6 @@ def measure_case(
 def help_startup(runs: int) -> float:
     times = []
     for _ in range(runs):
-        # This VM pages out memory left untouched for a few seconds (DAMON), page cache too:
-        # every run starts from a warm cache.
-        for path in files:
-            warm_page_cache(path)
         started = time.perf_counter()
         subprocess.run([*weissi_command(), "--help"], stdout=subprocess.DEVNULL, check=True)
         times.append(time.perf_counter() - started)
