@@ -7,6 +7,7 @@ import hashlib
 import os
 import random
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -121,6 +122,36 @@ def test_a_full_disk_is_a_clean_error_and_the_destination_is_untouched(
     assert "no space left on the device" in result.stderr
     assert "Traceback" not in result.stderr
     assert destination.read_bytes() == b"previous result"
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("sample", ["mlp_digits.safetensors", "tiny_llama_chars"])
+def test_a_failed_fsync_is_a_clean_error_and_nothing_is_renamed(
+    tmp_path: Path, samples: Path, monkeypatch: pytest.MonkeyPatch, sample: str
+) -> None:
+    """The fsync runs in the background while verification reads the page cache: when it
+    fails (a disk that fills up at write-back), nothing is renamed into place."""
+    import weissi_cli.rewrite as rewrite
+
+    destination = tmp_path / ("out.safetensors" if sample.endswith(".safetensors") else "out")
+    real_fsync = os.fsync
+    file_syncs: list[int] = []
+
+    def fsync_fails_for_files(descriptor: int) -> None:
+        if stat.S_ISREG(os.fstat(descriptor).st_mode):
+            file_syncs.append(descriptor)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(rewrite.os, "fsync", fsync_fails_for_files)
+    result = CliRunner().invoke(
+        app, ["rebalance", str(samples / sample), "-o", str(destination), "--assume-relu"]
+    )
+    assert file_syncs
+    assert result.exit_code == 2
+    assert "no space left on the device" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not destination.exists()
     assert leftovers(tmp_path) == []
 
 

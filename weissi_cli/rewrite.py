@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,29 @@ CHUNK_ELEMENTS = 1 << 18
 COPY_CHUNK_BYTES = 8 << 20
 
 
+class BackgroundSync:
+    """fsync and close a written file on a thread of its own (the disk's part of a write:
+    1-2 s for 2 GB here), so the caller can verify what is in the page cache meanwhile."""
+
+    def __init__(self, descriptor: int) -> None:
+        self.failure: OSError | None = None
+        self.thread = threading.Thread(target=self._run, args=(descriptor,), daemon=True)
+        self.thread.start()
+
+    def _run(self, descriptor: int) -> None:
+        try:
+            os.fsync(descriptor)
+        except OSError as error:
+            self.failure = error
+        finally:
+            os.close(descriptor)
+
+    def wait(self) -> OSError | None:
+        """Block until the file is on disk; the error if it could not be made durable."""
+        self.thread.join()
+        return self.failure
+
+
 @dataclass
 class PendingOutput:
     """Written temporary files waiting to be renamed into place (or discarded)."""
@@ -52,8 +76,16 @@ class PendingOutput:
     # Weight files of the input's folder that were deliberately not copied (see
     # WEIGHT_SUFFIXES), relative to that folder.
     left_out: list[Path] = field(default_factory=list)
+    # fsyncs still running for written files: verification reads the page cache meanwhile,
+    # and nothing is renamed into place before they have all succeeded.
+    syncs: list[BackgroundSync] = field(default_factory=list)
 
     def commit(self) -> None:
+        try:
+            self._wait_for_syncs()
+        except OSError as error:
+            self.discard()
+            raise _output_error(self.destination, error) from None
         for temporary, final in self.moves:
             final.parent.mkdir(parents=True, exist_ok=True)  # a companion's subfolder
             os.replace(temporary, final)
@@ -64,7 +96,15 @@ class PendingOutput:
             shutil.rmtree(self.temporary_dir, ignore_errors=True)
         self.moves = []
 
+    def _wait_for_syncs(self) -> None:
+        syncs, self.syncs = self.syncs, []
+        failures = [failure for sync in syncs if (failure := sync.wait()) is not None]
+        if failures:
+            raise failures[0]
+
     def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wait_for_syncs()
         for temporary, _ in self.moves:
             with contextlib.suppress(FileNotFoundError):
                 temporary.unlink()
@@ -218,12 +258,14 @@ def write_rescaled(
         if isinstance(checkpoint, TorchCheckpoint):
             return _write_torch(checkpoint, factors, output, record)
     except OSError as error:
-        if error.errno == errno.ENOSPC:
-            raise OutputError(
-                f"{output}: no space left on the device; nothing was written"
-            ) from None
-        raise OutputError(f"{output}: cannot write ({error.strerror or error})") from None
+        raise _output_error(output, error) from None
     raise UsageError(f"{checkpoint.path}: writing {checkpoint.format} checkpoints is not supported")
+
+
+def _output_error(output: Path, error: OSError) -> OutputError:
+    if error.errno == errno.ENOSPC:
+        return OutputError(f"{output}: no space left on the device; nothing was written")
+    return OutputError(f"{output}: cannot write ({error.strerror or error})")
 
 
 def _same_scale(first: TensorScale | None, second: TensorScale) -> bool:
@@ -291,7 +333,9 @@ def _write_single(
     temporary = create_temporary(output)
     pending = PendingOutput(output, temporary, [(temporary, output)])
     try:
-        write_safetensors_copy(checkpoint, factors, temporary, {"weissi": json.dumps(record)})
+        write_safetensors_copy(
+            checkpoint, factors, temporary, {"weissi": json.dumps(record)}, pending.syncs
+        )
     except BaseException:
         pending.discard()
         raise
@@ -331,7 +375,11 @@ def _write_folder(
                 "scales": {n: f for n, f in record.get("scales", {}).items() if n in shard_factors},
             }
             write_safetensors_copy(
-                shard, shard_factors, staging / shard_name, {"weissi": json.dumps(shard_record)}
+                shard,
+                shard_factors,
+                staging / shard_name,
+                {"weissi": json.dumps(shard_record)},
+                pending.syncs,
             )
             pending.moves.append((staging / shard_name, output / shard_name))
         if isinstance(checkpoint, ShardedCheckpoint):
@@ -399,8 +447,10 @@ def write_safetensors_copy(
     factors: Mapping[str, TensorScale],
     destination: Path,
     extra_metadata: Mapping[str, str],
+    syncs: list[BackgroundSync] | None = None,
 ) -> None:
-    """Same tensor order and offsets; a new header; scaled tensors streamed in chunks."""
+    """Same tensor order and offsets; a new header; scaled tensors streamed in chunks.
+    Made durable before returning, or, given `syncs`, by a BackgroundSync added to it."""
     entries = source.header.entries
     header: dict[str, Any] = {"__metadata__": {**source.metadata, **extra_metadata}}
     for entry in entries:
@@ -452,13 +502,17 @@ def write_safetensors_copy(
             run_round_robin(
                 tasks, lambda: ChunkScaler(capacity), write_chunk, alongside=copy_untouched
             )
-            os.fsync(descriptor)
+            if syncs is None:
+                os.fsync(descriptor)
     except BaseException:
         os.close(descriptor)
         with contextlib.suppress(FileNotFoundError):
             destination.unlink()
         raise
-    os.close(descriptor)
+    if syncs is None:
+        os.close(descriptor)
+    else:
+        syncs.append(BackgroundSync(descriptor))
 
 
 def _copy_range(
