@@ -226,11 +226,21 @@ def measure_case(
             "dot as a program",
             run_measured([sys.executable, str(READ_CEILING_PROGRAM), *map(str, files)]),
         )
-        settle()
-        record("rewrite", sum(rewrite_ceiling(path, scratch) for path in files))
+        # The reading commands next, under the same conditions as the read ceilings (before
+        # any rewrite has filled memory with pages to write back).
+        record("inspect", run_measured([*weissi, "inspect", str(entry), "--json"]))
+        record(
+            "check",
+            run_measured(
+                [*weissi, "check", str(entry), "--max-imbalance", "1e12", "--format", "json"]
+            ),
+        )
+        record("diff", run_measured([*weissi, "diff", str(entry), str(entry), "--json"]))
         record(
             "baseline norms", run_measured([sys.executable, "-c", BASELINE_NORMS, *map(str, files)])
         )
+        settle()
+        record("rewrite", sum(rewrite_ceiling(path, scratch) for path in files))
         copies = [str(data_dir / f"baseline-{i}.safetensors") for i in range(len(files))]
         settle()
         record(
@@ -239,13 +249,6 @@ def measure_case(
         )
         for copy in copies:
             Path(copy).unlink(missing_ok=True)
-        record("inspect", run_measured([*weissi, "inspect", str(entry), "--json"]))
-        record(
-            "check",
-            run_measured(
-                [*weissi, "check", str(entry), "--max-imbalance", "1e12", "--format", "json"]
-            ),
-        )
         for granularity in ("layer", "channel"):
             clean()
             settle()
@@ -260,7 +263,6 @@ def measure_case(
             record(
                 f"rebalance {granularity}", run_measured([*command, "--granularity", granularity])
             )
-        record("diff", run_measured([*weissi, "diff", str(entry), str(entry), "--json"]))
         clean()
     scratch.unlink(missing_ok=True)
     read = median(measured["dot"])
