@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import shutil
@@ -522,10 +523,15 @@ def _copy_range(
     try:
         while done < length:
             copied = os.copy_file_range(
-                source.fd, descriptor, length - done, src_offset + done, dst_offset + done
+                source.fd,
+                descriptor,
+                min(WRITEBACK_BYTES, length - done),
+                src_offset + done,
+                dst_offset + done,
             )
             if copied == 0:
                 break
+            start_writeback(descriptor, dst_offset + done, copied)
             done += copied
     except OSError as error:
         if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
@@ -688,6 +694,37 @@ def _write_all(descriptor: int, data: memoryview, offset: int) -> None:
     done = 0
     while done < len(data):
         done += os.pwrite(descriptor, data[done:], offset + done)
+    start_writeback(descriptor, offset, len(data))
+
+
+# Copies are made (and handed to the disk) this much at a time.
+WRITEBACK_BYTES = 32 << 20
+
+
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's sync_file_range (Linux), or None."""
+    try:
+        import ctypes
+
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    function.restype = ctypes.c_int
+    return function
+
+
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(descriptor: int, offset: int, nbytes: int) -> None:
+    """Ask the kernel to start writing these bytes to disk now, without waiting: the disk
+    works while later chunks are computed, and the final fsync has little left to do (it
+    was half of a 2 GB rewrite here). Advisory: where it is missing, fsync does it all."""
+    function = _sync_file_range()
+    if function is not None:
+        function(descriptor, offset, nbytes, SYNC_FILE_RANGE_WRITE)
 
 
 def _write_torch(
