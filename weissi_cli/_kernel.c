@@ -1018,6 +1018,68 @@ static PyObject *maxima(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* `check`'s pass: reduce_range's statistics (NO_AXES) of `count` values read from `fd`
+ * at `offset`, and in the same pieces (whole rows, still in cache) the largest magnitude's
+ * bits per row into `row_out` (uint32, one per row) and, max-accumulated, per column into
+ * `column_out` (as maxima). Returns (sum_squares, l1, max_abs, nonfinite). */
+static PyObject *details_range(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_buffer scratch, row_out, column_out;
+    int fd, dtype;
+    long long offset;
+    Py_ssize_t count, row_width, columns;
+    if (!PyArg_ParseTuple(args, "iLw*innnw*w*", &fd, &offset, &scratch, &dtype, &count,
+                          &row_width, &columns, &row_out, &column_out))
+        return NULL;
+    Py_ssize_t itemsize = dtype == FLOAT32 ? 4 : 2;
+    const char *problem = NULL;
+    if (dtype != FLOAT32 && dtype != BFLOAT16) problem = "details_range reads float32 or bfloat16";
+    else if (count < 0 || row_width <= 0 || count % row_width || columns <= 0 ||
+             row_width % columns)
+        problem = "rows must be whole and columns must divide the row width";
+    Py_ssize_t rows = problem ? 0 : count / row_width;
+    Py_ssize_t per_piece = PIECE_BYTES / (row_width * itemsize);
+    per_piece = per_piece < 1 ? 1 : per_piece;
+    if (!problem && (row_out.len < rows * 4 || column_out.len < columns * 4))
+        problem = "output too small";
+    if (!problem && scratch.len < per_piece * row_width * itemsize)
+        problem = "scratch smaller than a row";
+    Totals totals = {0.0, 0.0, 0.0f, 0};
+    int error = 0;
+    if (!problem) {
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t row = 0; row < rows; row += per_piece) {
+            Py_ssize_t n = rows - row < per_piece ? rows - row : per_piece;
+            error = read_fully(fd, (char *)scratch.buf, (size_t)(n * row_width * itemsize),
+                               offset + (long long)row * row_width * itemsize);
+            if (error) break;
+            Totals piece = reduce_block(scratch.buf, dtype, n * row_width, 0, 1, NO_AXES, NULL);
+            maxima_loop(scratch.buf, dtype, n, row_width, columns, (uint32_t *)row_out.buf + row,
+                        (uint32_t *)column_out.buf);
+            totals.squares += piece.squares;
+            totals.l1 += piece.l1;
+            if (piece.largest > totals.largest) totals.largest = piece.largest;
+            totals.nonfinite += piece.nonfinite;
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&scratch);
+    PyBuffer_Release(&row_out);
+    PyBuffer_Release(&column_out);
+    if (problem) {
+        PyErr_SetString(PyExc_ValueError, problem);
+        return NULL;
+    }
+    if (error > 0) {
+        errno = error;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (error < 0) {
+        PyErr_SetString(PyExc_EOFError, "the file ended before the tensor's data");
+        return NULL;
+    }
+    return totals_tuple(totals);
+}
+
 static PyMethodDef methods[] = {
     {"reduce_chunk", reduce_chunk, METH_VARARGS,
      "reduce_chunk(data, dtype_code, count, row_width, columns, mode, out) -> "
@@ -1032,6 +1094,9 @@ static PyMethodDef methods[] = {
     {"scale_chunk", scale_chunk, METH_VARARGS,
      "scale_chunk(data, dtype_code, count, row_width, scalar, row_factors, pattern): scale "
      "in place, rounding once"},
+    {"details_range", details_range, METH_VARARGS,
+     "details_range(fd, offset, scratch, dtype_code, count, row_width, columns, row_out, "
+     "column_out) -> (sum_squares, l1, max_abs, nonfinite), with maxima per row and column"},
     {"maxima", maxima, METH_VARARGS,
      "maxima(data, dtype_code, count, row_width, columns, row_out, column_out): the largest "
      "magnitude bits per row (uint32) and, max-accumulated, per column"},

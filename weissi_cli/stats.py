@@ -12,6 +12,7 @@ import math
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -467,9 +468,11 @@ def compute_stats_and_details(
     names: Iterable[str] | None = None,
     headroom: bool = False,
     threads: int = 2,
-    chunk_elements: int = CHUNK_ELEMENTS,
+    chunk_elements: int | None = None,
 ) -> tuple[dict[str, TensorStats], dict[str, TensorDetails]]:
     """Statistics and details in one pass over row-aligned chunks."""
+    if chunk_elements is None:
+        chunk_elements = KERNEL_TASK_ELEMENTS if kernel.AVAILABLE else CHUNK_ELEMENTS
     if names is None:
         infos = [info for info in checkpoint.tensors if info.is_supported_float]
     else:
@@ -497,9 +500,16 @@ def compute_stats_and_details(
         info, row, count = tasks[index]
         rows = info.shape[0] if info.shape else 1
         width = info.numel // rows if rows else 0
-        raw = checkpoint.read_raw(info.name, row * width, count * width, worker.raw)
         exact = info.numel < EXACT_BELOW
-        if compiled is not None and info.dtype in kernel.DTYPE_CODES and not exact and width:
+        fast = compiled is not None and info.dtype in kernel.DTYPE_CODES and not exact and width
+        located = checkpoint.locate(info.name) if fast and len(info.shape) >= 2 else None
+        if fast and located is not None:
+            partials[index], found = _details_in_kernel(located, info, row, count, width, worker)
+            with lock:
+                parts[info.name].append((row, found))
+            return
+        raw = checkpoint.read_raw(info.name, row * width, count * width, worker.raw)
+        if fast:
             partials[index], found = _compiled_details(compiled, raw, info, count, width, worker)
             with lock:
                 parts[info.name].append((row, found))
@@ -524,6 +534,38 @@ def compute_stats_and_details(
     stats = {info.name: combine(info, grouped[info.name]) for info in infos}
     details = {info.name: _merge_details(info, parts[info.name]) for info in infos}
     return stats, details
+
+
+def _details_in_kernel(
+    located: tuple[int, int, Path],
+    info: TensorInfo,
+    row: int,
+    rows: int,
+    width: int,
+    worker: _Worker,
+) -> tuple[Partial, _DetailParts]:
+    """_compiled_details with the kernel reading the file itself, in cache-sized pieces."""
+    assert kernel.compiled is not None
+    fd, begin, path = located
+    itemsize = info.nbytes // info.numel
+    columns = info.shape[1]
+    row_maxima = np.zeros(rows, np.uint32)
+    column_maxima = np.zeros(columns, np.uint32)
+    try:
+        totals = kernel.compiled.details_range(
+            fd,
+            begin + row * width * itemsize,
+            worker.raw,
+            kernel.DTYPE_CODES[info.dtype],
+            rows * width,
+            width,
+            columns,
+            row_maxima,
+            column_maxima,
+        )
+    except EOFError:
+        raise InputError(f"{path}: file ended early (truncated while reading?)") from None
+    return Partial(*totals), _DetailParts([row_maxima != 0], column_maxima != 0, {}, {})
 
 
 def _compiled_details(

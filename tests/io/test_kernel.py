@@ -333,3 +333,43 @@ def test_kernel_scaling_is_bit_identical_to_numpys(
     )
     bits = np.uint32 if dtype == "float32" else np.uint16
     np.testing.assert_array_equal(got.view(bits), expected.view(bits))
+
+
+def test_details_read_from_the_file_equal_the_chunk_kernels(tmp_path: Path) -> None:
+    """details_range (check's pass) gives reduce_chunk's totals and maxima's dead units."""
+    rng = np.random.default_rng(5)
+    rows, width = 700, 300  # several 256 KiB pieces
+    values = rng.standard_normal((rows, width))
+    values[17] = 0.0
+    values[:, 123] = 0.0
+    values[400, 5] = np.nan
+    for dtype in ("float32", "bfloat16"):
+        raw = raw_of(values.reshape(-1), dtype)
+        path = tmp_path / f"{dtype}.bin"
+        path.write_bytes(b"y" * 40 + raw.tobytes())
+        assert kernel.compiled is not None
+        code = kernel.DTYPE_CODES[dtype]
+        expected = kernel.compiled.reduce_chunk(raw, code, raw.size, 0, 1, kernel.NO_AXES, DUMMY)
+        row_max, column_max = np.zeros(rows, np.uint32), np.zeros(width, np.uint32)
+        kernel.compiled.maxima(raw, code, raw.size, width, width, row_max, column_max)
+        got_rows, got_columns = np.zeros(rows, np.uint32), np.zeros(width, np.uint32)
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            got = kernel.compiled.details_range(
+                descriptor,
+                40,
+                mmap.mmap(-1, 1 << 20),
+                code,
+                raw.size,
+                width,
+                width,
+                got_rows,
+                got_columns,
+            )
+        finally:
+            os.close(descriptor)
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+        np.testing.assert_array_equal(got_rows, row_max)
+        np.testing.assert_array_equal(got_columns, column_max)
+        assert list(np.flatnonzero(got_rows == 0)) == [17]
+        assert list(np.flatnonzero(got_columns == 0)) == [123]
