@@ -670,6 +670,43 @@ static void check_piece(const void *old, const void *new, int dtype, Py_ssize_t 
     found->checked += rows * row_width;
 }
 
+/* check_range's value check of float32 values already in memory (decoded from any
+ * storage dtype, which float32 holds exactly): `count` values, whole rows of `row_width`.
+ * Returns (checked, bad, worst). */
+static PyObject *check_values(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_buffer old, new, row_factors, pattern;
+    Py_ssize_t count, row_width;
+    double scalar, unit, floor;
+    if (!PyArg_ParseTuple(args, "y*y*nndy*y*dd", &old, &new, &count, &row_width, &scalar,
+                          &row_factors, &pattern, &unit, &floor))
+        return NULL;
+    const char *problem = NULL;
+    if (count < 0 || row_width <= 0 || count % row_width) problem = "rows must be whole";
+    else if (old.len < count * 4 || new.len < count * 4) problem = "buffers smaller than count";
+    Py_ssize_t rows = problem ? 0 : count / row_width;
+    if (!problem && row_factors.len && row_factors.len < rows * (Py_ssize_t)sizeof(double))
+        problem = "row factors shorter than the rows";
+    if (!problem && pattern.len && pattern.len < row_width * (Py_ssize_t)sizeof(double))
+        problem = "pattern shorter than a row";
+    CheckTotals found = {0, 0, 0.0, {0.0, 0.0, 0.0f, 0}};
+    if (!problem) {
+        Py_BEGIN_ALLOW_THREADS
+        check_piece(old.buf, new.buf, FLOAT32, rows, row_width, scalar,
+                    row_factors.len ? (const double *)row_factors.buf : NULL,
+                    pattern.len ? (const double *)pattern.buf : NULL, unit, floor, &found);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&old);
+    PyBuffer_Release(&new);
+    PyBuffer_Release(&row_factors);
+    PyBuffer_Release(&pattern);
+    if (problem) {
+        PyErr_SetString(PyExc_ValueError, problem);
+        return NULL;
+    }
+    return Py_BuildValue("(nnd)", found.checked, found.bad, found.worst);
+}
+
 /* The value check of a rewrite, reading both files itself: `count` values (whole rows of
  * `row_width`) of a tensor at `old_offset` in `old_fd` and `new_offset` in `new_fd`, with
  * `row_factors` holding these rows' factors (or empty). Also measures the rewritten
@@ -1087,6 +1124,9 @@ static PyMethodDef methods[] = {
     {"reduce_range", reduce_range, METH_VARARGS,
      "reduce_range(fd, offset, scratch, dtype_code, count, row_width, columns, mode, out) -> "
      "(sum_squares, l1, max_abs, nonfinite): reduce_chunk over values read from a file"},
+    {"check_values", check_values, METH_VARARGS,
+     "check_values(old, new, count, row_width, scalar, row_factors, pattern, unit, floor) -> "
+     "(checked, bad, worst): check_range on float32 values in memory"},
     {"check_range", check_range, METH_VARARGS,
      "check_range(old_fd, old_offset, new_fd, new_offset, old_scratch, new_scratch, "
      "dtype_code, count, row_width, scalar, row_factors, pattern, unit, floor) -> "

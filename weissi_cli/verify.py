@@ -24,7 +24,7 @@ import numpy.typing as npt
 from weissi_cli import kernel
 from weissi_cli.errors import InputError
 from weissi_cli.io.checkpoint import Checkpoint, ReadBuffer, read_buffer
-from weissi_cli.io.dtypes import UNIT_ROUNDOFF, decode
+from weissi_cli.io.dtypes import UNIT_ROUNDOFF, decode, raw_numpy_dtype
 from weissi_cli.ir import Chain, Layer
 from weissi_cli.scales import TensorScale
 from weissi_cli.stats import (
@@ -150,14 +150,24 @@ class PairReader:
         ]
         exact = info.numel < EXACT_BELOW
 
+        new_dtype = self.rewritten.info(name).dtype
+        compiled = kernel.compiled if new_dtype in kernel.DTYPE_CODES and not exact else None
+
         def read_and_work(block: Block, state: _BlockState) -> None:
             start, size = block.row * width, block.rows * width
             old = self._read(self.original, name, start, size, state.buffers[0], state.widened[0])
             new = self._read(self.rewritten, name, start, size, state.buffers[1], state.widened[1])
-            state.partials.append(state.reducer.reduce(new, exact=exact))
-            magnitudes = state.reducer.last_magnitudes
-            if magnitudes is None:
-                magnitudes = np.abs(new)
+            if compiled is not None:  # one fused pass over the stored bits
+                raw = np.frombuffer(state.buffers[1], raw_numpy_dtype(new_dtype), size)
+                totals = compiled.reduce_chunk(
+                    raw, kernel.DTYPE_CODES[new_dtype], size, 0, 1, kernel.NO_AXES, _NO_FACTORS
+                )
+                state.partials.append(Partial(*totals))
+                magnitudes: FloatArray = np.abs(new, out=state.reducer.magnitudes[new.dtype][:size])
+            else:
+                state.partials.append(state.reducer.reduce(new, exact=exact))
+                last = state.reducer.last_magnitudes
+                magnitudes = np.abs(new) if last is None else last
             shape = (block.rows, width)
             work(block, old.reshape(shape), new.reshape(shape), magnitudes.reshape(shape))
 
@@ -210,6 +220,8 @@ def _activate(values: npt.NDArray[np.floating], activation: str) -> npt.NDArray[
     return values
 
 
+_NO_FACTORS = np.zeros(0)
+
 # The spacing of subnormals: the absolute rounding slack at the bottom of each range.
 SUBNORMAL_SPACING = {
     "float64": 2.0**-1074,
@@ -243,8 +255,59 @@ class _ElementCheck:
         new: FloatArray,
         magnitudes: FloatArray,
     ) -> None:
+        if self._check_in_kernel(name, dtype, scale, block, old, new):
+            return
         factor = scale.rows(block.row, block.rows)
         self.check(name, dtype, factor, scale.is_power_of_two, old, new, magnitudes)
+
+    def _check_in_kernel(
+        self,
+        name: str,
+        dtype: str,
+        scale: TensorScale,
+        block: Block,
+        old: FloatArray,
+        new: FloatArray,
+    ) -> bool:
+        """The same check by the C kernel (one pass in double instead of eight numpy passes)
+        on float32 blocks; False, doing nothing, where it does not apply."""
+        compiled = kernel.compiled
+        if (
+            compiled is None
+            or old.dtype != np.float32
+            or new.dtype != np.float32
+            or not (old.flags.c_contiguous and new.flags.c_contiguous)
+        ):
+            return False
+        factors = [np.asarray(scale.scalar), *scale.vectors.values()]
+        if not all(np.all(np.isfinite(f)) and np.all(f > 0) for f in factors):
+            return False  # the numpy check counts them as failures
+        row_vector = scale.vectors.get(0)
+        row_factors = (
+            _NO_FACTORS
+            if row_vector is None
+            else np.ascontiguousarray(row_vector[block.row : block.row + block.rows], np.float64)
+        )
+        pattern = scale.row_pattern
+        exact = scale.is_power_of_two
+        checked, bad, worst = compiled.check_values(
+            old,
+            new,
+            block.rows * block.width,
+            max(block.width, 1),
+            scale.scalar,
+            row_factors,
+            _NO_FACTORS if pattern is None else pattern,
+            0.0 if exact else UNIT_ROUNDOFF[dtype] + 3 * self.unit_compute,
+            SUBNORMAL_SPACING[dtype],
+        )
+        with self._lock:
+            self.checked += checked
+            if bad:
+                self.failures[name] = self.failures.get(name, 0) + bad
+            if math.isfinite(worst):
+                self.worst = max(self.worst, worst)
+        return True
 
     def check(
         self,
