@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -130,3 +131,36 @@ def test_rows_wider_than_a_block_are_verified(
     original, rewritten, chain, scales = rewritten_copy(tmp_path, state)
     result = verify_chain(original, rewritten, chain, scales)
     assert result.passed, result.detail
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("power_of_two", [True, False])
+def test_the_kernel_element_check_counts_what_numpy_counts(
+    dtype: str, power_of_two: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """_ElementCheck.check_block: the C kernel and the numpy route fail the same values."""
+    from weissi_cli import kernel
+    from weissi_cli.io.dtypes import decode, encode
+    from weissi_cli.scales import TensorScale
+    from weissi_cli.verify import Block, _ElementCheck
+
+    if kernel.compiled is None:
+        pytest.skip("the C kernel was not built")
+    rng = np.random.default_rng(3)
+    rows, width = 40, 96
+    old = decode(encode(rng.standard_normal(rows * width), dtype), dtype).astype(np.float32)
+    row_vector = 2.0 ** rng.integers(-2, 3, rows) * (1.0 if power_of_two else 1.37)
+    column_vector = 2.0 ** rng.integers(-2, 3, width)
+    scale = TensorScale((rows, width), 0.5, {0: row_vector, 1: column_vector})
+    product = old.astype(np.float64) * scale.whole()
+    new = decode(encode(product, dtype), dtype).astype(np.float32)
+    new[[5, 700, 3000]] *= np.float32(1.01)
+    new[1234] = np.nan
+    block = Block("w", 0, rows, width)
+    results = []
+    for compiled in (kernel.compiled, None):
+        monkeypatch.setattr(kernel, "compiled", compiled)
+        check = _ElementCheck(np.float32)
+        check.check_block("w", dtype, scale, block, old, new, np.abs(new))
+        results.append((check.checked, check.failures))
+    assert results[0] == results[1] == (rows * width, {"w": 4})
