@@ -440,6 +440,32 @@ static const char *shape_problem(int dtype, int mode, Py_ssize_t count, Py_ssize
     return NULL;
 }
 
+static void add_totals(Totals *into, Totals piece) {
+    into->squares += piece.squares;
+    into->l1 += piece.l1;
+    if (piece.largest > into->largest) into->largest = piece.largest;
+    into->nonfinite += piece.nonfinite;
+}
+
+/* Set the Python exception for a bad argument (`problem`) or a failed read (`error`: an
+ * errno, or -1 for an early end of file); whether one was set. */
+static int raise_failure(const char *problem, int error) {
+    if (problem) {
+        PyErr_SetString(PyExc_ValueError, problem);
+        return 1;
+    }
+    if (error > 0) {
+        errno = error;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return 1;
+    }
+    if (error < 0) {
+        PyErr_SetString(PyExc_EOFError, "a file ended before the tensor's data");
+        return 1;
+    }
+    return 0;
+}
+
 static PyObject *totals_tuple(Totals totals) {
     return Py_BuildValue("(dddn)", totals.squares, totals.l1, (double)totals.largest,
                          totals.nonfinite);
@@ -473,6 +499,18 @@ static PyObject *reduce_chunk(PyObject *Py_UNUSED(self), PyObject *args) {
         return NULL;
     }
     return totals_tuple(totals);
+}
+
+/* Read `want` bytes fully, or report why not (errno, or -1 at EOF). */
+static int read_fully(int fd, char *buffer, size_t want, long long offset) {
+    size_t have = 0;
+    while (have < want) {
+        ssize_t got = pread(fd, buffer + have, want - have, (off_t)(offset + (long long)have));
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) return got < 0 ? errno : -1;
+        have += (size_t)got;
+    }
+    return 0;
 }
 
 /* Bytes read and reduced at a time by reduce_range: small enough that a piece is still in
@@ -512,17 +550,7 @@ static PyObject *reduce_range(PyObject *Py_UNUSED(self), PyObject *args) {
         char *buffer = (char *)scratch.buf;
         for (Py_ssize_t done = 0; done < count && !error; done += per_piece) {
             Py_ssize_t n = count - done < per_piece ? count - done : per_piece;
-            size_t want = (size_t)(n * itemsize), have = 0;
-            while (have < want) {
-                ssize_t got = pread(fd, buffer + have, want - have,
-                                    (off_t)(offset + done * itemsize + (long long)have));
-                if (got < 0 && errno == EINTR) continue;
-                if (got <= 0) {
-                    error = got < 0 ? errno : -1;
-                    break;
-                }
-                have += (size_t)got;
-            }
+            error = read_fully(fd, buffer, (size_t)(n * itemsize), offset + done * itemsize);
             if (error) break;
             Py_ssize_t first_row = mode == NO_AXES ? 0 : done / row_width;
             double *target = mode == ROWS      ? sums + first_row
@@ -532,41 +560,16 @@ static PyObject *reduce_range(PyObject *Py_UNUSED(self), PyObject *args) {
             Totals piece = reduce_block(buffer, dtype, n, row_width, columns, mode, target);
             if (mode == COLUMNS && done > 0)
                 for (Py_ssize_t c = 0; c < columns; c++) sums[c] += sums[columns + c];
-            totals.squares += piece.squares;
-            totals.l1 += piece.l1;
-            totals.largest = piece.largest > totals.largest ? piece.largest : totals.largest;
-            totals.nonfinite += piece.nonfinite;
+            add_totals(&totals, piece);
         }
         Py_END_ALLOW_THREADS
     }
     PyBuffer_Release(&scratch);
     PyBuffer_Release(&out);
-    if (problem) {
-        PyErr_SetString(PyExc_ValueError, problem);
-        return NULL;
-    }
-    if (error > 0) {
-        errno = error;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    if (error < 0) {
-        PyErr_SetString(PyExc_EOFError, "the file ended before the tensor's data");
-        return NULL;
-    }
+    if (raise_failure(problem, error)) return NULL;
     return totals_tuple(totals);
 }
 
-/* Read `count` bytes-worth of values fully, or report why not (errno, or -1 at EOF). */
-static int read_fully(int fd, char *buffer, size_t want, long long offset) {
-    size_t have = 0;
-    while (have < want) {
-        ssize_t got = pread(fd, buffer + have, want - have, (off_t)(offset + (long long)have));
-        if (got < 0 && errno == EINTR) continue;
-        if (got <= 0) return got < 0 ? errno : -1;
-        have += (size_t)got;
-    }
-    return 0;
-}
 
 /* What check_range found: values checked, values outside their allowance (NaN counts),
  * the largest deviation as a share of its allowance (finite ones), and the rewritten
@@ -755,10 +758,7 @@ static PyObject *check_range(PyObject *Py_UNUSED(self), PyObject *args) {
                         factors ? factors + row : NULL, along, unit, floor, &found);
             Totals piece = reduce_block(new_scratch.buf, dtype, n * row_width, 0, 1, NO_AXES,
                                         NULL);
-            found.rewritten.squares += piece.squares;
-            found.rewritten.l1 += piece.l1;
-            if (piece.largest > found.rewritten.largest) found.rewritten.largest = piece.largest;
-            found.rewritten.nonfinite += piece.nonfinite;
+            add_totals(&found.rewritten, piece);
         }
         Py_END_ALLOW_THREADS
     }
@@ -766,18 +766,7 @@ static PyObject *check_range(PyObject *Py_UNUSED(self), PyObject *args) {
     PyBuffer_Release(&new_scratch);
     PyBuffer_Release(&row_factors);
     PyBuffer_Release(&pattern);
-    if (problem) {
-        PyErr_SetString(PyExc_ValueError, problem);
-        return NULL;
-    }
-    if (error > 0) {
-        errno = error;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    if (error < 0) {
-        PyErr_SetString(PyExc_EOFError, "a file ended before the tensor's data");
-        return NULL;
-    }
+    if (raise_failure(problem, error)) return NULL;
     return Py_BuildValue("(nnddddn)", found.checked, found.bad, found.worst,
                          found.rewritten.squares, found.rewritten.l1,
                          (double)found.rewritten.largest, found.rewritten.nonfinite);
@@ -1092,28 +1081,14 @@ static PyObject *details_range(PyObject *Py_UNUSED(self), PyObject *args) {
             Totals piece = reduce_block(scratch.buf, dtype, n * row_width, 0, 1, NO_AXES, NULL);
             maxima_loop(scratch.buf, dtype, n, row_width, columns, (uint32_t *)row_out.buf + row,
                         (uint32_t *)column_out.buf);
-            totals.squares += piece.squares;
-            totals.l1 += piece.l1;
-            if (piece.largest > totals.largest) totals.largest = piece.largest;
-            totals.nonfinite += piece.nonfinite;
+            add_totals(&totals, piece);
         }
         Py_END_ALLOW_THREADS
     }
     PyBuffer_Release(&scratch);
     PyBuffer_Release(&row_out);
     PyBuffer_Release(&column_out);
-    if (problem) {
-        PyErr_SetString(PyExc_ValueError, problem);
-        return NULL;
-    }
-    if (error > 0) {
-        errno = error;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    if (error < 0) {
-        PyErr_SetString(PyExc_EOFError, "the file ended before the tensor's data");
-        return NULL;
-    }
+    if (raise_failure(problem, error)) return NULL;
     return totals_tuple(totals);
 }
 

@@ -19,8 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from weissi_cli import kernel
-from weissi_cli.errors import InputError
-from weissi_cli.io.checkpoint import Checkpoint, TensorInfo, read_buffer
+from weissi_cli.io.checkpoint import Checkpoint, TensorInfo, ended_early, read_buffer
 from weissi_cli.io.dtypes import decode
 from weissi_cli.progress import Stage
 from weissi_cli.threads import run_round_robin, single_threaded_blas
@@ -165,29 +164,9 @@ class _Worker:
         compiled = kernel.compiled
         fast = compiled is not None and task.dtype in kernel.DTYPE_CODES and not task.exact
         located = checkpoint.locate(task.name) if fast else None
-        if compiled is not None and fast and located is not None:
-            # The kernel reads the file itself, in pieces that stay in cache.
-            fd, begin, path = located
-            itemsize = 4 if task.dtype == "float32" else 2
-            try:
-                totals = compiled.reduce_range(
-                    fd,
-                    begin + task.start * itemsize,
-                    self.raw,
-                    kernel.DTYPE_CODES[task.dtype],
-                    task.count,
-                    task.row_width if mode else 0,
-                    task.columns if mode else 1,
-                    mode,
-                    self.sums,
-                )
-            except EOFError:
-                raise InputError(f"{path}: file ended early (truncated while reading?)") from None
-            partial = Partial(*totals)
-        elif compiled is not None and fast:
-            raw = checkpoint.read_raw(task.name, task.start, task.count, self.raw)
-            totals = compiled.reduce_chunk(
-                raw,
+        if compiled is not None and fast:
+            # (dtype code, count, row width, columns, mode, sums), as both entry points take them
+            shape = (
                 kernel.DTYPE_CODES[task.dtype],
                 task.count,
                 task.row_width if mode else 0,
@@ -195,6 +174,18 @@ class _Worker:
                 mode,
                 self.sums,
             )
+            if located is not None:  # the kernel reads the file itself, in cache-sized pieces
+                fd, begin, path = located
+                itemsize = 4 if task.dtype == "float32" else 2
+                try:
+                    totals = compiled.reduce_range(
+                        fd, begin + task.start * itemsize, self.raw, *shape
+                    )
+                except EOFError:
+                    raise ended_early(path) from None
+            else:
+                raw = checkpoint.read_raw(task.name, task.start, task.count, self.raw)
+                totals = compiled.reduce_chunk(raw, *shape)
             partial = Partial(*totals)
         else:
             raw = checkpoint.read_raw(task.name, task.start, task.count, self.raw)
@@ -564,7 +555,7 @@ def _details_in_kernel(
             column_maxima,
         )
     except EOFError:
-        raise InputError(f"{path}: file ended early (truncated while reading?)") from None
+        raise ended_early(path) from None
     return Partial(*totals), _DetailParts([row_maxima != 0], column_maxima != 0, {}, {})
 
 

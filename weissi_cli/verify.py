@@ -22,8 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from weissi_cli import kernel
-from weissi_cli.errors import InputError
-from weissi_cli.io.checkpoint import Checkpoint, ReadBuffer, read_buffer
+from weissi_cli.io.checkpoint import Checkpoint, ReadBuffer, ended_early, read_buffer
 from weissi_cli.io.dtypes import UNIT_ROUNDOFF, decode, raw_numpy_dtype
 from weissi_cli.ir import Chain, Layer
 from weissi_cli.scales import TensorScale
@@ -585,9 +584,7 @@ def _check_in_kernel(
                 SUBNORMAL_SPACING[info.dtype],
             )
         except EOFError:
-            raise InputError(
-                f"{new_place[2]}: file ended early (truncated while reading?)"
-            ) from None
+            raise ended_early(new_place[2]) from None
         with elements._lock:
             elements.checked += checked
             if bad:

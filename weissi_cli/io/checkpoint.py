@@ -29,6 +29,11 @@ def read_buffer(nbytes: int) -> mmap.mmap:
     return mmap.mmap(-1, max(nbytes, 1))
 
 
+def ended_early(path: Path) -> InputError:
+    """The error for a file that ends before the data its header promises."""
+    return InputError(f"{path}: file ended early (truncated while reading?)")
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """One tensor of a checkpoint, described without reading its data."""

@@ -17,6 +17,7 @@ from weissi_cli.io.checkpoint import (
     Checkpoint,
     ReadBuffer,
     TensorInfo,
+    ended_early,
     natural_key,
     read_buffer,
 )
@@ -160,7 +161,7 @@ def read_exact(fd: int, view: memoryview, offset: int, path: Path) -> None:
     while done < len(view):
         got = os.preadv(fd, [view[done:]], offset + done)
         if got == 0:
-            raise InputError(f"{path}: file ended early (truncated while reading?)")
+            raise ended_early(path)
         done += got
 
 
