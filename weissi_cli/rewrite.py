@@ -35,7 +35,7 @@ from weissi_cli.io.safetensors_file import SafetensorsCheckpoint
 from weissi_cli.io.sharded import ShardedCheckpoint
 from weissi_cli.io.torch_pickle import TensorDictCheckpoint, TorchCheckpoint
 from weissi_cli.progress import Stage
-from weissi_cli.scales import TensorScale, uniform
+from weissi_cli.scales import NO_FACTORS, TensorScale, uniform
 from weissi_cli.threads import run_round_robin
 
 CHUNK_ELEMENTS = 1 << 18
@@ -573,37 +573,22 @@ def _scale_in_kernel(raw: npt.NDArray[np.generic], task: _ScaleTask) -> bool:
     if compiled is None or task.dtype not in kernel.DTYPE_CODES:
         return False
     scale = task.scale
+    code = kernel.DTYPE_CODES[task.dtype]
     if not scale.vectors:  # chunks need not be whole rows: one "row" of the chunk
         compiled.scale_chunk(
-            raw,
-            kernel.DTYPE_CODES[task.dtype],
-            task.count,
-            max(task.count, 1),
-            scale.scalar,
-            _NO_FACTORS,
-            _NO_FACTORS,
+            raw, code, task.count, max(task.count, 1), scale.scalar, NO_FACTORS, NO_FACTORS
         )
         return True
     width = max(scale.row_width, 1)
-    first = task.start // width
-    row_vector = scale.vectors.get(0)
-    row_factors = (
-        _NO_FACTORS if row_vector is None else row_vector[first : first + task.count // width]
-    )
-    pattern = scale.row_pattern
     compiled.scale_chunk(
         raw,
-        kernel.DTYPE_CODES[task.dtype],
+        code,
         task.count,
         width,
         scale.scalar,
-        np.ascontiguousarray(row_factors, dtype=np.float64),
-        _NO_FACTORS if pattern is None else pattern,
+        *scale.kernel_factors(task.start // width, task.count // width),
     )
     return True
-
-
-_NO_FACTORS = np.zeros(0)
 
 
 def _chunks(scale: TensorScale, numel: int) -> list[tuple[int, int]]:

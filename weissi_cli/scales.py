@@ -14,6 +14,7 @@ from weissi_cli.balance.layerwise import Shift
 from weissi_cli.ir import Chain, Symmetry
 
 Vector = npt.NDArray[np.float64]
+NO_FACTORS: Vector = np.zeros(0)  # "all ones", for the C kernel
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,18 @@ class TensorScale:
             return None
         pattern = TensorScale(self.shape, 1.0, others).rows(0, 1)
         return np.ascontiguousarray(pattern, dtype=np.float64)
+
+    def kernel_factors(self, start: int, count: int) -> tuple[Vector, Vector]:
+        """(factors of rows start..start+count, row_pattern) as the C kernel takes them:
+        factor(r, k) = scalar · row_factors[r] · pattern[k]; an empty array stands for ones."""
+        row_vector = self.vectors.get(0)
+        pattern = self.row_pattern
+        return (
+            NO_FACTORS
+            if row_vector is None
+            else np.ascontiguousarray(row_vector[start : start + count], np.float64),
+            NO_FACTORS if pattern is None else pattern,
+        )
 
     def rows(self, start: int, count: int) -> float | Vector:
         """The factors of rows start..start+count, flattened (a scalar when uniform)."""

@@ -25,7 +25,7 @@ from weissi_cli import kernel
 from weissi_cli.io.checkpoint import Checkpoint, ReadBuffer, ended_early, read_buffer
 from weissi_cli.io.dtypes import UNIT_ROUNDOFF, decode, raw_numpy_dtype
 from weissi_cli.ir import Chain, Layer
-from weissi_cli.scales import TensorScale
+from weissi_cli.scales import NO_FACTORS, TensorScale
 from weissi_cli.stats import (
     EXACT_BELOW,
     KERNEL_TASK_ELEMENTS,
@@ -159,7 +159,7 @@ class PairReader:
             if compiled is not None:  # one fused pass over the stored bits
                 raw = np.frombuffer(state.buffers[1], raw_numpy_dtype(new_dtype), size)
                 totals = compiled.reduce_chunk(
-                    raw, kernel.DTYPE_CODES[new_dtype], size, 0, 1, kernel.NO_AXES, _NO_FACTORS
+                    raw, kernel.DTYPE_CODES[new_dtype], size, 0, 1, kernel.NO_AXES, NO_FACTORS
                 )
                 state.partials.append(Partial(*totals))
                 magnitudes: FloatArray = np.abs(new, out=state.reducer.magnitudes[new.dtype][:size])
@@ -219,8 +219,6 @@ def _activate(values: npt.NDArray[np.floating], activation: str) -> npt.NDArray[
     return values
 
 
-_NO_FACTORS = np.zeros(0)
-
 # The spacing of subnormals: the absolute rounding slack at the bottom of each range.
 SUBNORMAL_SPACING = {
     "float64": 2.0**-1074,
@@ -259,6 +257,24 @@ class _ElementCheck:
         factor = scale.rows(block.row, block.rows)
         self.check(name, dtype, factor, scale.is_power_of_two, old, new, magnitudes)
 
+    def kernel_tolerance(self, dtype: str, scale: TensorScale) -> tuple[float, float] | None:
+        """(unit, floor) of the allowance |new|·unit + floor as the C kernel takes them, or
+        None when a factor is not finite and positive (the numpy check fails those)."""
+        factors = [np.asarray(scale.scalar), *scale.vectors.values()]
+        if not all(np.all(np.isfinite(f)) and np.all(f > 0) for f in factors):
+            return None
+        unit = 0.0 if scale.is_power_of_two else UNIT_ROUNDOFF[dtype] + 3 * self.unit_compute
+        return unit, SUBNORMAL_SPACING[dtype]
+
+    def add(self, name: str, checked: int, bad: int, worst: float) -> None:
+        """Count a kernel's findings (from any thread)."""
+        with self._lock:
+            self.checked += checked
+            if bad:
+                self.failures[name] = self.failures.get(name, 0) + bad
+            if math.isfinite(worst):  # as in the numpy check: an Inf share is a failure
+                self.worst = max(self.worst, worst)
+
     def _check_in_kernel(
         self,
         name: str,
@@ -278,34 +294,19 @@ class _ElementCheck:
             or not (old.flags.c_contiguous and new.flags.c_contiguous)
         ):
             return False
-        factors = [np.asarray(scale.scalar), *scale.vectors.values()]
-        if not all(np.all(np.isfinite(f)) and np.all(f > 0) for f in factors):
+        tolerance = self.kernel_tolerance(dtype, scale)
+        if tolerance is None:
             return False  # the numpy check counts them as failures
-        row_vector = scale.vectors.get(0)
-        row_factors = (
-            _NO_FACTORS
-            if row_vector is None
-            else np.ascontiguousarray(row_vector[block.row : block.row + block.rows], np.float64)
-        )
-        pattern = scale.row_pattern
-        exact = scale.is_power_of_two
         checked, bad, worst = compiled.check_values(
             old,
             new,
             block.rows * block.width,
             max(block.width, 1),
             scale.scalar,
-            row_factors,
-            _NO_FACTORS if pattern is None else pattern,
-            0.0 if exact else UNIT_ROUNDOFF[dtype] + 3 * self.unit_compute,
-            SUBNORMAL_SPACING[dtype],
+            *scale.kernel_factors(block.row, block.rows),
+            *tolerance,
         )
-        with self._lock:
-            self.checked += checked
-            if bad:
-                self.failures[name] = self.failures.get(name, 0) + bad
-            if math.isfinite(worst):
-                self.worst = max(self.worst, worst)
+        self.add(name, checked, bad, worst)
         return True
 
     def check(
@@ -544,28 +545,20 @@ def _check_in_kernel(
     old_place, new_place = original.locate(name), rewritten.locate(name)
     if old_place is None or new_place is None:
         return False
+    tolerance = elements.kernel_tolerance(info.dtype, scale)
+    if tolerance is None:
+        elements.add(name, 0, info.numel, 0.0)
+        return True
     rows = info.shape[0] if info.shape else 1
     width = info.numel // rows
-    row_vector = scale.vectors.get(0)
-    others = {axis: vector for axis, vector in scale.vectors.items() if axis != 0}
-    pattern = TensorScale(info.shape, 1.0, others).rows(0, 1) if others else None
-    factors = [np.asarray(scale.scalar), *scale.vectors.values()]
-    if not all(np.all(np.isfinite(f)) and np.all(f > 0) for f in factors):
-        with elements._lock:
-            elements.failures[name] = elements.failures.get(name, 0) + info.numel
-        return True
-    unit = 0.0 if scale.is_power_of_two else UNIT_ROUNDOFF[info.dtype] + 3 * elements.unit_compute
     itemsize = info.nbytes // info.numel
     per_task = max(1, KERNEL_TASK_ELEMENTS // width)
     starts = range(0, rows, per_task)
     scratch_bytes = max(1 << 20, width * itemsize)
-    empty = np.zeros(0)
-    no_pattern = empty if pattern is None else np.ascontiguousarray(pattern, np.float64)
 
     def check(row: int, scratch: tuple[ReadBuffer, ReadBuffer]) -> None:
         count = min(per_task, rows - row)
         skip = row * width * itemsize
-        row_factors = empty if row_vector is None else row_vector[row : row + count]
         try:
             checked, bad, worst, *totals = compiled.check_range(
                 old_place[0],
@@ -578,20 +571,13 @@ def _check_in_kernel(
                 count * width,
                 width,
                 scale.scalar,
-                np.ascontiguousarray(row_factors, np.float64),
-                no_pattern,
-                unit,
-                SUBNORMAL_SPACING[info.dtype],
+                *scale.kernel_factors(row, count),
+                *tolerance,
             )
         except EOFError:
             raise ended_early(new_place[2]) from None
-        with elements._lock:
-            elements.checked += checked
-            if bad:
-                elements.failures[name] = elements.failures.get(name, 0) + bad
-            if math.isfinite(worst):  # as in the numpy check: an Inf share is a failure
-                elements.worst = max(elements.worst, worst)
-            partials.append(Partial(*totals))
+        elements.add(name, checked, bad, worst)
+        partials.append(Partial(*totals))  # list.append is atomic under the GIL
 
     run_round_robin(starts, lambda: (read_buffer(scratch_bytes), read_buffer(scratch_bytes)), check)
     return True
