@@ -1,15 +1,23 @@
-/* The statistics kernel: one pass over a chunk of float32, bfloat16 or float16 values for
- * the sum of squares, L1, max |x| and the count of non-finite values, and optionally the
- * sums of squares per row, per column, or per (row, column) that the channel solver needs.
+/* weissi's compiled kernel: the passes over checkpoint data that numpy made several times.
  *
- * Why C: numpy needs five or six passes over a chunk for these (decode, abs, max, squares,
- * L1, axis sums), which left bfloat16 at a third of memory bandwidth. Here every value is
- * decoded once and every sum accumulates in double, so there is no float32 drift, no
- * overflow of squares, and no special path for huge or tiny values. Non-finite values are
- * counted and left out of every sum, as in the numpy reference (stats.reduce_float64).
+ * - Statistics: one pass over float32, bfloat16 (or float16) values for the sum of squares,
+ *   L1, max |x| and the count of non-finite values, and optionally the sums of squares per
+ *   row, per column, or per (row, column) that the channel solver needs; with the largest
+ *   magnitude per row and column for `check`'s dead units.
+ * - Reading: the *_range functions read safetensors data themselves, in pieces of whole
+ *   rows small enough to stay in cache between the read's copy and the pass.
+ * - Scaling: each value times its factor, rounded once (FMA round-to-odd, then one rounding).
+ * - Checking: every rewritten value against its original times the planned factor.
  *
- * The module is optional: without a compiler weissi falls back to the numpy kernel, and the
- * tests check that both agree.
+ * Why C: numpy needs five or six passes over a chunk for the statistics alone (decode, abs,
+ * max, squares, L1, axis sums), which left bfloat16 at a third of memory bandwidth. Here
+ * every value is decoded once and every sum accumulates in double, so there is no float32
+ * drift, no overflow of squares, and no special path for huge or tiny values. Non-finite
+ * values are counted and left out of every sum, as in the numpy reference
+ * (stats.reduce_float64). AVX2+FMA code runs where the CPU has it, portable code elsewhere.
+ *
+ * The module is optional: without a compiler weissi falls back to numpy, and the tests
+ * check that both agree (bit for bit, for scaling).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -176,6 +184,13 @@ static uint32_t fused_pass_portable(const void *data, int dtype, Py_ssize_t star
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 
+/* Whether this CPU runs the AVX2+FMA code (asked once). */
+static int has_avx2_fma(void) {
+    static int known = -1;
+    if (known < 0) known = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return known;
+}
+
 /* fused_pass_portable in AVX2 intrinsics: the column squares need the float-to-double
  * conversions that GCC's generic vectors lowered through the stack (1.5 Gvalues/s). */
 __attribute__((target("avx2,fma")))
@@ -261,9 +276,7 @@ static uint32_t fused_pass_avx2(const void *data, int dtype, Py_ssize_t start, P
 
 static uint32_t fused_pass(const void *data, int dtype, Py_ssize_t start, Py_ssize_t stop,
                            double *squares, double *l1, double *columns_out, int add) {
-    static int avx2 = -1;
-    if (avx2 < 0) avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (avx2) return fused_pass_avx2(data, dtype, start, stop, squares, l1, columns_out, add);
+    if (has_avx2_fma()) return fused_pass_avx2(data, dtype, start, stop, squares, l1, columns_out, add);
     return fused_pass_portable(data, dtype, start, stop, squares, l1, columns_out, add);
 }
 #else
@@ -571,6 +584,17 @@ static PyObject *reduce_range(PyObject *Py_UNUSED(self), PyObject *args) {
 }
 
 
+/* Whether the factor arrays of `rows` rows of `row_width` are long enough (an empty one
+ * stands for ones); NULL when they are. */
+static const char *factors_problem(const Py_buffer *row_factors, const Py_buffer *pattern,
+                                   Py_ssize_t rows, Py_ssize_t row_width) {
+    if (row_factors->len && row_factors->len < rows * (Py_ssize_t)sizeof(double))
+        return "row factors shorter than the rows";
+    if (pattern->len && pattern->len < row_width * (Py_ssize_t)sizeof(double))
+        return "pattern shorter than a row";
+    return NULL;
+}
+
 /* What check_range found: values checked, values outside their allowance (NaN counts),
  * the largest deviation as a share of its allowance (finite ones), and the rewritten
  * values' statistics. */
@@ -653,15 +677,11 @@ static void check_values_avx2(const void *old, const void *new, int dtype, Py_ss
 static void check_piece(const void *old, const void *new, int dtype, Py_ssize_t rows,
                         Py_ssize_t row_width, double scalar, const double *row_factors,
                         const double *pattern, double unit, double floor, CheckTotals *found) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    static int avx2 = -1;
-    if (avx2 < 0) avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#endif
     for (Py_ssize_t row = 0; row < rows; row++) {
         double row_factor = scalar * (row_factors ? row_factors[row] : 1.0);
         Py_ssize_t first = row * row_width;
 #if defined(__x86_64__) && defined(__GNUC__)
-        if (avx2) {
+        if (has_avx2_fma()) {
             check_values_avx2(old, new, dtype, first, first + row_width, row_factor, pattern,
                               unit, floor, found);
             continue;
@@ -687,10 +707,7 @@ static PyObject *check_values(PyObject *Py_UNUSED(self), PyObject *args) {
     if (count < 0 || row_width <= 0 || count % row_width) problem = "rows must be whole";
     else if (old.len < count * 4 || new.len < count * 4) problem = "buffers smaller than count";
     Py_ssize_t rows = problem ? 0 : count / row_width;
-    if (!problem && row_factors.len && row_factors.len < rows * (Py_ssize_t)sizeof(double))
-        problem = "row factors shorter than the rows";
-    if (!problem && pattern.len && pattern.len < row_width * (Py_ssize_t)sizeof(double))
-        problem = "pattern shorter than a row";
+    if (!problem) problem = factors_problem(&row_factors, &pattern, rows, row_width);
     CheckTotals found = {0, 0, 0.0, {0.0, 0.0, 0.0f, 0}};
     if (!problem) {
         Py_BEGIN_ALLOW_THREADS
@@ -733,10 +750,7 @@ static PyObject *check_range(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_ssize_t rows = problem ? 0 : count / row_width;
     Py_ssize_t per_piece = PIECE_BYTES / (row_width * itemsize);
     per_piece = per_piece < 1 ? 1 : per_piece;
-    if (!problem && row_factors.len && row_factors.len < rows * (Py_ssize_t)sizeof(double))
-        problem = "row factors shorter than the rows";
-    if (!problem && pattern.len && pattern.len < row_width * (Py_ssize_t)sizeof(double))
-        problem = "pattern shorter than a row";
+    if (!problem) problem = factors_problem(&row_factors, &pattern, rows, row_width);
     if (!problem && (old_scratch.len < per_piece * row_width * itemsize ||
                      new_scratch.len < per_piece * row_width * itemsize))
         problem = "scratch smaller than a row";
@@ -932,31 +946,22 @@ static PyObject *scale_chunk(PyObject *Py_UNUSED(self), PyObject *args) {
     else if (count < 0 || row_width <= 0 || count % row_width) problem = "rows must be whole";
     else if (data.len < count * itemsize) problem = "buffer smaller than count";
     Py_ssize_t rows = problem ? 0 : count / row_width;
-    if (!problem && row_factors.len && row_factors.len < rows * (Py_ssize_t)sizeof(double))
-        problem = "row factors shorter than the rows";
-    if (!problem && pattern.len && pattern.len < row_width * (Py_ssize_t)sizeof(double))
-        problem = "pattern shorter than a row";
+    if (!problem) problem = factors_problem(&row_factors, &pattern, rows, row_width);
     if (!problem) {
         const double *factors = row_factors.len ? (const double *)row_factors.buf : NULL;
         const double *along = pattern.len ? (const double *)pattern.buf : NULL;
         Py_BEGIN_ALLOW_THREADS
-#if defined(__x86_64__) && defined(__GNUC__)
-        int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-        int avx2 = 0;
-#endif
         for (Py_ssize_t row = 0; row < rows; row++) {
             double row_factor = scalar * (factors ? factors[row] : 1.0);
             Py_ssize_t first = row * row_width;
 #if defined(__x86_64__) && defined(__GNUC__)
-            if (avx2) {
+            if (has_avx2_fma()) {
                 scale_values_avx2(data.buf, dtype, first, first + row_width, row_factor, along);
                 continue;
             }
 #endif
             scale_values_portable(data.buf, dtype, first, first + row_width, row_factor, along);
         }
-        (void)avx2;
         Py_END_ALLOW_THREADS
     }
     PyBuffer_Release(&data);

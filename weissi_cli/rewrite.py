@@ -35,7 +35,7 @@ from weissi_cli.io.safetensors_file import SafetensorsCheckpoint
 from weissi_cli.io.sharded import ShardedCheckpoint
 from weissi_cli.io.torch_pickle import TensorDictCheckpoint, TorchCheckpoint
 from weissi_cli.progress import Stage
-from weissi_cli.scales import NO_FACTORS, TensorScale, uniform
+from weissi_cli.scales import TensorScale, uniform
 from weissi_cli.threads import run_round_robin
 
 CHUNK_ELEMENTS = 1 << 18
@@ -448,10 +448,10 @@ def write_safetensors_copy(
     factors: Mapping[str, TensorScale],
     destination: Path,
     extra_metadata: Mapping[str, str],
-    syncs: list[BackgroundSync] | None = None,
+    syncs: list[BackgroundSync],
 ) -> None:
     """Same tensor order and offsets; a new header; scaled tensors streamed in chunks.
-    Made durable before returning, or, given `syncs`, by a BackgroundSync added to it."""
+    Made durable by a BackgroundSync added to `syncs` (the caller waits for it)."""
     entries = source.header.entries
     header: dict[str, Any] = {"__metadata__": {**source.metadata, **extra_metadata}}
     for entry in entries:
@@ -503,17 +503,12 @@ def write_safetensors_copy(
             run_round_robin(
                 tasks, lambda: ChunkScaler(capacity), write_chunk, alongside=copy_untouched
             )
-            if syncs is None:
-                os.fsync(descriptor)
     except BaseException:
         os.close(descriptor)
         with contextlib.suppress(FileNotFoundError):
             destination.unlink()
         raise
-    if syncs is None:
-        os.close(descriptor)
-    else:
-        syncs.append(BackgroundSync(descriptor))
+    syncs.append(BackgroundSync(descriptor))
 
 
 def _copy_range(
@@ -541,7 +536,7 @@ def _copy_range(
         data = os.pread(source.fd, size, src_offset + done)
         if not data:
             raise OutputError(f"{source.path}: file ended early while copying")
-        os.pwrite(descriptor, data, dst_offset + done)
+        _write_all(descriptor, memoryview(data), dst_offset + done)
         done += len(data)
 
 
@@ -573,16 +568,11 @@ def _scale_in_kernel(raw: npt.NDArray[np.generic], task: _ScaleTask) -> bool:
     if compiled is None or task.dtype not in kernel.DTYPE_CODES:
         return False
     scale = task.scale
-    code = kernel.DTYPE_CODES[task.dtype]
-    if not scale.vectors:  # chunks need not be whole rows: one "row" of the chunk
-        compiled.scale_chunk(
-            raw, code, task.count, max(task.count, 1), scale.scalar, NO_FACTORS, NO_FACTORS
-        )
-        return True
-    width = max(scale.row_width, 1)
+    # Chunks of a uniform scale need not be whole rows: the chunk is then one "row".
+    width = max(scale.row_width if scale.vectors else task.count, 1)
     compiled.scale_chunk(
         raw,
-        code,
+        kernel.DTYPE_CODES[task.dtype],
         task.count,
         width,
         scale.scalar,

@@ -317,6 +317,11 @@ def _row_tasks(info: TensorInfo, chunk_elements: int) -> Iterator[_Task]:
         yield _Task(info.name, info.dtype, row * width, count * width, exact, width, columns, rows)
 
 
+def _task_elements() -> int:
+    """Values per task when the caller does not say: larger where the C kernel reads."""
+    return KERNEL_TASK_ELEMENTS if kernel.AVAILABLE else CHUNK_ELEMENTS
+
+
 def compute_stats(
     checkpoint: Checkpoint,
     names: Iterable[str] | None = None,
@@ -337,8 +342,7 @@ def compute_stats_and_squares(
     """Statistics of the named tensors and, in the same pass, the axis squares (see
     `axis_squares`) of the tensors in `squared`, which maps a name to the axes to keep.
     Tasks are `chunk_elements` long (default: by who reads, see KERNEL_TASK_ELEMENTS)."""
-    if chunk_elements is None:
-        chunk_elements = KERNEL_TASK_ELEMENTS if kernel.AVAILABLE else CHUNK_ELEMENTS
+    chunk_elements = chunk_elements or _task_elements()
     if names is None:
         infos = [info for info in checkpoint.tensors if info.is_supported_float]
     else:
@@ -462,8 +466,7 @@ def compute_stats_and_details(
     chunk_elements: int | None = None,
 ) -> tuple[dict[str, TensorStats], dict[str, TensorDetails]]:
     """Statistics and details in one pass over row-aligned chunks."""
-    if chunk_elements is None:
-        chunk_elements = KERNEL_TASK_ELEMENTS if kernel.AVAILABLE else CHUNK_ELEMENTS
+    chunk_elements = chunk_elements or _task_elements()
     if names is None:
         infos = [info for info in checkpoint.tensors if info.is_supported_float]
     else:

@@ -137,9 +137,9 @@ class PairReader:
         self._lock = threading.Lock()
 
     def for_each_block(
-        self, name: str, work: Callable[[Block, FloatArray, FloatArray, FloatArray], None]
+        self, name: str, work: Callable[[Block, FloatArray, FloatArray], None]
     ) -> None:
-        """Call `work(block, old rows, new rows, |new rows|)` for every row block of `name`."""
+        """Call `work(block, old rows, new rows)` for every row block of `name`."""
         info = self.original.info(name)
         rows = info.shape[0] if info.shape else 1
         width = info.numel // rows if rows else 0
@@ -162,13 +162,10 @@ class PairReader:
                     raw, kernel.DTYPE_CODES[new_dtype], size, 0, 1, kernel.NO_AXES, NO_FACTORS
                 )
                 state.partials.append(Partial(*totals))
-                magnitudes: FloatArray = np.abs(new, out=state.reducer.magnitudes[new.dtype][:size])
             else:
                 state.partials.append(state.reducer.reduce(new, exact=exact))
-                last = state.reducer.last_magnitudes
-                magnitudes = np.abs(new) if last is None else last
             shape = (block.rows, width)
-            work(block, old.reshape(shape), new.reshape(shape), magnitudes.reshape(shape))
+            work(block, old.reshape(shape), new.reshape(shape))
 
         def keep_partials(state: _BlockState) -> None:
             with self._lock:
@@ -250,12 +247,11 @@ class _ElementCheck:
         block: Block,
         old: FloatArray,
         new: FloatArray,
-        magnitudes: FloatArray,
     ) -> None:
         if self._check_in_kernel(name, dtype, scale, block, old, new):
             return
         factor = scale.rows(block.row, block.rows)
-        self.check(name, dtype, factor, scale.is_power_of_two, old, new, magnitudes)
+        self.check(name, dtype, factor, scale.is_power_of_two, old, new, np.abs(new))
 
     def kernel_tolerance(self, dtype: str, scale: TensorScale) -> tuple[float, float] | None:
         """(unit, floor) of the allowance |new|·unit + floor as the C kernel takes them, or
@@ -398,7 +394,6 @@ def probe_chain(
             block: Block,
             old: FloatArray,
             new: FloatArray,
-            magnitudes: FloatArray,
             before: FloatArray = before,
             after: FloatArray = after,
             out_before: FloatArray = out_before,
@@ -417,10 +412,8 @@ def probe_chain(
             out_after[:, rows] = after @ new.T
             if path_norm:
                 paths[2][rows] = np.abs(old).astype(np.float64) @ paths[0]
-                paths[3][rows] = magnitudes.astype(np.float64) @ paths[1]
-            elements.check_block(
-                layer.weight, dtype, scales[layer.weight], block, old, new, magnitudes
-            )
+                paths[3][rows] = np.abs(new).astype(np.float64) @ paths[1]
+            elements.check_block(layer.weight, dtype, scales[layer.weight], block, old, new)
 
         reader.for_each_block(layer.weight, forward)
         if layer.bias is not None:
@@ -494,19 +487,19 @@ def verify_tensors(
     elements = _ElementCheck(compute)
     for name, scale in scales.items():
         dtype = original.info(name).dtype
-        if _check_in_kernel(original, rewritten, name, scale, elements, reader.partials[name]):
+        partials = reader.partials[name]
+        if _check_tensor_in_kernel(original, rewritten, name, scale, elements, partials):
             continue
 
         def compare(
             block: Block,
             old: FloatArray,
             new: FloatArray,
-            magnitudes: FloatArray,
             name: str = name,
             dtype: str = dtype,
             scale: TensorScale = scale,
         ) -> None:
-            elements.check_block(name, dtype, scale, block, old, new, magnitudes)
+            elements.check_block(name, dtype, scale, block, old, new)
 
         reader.for_each_block(name, compare)
     return ChainVerification(
@@ -521,7 +514,7 @@ def verify_tensors(
     )
 
 
-def _check_in_kernel(
+def _check_tensor_in_kernel(
     original: Checkpoint,
     rewritten: Checkpoint,
     name: str,

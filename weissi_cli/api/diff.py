@@ -164,7 +164,6 @@ def _compare(
             block: Block,
             old: np.ndarray,
             new: np.ndarray,
-            magnitudes: np.ndarray,
             scale_a: TensorScale = scale_a,
             scale_b: TensorScale = scale_b,
             totals: dict[str, float] = totals,
