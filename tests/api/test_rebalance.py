@@ -127,6 +127,37 @@ def test_bfloat16_rebalances_by_exact_powers_of_two_with_identical_outputs(
     assert report.verification.chains[0].bit_identical
 
 
+@pytest.mark.parametrize("granularity", ["layer", "channel"])
+def test_float16_pow2_moves_every_value_exactly_and_says_what_exactness_held(
+    tmp_path: Path, granularity: str
+) -> None:
+    """The L2 optimum halves the first layer (or more), but a few of its rows hold subnormal
+    values with the lowest bit set, which a halving would round: exactness holds those rows'
+    scales back (all of the layer's, layer-wise) and says so."""
+    state = mlp_state(sizes=(64, 48, 48, 10), seed=3, dtype=torch.float64)
+    for index, name in enumerate(n for n in state if n.endswith("weight")):
+        state[name] *= 16.0 ** (1 - index)
+    state["net.0.weight"][::7, 5] = 3 * 2.0**-24
+    state = OrderedDict((name, tensor.half()) for name, tensor in state.items())
+    source = write_safetensors(tmp_path / "m.safetensors", state)
+    output = tmp_path / "out.safetensors"
+    report = rebalance_checkpoint(source, output, assume_relu=True, granularity=granularity)
+    chain = report.chains[0]
+    assert chain.scales == "pow2"
+    assert any("float16 exactness held" in warning for warning in report.warnings)
+    after = load_file(str(output))
+    assert any(not torch.equal(after[name], tensor) for name, tensor in state.items())
+    for name, tensor in state.items():
+        old, new = tensor.double(), after[name].double()
+        ratio = (new[old != 0] / old[old != 0]).numpy()
+        assert np.all(np.frexp(ratio)[0] == 0.5), name  # exactly a power of two: none rounded
+    assert chain.l2_after < chain.l2_before
+    assert report.verification.passed
+    assert report.verification.max_abs_diff == 0.0
+    inputs = DIGITS[:, :64].to(torch.float16)
+    assert torch.equal(mlp_forward(after, inputs), mlp_forward(state, inputs))
+
+
 def test_pow2_float32_gives_bit_identical_outputs(samples: Path, tmp_path: Path) -> None:
     source = samples / "mlp_digits.safetensors"
     output = tmp_path / "pow2.safetensors"

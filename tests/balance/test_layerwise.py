@@ -183,3 +183,43 @@ def test_near_balanced_chain_is_not_made_worse_by_pow2() -> None:
     real = optimal_shift(weights)
     assert shifted_penalty(naive_pow2(real), weights) > l2_penalty(weights)
     assert shifted_penalty(pow2_shift(real, weights), weights) <= l2_penalty(weights)
+
+
+@given(chains(max_depth=5), st.booleans(), st.data())
+def test_bounded_pow2_keeps_every_factor_in_its_range_and_is_the_best_that_does(
+    chain: tuple[list[float], list[float]], with_biases: bool, data: st.DataObject
+) -> None:
+    """Float16 exactness bounds each layer's weight and bias exponent: the DP stays inside,
+    and is the best of the bounded candidates (every exponent between 0 and the real one)."""
+    weights, biases = chain
+    penalised = biases if with_biases else None
+    ranges = st.tuples(st.integers(-3, 0), st.integers(0, 3))
+    bounds = [(data.draw(ranges), data.draw(ranges)) for _ in weights]
+    real = optimal_shift(weights, penalised)
+    bounded = pow2_shift(real, weights, penalised, bounds)
+    links = [round(value / LN2) for value in bounded.log_links]
+    for layer, ((weight_low, weight_high), (bias_low, bias_high)) in enumerate(bounds, 1):
+        assert weight_low <= links[layer] - links[layer - 1] <= weight_high
+        assert bias_low <= links[layer] <= bias_high
+
+    def feasible(inner: tuple[int, ...]) -> bool:
+        full = (0, *inner, 0)
+        return all(
+            w_low <= full[i] - full[i - 1] <= w_high and b_low <= full[i] <= b_high
+            for i, ((w_low, w_high), (b_low, b_high)) in enumerate(bounds, 1)
+        )
+
+    options = [
+        range(min(math.floor(v / LN2), 0), max(math.ceil(v / LN2), 0) + 1)
+        for v in real.log_links[1:-1]
+    ]
+    brute = min(
+        shifted_penalty(Shift((0.0, *(k * LN2 for k in inner), 0.0), pow2=True), weights, penalised)
+        for inner in itertools.product(*options)
+        if feasible(inner)
+    )
+    assert shifted_penalty(bounded, weights, penalised) == pytest.approx(brute, rel=1e-12)
+    wide = [((-99, 99), (-99, 99))] * len(weights)
+    assert shifted_penalty(
+        pow2_shift(real, weights, penalised, wide), weights, penalised
+    ) <= shifted_penalty(pow2_shift(real, weights, penalised), weights, penalised) * (1 + 1e-12)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -19,8 +19,10 @@ from weissi_cli.balance.channelwise import (
     round_to_powers_of_two,
     solve,
 )
+from weissi_cli.balance.exact_pow2 import ExactLimits, exact_range
 from weissi_cli.balance.layerwise import Shift, l2_penalty, pow2_shift, weissi_penalty
 from weissi_cli.errors import ConsentError, StructureError, UsageError
+from weissi_cli.headroom import measure_headroom
 from weissi_cli.io import open_checkpoint
 from weissi_cli.io.checkpoint import Checkpoint
 from weissi_cli.io.dtypes import is_16_bit
@@ -138,6 +140,7 @@ def rebalance_checkpoint(
         )
         tensor_scales: dict[str, TensorScale] = dict(group_scales)
         warnings += unbounded_hint(group, include_bias)
+        warnings += _held_warnings(plans, group)
         for plan in plans:
             if plan.channel_scales is not None:
                 tensor_scales.update(
@@ -249,6 +252,7 @@ class _Plan:
     mode: str  # "real" | "pow2" | "none"
     shift: Shift | None = None  # layer granularity
     solution: ChannelSolution | None = None  # channel granularity
+    held: int = 0  # link scales or channels that float16 exactness kept closer to 1
 
 
 def _plan(
@@ -264,18 +268,72 @@ def _plan(
     if analysis.optimal is None:
         return _Plan(analysis, None, "none")
     mode = _mode_for(chain, checkpoint, scales)
+    limits = exact_limits(checkpoint, chain.tensor_names()) if mode == "pow2" else None
     if granularity == "channel":
         symmetries = chain.symmetries()
         mine = {name: squares[name] for name in chain.tensor_names() if name in squares}
         solution = solve(symmetries, mine)
         if mode == "pow2":
-            solution = round_to_powers_of_two(solution, symmetries, mine)
-        return _Plan(analysis, solution.scales, mode, solution=solution)
+            solution = round_to_powers_of_two(solution, symmetries, mine, limits)
+        held = sum(solution.held.values())
+        return _Plan(analysis, solution.scales, mode, solution=solution, held=held)
     shift = analysis.optimal
+    held = 0
     if mode == "pow2":
         biases = analysis.bias_norms if include_bias else None
         shift = pow2_shift(analysis.optimal, analysis.weight_norms, biases)
-    return _Plan(analysis, chain_channel_scales(chain, shift), mode, shift=shift)
+        if limits:
+            free = shift
+            shift = pow2_shift(
+                analysis.optimal, analysis.weight_norms, biases, _layer_bounds(chain, limits)
+            )
+            held = sum(a != b for a, b in zip(free.log_links, shift.log_links, strict=True))
+    return _Plan(analysis, chain_channel_scales(chain, shift), mode, shift=shift, held=held)
+
+
+def exact_limits(checkpoint: Checkpoint, names: Iterable[str]) -> ExactLimits:
+    """The float16 headroom of `names` (empty, and free, when none is float16)."""
+    wanted = [name for name in dict.fromkeys(names) if checkpoint.info(name).dtype == "float16"]
+    headroom = measure_headroom(checkpoint, wanted) if wanted else {}
+    return ExactLimits(headroom, {name: checkpoint.info(name).shape for name in headroom})
+
+
+def _layer_bounds(
+    chain: Chain, limits: ExactLimits
+) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+    """Per layer, the exponents its weight's and its bias's uniform factor may take."""
+    return [
+        (
+            exact_range(limits.headroom.get(layer.weight)),
+            exact_range(limits.headroom.get(layer.bias) if layer.bias else None),
+        )
+        for layer in chain.layers
+    ]
+
+
+def _held_warnings(plans: list[_Plan], group: SymmetryGroup | None) -> list[str]:
+    """Where float16 exactness kept power-of-two scales short of the L2 optimum."""
+    reason = (
+        "scaling further would push the lowest set bit of some float16 values below 2^-24, "
+        "float16's smallest step, and round them; --scales real moves them fully and rounds "
+        "each value once instead"
+    )
+    found = [
+        f"{plan.analysis.chain.id}: float16 exactness held {plan.held} "
+        f"{'channel' if plan.solution is not None else 'link'} scale(s) closer to 1 ({reason})"
+        for plan in plans
+        if plan.held
+    ]
+    solution = None if group is None else (group.channel or group.layer)
+    if solution is not None and solution.held:
+        of = f"{len(solution.held)} of {len(solution.symmetries)} symmetries"
+        what = (
+            f"{sum(solution.held.values())} channel scale(s) in {of}"
+            if solution.granularity == "channel"
+            else f"the scales of {of}"
+        )
+        found.append(f"float16 exactness held {what} closer to 1 ({reason})")
+    return found
 
 
 def _verify_and_measure(
@@ -357,12 +415,13 @@ def _solve_group(
         return (solved[0] if solved else None), {}, "none"
     group, squares = solved
     mode = scales
+    members = {m.tensor for s in structure.symmetries for m in s.members}
     if scales == "auto":
-        members = {m.tensor for s in structure.symmetries for m in s.members}
         mode = "pow2" if any(is_16_bit(checkpoint.info(n).dtype) for n in members) else "real"
     chosen = group.channel or group.layer
     if mode == "pow2":
-        chosen = round_to_powers_of_two(chosen, structure.symmetries, squares)
+        limits = exact_limits(checkpoint, members)
+        chosen = round_to_powers_of_two(chosen, structure.symmetries, squares, limits)
         group = replace(group, channel=chosen) if group.channel else replace(group, layer=chosen)
     tensor_scales = from_symmetries(structure.symmetries, chosen.scales, _shapes(checkpoint))
     return group, tensor_scales, mode

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from weissi_cli.balance.exact_pow2 import ExactLimits
 from weissi_cli.errors import StructureError
 from weissi_cli.ir import Chain, Member, Symmetry
 
@@ -51,6 +52,8 @@ class ChannelSolution:
     # Per penalised tensor, its squared norm before and at the solution.
     tensor_l2_before: dict[str, float] = field(default_factory=dict, compare=False)
     tensor_l2_after: dict[str, float] = field(default_factory=dict, compare=False)
+    # Per symmetry, the channels that float16 exactness held closer to 1 (pow2 rounding).
+    held: dict[str, int] = field(default_factory=dict, compare=False)
 
     @property
     def scales(self) -> dict[str, Vector]:
@@ -246,11 +249,15 @@ def _step(
 
 
 def round_to_powers_of_two(
-    solution: ChannelSolution, symmetries: Iterable[Symmetry], squares: Mapping[str, Squares]
+    solution: ChannelSolution,
+    symmetries: Iterable[Symmetry],
+    squares: Mapping[str, Squares],
+    limits: ExactLimits | None = None,
 ) -> ChannelSolution:
     """Every scale a power of two (outputs bit-identical), starting from the nearest power
     and improving each channel's exponent by ±1 while that lowers the penalty; never worse
-    than leaving everything at 1."""
+    than leaving everything at 1. With `limits`, exponents are then held within the
+    float16 headroom, so that every scaled value is exact."""
     symmetries = [s for s in symmetries if s.id in solution.symmetries]
     factors = _Factors(squares)
     rounded = {
@@ -290,6 +297,18 @@ def round_to_powers_of_two(
                 item.scales = new
         if not moved:
             break
+    held: dict[str, int] = {}
+    if limits:
+        pow2 = {key: item.scales for key, item in rounded.items()}
+        whole = solution.granularity == "layer"
+        exact, held = limits.hold(symmetries, pow2, whole)
+        for symmetry in symmetries:
+            item = rounded[symmetry.id]
+            change = exact[symmetry.id] / item.scales
+            for member in symmetry.members:
+                if member.tensor in squares:
+                    factors.apply(member, symmetry.size, change)
+            item.scales = exact[symmetry.id]
     tensors_after = factors.per_tensor()
     after = math.fsum(tensors_after.values())
     if after > solution.l2_before:
@@ -309,6 +328,7 @@ def round_to_powers_of_two(
         solution.granularity,
         solution.tensor_l2_before,
         tensors_after,
+        held,
     )
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 LN2 = math.log(2.0)
+ExponentRange = tuple[float, float]  # (lowest, highest) exponent of 2 allowed
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,10 @@ class Shift:
 
 
 def pow2_shift(
-    real: Shift, weight_norms: Sequence[float], bias_norms: Sequence[float] | None = None
+    real: Shift,
+    weight_norms: Sequence[float],
+    bias_norms: Sequence[float] | None = None,
+    bounds: Sequence[tuple[ExponentRange, ExponentRange]] | None = None,
 ) -> Shift:
     """The best power-of-two shift near `real`.
 
@@ -59,17 +63,31 @@ def pow2_shift(
     are chosen jointly, each from {floor, ceil} of its real value and 0, by dynamic
     programming over the chain (the penalty couples only neighbouring links). The identity
     is one of the candidates, so the result never raises the penalty.
+
+    `bounds[l − 1]`: the exponents W_l's and b_l's factors may take (float16 exactness, see
+    `exact_pow2`); every exponent between 0 and the real value is then a candidate.
     """
     depth = len(weight_norms)
     biases = list(bias_norms) if bias_norms is not None else [0.0] * depth
+    unbounded = (-math.inf, math.inf)
+    limits = list(bounds) if bounds is not None else [(unbounded, unbounded)] * depth
     options: list[list[int]] = [[0]]
     for value in real.log_links[1:-1]:
         exponent = value / LN2
-        options.append(sorted({math.floor(exponent), math.ceil(exponent), 0}))
+        low, high = math.floor(exponent), math.ceil(exponent)
+        if bounds is None:
+            options.append(sorted({low, high, 0}))
+        else:
+            options.append(list(range(min(low, 0), max(high, 0) + 1)))
     options.append([0])
 
     def cost(layer: int, previous: int, current: int) -> float:
         # layer is 1-based: W_l scales by 2^(k_l − k_{l−1}), b_l by 2^k_l
+        (weight_low, weight_high), (bias_low, bias_high) = limits[layer - 1]
+        if not (weight_low <= current - previous <= weight_high):
+            return math.inf
+        if not (bias_low <= current <= bias_high):
+            return math.inf
         norm, bias = weight_norms[layer - 1], biases[layer - 1]
         return norm * norm * _power_of_four(current - previous) + bias * bias * _power_of_four(
             current
