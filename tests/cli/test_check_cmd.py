@@ -7,12 +7,16 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
+from xml.sax import saxutils
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import Result
 
 from tests.helpers import mlp_state, write_safetensors
+from weissi_cli.report import check as check_report
 
 
 @pytest.fixture
@@ -158,3 +162,9 @@ def test_unknown_format_is_refused(run: Callable[..., Result], broken: Path) -> 
     result = run("check", broken.name, "--format", "xml")
     assert result.exit_code == 2
     assert "--format must be one of" in result.stderr
+
+
+@given(st.text(alphabet=st.sampled_from("ab<>&\"'\n\r\t é"), max_size=12))
+def test_junit_escaping_matches_the_standard_library(text: str) -> None:
+    assert check_report.escape(text) == saxutils.escape(text)
+    assert check_report.quoteattr(text) == saxutils.quoteattr(text)

@@ -15,13 +15,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from weissi_cli.balance.exact_pow2 import ExactLimits
 from weissi_cli.errors import StructureError
 from weissi_cli.ir import Chain, Member, Symmetry
+
+if TYPE_CHECKING:
+    from weissi_cli.balance.exact_pow2 import ExactLimits
 
 Vector = npt.NDArray[np.float64]
 Squares = npt.NDArray[np.float32]  # [rows, columns]: see stats.axis_squares

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -12,17 +13,19 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from weissi_cli.balance.analysis import ChainAnalysis
-from weissi_cli.balance.channelwise import ChannelSolution
 from weissi_cli.io.dtypes import is_16_bit
-from weissi_cli.ir import Unassigned
-from weissi_cli.report.check import CheckReport
-from weissi_cli.report.common import Source
-from weissi_cli.report.diff import DiffReport
-from weissi_cli.report.graph import GraphReport
-from weissi_cli.report.inspect import InspectReport
-from weissi_cli.report.rebalance import RebalanceReport
-from weissi_cli.report.symmetries import KindRow, SymmetryGroup
+
+if TYPE_CHECKING:  # only annotations: a command imports the report modules it produces
+    from weissi_cli.balance.analysis import ChainAnalysis
+    from weissi_cli.balance.channelwise import ChannelSolution
+    from weissi_cli.ir import Unassigned
+    from weissi_cli.report.check import CheckReport
+    from weissi_cli.report.common import Source
+    from weissi_cli.report.diff import DiffReport
+    from weissi_cli.report.graph import GraphReport
+    from weissi_cli.report.inspect import InspectReport
+    from weissi_cli.report.rebalance import RebalanceReport
+    from weissi_cli.report.symmetries import KindRow, SymmetryGroup
 
 BAR_WIDTH = 12
 EIGHTHS = " ▏▎▍▌▋▊▉█"
