@@ -39,7 +39,7 @@ from weissi_cli.scales import TensorScale, uniform
 from weissi_cli.threads import run_round_robin
 
 CHUNK_ELEMENTS = 1 << 18
-COPY_CHUNK_BYTES = 8 << 20
+COPY_CHUNK_BYTES = 1 << 20
 
 
 class BackgroundSync:
@@ -386,13 +386,35 @@ def _write_folder(
         if isinstance(checkpoint, ShardedCheckpoint):
             index = json.loads(checkpoint.path.read_text(encoding="utf-8"))
             index["metadata"] = {**(index.get("metadata") or {}), "weissi": record}
-            index_bytes = (json.dumps(index, indent=2) + "\n").encode()
+            index_bytes = _index_text(index).encode()
             _write_file(staging / checkpoint.path.name, index_bytes)
             pending.moves.append((staging / checkpoint.path.name, output / checkpoint.path.name))
     except BaseException:
         pending.discard()
         raise
     return pending
+
+
+def _index_text(index: Mapping[str, Any]) -> str:
+    """The index as `json.dumps(indent=2)` lays it out down to the second level (one
+    weight_map entry per line), with deeper values compact: indenting walks every value in
+    Python, 0.2 s for the per-channel scales of a 2 GB transformer's record."""
+
+    def entries(mapping: Mapping[str, Any], pad: str, nested: bool) -> str:
+        if not mapping:
+            return "{}"
+        lines = [
+            f"{pad}  {json.dumps(key)}: "
+            + (
+                entries(value, pad + "  ", False)
+                if nested and isinstance(value, dict)
+                else json.dumps(value)
+            )
+            for key, value in mapping.items()
+        ]
+        return "{\n" + ",\n".join(lines) + f"\n{pad}}}"
+
+    return entries(index, "", True) + "\n"
 
 
 # Files that hold weights in some format: never copied into a rebalanced folder, where a
@@ -514,30 +536,19 @@ def write_safetensors_copy(
 def _copy_range(
     source: SafetensorsCheckpoint, descriptor: int, src_offset: int, dst_offset: int, length: int
 ) -> None:
+    """Untouched bytes, through a page-aligned buffer a piece at a time, each piece's
+    write-back started at once. (copy_file_range took 1.1-2.0 s for a 0.55 GB shard on
+    this VM's ext4, where this loop takes 0.56 s.)"""
+    buffer = read_buffer(COPY_CHUNK_BYTES)
+    view = memoryview(buffer)
     done = 0
-    try:
-        while done < length:
-            copied = os.copy_file_range(
-                source.fd,
-                descriptor,
-                min(WRITEBACK_BYTES, length - done),
-                src_offset + done,
-                dst_offset + done,
-            )
-            if copied == 0:
-                break
-            start_writeback(descriptor, dst_offset + done, copied)
-            done += copied
-    except OSError as error:
-        if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-            raise
-    while done < length:  # no copy_file_range here (or the source ended early)
+    while done < length:
         size = min(COPY_CHUNK_BYTES, length - done)
-        data = os.pread(source.fd, size, src_offset + done)
-        if not data:
+        got = os.preadv(source.fd, [view[:size]], src_offset + done)
+        if got <= 0:
             raise OutputError(f"{source.path}: file ended early while copying")
-        _write_all(descriptor, memoryview(data), dst_offset + done)
-        done += len(data)
+        _write_all(descriptor, view[:got], dst_offset + done)
+        done += got
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.helpers import write_safetensors, write_sharded
 from weissi_cli.errors import InputError
@@ -15,6 +17,7 @@ from weissi_cli.io import detect_format, open_checkpoint
 from weissi_cli.io.dtypes import decode
 from weissi_cli.io.safetensors_file import SafetensorsCheckpoint
 from weissi_cli.io.sharded import ShardedCheckpoint
+from weissi_cli.rewrite import _index_text
 
 INDEX = "model.safetensors.index.json"
 FIRST = "model-00001-of-00002.safetensors"
@@ -288,3 +291,22 @@ def test_a_corrupt_shard_is_refused_naming_the_shard(tmp_path: Path) -> None:
     shard.write_bytes(shard.read_bytes()[:-3])
     with pytest.raises(InputError, match=SECOND):
         open_checkpoint(tmp_path / "model")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(st.text(), json_values, max_size=4), st.dictionaries(st.text(), st.text()))
+def test_the_written_index_is_the_same_json_with_one_weight_map_entry_per_line(
+    metadata: dict, weight_map: dict
+) -> None:
+    index = {"metadata": metadata, "weight_map": weight_map}
+    text = _index_text(index)
+    assert json.loads(text) == index
+    lines = [line.rstrip(",") for line in text.splitlines()]
+    for name, shard in weight_map.items():
+        assert f"    {json.dumps(name)}: {json.dumps(shard)}" in lines
