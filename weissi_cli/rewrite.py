@@ -12,6 +12,7 @@ import contextlib
 import errno
 import functools
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -473,7 +474,15 @@ def write_safetensors_copy(
     syncs: list[BackgroundSync],
 ) -> None:
     """Same tensor order and offsets; a new header; scaled tensors streamed in chunks.
-    Made durable by a BackgroundSync added to `syncs` (the caller waits for it)."""
+    Made durable by a BackgroundSync added to `syncs` (the caller waits for it).
+
+    The fsyncs of files written before (earlier shards) are waited for first: an fsync
+    running alongside new writes slowed a 4-shard copy from 1.8-2.0 s to 2.3-3.1 s here.
+    The last file's fsync still overlaps verification."""
+    for sync in syncs:
+        failure = sync.wait()
+        if failure is not None:
+            raise failure
     entries = source.header.entries
     header: dict[str, Any] = {"__metadata__": {**source.metadata, **extra_metadata}}
     for entry in entries:
@@ -707,10 +716,19 @@ SYNC_FILE_RANGE_WRITE = 2
 def start_writeback(descriptor: int, offset: int, nbytes: int) -> None:
     """Ask the kernel to start writing these bytes to disk now, without waiting: the disk
     works while later chunks are computed, and the final fsync has little left to do (it
-    was half of a 2 GB rewrite here). Advisory: where it is missing, fsync does it all."""
+    was half of a 2 GB rewrite here). Advisory: where it is missing, fsync does it all.
+
+    Only the pages these bytes fill whole: a page shared with the next write would be under
+    write-back when that write arrives, and the write would wait for the disk (tensor data
+    starts 8 + header bytes into the file, so chunks rarely end on a page; copying 2.2 GB
+    took 4-6 s instead of 2)."""
     function = _sync_file_range()
-    if function is not None:
-        function(descriptor, offset, nbytes, SYNC_FILE_RANGE_WRITE)
+    if function is None:
+        return
+    first = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
+    end = (offset + nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if end > first:
+        function(descriptor, first, end - first, SYNC_FILE_RANGE_WRITE)
 
 
 def _write_torch(
