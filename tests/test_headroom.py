@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import write_safetensors
-from weissi_cli import headroom
+from weissi_cli import headroom, kernel
 from weissi_cli.headroom import MAX_SHIFT, measure_headroom, shift_tables
 from weissi_cli.io import open_checkpoint
 
@@ -105,3 +105,26 @@ def test_a_realistic_float16_matrix_has_no_room_to_halve(tmp_path: Path) -> None
     assert found.down == 0
     assert np.mean(found.rows_down == 0) > 0.3
     assert found.up >= 15 - 7  # |w| < 2^-7·... stays far from float16's largest value
+
+
+@pytest.mark.skipif(not kernel.AVAILABLE, reason="the C kernel was not built")
+@pytest.mark.parametrize("shape", [(300, 200), (64, 8, 3), (1000,)])
+def test_the_kernel_finds_the_same_minima_as_the_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shape: tuple[int, ...]
+) -> None:
+    """Realistic weights (every column reaches 0 early, so rows are cut short) with a few
+    large, infinite and NaN values, in chunks of a few rows."""
+    generator = torch.Generator().manual_seed(2)
+    tensor = torch.randn(shape, generator=generator) * 0.02
+    flat = tensor.view(-1)
+    flat[::97] = 3000.0
+    flat[5], flat[6], flat[7] = float("inf"), float("-inf"), float("nan")
+    path = write_safetensors(tmp_path / "m.safetensors", {"w": tensor.half()})
+    monkeypatch.setattr(headroom, "CHUNK_ELEMENTS", 4096)
+    found = {}
+    for compiled in (kernel.compiled, None):
+        monkeypatch.setattr(kernel, "compiled", compiled)
+        with open_checkpoint(path) as checkpoint:
+            found[compiled is None] = measure_headroom(checkpoint, ["w"])["w"]
+    for field in ("rows_down", "rows_up", "columns_down", "columns_up"):
+        assert np.array_equal(getattr(found[True], field), getattr(found[False], field)), field

@@ -1097,6 +1097,144 @@ static PyObject *details_range(PyObject *Py_UNUSED(self), PyObject *args) {
     return totals_tuple(totals);
 }
 
+/* float16 headroom (see headroom.py): per 16-bit pattern, tables give the largest exact
+ * shift down and up; this takes their minima over each row, and min-accumulates them over
+ * each column (the caller fills every output with its "no limit" value first). */
+static void shift_minima_generic(const uint16_t *bits, Py_ssize_t rows, Py_ssize_t row_width,
+                                 Py_ssize_t columns, const int8_t *down_table,
+                                 const int8_t *up_table, int8_t *rows_down, int8_t *rows_up,
+                                 int8_t *columns_down, int8_t *columns_up) {
+    Py_ssize_t inner = row_width / columns;
+    for (Py_ssize_t row = 0; row < rows; row++) {
+        const uint16_t *values = bits + row * row_width;
+        int8_t row_down = rows_down[row], row_up = rows_up[row];
+        for (Py_ssize_t column = 0; column < columns; column++) {
+            int8_t down = columns_down[column], up = columns_up[column];
+            for (Py_ssize_t k = 0; k < inner; k++) {
+                uint16_t value = values[column * inner + k];
+                int8_t d = down_table[value], u = up_table[value];
+                row_down = d < row_down ? d : row_down;
+                row_up = u < row_up ? u : row_up;
+                down = d < down ? d : down;
+                up = u < up ? u : up;
+            }
+            columns_down[column] = down;
+            columns_up[column] = up;
+        }
+        rows_down[row] = row_down;
+        rows_up[row] = row_up;
+    }
+}
+
+/* Matrices (one value per row and column), the common case, without a table lookup per
+ * value where it cannot matter. The up-shift falls as the magnitude grows, so it comes from
+ * the largest magnitude (a max the compiler vectorises; ±inf and NaN, which scale to
+ * themselves, count as 0). A down-shift is looked up only while its row or its column can
+ * still go lower: a row is scanned until its minimum reaches 0, and after that only the
+ * columns still above 0 (realistic float16 weights close a row within a few hundred values
+ * and a column within a few hundred rows). */
+static int shift_minima_matrix(const uint16_t *bits, Py_ssize_t rows, Py_ssize_t columns,
+                               const int8_t *down_table, const int8_t *up_table,
+                               int8_t *rows_down, int8_t *rows_up, int8_t *columns_down,
+                               int8_t *columns_up) {
+    int16_t *column_top = calloc((size_t)columns, sizeof(int16_t));
+    Py_ssize_t *open = malloc((size_t)columns * sizeof(Py_ssize_t));
+    if (column_top == NULL || open == NULL) {
+        free(column_top);
+        free(open);
+        return -1;
+    }
+    Py_ssize_t open_count = 0;
+    for (Py_ssize_t column = 0; column < columns; column++)
+        if (columns_down[column] > 0) open[open_count++] = column;
+    for (Py_ssize_t row = 0; row < rows; row++) {
+        /* signed 16-bit lanes (magnitudes fit): SSE2 has their max, not the unsigned one */
+        const int16_t *restrict values = (const int16_t *)(bits + row * columns);
+        int16_t *restrict tops = column_top;
+        int16_t row_top = 0;
+        for (Py_ssize_t column = 0; column < columns; column++) {
+            int16_t magnitude = (int16_t)(values[column] & 0x7FFF);
+            magnitude = magnitude >= 0x7C00 ? 0 : magnitude;
+            row_top = magnitude > row_top ? magnitude : row_top;
+            tops[column] = magnitude > tops[column] ? magnitude : tops[column];
+        }
+        int8_t up = up_table[(uint16_t)row_top];
+        rows_up[row] = up < rows_up[row] ? up : rows_up[row];
+        int8_t row_down = rows_down[row];
+        Py_ssize_t scanned = 0;
+        for (; scanned < columns && row_down > 0; scanned++) {
+            int8_t d = down_table[(uint16_t)values[scanned]];
+            row_down = d < row_down ? d : row_down;
+            columns_down[scanned] = d < columns_down[scanned] ? d : columns_down[scanned];
+        }
+        rows_down[row] = row_down;
+        Py_ssize_t kept = 0;
+        for (Py_ssize_t index = 0; index < open_count; index++) {
+            Py_ssize_t column = open[index];
+            if (column >= scanned) {
+                int8_t d = down_table[(uint16_t)values[column]];
+                columns_down[column] = d < columns_down[column] ? d : columns_down[column];
+            }
+            if (columns_down[column] > 0) open[kept++] = column;
+        }
+        open_count = kept;
+    }
+    for (Py_ssize_t column = 0; column < columns; column++) {
+        int8_t up = up_table[(uint16_t)column_top[column]];
+        columns_up[column] = up < columns_up[column] ? up : columns_up[column];
+    }
+    free(column_top);
+    free(open);
+    return 0;
+}
+
+static PyObject *shift_minima(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_buffer data, down_table, up_table, rows_down, rows_up, columns_down, columns_up;
+    Py_ssize_t count, row_width, columns;
+    if (!PyArg_ParseTuple(args, "y*nnny*y*w*w*w*w*", &data, &count, &row_width, &columns,
+                          &down_table, &up_table, &rows_down, &rows_up, &columns_down,
+                          &columns_up))
+        return NULL;
+    const char *problem = NULL;
+    Py_ssize_t rows = 0;
+    if (count < 0 || data.len < count * 2) problem = "buffer smaller than count";
+    else if (row_width <= 0 || count % row_width || columns <= 0 || row_width % columns)
+        problem = "rows must be whole and columns must divide the row width";
+    else if (down_table.len < 65536 || up_table.len < 65536) problem = "tables too small";
+    else {
+        rows = count / row_width;
+        if (rows_down.len < rows || rows_up.len < rows || columns_down.len < columns ||
+            columns_up.len < columns)
+            problem = "output too small";
+    }
+    int failed = 0;
+    if (!problem) {
+        Py_BEGIN_ALLOW_THREADS
+        if (row_width == columns)
+            failed = shift_minima_matrix(data.buf, rows, columns, down_table.buf, up_table.buf,
+                                         rows_down.buf, rows_up.buf, columns_down.buf,
+                                         columns_up.buf);
+        else
+            shift_minima_generic(data.buf, rows, row_width, columns, down_table.buf,
+                                 up_table.buf, rows_down.buf, rows_up.buf, columns_down.buf,
+                                 columns_up.buf);
+        Py_END_ALLOW_THREADS
+    }
+    if (failed) problem = "out of memory";
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&down_table);
+    PyBuffer_Release(&up_table);
+    PyBuffer_Release(&rows_down);
+    PyBuffer_Release(&rows_up);
+    PyBuffer_Release(&columns_down);
+    PyBuffer_Release(&columns_up);
+    if (problem) {
+        PyErr_SetString(PyExc_ValueError, problem);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"reduce_chunk", reduce_chunk, METH_VARARGS,
      "reduce_chunk(data, dtype_code, count, row_width, columns, mode, out) -> "
@@ -1120,6 +1258,9 @@ static PyMethodDef methods[] = {
     {"maxima", maxima, METH_VARARGS,
      "maxima(data, dtype_code, count, row_width, columns, row_out, column_out): the largest "
      "magnitude bits per row (uint32) and, max-accumulated, per column"},
+    {"shift_minima", shift_minima, METH_VARARGS,
+     "shift_minima(bits, count, row_width, columns, down_table, up_table, rows_down, rows_up, "
+     "columns_down, columns_up): table minima per row, min-accumulated per column (int8)"},
     {NULL, NULL, 0, NULL},
 };
 

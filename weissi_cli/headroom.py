@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from weissi_cli import kernel
 from weissi_cli.io.checkpoint import Checkpoint, read_buffer
 
 Shifts = npt.NDArray[np.int8]
@@ -86,10 +87,17 @@ def measure_headroom(checkpoint: Checkpoint, names: Iterable[str]) -> dict[str, 
             for row in range(0, rows, per_chunk):
                 count = min(per_chunk, rows - row)
                 raw = checkpoint.read_raw(name, row * width, count * width, buffer)
-                bits = raw.view(np.uint16).reshape(count, columns, -1)
+                bits = raw.view(np.uint16)
+                rows_part = [limit[row : row + count] for limit in (limits[0], limits[2])]
+                if kernel.compiled is not None:
+                    kernel.compiled.shift_minima(
+                        bits, count * width, width, columns, down_table, up_table,
+                        rows_part[0], rows_part[1], limits[1], limits[3],
+                    )  # fmt: skip
+                    continue
                 for index, table in enumerate((down_table, up_table)):
-                    shifts = table[bits]
-                    limits[2 * index][row : row + count] = shifts.min(axis=(1, 2))
+                    shifts = table[bits.reshape(count, columns, -1)]
+                    rows_part[index][:] = shifts.min(axis=(1, 2))
                     column_part = limits[2 * index + 1]
                     np.minimum(column_part, shifts.min(axis=(0, 2)), out=column_part)
         found[name] = Headroom(name, limits[0], limits[2], limits[1], limits[3])
