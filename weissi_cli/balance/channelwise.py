@@ -88,7 +88,7 @@ class _Factors:
         factor except this symmetry's own (`own`, its current scales)."""
         q = self.squares[member.tensor]
         span = slice(member.offset, member.offset + size * member.block)
-        own_along = np.repeat(own ** (2 * member.exponent), member.block)
+        own_along = _along(own ** (2 * member.exponent), member.block)
         weights = self._weights.get((member.tensor, member.axis))
         if weights is None:
             if member.axis == 0:
@@ -100,6 +100,8 @@ class _Factors:
             self._weights[(member.tensor, member.axis)] = weights
         factors = (self.rows if member.axis == 0 else self.columns)[member.tensor]
         along = weights[span] * factors[span] ** 2 / own_along
+        if member.block == 1:  # one entry per channel (a transformer's rows): nothing to sum
+            return along
         return np.add.reduceat(along, np.arange(0, size * member.block, member.block))
 
     def sides(self, penalised: list[Member], size: int, own: Vector) -> tuple[Vector, Vector]:
@@ -120,8 +122,13 @@ class _Factors:
             if not np.all(change == 1.0):
                 raise ValueError(f"{member.tensor}: axis {member.axis} was summed out but moves")
             return
-        vectors[member.tensor][span] *= np.repeat(change**member.exponent, member.block)
+        vectors[member.tensor][span] *= _along(change**member.exponent, member.block)
         self._weights.pop((member.tensor, 1 - member.axis), None)
+
+
+def _along(per_channel: Vector, block: int) -> Vector:
+    """Per-channel values spread over the `block` entries each channel covers."""
+    return per_channel if block == 1 else np.repeat(per_channel, block)
 
 
 def solve(
