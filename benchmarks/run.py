@@ -210,9 +210,9 @@ def settle() -> None:
     os.sync()
 
 
-def rewrite_ceiling(path: Path, output: Path) -> float:
+def rewrite_ceiling(path: Path, output: Path, keep: bool = False) -> float:
     """Seconds to copy the header, scale every data chunk in place, pwrite it (starting its
-    write-back at once), and fsync."""
+    write-back at once), and fsync. `keep`: leave `output` for the caller to delete."""
     size = path.stat().st_size
     begin = data_start(path)
     buffer = aligned_buffer(CHUNK_BYTES)
@@ -248,9 +248,29 @@ def rewrite_ceiling(path: Path, output: Path) -> float:
         elapsed = time.perf_counter() - start
     finally:
         os.close(source)
-        with contextlib.suppress(FileNotFoundError):
-            output.unlink()
+        if not keep:
+            with contextlib.suppress(FileNotFoundError):
+                output.unlink()
     return elapsed
+
+
+def rewrite_ceiling_files(paths: Sequence[Path], scratch: Path) -> float:
+    """The rewrite ceiling of a sharded checkpoint: every shard to a file of its own, all kept
+    until the last is written, as a rebalanced folder is. Rewriting one scratch file shard
+    after shard instead let ext4 reuse the blocks just freed, which this VM's disk writes
+    2-4x faster than new ones (1.3 s against 2.8-5.5 s for 2.2 GB in 4 shards): a ceiling
+    no command writing a new 2.2 GB folder can have."""
+    outputs = [
+        scratch.with_name(f"{scratch.stem}-{index}{scratch.suffix}") for index in range(len(paths))
+    ]
+    try:
+        return sum(
+            rewrite_ceiling(path, output, keep=True)
+            for path, output in zip(paths, outputs, strict=True)
+        )
+    finally:
+        for output in outputs:
+            output.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from run import (  # noqa: E402
     machine_info,
     read_ceiling,
     rewrite_ceiling,
+    rewrite_ceiling_files,
     run_measured,
     settle,
     warm_page_cache,
@@ -240,7 +241,7 @@ def measure_case(
             "baseline norms", run_measured([sys.executable, "-c", BASELINE_NORMS, *map(str, files)])
         )
         settle()
-        record("rewrite", sum(rewrite_ceiling(path, scratch) for path in files))
+        record("rewrite", rewrite_ceiling_files(files, scratch))
         copies = [str(data_dir / f"baseline-{i}.safetensors") for i in range(len(files))]
         settle()
         record(
