@@ -277,6 +277,7 @@ def measure_case(
             "case": model.name(shards),
             "command": label,
             "seconds": seconds,
+            "runs_s": runs_,  # every run, so the spread can be read as well as the median
             "gbps": size / seconds / GB,
             "peak_rss_anon_mb": None
             if isinstance(values[0], float)
