@@ -11,6 +11,11 @@ T = TypeVar("T")
 S = TypeVar("S")
 
 
+# Set by the CLI when it pinned BLAS to one thread through the environment before numpy
+# loaded: threadpoolctl (8 ms to import and scan the loaded libraries) has nothing to do.
+blas_pinned = False
+
+
 @contextlib.contextmanager
 def single_threaded_blas() -> Iterator[None]:
     """Limit BLAS to one thread for the duration (when threadpoolctl is installed).
@@ -19,6 +24,9 @@ def single_threaded_blas() -> Iterator[None]:
     fights them for the cores and made the small per-chunk matmuls 3-15x slower here. The
     CLI also sets OPENBLAS_NUM_THREADS=1 before numpy loads, which needs no threadpoolctl.
     """
+    if blas_pinned:
+        yield
+        return
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Annotated
 
 import typer
 
-from weissi_cli import __version__
+from weissi_cli import __version__, threads
 from weissi_cli.cli.check_cmd import check
 from weissi_cli.cli.diff_cmd import diff
 from weissi_cli.cli.graph_cmd import graph
@@ -77,6 +78,9 @@ def main() -> None:
     # weissi decides its own threads (two reader/writer threads over chunks); a BLAS thread
     # pool on top of them fights for the same 2 cores and made small matmuls 3-15x slower.
     # Set before numpy loads (the commands import it lazily); an explicit setting wins.
-    for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    variables = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    for variable in variables:
         os.environ.setdefault(variable, "1")
+    if "numpy" not in sys.modules and all(os.environ[v] == "1" for v in variables):
+        threads.blas_pinned = True
     app()

@@ -14,9 +14,16 @@ from weissi_cli.structure.architectures import (
     structure_from_config,
 )
 from weissi_cli.structure.heuristic import infer_structure
-from weissi_cli.structure.spec import emit_spec, structure_from_spec
 
 __all__ = ["discover", "emit_spec", "is_approximate"]
+
+
+def emit_spec(structure: Structure, source: str) -> str:
+    """`structure.spec.emit_spec`, imported when called (the spec module loads tomllib)."""
+    from weissi_cli.structure.spec import emit_spec as emit
+
+    return emit(structure, source)
+
 
 APPROXIMATE_FLAG = "--allow-approximate"
 
@@ -27,6 +34,8 @@ def discover(
     """A spec file wins; an exported program's graph is exact; a known architecture's
     config.json is exact; otherwise names and shapes (an assumption)."""
     if spec is not None:
+        from weissi_cli.structure.spec import structure_from_spec  # tomllib: only for specs
+
         return structure_from_spec(spec, checkpoint).folded()
     program = getattr(checkpoint, "program", None)
     if program is not None:
