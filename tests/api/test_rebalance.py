@@ -487,3 +487,21 @@ def test_state_dict_cnn_with_batch_norm_needs_consent_and_keeps_its_function(
     with torch.no_grad():
         expected, actual = features(images), rewritten(images)
     assert torch.allclose(actual, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_float16_with_room_to_move_reports_nothing_held(tmp_path: Path) -> None:
+    """Layer norms where the bounded search (every exponent between 0 and the real one) finds
+    a better chain than floor/ceil/0: that is not exactness holding anything back."""
+    norms = [0.11, 0.1082, 1.3121, 0.0093, 1.766, 0.0557]
+    generator = torch.Generator().manual_seed(0)
+    state: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for index, norm in enumerate(norms):
+        signs = torch.randint(0, 2, (4, 4), generator=generator) * 2.0 - 1.0
+        state[f"net.{2 * index}.weight"] = (signs * norm / 4).half()  # norm exactly `norm`
+    source = write_safetensors(tmp_path / "m.safetensors", state)
+    output = tmp_path / "out.safetensors"
+    report = rebalance_checkpoint(source, output, assume_relu=True)
+    assert report.chains[0].scales == "pow2"
+    assert not [w for w in report.warnings if "float16 exactness" in w]
+    assert report.verification.passed
+    assert report.chains[0].l2_after < report.chains[0].l2_before

@@ -16,7 +16,8 @@ from weissi_cli.scales import from_symmetries
 def headroom_of(name: str, values: np.ndarray) -> Headroom:
     down, up = shift_tables()
     bits = values.astype(np.float16).view(np.uint16)
-    bits = bits.reshape(values.shape[0], values.shape[1] if values.ndim > 1 else 1, -1)
+    columns = values.shape[1] if values.ndim > 1 else 1
+    bits = bits.reshape(values.shape[0], columns, -1 if bits.size else 1)
     return Headroom(
         name,
         down[bits].min(axis=(1, 2), initial=MAX_SHIFT),
@@ -122,3 +123,13 @@ def test_a_lowest_bit_at_the_bottom_of_float16_blocks_halving_its_row_only() -> 
     assert counts == {"ab": 1}
     held, counts = limits.hold(symmetries, {"ab": np.array([2.0, 2.0, 2.0])}, whole=True)
     assert held["ab"].tolist() == [1.0, 1.0, 1.0]  # one scale for all: the row holds it at 1
+
+
+def test_a_tensor_without_values_holds_nothing() -> None:
+    symmetries = [Symmetry("s", 3, (Member("a", 0, 1), Member("b", 1, -1)))]
+    shapes = {"a": (3, 0), "b": (2, 3)}
+    values = {"a": np.zeros((3, 0)), "b": np.full((2, 3), 2.0**-24)}
+    limits = ExactLimits({n: headroom_of(n, v) for n, v in values.items()}, shapes)
+    held, counts = limits.hold(symmetries, {"s": np.array([0.5, 1.0, 0.5])}, whole=False)
+    assert held["s"].tolist() == [0.5, 1.0, 0.5]  # b's columns grow: exact; a has no values
+    assert counts == {}

@@ -283,10 +283,12 @@ def _plan(
         biases = analysis.bias_norms if include_bias else None
         shift = pow2_shift(analysis.optimal, analysis.weight_norms, biases)
         if limits:
-            free = shift
-            shift = pow2_shift(
-                analysis.optimal, analysis.weight_norms, biases, _layer_bounds(chain, limits)
-            )
+            bounds = _layer_bounds(chain, limits)
+            shift = pow2_shift(analysis.optimal, analysis.weight_norms, biases, bounds)
+            # Held: links where the same search without the bounds (its candidates are wider
+            # than the unbounded default's) would have chosen differently.
+            unlimited = [((-math.inf, math.inf), (-math.inf, math.inf))] * len(bounds)
+            free = pow2_shift(analysis.optimal, analysis.weight_norms, biases, unlimited)
             held = sum(a != b for a, b in zip(free.log_links, shift.log_links, strict=True))
     return _Plan(analysis, chain_channel_scales(chain, shift), mode, shift=shift, held=held)
 

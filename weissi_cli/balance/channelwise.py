@@ -308,8 +308,8 @@ def round_to_powers_of_two(
         if not moved:
             break
     held: dict[str, int] = {}
+    pow2 = {key: item.scales.copy() for key, item in rounded.items()}
     if limits:
-        pow2 = {key: item.scales for key, item in rounded.items()}
         whole = solution.granularity == "layer"
         exact, held = limits.hold(symmetries, pow2, whole)
         for symmetry in symmetries:
@@ -328,6 +328,9 @@ def round_to_powers_of_two(
         }
         after = solution.l2_before
         tensors_after = dict(solution.tensor_l2_before)
+        if held:  # exactness made it worse than nothing: every channel it rounded is at 1
+            held = {key: int(np.count_nonzero(scales != 1.0)) for key, scales in pow2.items()}
+            held = {key: count for key, count in held.items() if count}
     return ChannelSolution(
         rounded,
         solution.l2_before,

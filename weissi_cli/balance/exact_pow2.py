@@ -82,6 +82,8 @@ class ExactLimits:
         """Mark the channels that push an out-of-bounds element of `tensor` further out."""
         shape = self.shapes[tensor]
         sizes = (shape[0] if shape else 1, shape[1] if len(shape) > 1 else 1)
+        if 0 in shape:  # no values: nothing can round
+            return
         along = [np.zeros(size, dtype=np.int64) for size in sizes]
         low, high = 0, 0  # the extremes that axes after the second add
         for symmetry, member in members:
