@@ -34,6 +34,7 @@ class Headroom:
     largest k such that every value there times 2^−k (down) and 2^k (up) is exact."""
 
     name: str
+    shape: tuple[int, ...]
     rows_down: Shifts
     rows_up: Shifts
     columns_down: Shifts
@@ -100,5 +101,5 @@ def measure_headroom(checkpoint: Checkpoint, names: Iterable[str]) -> dict[str, 
                     rows_part[index][:] = shifts.min(axis=(1, 2))
                     column_part = limits[2 * index + 1]
                     np.minimum(column_part, shifts.min(axis=(0, 2)), out=column_part)
-        found[name] = Headroom(name, limits[0], limits[2], limits[1], limits[3])
+        found[name] = Headroom(name, info.shape, limits[0], limits[2], limits[1], limits[3])
     return found

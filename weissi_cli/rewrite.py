@@ -692,10 +692,6 @@ def _write_all(descriptor: int, data: memoryview, offset: int) -> None:
     start_writeback(descriptor, offset, len(data))
 
 
-# Copies are made (and handed to the disk) this much at a time.
-WRITEBACK_BYTES = 32 << 20
-
-
 @functools.cache
 def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
     """libc's sync_file_range (Linux), or None."""

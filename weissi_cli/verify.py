@@ -248,10 +248,34 @@ class _ElementCheck:
         old: FloatArray,
         new: FloatArray,
     ) -> None:
-        if self._check_in_kernel(name, dtype, scale, block, old, new):
+        """The C kernel checks float32 blocks in one pass in double (instead of eight numpy
+        passes); numpy checks the rest, and non-finite or non-positive factors."""
+        compiled = kernel.compiled
+        if (
+            compiled is not None
+            and old.dtype == new.dtype == np.float32
+            and old.flags.c_contiguous
+            and new.flags.c_contiguous
+            and (tolerance := self.kernel_tolerance(dtype, scale)) is not None
+        ):
+            checked, bad, worst = compiled.check_values(
+                old,
+                new,
+                block.rows * block.width,
+                max(block.width, 1),
+                scale.scalar,
+                *scale.kernel_factors(block.row, block.rows),
+                *tolerance,
+            )
+            self.add(name, checked, bad, worst)
             return
         factor = scale.rows(block.row, block.rows)
         self.check(name, dtype, factor, scale.is_power_of_two, old, new, np.abs(new))
+
+    def unit(self, dtype: str, exact: bool) -> float:
+        """The relative allowance: none for exact products, else one rounding to `dtype`
+        plus the compute dtype's error in forming f·old."""
+        return 0.0 if exact else UNIT_ROUNDOFF[dtype] + 3 * self.unit_compute
 
     def kernel_tolerance(self, dtype: str, scale: TensorScale) -> tuple[float, float] | None:
         """(unit, floor) of the allowance |new|·unit + floor as the C kernel takes them, or
@@ -259,8 +283,7 @@ class _ElementCheck:
         factors = [np.asarray(scale.scalar), *scale.vectors.values()]
         if not all(np.all(np.isfinite(f)) and np.all(f > 0) for f in factors):
             return None
-        unit = 0.0 if scale.is_power_of_two else UNIT_ROUNDOFF[dtype] + 3 * self.unit_compute
-        return unit, SUBNORMAL_SPACING[dtype]
+        return self.unit(dtype, scale.is_power_of_two), SUBNORMAL_SPACING[dtype]
 
     def add(self, name: str, checked: int, bad: int, worst: float) -> None:
         """Count a kernel's findings (from any thread)."""
@@ -270,40 +293,6 @@ class _ElementCheck:
                 self.failures[name] = self.failures.get(name, 0) + bad
             if math.isfinite(worst):  # as in the numpy check: an Inf share is a failure
                 self.worst = max(self.worst, worst)
-
-    def _check_in_kernel(
-        self,
-        name: str,
-        dtype: str,
-        scale: TensorScale,
-        block: Block,
-        old: FloatArray,
-        new: FloatArray,
-    ) -> bool:
-        """The same check by the C kernel (one pass in double instead of eight numpy passes)
-        on float32 blocks; False, doing nothing, where it does not apply."""
-        compiled = kernel.compiled
-        if (
-            compiled is None
-            or old.dtype != np.float32
-            or new.dtype != np.float32
-            or not (old.flags.c_contiguous and new.flags.c_contiguous)
-        ):
-            return False
-        tolerance = self.kernel_tolerance(dtype, scale)
-        if tolerance is None:
-            return False  # the numpy check counts them as failures
-        checked, bad, worst = compiled.check_values(
-            old,
-            new,
-            block.rows * block.width,
-            max(block.width, 1),
-            scale.scalar,
-            *scale.kernel_factors(block.row, block.rows),
-            *tolerance,
-        )
-        self.add(name, checked, bad, worst)
-        return True
 
     def check(
         self,
@@ -317,7 +306,7 @@ class _ElementCheck:
     ) -> None:
         """`magnitudes` (|new|) is overwritten: callers pass a buffer they are done with.
         `factor` is a scalar or one value per element; `exact`: all powers of two."""
-        unit = 0.0 if exact else UNIT_ROUNDOFF[dtype] + 3 * self.unit_compute
+        unit = self.unit(dtype, exact)
         if not np.all(np.isfinite(factor)) or not np.all(np.asarray(factor) > 0):
             with self._lock:
                 self.failures[name] = self.failures.get(name, 0) + old.size

@@ -20,6 +20,7 @@ def headroom_of(name: str, values: np.ndarray) -> Headroom:
     bits = bits.reshape(values.shape[0], columns, -1 if bits.size else 1)
     return Headroom(
         name,
+        values.shape,
         down[bits].min(axis=(1, 2), initial=MAX_SHIFT),
         up[bits].min(axis=(1, 2), initial=MAX_SHIFT),
         down[bits].min(axis=(0, 2), initial=MAX_SHIFT),
@@ -78,7 +79,7 @@ def test_held_exponents_scale_every_float16_value_exactly(
     rng = np.random.default_rng(seed)
     symmetries, shapes = structure(sizes, tie)
     values = {name: float16_tensor(rng, shape) for name, shape in shapes.items()}
-    limits = ExactLimits({n: headroom_of(n, v) for n, v in values.items()}, shapes)
+    limits = ExactLimits({n: headroom_of(n, v) for n, v in values.items()})
     wanted = {}
     for symmetry in symmetries:
         groups = 1 if whole else symmetry.size // max(symmetry.tie, 1)
@@ -105,7 +106,7 @@ def test_feasible_exponents_are_left_alone() -> None:
     rng = np.random.default_rng(1)
     symmetries, shapes = structure((3, 2, 4), 1)
     values = {name: np.full(shape, 1.0) for name, shape in shapes.items()}  # room 24 down
-    limits = ExactLimits({n: headroom_of(n, v) for n, v in values.items()}, shapes)
+    limits = ExactLimits({n: headroom_of(n, v) for n, v in values.items()})
     wanted = {s.id: np.ldexp(1.0, rng.integers(-4, 5, size=s.size)) for s in symmetries}
     held, counts = limits.hold(symmetries, wanted, whole=False)
     assert counts == {}
@@ -114,10 +115,9 @@ def test_feasible_exponents_are_left_alone() -> None:
 
 def test_a_lowest_bit_at_the_bottom_of_float16_blocks_halving_its_row_only() -> None:
     symmetries = [Symmetry("ab", 3, (Member("a", 0, -1), Member("b", 1, 1)))]
-    shapes = {"a": (3, 2), "b": (2, 3)}
     a = np.array([[1.0, 0.5], [2.0**-24, 1.0], [0.25, 1.0]])  # row 1 holds the smallest subnormal
     values = {"a": a, "b": np.ones((2, 3))}
-    limits = ExactLimits({n: headroom_of(n, v) for n, v in values.items()}, shapes)
+    limits = ExactLimits({n: headroom_of(n, v) for n, v in values.items()})
     held, counts = limits.hold(symmetries, {"ab": np.array([2.0, 2.0, 4.0])}, whole=False)
     assert held["ab"].tolist() == [2.0, 1.0, 4.0]
     assert counts == {"ab": 1}
@@ -127,9 +127,8 @@ def test_a_lowest_bit_at_the_bottom_of_float16_blocks_halving_its_row_only() -> 
 
 def test_a_tensor_without_values_holds_nothing() -> None:
     symmetries = [Symmetry("s", 3, (Member("a", 0, 1), Member("b", 1, -1)))]
-    shapes = {"a": (3, 0), "b": (2, 3)}
     values = {"a": np.zeros((3, 0)), "b": np.full((2, 3), 2.0**-24)}
-    limits = ExactLimits({n: headroom_of(n, v) for n, v in values.items()}, shapes)
+    limits = ExactLimits({n: headroom_of(n, v) for n, v in values.items()})
     held, counts = limits.hold(symmetries, {"s": np.array([0.5, 1.0, 0.5])}, whole=False)
     assert held["s"].tolist() == [0.5, 1.0, 0.5]  # b's columns grow: exact; a has no values
     assert counts == {}

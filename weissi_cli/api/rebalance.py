@@ -281,8 +281,9 @@ def _plan(
     held = 0
     if mode == "pow2":
         biases = analysis.bias_norms if include_bias else None
-        shift = pow2_shift(analysis.optimal, analysis.weight_norms, biases)
-        if limits:
+        if not limits:
+            shift = pow2_shift(analysis.optimal, analysis.weight_norms, biases)
+        else:
             bounds = _layer_bounds(chain, limits)
             shift = pow2_shift(analysis.optimal, analysis.weight_norms, biases, bounds)
             # Held: links where the same search without the bounds (its candidates are wider
@@ -297,7 +298,7 @@ def exact_limits(checkpoint: Checkpoint, names: Iterable[str]) -> ExactLimits:
     """The float16 headroom of `names` (empty, and free, when none is float16)."""
     wanted = [name for name in dict.fromkeys(names) if checkpoint.info(name).dtype == "float16"]
     headroom = measure_headroom(checkpoint, wanted) if wanted else {}
-    return ExactLimits(headroom, {name: checkpoint.info(name).shape for name in headroom})
+    return ExactLimits(headroom)
 
 
 def _layer_bounds(

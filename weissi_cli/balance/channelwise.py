@@ -308,8 +308,9 @@ def round_to_powers_of_two(
         if not moved:
             break
     held: dict[str, int] = {}
-    pow2 = {key: item.scales.copy() for key, item in rounded.items()}
+    pow2: dict[str, Vector] = {}
     if limits:
+        pow2 = {key: item.scales.copy() for key, item in rounded.items()}
         whole = solution.granularity == "layer"
         exact, held = limits.hold(symmetries, pow2, whole)
         for symmetry in symmetries:

@@ -33,7 +33,6 @@ class ExactLimits:
     """The float16 headroom of the tensors a power-of-two rebalance may scale."""
 
     headroom: Mapping[str, Headroom]
-    shapes: Mapping[str, tuple[int, ...]]
 
     def __bool__(self) -> bool:
         return bool(self.headroom)
@@ -80,7 +79,7 @@ class ExactLimits:
         shrink: dict[str, Flags],
     ) -> None:
         """Mark the channels that push an out-of-bounds element of `tensor` further out."""
-        shape = self.shapes[tensor]
+        shape = self.headroom[tensor].shape
         sizes = (shape[0] if shape else 1, shape[1] if len(shape) > 1 else 1)
         if 0 in shape:  # no values: nothing can round
             return
