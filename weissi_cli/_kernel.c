@@ -23,6 +23,7 @@
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <errno.h>
 #include <string.h>
 #include <unistd.h>
@@ -209,14 +210,40 @@ static inline void magnitudes16(const void *data, int dtype, Py_ssize_t k, __m25
     *second = _mm256_and_si256(*second, mask);
 }
 
+/* Sixteen values' magnitude bits from data[k] ORed into bits[at], in the values' width. */
+__attribute__((target("avx2,fma"), always_inline))
+static inline void or_column_bits(void *bits, int dtype, Py_ssize_t at, const void *data,
+                                  Py_ssize_t k) {
+    if (dtype == FLOAT32) {
+        const __m256i mask = _mm256_set1_epi32(0x7FFFFFFF);
+        for (int half = 0; half < 16; half += 8) {
+            __m256i *target = (__m256i *)((uint32_t *)bits + at + half);
+            __m256i value = _mm256_loadu_si256((const __m256i *)((const float *)data + k + half));
+            value = _mm256_and_si256(value, mask);
+            _mm256_storeu_si256(target, _mm256_or_si256(_mm256_loadu_si256(target), value));
+        }
+    } else {
+        __m256i *target = (__m256i *)((uint16_t *)bits + at);
+        __m256i value = _mm256_loadu_si256((const __m256i *)((const uint16_t *)data + k));
+        value = _mm256_and_si256(value, _mm256_set1_epi16(0x7FFF));
+        _mm256_storeu_si256(target, _mm256_or_si256(_mm256_loadu_si256(target), value));
+    }
+}
+
 /* fused_pass_portable in AVX2 intrinsics: the column squares need the float-to-double
  * conversions that GCC's generic vectors lowered through the stack (1.5 Gvalues/s).
  * Without column squares it takes 32 values a step, summing pairs before they join the
  * accumulators: one add on each accumulator's chain per 32 values, where 16 values a step
- * waited on the previous step's FMA (its latency, not the loads, was the bound). */
+ * waited on the previous step's FMA (its latency, not the loads, was the bound).
+ * `column_bits` (without `columns_out`): each value's magnitude bits ORed into
+ * column_bits[k - start], uint32 for float32 and uint16 for bfloat16 (check's dead
+ * columns, in the same pass). `paired` (with `columns_out`): the values `paired` further on
+ * (the next row) join in, each column's two squares summed in float before they meet its
+ * double sum: half the double loads and stores per value. */
 __attribute__((target("avx2,fma")))
 static uint32_t fused_pass_avx2(const void *data, int dtype, Py_ssize_t start, Py_ssize_t stop,
-                                double *squares, double *l1, double *columns_out, int add) {
+                                double *squares, double *l1, double *columns_out, int add,
+                                void *column_bits, Py_ssize_t paired) {
     const __m256i magnitude_mask = _mm256_set1_epi32(dtype == FLOAT32 ? 0x7FFFFFFF : 0x7FFF0000);
     __m256i top0 = _mm256_setzero_si256(), top1 = _mm256_setzero_si256();
     __m256d sum_s = _mm256_setzero_pd(), sum_a = _mm256_setzero_pd();
@@ -244,6 +271,10 @@ static uint32_t fused_pass_avx2(const void *data, int dtype, Py_ssize_t start, P
                 a1 = _mm256_add_ps(a1, _mm256_add_ps(x1, x3));
                 s0 = _mm256_add_ps(s0, _mm256_fmadd_ps(x0, x0, _mm256_mul_ps(x2, x2)));
                 s1 = _mm256_add_ps(s1, _mm256_fmadd_ps(x1, x1, _mm256_mul_ps(x3, x3)));
+                if (column_bits) {
+                    or_column_bits(column_bits, dtype, k - start, data, k);
+                    or_column_bits(column_bits, dtype, k - start + 16, data, k + 16);
+                }
             }
         }
         for (; k < block_end; k += 16) {
@@ -252,10 +283,21 @@ static uint32_t fused_pass_avx2(const void *data, int dtype, Py_ssize_t start, P
             top0 = _mm256_max_epi32(top0, w0); /* sign bit clear: int order = float order */
             top1 = _mm256_max_epi32(top1, w1);
             __m256 x0 = _mm256_castsi256_ps(w0), x1 = _mm256_castsi256_ps(w1);
-            a0 = _mm256_add_ps(a0, x0);
-            a1 = _mm256_add_ps(a1, x1);
             if (columns_out) {
                 __m256 q0 = _mm256_mul_ps(x0, x0), q1 = _mm256_mul_ps(x1, x1);
+                if (paired) {
+                    __m256i v0, v1;
+                    magnitudes16(data, dtype, k + paired, magnitude_mask, &v0, &v1);
+                    top0 = _mm256_max_epi32(top0, v0);
+                    top1 = _mm256_max_epi32(top1, v1);
+                    __m256 y0 = _mm256_castsi256_ps(v0), y1 = _mm256_castsi256_ps(v1);
+                    q0 = _mm256_fmadd_ps(y0, y0, q0);
+                    q1 = _mm256_fmadd_ps(y1, y1, q1);
+                    x0 = _mm256_add_ps(x0, y0);
+                    x1 = _mm256_add_ps(x1, y1);
+                }
+                a0 = _mm256_add_ps(a0, x0);
+                a1 = _mm256_add_ps(a1, x1);
                 s0 = _mm256_add_ps(s0, q0);
                 s1 = _mm256_add_ps(s1, q1);
                 /* where each lane's value sits in the row (see the bfloat16 load) */
@@ -276,8 +318,11 @@ static uint32_t fused_pass_avx2(const void *data, int dtype, Py_ssize_t start, P
                 _mm256_storeu_pd(target + second, d2);
                 _mm256_storeu_pd(target + 12, d3);
             } else {
+                a0 = _mm256_add_ps(a0, x0);
+                a1 = _mm256_add_ps(a1, x1);
                 s0 = _mm256_fmadd_ps(x0, x0, s0);
                 s1 = _mm256_fmadd_ps(x1, x1, s1);
+                if (column_bits) or_column_bits(column_bits, dtype, k - start, data, k);
             }
         }
         /* the block's float sums join double vector totals (no scalar chain per block) */
@@ -299,6 +344,17 @@ static uint32_t fused_pass_avx2(const void *data, int dtype, Py_ssize_t start, P
     double tail_s = 0.0, tail_a = 0.0;
     uint32_t tail_top = fused_pass_portable(data, dtype, i, stop, &tail_s, &tail_a,
                                             columns_out ? columns_out + (i - start) : NULL, add);
+    if (paired) {
+        uint32_t other = fused_pass_portable(data, dtype, i + paired, stop + paired, &tail_s,
+                                             &tail_a, columns_out + (i - start), 1);
+        tail_top = other > tail_top ? other : tail_top;
+    }
+    for (Py_ssize_t k = i; column_bits && k < stop; k++) {
+        if (dtype == FLOAT32)
+            ((uint32_t *)column_bits)[k - start] |= ((const uint32_t *)data)[k] & 0x7FFFFFFFu;
+        else
+            ((uint16_t *)column_bits)[k - start] |= ((const uint16_t *)data)[k] & 0x7FFFu;
+    }
     *squares += total_s + tail_s;
     *l1 += total_a + tail_a;
     return tail_top > top ? tail_top : top;
@@ -306,12 +362,32 @@ static uint32_t fused_pass_avx2(const void *data, int dtype, Py_ssize_t start, P
 
 static uint32_t fused_pass(const void *data, int dtype, Py_ssize_t start, Py_ssize_t stop,
                            double *squares, double *l1, double *columns_out, int add) {
-    if (has_avx2_fma()) return fused_pass_avx2(data, dtype, start, stop, squares, l1, columns_out, add);
+    if (has_avx2_fma())
+        return fused_pass_avx2(data, dtype, start, stop, squares, l1, columns_out, add, NULL, 0);
     return fused_pass_portable(data, dtype, start, stop, squares, l1, columns_out, add);
 }
 #else
 #define fused_pass fused_pass_portable
 #endif
+
+/* fused_pass over a row and, when `paired`, the row `paired` values further on, both
+ * adding to the same column sums. */
+static uint32_t fused_rows(const void *data, int dtype, Py_ssize_t start, Py_ssize_t stop,
+                           Py_ssize_t paired, double *squares, double *l1, double *columns_out,
+                           int add) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (has_avx2_fma())
+        return fused_pass_avx2(data, dtype, start, stop, squares, l1, columns_out, add, NULL,
+                               paired);
+#endif
+    uint32_t top = fused_pass(data, dtype, start, stop, squares, l1, columns_out, add);
+    if (paired) {
+        uint32_t other = fused_pass(data, dtype, start + paired, stop + paired, squares, l1,
+                                    columns_out, 1);
+        top = other > top ? other : top;
+    }
+    return top;
+}
 
 /* Whether fused_pass's sums hold for a chunk whose largest magnitude has these bits. */
 static int fused_sums_hold(uint32_t top) {
@@ -418,14 +494,17 @@ static Totals reduce_block(const void *data, int dtype, Py_ssize_t count, Py_ssi
         if (mode == NO_AXES) {
             top = fused_pass(data, dtype, 0, count, &totals.squares, &totals.l1, NULL, 0);
         } else {
-            for (Py_ssize_t row = 0; row < rows; row++) {
+            /* COLUMNS takes rows two at a time (see fused_pass_avx2's `paired`) */
+            Py_ssize_t step = mode == COLUMNS ? 2 : 1;
+            for (Py_ssize_t row = 0; row < rows; row += step) {
                 Py_ssize_t first = row * row_width;
+                Py_ssize_t paired = step == 2 && row + 1 < rows ? row_width : 0;
                 double s = 0.0, a = 0.0;
                 double *target = mode == ROWS      ? NULL
                                  : mode == COLUMNS ? sums
                                                    : sums + row * columns;
-                uint32_t row_top = fused_pass(data, dtype, first, first + row_width, &s, &a,
-                                              target, mode == COLUMNS && row > 0);
+                uint32_t row_top = fused_rows(data, dtype, first, first + row_width, paired, &s,
+                                              &a, target, mode == COLUMNS && row > 0);
                 top = row_top > top ? row_top : top;
                 totals.squares += s;
                 totals.l1 += a;
@@ -1079,10 +1158,45 @@ static PyObject *maxima(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* reduce_block's totals (NO_AXES) of `rows` whole rows, each row's largest magnitude's bits
+ * into `row_out`, and into `column_out` bits that stay zero exactly where every value of
+ * the column is ±0. With AVX2 and one value per column, one pass: each row's fused pass
+ * gives its largest magnitude and ORs its values' bits into `column_bits` (zeroed by the
+ * caller, in the values' width), which the caller folds into `column_out`. Otherwise
+ * reduce_block, then maxima_loop, which max-accumulates into `column_out` directly. */
+static Totals details_block(const void *data, int dtype, Py_ssize_t rows, Py_ssize_t row_width,
+                            Py_ssize_t columns, uint32_t *row_out, uint32_t *column_out,
+                            void *column_bits) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (column_bits && has_avx2_fma() && row_width == columns) {
+        Totals totals = {0.0, 0.0, 0.0f, 0};
+        uint32_t top = 0;
+        for (Py_ssize_t row = 0; row < rows; row++) {
+            Py_ssize_t first = row * row_width;
+            uint32_t row_top = fused_pass_avx2(data, dtype, first, first + row_width,
+                                               &totals.squares, &totals.l1, NULL, 0,
+                                               column_bits, 0);
+            row_out[row] = dtype == FLOAT32 ? row_top : row_top >> 16;
+            top = row_top > top ? row_top : top;
+        }
+        if (fused_sums_hold(top)) {
+            memcpy(&totals.largest, &top, sizeof totals.largest);
+            return totals;
+        }
+        /* non-finite or extreme values: the marks stand (bits are exact), the sums do not */
+        return reduce_block(data, dtype, rows * row_width, 0, 1, NO_AXES, NULL);
+    }
+#endif
+    Totals totals = reduce_block(data, dtype, rows * row_width, 0, 1, NO_AXES, NULL);
+    maxima_loop(data, dtype, rows, row_width, columns, row_out, column_out);
+    return totals;
+}
+
 /* `check`'s pass: reduce_range's statistics (NO_AXES) of `count` values read from `fd`
  * at `offset`, and in the same pieces (whole rows, still in cache) the largest magnitude's
- * bits per row into `row_out` (uint32, one per row) and, max-accumulated, per column into
- * `column_out` (as maxima). Returns (sum_squares, l1, max_abs, nonfinite). */
+ * bits per row into `row_out` (uint32, one per row) and, accumulated across calls, per
+ * column into `column_out` (uint32) bits that are zero exactly where every value of the
+ * column is ±0 (NaN is not). Returns (sum_squares, l1, max_abs, nonfinite). */
 static PyObject *details_range(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_buffer scratch, row_out, column_out;
     int fd, dtype;
@@ -1108,16 +1222,21 @@ static PyObject *details_range(PyObject *Py_UNUSED(self), PyObject *args) {
     int error = 0;
     if (!problem) {
         Py_BEGIN_ALLOW_THREADS
+        uint32_t *marks = (uint32_t *)column_out.buf;
+        void *column_bits = row_width == columns ? calloc((size_t)columns, (size_t)itemsize) : NULL;
         for (Py_ssize_t row = 0; row < rows; row += per_piece) {
             Py_ssize_t n = rows - row < per_piece ? rows - row : per_piece;
             error = read_fully(fd, (char *)scratch.buf, (size_t)(n * row_width * itemsize),
                                offset + (long long)row * row_width * itemsize);
             if (error) break;
-            Totals piece = reduce_block(scratch.buf, dtype, n * row_width, 0, 1, NO_AXES, NULL);
-            maxima_loop(scratch.buf, dtype, n, row_width, columns, (uint32_t *)row_out.buf + row,
-                        (uint32_t *)column_out.buf);
+            Totals piece = details_block(scratch.buf, dtype, n, row_width, columns,
+                                         (uint32_t *)row_out.buf + row, marks, column_bits);
             add_totals(&totals, piece);
         }
+        for (Py_ssize_t c = 0; column_bits && c < columns; c++)
+            marks[c] |= dtype == FLOAT32 ? ((uint32_t *)column_bits)[c]
+                                         : ((uint16_t *)column_bits)[c];
+        free(column_bits);
         Py_END_ALLOW_THREADS
     }
     PyBuffer_Release(&scratch);
