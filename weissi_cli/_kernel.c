@@ -192,22 +192,30 @@ static int has_avx2_fma(void) {
     return known;
 }
 
-/* Sixteen magnitudes from `k` on as float32 bit patterns in two vectors. For bfloat16,
+/* Sixteen magnitudes from `k` on as float32 bit patterns in two vectors, their maxima
+ * taken into `top0`/`top1` (sign bit clear: integer order is float order). For bfloat16,
  * interleaving with zeros widens to float32 in one step, in the order 0-3, 8-11 (first)
- * and 4-7, 12-15 (second): column writes follow that order. */
+ * and 4-7, 12-15 (second): column writes follow that order. Its maximum is taken once on
+ * the sixteen 16-bit values, into `top0` alone (as 16-bit lanes; see fused_pass_avx2's
+ * end), where two 32-bit maxima and two masks took twice the instructions. */
 __attribute__((target("avx2,fma"), always_inline))
-static inline void magnitudes16(const void *data, int dtype, Py_ssize_t k, __m256i mask,
-                                __m256i *first, __m256i *second) {
+static inline void magnitudes16(const void *data, int dtype, Py_ssize_t k, __m256i *first,
+                                __m256i *second, __m256i *top0, __m256i *top1) {
     if (dtype == FLOAT32) {
+        const __m256i mask = _mm256_set1_epi32(0x7FFFFFFF);
         *first = _mm256_loadu_si256((const __m256i *)((const float *)data + k));
         *second = _mm256_loadu_si256((const __m256i *)((const float *)data + k + 8));
+        *first = _mm256_and_si256(*first, mask);
+        *second = _mm256_and_si256(*second, mask);
+        *top0 = _mm256_max_epi32(*top0, *first);
+        *top1 = _mm256_max_epi32(*top1, *second);
     } else {
         __m256i narrow = _mm256_loadu_si256((const __m256i *)((const uint16_t *)data + k));
+        narrow = _mm256_and_si256(narrow, _mm256_set1_epi16(0x7FFF));
+        *top0 = _mm256_max_epu16(*top0, narrow);
         *first = _mm256_unpacklo_epi16(_mm256_setzero_si256(), narrow);
         *second = _mm256_unpackhi_epi16(_mm256_setzero_si256(), narrow);
     }
-    *first = _mm256_and_si256(*first, mask);
-    *second = _mm256_and_si256(*second, mask);
 }
 
 /* Sixteen values' magnitude bits from data[k] ORed into bits[at], in the values' width. */
@@ -244,7 +252,6 @@ __attribute__((target("avx2,fma")))
 static uint32_t fused_pass_avx2(const void *data, int dtype, Py_ssize_t start, Py_ssize_t stop,
                                 double *squares, double *l1, double *columns_out, int add,
                                 void *column_bits, Py_ssize_t paired) {
-    const __m256i magnitude_mask = _mm256_set1_epi32(dtype == FLOAT32 ? 0x7FFFFFFF : 0x7FFF0000);
     __m256i top0 = _mm256_setzero_si256(), top1 = _mm256_setzero_si256();
     __m256d sum_s = _mm256_setzero_pd(), sum_a = _mm256_setzero_pd();
     /* pairs per step: twice the values per block for the same 16 additions per float lane
@@ -260,10 +267,8 @@ static uint32_t fused_pass_avx2(const void *data, int dtype, Py_ssize_t start, P
         if (!columns_out) {
             for (; block_end - k >= 32; k += 32) {
                 __m256i w0, w1, w2, w3;
-                magnitudes16(data, dtype, k, magnitude_mask, &w0, &w1);
-                magnitudes16(data, dtype, k + 16, magnitude_mask, &w2, &w3);
-                top0 = _mm256_max_epi32(top0, _mm256_max_epi32(w0, w2));
-                top1 = _mm256_max_epi32(top1, _mm256_max_epi32(w1, w3));
+                magnitudes16(data, dtype, k, &w0, &w1, &top0, &top1);
+                magnitudes16(data, dtype, k + 16, &w2, &w3, &top0, &top1);
                 __m256 x0 = _mm256_castsi256_ps(w0), x1 = _mm256_castsi256_ps(w1);
                 __m256 x2 = _mm256_castsi256_ps(w2), x3 = _mm256_castsi256_ps(w3);
                 /* pairs summed off the accumulators' chains: one add on each per step */
@@ -279,17 +284,13 @@ static uint32_t fused_pass_avx2(const void *data, int dtype, Py_ssize_t start, P
         }
         for (; k < block_end; k += 16) {
             __m256i w0, w1;
-            magnitudes16(data, dtype, k, magnitude_mask, &w0, &w1);
-            top0 = _mm256_max_epi32(top0, w0); /* sign bit clear: int order = float order */
-            top1 = _mm256_max_epi32(top1, w1);
+            magnitudes16(data, dtype, k, &w0, &w1, &top0, &top1);
             __m256 x0 = _mm256_castsi256_ps(w0), x1 = _mm256_castsi256_ps(w1);
             if (columns_out) {
                 __m256 q0 = _mm256_mul_ps(x0, x0), q1 = _mm256_mul_ps(x1, x1);
                 if (paired) {
                     __m256i v0, v1;
-                    magnitudes16(data, dtype, k + paired, magnitude_mask, &v0, &v1);
-                    top0 = _mm256_max_epi32(top0, v0);
-                    top1 = _mm256_max_epi32(top1, v1);
+                    magnitudes16(data, dtype, k + paired, &v0, &v1, &top0, &top1);
                     __m256 y0 = _mm256_castsi256_ps(v0), y1 = _mm256_castsi256_ps(v1);
                     q0 = _mm256_fmadd_ps(y0, y0, q0);
                     q1 = _mm256_fmadd_ps(y1, y1, q1);
@@ -339,8 +340,14 @@ static uint32_t fused_pass_avx2(const void *data, int dtype, Py_ssize_t start, P
     double total_s = (lanes_s[0] + lanes_s[1]) + (lanes_s[2] + lanes_s[3]);
     double total_a = (lanes_a[0] + lanes_a[1]) + (lanes_a[2] + lanes_a[3]);
     uint32_t lanes[8], top = 0;
-    _mm256_storeu_si256((__m256i *)lanes, _mm256_max_epi32(top0, top1));
-    for (int j = 0; j < 8; j++) top = lanes[j] > top ? lanes[j] : top;
+    if (dtype == FLOAT32) {
+        _mm256_storeu_si256((__m256i *)lanes, _mm256_max_epi32(top0, top1));
+        for (int j = 0; j < 8; j++) top = lanes[j] > top ? lanes[j] : top;
+    } else { /* sixteen 16-bit maxima: the top halves of float32 patterns */
+        uint16_t halves[16];
+        _mm256_storeu_si256((__m256i *)halves, top0);
+        for (int j = 0; j < 16; j++) top = (uint32_t)halves[j] << 16 > top ? (uint32_t)halves[j] << 16 : top;
+    }
     double tail_s = 0.0, tail_a = 0.0;
     uint32_t tail_top = fused_pass_portable(data, dtype, i, stop, &tail_s, &tail_a,
                                             columns_out ? columns_out + (i - start) : NULL, add);
