@@ -245,18 +245,20 @@ static inline void or_column_bits(void *bits, int dtype, Py_ssize_t at, const vo
  * waited on the previous step's FMA (its latency, not the loads, was the bound).
  * `column_bits` (without `columns_out`): each value's magnitude bits ORed into
  * column_bits[k - start], uint32 for float32 and uint16 for bfloat16 (check's dead
- * columns, in the same pass). `paired` (with `columns_out`): the values `paired` further on
- * (the next row) join in, each column's two squares summed in float before they meet its
- * double sum: half the double loads and stores per value. */
+ * columns, in the same pass). `together` (with `columns_out`, 1 to 4): as many rows, each
+ * `stride` values after the last, join in; each column's squares from them are summed in
+ * float (at most three roundings) before they meet its double sum: a quarter of the
+ * double loads and stores per value. */
 __attribute__((target("avx2,fma")))
 static uint32_t fused_pass_avx2(const void *data, int dtype, Py_ssize_t start, Py_ssize_t stop,
                                 double *squares, double *l1, double *columns_out, int add,
-                                void *column_bits, Py_ssize_t paired) {
+                                void *column_bits, Py_ssize_t stride, int together) {
     __m256i top0 = _mm256_setzero_si256(), top1 = _mm256_setzero_si256();
     __m256d sum_s = _mm256_setzero_pd(), sum_a = _mm256_setzero_pd();
     /* pairs per step: twice the values per block for the same 16 additions per float lane
-     * (and half the blocks' conversions to double) */
-    Py_ssize_t block = columns_out ? BLOCK : 2 * BLOCK;
+     * (and half the blocks' conversions to double); four rows together: half the columns
+     * per block, so at most 8 additions after the three of each step */
+    Py_ssize_t block = !columns_out ? 2 * BLOCK : together > 2 ? BLOCK / 2 : BLOCK;
     Py_ssize_t i = start;
     while (stop - i >= 16) {
         Py_ssize_t whole = (stop - i) - (stop - i) % 16;
@@ -288,9 +290,9 @@ static uint32_t fused_pass_avx2(const void *data, int dtype, Py_ssize_t start, P
             __m256 x0 = _mm256_castsi256_ps(w0), x1 = _mm256_castsi256_ps(w1);
             if (columns_out) {
                 __m256 q0 = _mm256_mul_ps(x0, x0), q1 = _mm256_mul_ps(x1, x1);
-                if (paired) {
+                for (int r = 1; r < together; r++) {
                     __m256i v0, v1;
-                    magnitudes16(data, dtype, k + paired, &v0, &v1, &top0, &top1);
+                    magnitudes16(data, dtype, k + r * stride, &v0, &v1, &top0, &top1);
                     __m256 y0 = _mm256_castsi256_ps(v0), y1 = _mm256_castsi256_ps(v1);
                     q0 = _mm256_fmadd_ps(y0, y0, q0);
                     q1 = _mm256_fmadd_ps(y1, y1, q1);
@@ -351,9 +353,9 @@ static uint32_t fused_pass_avx2(const void *data, int dtype, Py_ssize_t start, P
     double tail_s = 0.0, tail_a = 0.0;
     uint32_t tail_top = fused_pass_portable(data, dtype, i, stop, &tail_s, &tail_a,
                                             columns_out ? columns_out + (i - start) : NULL, add);
-    if (paired) {
-        uint32_t other = fused_pass_portable(data, dtype, i + paired, stop + paired, &tail_s,
-                                             &tail_a, columns_out + (i - start), 1);
+    for (int r = 1; r < together; r++) {
+        uint32_t other = fused_pass_portable(data, dtype, i + r * stride, stop + r * stride,
+                                             &tail_s, &tail_a, columns_out + (i - start), 1);
         tail_top = other > tail_top ? other : tail_top;
     }
     for (Py_ssize_t k = i; column_bits && k < stop; k++) {
@@ -370,27 +372,28 @@ static uint32_t fused_pass_avx2(const void *data, int dtype, Py_ssize_t start, P
 static uint32_t fused_pass(const void *data, int dtype, Py_ssize_t start, Py_ssize_t stop,
                            double *squares, double *l1, double *columns_out, int add) {
     if (has_avx2_fma())
-        return fused_pass_avx2(data, dtype, start, stop, squares, l1, columns_out, add, NULL, 0);
+        return fused_pass_avx2(data, dtype, start, stop, squares, l1, columns_out, add, NULL, 0,
+                               1);
     return fused_pass_portable(data, dtype, start, stop, squares, l1, columns_out, add);
 }
 #else
 #define fused_pass fused_pass_portable
 #endif
 
-/* fused_pass over a row and, when `paired`, the row `paired` values further on, both
- * adding to the same column sums. */
+/* fused_pass over `together` rows, each `stride` values after the last, all adding to the
+ * same column sums. */
 static uint32_t fused_rows(const void *data, int dtype, Py_ssize_t start, Py_ssize_t stop,
-                           Py_ssize_t paired, double *squares, double *l1, double *columns_out,
-                           int add) {
+                           Py_ssize_t stride, int together, double *squares, double *l1,
+                           double *columns_out, int add) {
 #if defined(__x86_64__) && defined(__GNUC__)
     if (has_avx2_fma())
         return fused_pass_avx2(data, dtype, start, stop, squares, l1, columns_out, add, NULL,
-                               paired);
+                               stride, together);
 #endif
     uint32_t top = fused_pass(data, dtype, start, stop, squares, l1, columns_out, add);
-    if (paired) {
-        uint32_t other = fused_pass(data, dtype, start + paired, stop + paired, squares, l1,
-                                    columns_out, 1);
+    for (int r = 1; r < together; r++) {
+        uint32_t other = fused_pass(data, dtype, start + r * stride, stop + r * stride, squares,
+                                    l1, columns_out, 1);
         top = other > top ? other : top;
     }
     return top;
@@ -501,17 +504,17 @@ static Totals reduce_block(const void *data, int dtype, Py_ssize_t count, Py_ssi
         if (mode == NO_AXES) {
             top = fused_pass(data, dtype, 0, count, &totals.squares, &totals.l1, NULL, 0);
         } else {
-            /* COLUMNS takes rows two at a time (see fused_pass_avx2's `paired`) */
-            Py_ssize_t step = mode == COLUMNS ? 2 : 1;
+            /* COLUMNS takes rows four at a time (see fused_pass_avx2's `together`) */
+            Py_ssize_t step = mode == COLUMNS ? 4 : 1;
             for (Py_ssize_t row = 0; row < rows; row += step) {
                 Py_ssize_t first = row * row_width;
-                Py_ssize_t paired = step == 2 && row + 1 < rows ? row_width : 0;
+                int together = (int)(rows - row < step ? rows - row : step);
                 double s = 0.0, a = 0.0;
                 double *target = mode == ROWS      ? NULL
                                  : mode == COLUMNS ? sums
                                                    : sums + row * columns;
-                uint32_t row_top = fused_rows(data, dtype, first, first + row_width, paired, &s,
-                                              &a, target, mode == COLUMNS && row > 0);
+                uint32_t row_top = fused_rows(data, dtype, first, first + row_width, row_width,
+                                              together, &s, &a, target, mode == COLUMNS && row > 0);
                 top = row_top > top ? row_top : top;
                 totals.squares += s;
                 totals.l1 += a;
@@ -1182,7 +1185,7 @@ static Totals details_block(const void *data, int dtype, Py_ssize_t rows, Py_ssi
             Py_ssize_t first = row * row_width;
             uint32_t row_top = fused_pass_avx2(data, dtype, first, first + row_width,
                                                &totals.squares, &totals.l1, NULL, 0,
-                                               column_bits, 0);
+                                               column_bits, 0, 1);
             row_out[row] = dtype == FLOAT32 ? row_top : row_top >> 16;
             top = row_top > top ? row_top : top;
         }
