@@ -88,7 +88,7 @@ class _Task(NamedTuple):
     name: str
     dtype: str
     start: int
-    count: int
+    elements: int
     exact: bool
     # For tensors whose axis squares are wanted: the task covers whole rows of this many
     # [columns, rest] elements, starting at row start // row_width (0: no squares).
@@ -173,7 +173,7 @@ class _Worker:
             # (dtype code, count, row width, columns, mode, sums), as both entry points take them
             shape = (
                 kernel.DTYPE_CODES[task.dtype],
-                task.count,
+                task.elements,
                 task.row_width if mode else 0,
                 task.columns if mode else 1,
                 mode,
@@ -189,11 +189,11 @@ class _Worker:
                 except EOFError:
                     raise ended_early(path) from None
             else:
-                raw = checkpoint.read_raw(task.name, task.start, task.count, self.raw)
+                raw = checkpoint.read_raw(task.name, task.start, task.elements, self.raw)
                 totals = compiled.reduce_chunk(raw, *shape)
             partial = Partial(*totals)
         else:
-            raw = checkpoint.read_raw(task.name, task.start, task.count, self.raw)
+            raw = checkpoint.read_raw(task.name, task.start, task.elements, self.raw)
             values = decode(raw, task.dtype, self.widened)
             partial = self.reducer.reduce(values, exact=task.exact)
             if mode:
@@ -209,7 +209,7 @@ class _Worker:
         """What the C kernel's `mode` puts in `sums`, by numpy: per-row sums along the
         contiguous axis are pairwise float32 sums (accurate to ~1e-7), sums over rows are
         taken in float64; non-finite values count as 0, as the statistics report them."""
-        rows = task.count // task.row_width
+        rows = task.elements // task.row_width
         safe = SAFE_LOW <= partial.max_abs <= SAFE_HIGH and partial.nonfinite == 0
         if task.exact or not safe or values.dtype != np.float32:
             squares = np.square(values.astype(np.float64))
@@ -228,7 +228,7 @@ class _Worker:
 
 
 def _sums_size(task: _Task, mode: int) -> int:
-    rows = task.count // task.row_width
+    rows = task.elements // task.row_width
     return {kernel.ROWS: rows, kernel.COLUMNS: task.columns}.get(mode, rows * task.columns)
 
 
@@ -252,7 +252,7 @@ class _SquaresSink:
 
     def store(self, task: _Task, mode: int, sums: npt.NDArray[np.float64]) -> None:
         target = self.targets[task.name]
-        rows = task.count // task.row_width
+        rows = task.elements // task.row_width
         first = task.start // task.row_width
         if mode == kernel.ROWS and self._rows_summed(task, target):
             with self.lock:
@@ -367,7 +367,7 @@ def compute_stats_and_squares(
     partials: list[Partial | None] = [None] * len(tasks)
     total_bytes = sum(info.nbytes for info in infos)
     workers = max(1, threads) if total_bytes > THREADS_ABOVE_BYTES else 1
-    capacity = max([chunk_elements, *(task.count for task in tasks if task.row_width)])
+    capacity = max([chunk_elements, *(task.elements for task in tasks if task.row_width)])
 
     itemsize = {info.name: info.nbytes // max(info.numel, 1) for info in infos}
 
@@ -376,7 +376,7 @@ def compute_stats_and_squares(
         def reduce(index: int, worker: _Worker) -> None:
             task = tasks[index]
             partials[index] = worker.reduce(checkpoint, task, sink)
-            stage.advance(task.count * itemsize[task.name])
+            stage.advance(task.elements * itemsize[task.name])
 
         with single_threaded_blas():
             run_round_robin(range(len(tasks)), lambda: _Worker(capacity), reduce, workers)
