@@ -235,11 +235,21 @@ def _sums_size(task: _Task, mode: int) -> int:
 class _SquaresSink:
     """Axis squares (see `axis_squares`) filled by the statistics pass while each chunk is
     still in cache: a chunk's sums (per row, per column, or per row and column) go into
-    the tensor's target, added under a lock where the target sums over rows."""
+    the tensor's target. Where the target sums over rows, the chunks' sums are added in
+    float64 in the order of the rows, whichever thread finishes first: float addition is
+    not associative, and added as they came, a tensor's squares (and the scales solved
+    from them) differed in their last bits from run to run. A chunk that arrives early
+    waits for the ones before it: at most a few per tensor, as the threads take chunks in
+    order."""
 
     def __init__(self, targets: dict[str, npt.NDArray[np.float32]]) -> None:
         self.targets = targets
         self.lock = threading.Lock()
+        # per tensor: the float64 sum so far, the first element not yet added, and the
+        # chunks' sums that came before their turn (by first element)
+        self._sums: dict[str, npt.NDArray[np.float64]] = {}
+        self._next: dict[str, int] = {}
+        self._early: dict[str, dict[int, tuple[int, npt.NDArray[np.float64]]]] = {}
 
     def mode(self, task: _Task) -> int:
         """Which sums a chunk of `task` contributes to its tensor's target."""
@@ -255,15 +265,28 @@ class _SquaresSink:
         rows = task.elements // task.row_width
         first = task.start // task.row_width
         if mode == kernel.ROWS and self._rows_summed(task, target):
-            with self.lock:
-                target[0, 0] += float(sums[:rows].sum())
+            self._add_in_order(task, np.array([sums[:rows].sum()]))
         elif mode == kernel.ROWS:
             target[first : first + rows, 0] = sums[:rows]
         elif mode == kernel.COLUMNS:
-            with self.lock:
-                target[0] += sums[: task.columns]
+            self._add_in_order(task, sums[: task.columns].copy())
         else:
             target[first : first + rows] = sums[: rows * task.columns].reshape(rows, task.columns)
+
+    def _add_in_order(self, task: _Task, piece: npt.NDArray[np.float64]) -> None:
+        name = task.name
+        with self.lock:
+            early = self._early.setdefault(name, {})
+            early[task.start] = (task.elements, piece)
+            start = self._next.get(name, 0)
+            while start in early:
+                elements, ready = early.pop(start)
+                total = self._sums.get(name)
+                self._sums[name] = ready if total is None else total + ready
+                start += elements
+            self._next[name] = start
+            if start == task.tensor_rows * task.row_width:  # every chunk is in
+                self.targets[name][0] = self._sums.pop(name)
 
     @staticmethod
     def _rows_summed(task: _Task, target: npt.NDArray[np.float32]) -> bool:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.helpers import write_safetensors
+from weissi_cli import stats
 from weissi_cli.io import open_checkpoint
 from weissi_cli.stats import axis_squares, compute_stats, compute_stats_and_squares
 
@@ -79,3 +80,32 @@ def test_non_finite_values_do_not_poison_the_squares(tmp_path: Path) -> None:
         stats, squares = compute_stats_and_squares(checkpoint, squared={"w": (True, False)})
     assert stats["w"].nonfinite == 2
     assert squares["w"][:, 0].tolist() == [300.0, 299.0, 299.0, 300.0]
+
+
+def test_squares_summed_over_rows_do_not_depend_on_which_thread_finishes_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks' sums are added in row order: two threads over many small chunks give the
+    same bits as one thread, every time (in completion order they differed in the last
+    bits, and so did the scales solved from them)."""
+    generator = torch.Generator().manual_seed(3)
+    state = {
+        "wide": torch.randn(4000, 97, generator=generator) * 0.02,
+        "tall": torch.randn(3000, 61, generator=generator).to(torch.bfloat16),
+    }
+    path = tmp_path / "model.safetensors"
+    write_safetensors(path, state)
+    keep = {"wide": (False, True), "tall": (False, False)}
+    monkeypatch.setattr(stats, "THREADS_ABOVE_BYTES", 0)  # two threads however small
+    with open_checkpoint(path) as checkpoint:
+        alone = compute_stats_and_squares(
+            checkpoint, list(keep), threads=1, chunk_elements=1000, squared=keep
+        )[1]
+        for _ in range(20):
+            both = compute_stats_and_squares(
+                checkpoint, list(keep), threads=2, chunk_elements=1000, squared=keep
+            )[1]
+            for name in keep:
+                assert both[name].tobytes() == alone[name].tobytes(), name
+    for name, value in state.items():
+        np.testing.assert_allclose(alone[name], reference(value, keep[name]), rtol=1e-6)

@@ -9,20 +9,21 @@ from pathlib import Path
 
 import numpy as np
 
-from weissi_cli.api.symmetries import solve_group
+from weissi_cli.api.symmetries import group_squares_plan, solve_group
 from weissi_cli.balance.analysis import analyse_chain
 from weissi_cli.balance.channelwise import penalised_tensors, solve
 from weissi_cli.errors import UsageError
 from weissi_cli.io import open_checkpoint
-from weissi_cli.io.checkpoint import Checkpoint
-from weissi_cli.io.dtypes import UNIT_ROUNDOFF
+from weissi_cli.io.checkpoint import Checkpoint, read_buffer
+from weissi_cli.io.dtypes import UNIT_ROUNDOFF, decode
 from weissi_cli.ir import Structure
 from weissi_cli.report.common import Source
 from weissi_cli.report.diff import DiffReport, Shift, TensorDiff
 from weissi_cli.scales import TensorScale, from_symmetries, shift_scales
-from weissi_cli.stats import axis_squares, compute_stats
+from weissi_cli.stats import axis_squares, compute_stats_and_squares
 from weissi_cli.structure import discover
-from weissi_cli.verify import Block, PairReader
+from weissi_cli.threads import run_round_robin
+from weissi_cli.verify import BLOCK_ELEMENTS, Block
 
 # Relative tolerance, in units of the coarser dtype's roundoff: rounding once on each side
 # plus the scaling arithmetic.
@@ -60,7 +61,7 @@ def diff_checkpoints(
             | set(scales_b)
             | {m.tensor for s in structure.all_symmetries() for m in s.members}
         )
-        tensors = _compare(a, b, names, scales_a, scales_b, in_symmetry)
+        tensors = _compare(a, b, names, scales_a, scales_b, in_symmetry, threads)
         verdict = _verdict(reasons, tensors, tolerance)
         if verdict != "equal up to scale shift":
             shifts = []
@@ -101,8 +102,12 @@ def _canonical(
     shifts: list[Shift] = []
     stats_pair = []
     for checkpoint in (a, b):
+        # One pass per checkpoint: the chains' statistics and the free symmetries' squares.
+        plan = group_squares_plan(checkpoint, structure, False) if structure.symmetries else {}
         names = [n for chain in structure.chains for n in chain.tensor_names()]
-        stats = compute_stats(checkpoint, names, threads=threads)
+        stats, group_squares = compute_stats_and_squares(
+            checkpoint, list(dict.fromkeys([*names, *plan])), threads, squared=plan
+        )
         stats_pair.append(stats)
         scales: dict[str, TensorScale] = {}
         if granularity == "channel" and structure.chains:
@@ -121,7 +126,9 @@ def _canonical(
                 analysis = analyse_chain(chain, stats)
                 if analysis.optimal is not None:
                     scales.update(shift_scales(chain, analysis.optimal, shapes))
-        solved = solve_group(checkpoint, structure, False, granularity, threads)
+        solved = solve_group(
+            checkpoint, structure, False, granularity, threads, squares=group_squares
+        )
         if solved is not None and structure.symmetries:
             group = solved[0]
             chosen = group.channel or group.layer
@@ -148,63 +155,109 @@ def _compare(
     scales_a: dict[str, TensorScale],
     scales_b: dict[str, TensorScale],
     in_symmetry: set[str],
+    threads: int = 2,
 ) -> list[TensorDiff]:
-    reader = PairReader(a, b, np.float64)
     results = []
     for name in names:
         shape = a.info(name).shape
         scale_a = scales_a.get(name) or TensorScale(shape)
         scale_b = scales_b.get(name) or TensorScale(shape)
-        totals = {"abs": 0.0, "largest": 0.0, "canonical": 0.0, "canonical_largest": 0.0}
-        bitwise = [True]
-        lock = threading.Lock()
-        same_scale = _same_factors(scale_a, scale_b)
-
-        def compare(
-            block: Block,
-            old: np.ndarray,
-            new: np.ndarray,
-            scale_a: TensorScale = scale_a,
-            scale_b: TensorScale = scale_b,
-            totals: dict[str, float] = totals,
-            bitwise: list[bool] = bitwise,
-            lock: threading.Lock = lock,
-            same_scale: bool = same_scale,
-        ) -> None:
-            equal = bool(np.array_equal(old, new, equal_nan=True))
-            if equal and same_scale:  # nothing differs, raw or canonical: skip the arithmetic
-                with lock:
-                    bitwise[0] = bitwise[0] and equal
-                return
-            with np.errstate(invalid="ignore", over="ignore"):
-                difference = float(np.max(np.abs(new - old))) if old.size else 0.0
-                largest = float(np.max(np.abs(old))) if old.size else 0.0
-                fa = np.asarray(scale_a.rows(block.row, block.rows)).reshape(-1)
-                fb = np.asarray(scale_b.rows(block.row, block.rows)).reshape(-1)
-                canon_a = old.reshape(-1) * fa
-                canon_b = new.reshape(-1) * fb
-                canonical = float(np.max(np.abs(canon_b - canon_a))) if old.size else 0.0
-                canonical_largest = float(np.max(np.abs(canon_a))) if old.size else 0.0
-            with lock:
-                totals["abs"] = _max(totals["abs"], difference)
-                totals["largest"] = _max(totals["largest"], largest)
-                totals["canonical"] = _max(totals["canonical"], canonical)
-                totals["canonical_largest"] = _max(totals["canonical_largest"], canonical_largest)
-                bitwise[0] = bitwise[0] and equal
-
-        reader.for_each_block(name, compare)
+        totals = _compare_tensor(a, b, name, scale_a, scale_b, threads)
         results.append(
             TensorDiff(
                 name=name,
-                max_abs_diff=totals["abs"],
-                max_rel_diff=_relative(totals["abs"], totals["largest"]),
-                canonical_rel_diff=_relative(totals["canonical"], totals["canonical_largest"])
+                max_abs_diff=totals.difference,
+                max_rel_diff=_relative(totals.difference, totals.largest),
+                canonical_rel_diff=_relative(totals.canonical, totals.canonical_largest)
                 if name in in_symmetry
                 else None,
-                bitwise_equal=bitwise[0],
+                bitwise_equal=totals.bitwise,
             )
         )
     return results
+
+
+class _Totals:
+    """One tensor's comparison so far, merged from its blocks under a lock."""
+
+    def __init__(self) -> None:
+        self.difference = self.largest = self.canonical = self.canonical_largest = 0.0
+        self.bitwise = True
+        self.lock = threading.Lock()
+
+    def add(
+        self, difference: float, largest: float, canonical: float, top: float, equal: bool
+    ) -> None:
+        with self.lock:
+            self.difference = _max(self.difference, difference)
+            self.largest = _max(self.largest, largest)
+            self.canonical = _max(self.canonical, canonical)
+            self.canonical_largest = _max(self.canonical_largest, top)
+            self.bitwise = self.bitwise and equal
+
+
+def _compare_tensor(
+    a: Checkpoint,
+    b: Checkpoint,
+    name: str,
+    scale_a: TensorScale,
+    scale_b: TensorScale,
+    threads: int,
+) -> _Totals:
+    """Row blocks of one tensor from both files on `threads` threads. A block whose stored
+    bytes are the same in both files, under the same factors, is equal raw and canonical
+    alike and is not decoded (equal bytes are equal values; values that are equal in other
+    bytes, -0.0 or another NaN, are found by the float comparison). Other blocks are
+    decoded to float64, so the factors apply without rounding."""
+    info = a.info(name)
+    rows = info.shape[0] if info.shape else 1
+    width = info.numel // rows if rows else 0
+    per_block = max(1, BLOCK_ELEMENTS // max(width, 1))
+    blocks = [
+        Block(name, row, min(per_block, rows - row), width) for row in range(0, rows, per_block)
+    ]
+    same_storage = info.dtype == b.info(name).dtype
+    same_scale = _same_factors(scale_a, scale_b)
+    capacity = max(BLOCK_ELEMENTS, width)
+    totals = _Totals()
+
+    def compare(block: Block, state: _PairBuffers) -> None:
+        start, size = block.row * width, block.rows * width
+        raw_a = a.read_raw(name, start, size, state.raw[0])
+        raw_b = b.read_raw(name, start, size, state.raw[1])
+        if same_storage and same_scale and _same_bytes(raw_a, raw_b):
+            return
+        old = decode(raw_a, info.dtype, state.widened[0]).astype(np.float64, copy=False)
+        new = decode(raw_b, b.info(name).dtype, state.widened[1]).astype(np.float64, copy=False)
+        equal = bool(np.array_equal(old, new, equal_nan=True))
+        if equal and same_scale:  # nothing differs, raw or canonical: skip the arithmetic
+            return
+        with np.errstate(invalid="ignore", over="ignore"):
+            difference = float(np.max(np.abs(new - old))) if old.size else 0.0
+            largest = float(np.max(np.abs(old))) if old.size else 0.0
+            canon_a = old * np.asarray(scale_a.rows(block.row, block.rows)).reshape(-1)
+            canon_b = new * np.asarray(scale_b.rows(block.row, block.rows)).reshape(-1)
+            canonical = float(np.max(np.abs(canon_b - canon_a))) if old.size else 0.0
+            canonical_largest = float(np.max(np.abs(canon_a))) if old.size else 0.0
+        totals.add(difference, largest, canonical, canonical_largest, equal)
+
+    run_round_robin(blocks, lambda: _PairBuffers(capacity), compare, threads)
+    return totals
+
+
+class _PairBuffers:
+    """One thread's buffers for a block of each file: raw, and decoded to float32."""
+
+    def __init__(self, capacity: int) -> None:
+        self.raw = [read_buffer(capacity * 8) for _ in range(2)]
+        self.widened = [np.empty(capacity, np.float32) for _ in range(2)]
+
+
+def _same_bytes(first: np.ndarray, second: np.ndarray) -> bool:
+    """Whether two raw blocks hold the same bytes (floats compared as integers: a NaN is
+    its own bit pattern), eight bytes at a time where the length allows (3x faster)."""
+    word = np.uint64 if first.nbytes % 8 == 0 else np.uint8
+    return bool(np.array_equal(first.view(word), second.view(word)))
 
 
 def _same_factors(first: TensorScale, second: TensorScale) -> bool:
