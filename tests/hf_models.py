@@ -98,12 +98,14 @@ TINY: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 
 
-def build(name: str, dtype: str = "float32") -> Any:
+def build(name: str, dtype: str = "float32", **sizes: int) -> Any:
     """A randomly initialised model whose weights are spread unevenly on purpose (each
-    projection multiplied by its own factor), so that rebalancing has work to do."""
+    projection multiplied by its own factor), so that rebalancing has work to do. `sizes`
+    override config fields (e.g. hidden_size)."""
     import torch
 
     config_class, model_class, fields = TINY[name]
+    fields = {**fields, **sizes}
     torch.manual_seed(SEED)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.hf_models import TINY, build, load, outputs, save
+from weissi_cli import stats
 from weissi_cli.api.rebalance import rebalance_checkpoint
 from weissi_cli.errors import OutputError, UsageError
 from weissi_cli.io import open_checkpoint
@@ -260,3 +261,26 @@ def test_an_oddly_named_single_file_is_verified_under_the_loaders_name(tmp_path:
     )
     assert report.written
     assert report.verification.passed
+
+
+def test_rebalance_writes_the_same_bytes_every_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two threads over many small chunks (as on a multi-GB model): the solver's squares,
+    and so the real-valued scales and every written byte, do not depend on which thread
+    finished first. (They did: three rebalances of a 2 GB float32 LLaMA gave three
+    different files.)"""
+    # a chunk per row on two threads: o_proj and down_proj (256 x 256, 256 x 384) are
+    # large enough to be read in chunks, and their column squares are summed over rows
+    monkeypatch.setattr(stats, "THREADS_ABOVE_BYTES", 0)
+    monkeypatch.setattr(stats, "KERNEL_TASK_ELEMENTS", 256)
+    monkeypatch.setattr(stats, "CHUNK_ELEMENTS", 256)
+    source = save(build("llama", hidden_size=256, intermediate_size=384), tmp_path / "in")
+    written = set()
+    for run in range(4):
+        report = rebalance_checkpoint(source, tmp_path / f"out{run}", scales="real")
+        assert report.written
+        written.add(
+            b"".join(p.read_bytes() for p in sorted((tmp_path / f"out{run}").glob("*.safetensors")))
+        )
+    assert len(written) == 1
