@@ -247,8 +247,9 @@ static inline void or_column_bits(void *bits, int dtype, Py_ssize_t at, const vo
  * column_bits[k - start], uint32 for float32 and uint16 for bfloat16 (check's dead
  * columns, in the same pass). `together` (with `columns_out`, 1 to 4): as many rows, each
  * `stride` values after the last, join in; each column's squares from them are summed in
- * float (at most three roundings) before they meet its double sum: a quarter of the
- * double loads and stores per value. */
+ * float before they meet its double sum (at most four roundings for float32, whose squares
+ * round; three for bfloat16, whose squares are exact): a quarter of the double loads and
+ * stores per value. */
 __attribute__((target("avx2,fma")))
 static uint32_t fused_pass_avx2(const void *data, int dtype, Py_ssize_t start, Py_ssize_t stop,
                                 double *squares, double *l1, double *columns_out, int add,

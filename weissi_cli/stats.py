@@ -239,8 +239,10 @@ class _SquaresSink:
     float64 in the order of the rows, whichever thread finishes first: float addition is
     not associative, and added as they came, a tensor's squares (and the scales solved
     from them) differed in their last bits from run to run. A chunk that arrives early
-    waits for the ones before it: at most a few per tensor, as the threads take chunks in
-    order."""
+    waits for the ones before it. The threads take chunks alternately, so that is one or
+    two while they keep pace; if one stalls, at most the other's half of one tensor's
+    chunks, each one row of columns in float64 (13 MB for a 70B model's down_proj, 8192 x
+    28672 in 112 chunks)."""
 
     def __init__(self, targets: dict[str, npt.NDArray[np.float32]]) -> None:
         self.targets = targets

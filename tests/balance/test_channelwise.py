@@ -150,3 +150,46 @@ def test_independent_symmetries_are_those_sharing_no_factors() -> None:
     assert independent([*heads, wide]) == {"h2"}  # q rows 0..11 overlap heads 0 and 1
     norm = symmetry("norm", 8, Member("g", 0, 1), Member("q", 1, -1))
     assert independent([*heads, norm]) == set()  # q scaled along both axes couples them all
+
+
+@pytest.mark.parametrize("granularity", ["layer", "channel"])
+def test_a_symmetry_without_channels_is_left_alone(granularity: str) -> None:
+    symmetry = Symmetry("s", 0, (Member("a", 0, 1), Member("b", 1, -1)))
+    squares = {"a": np.zeros((0, 3), np.float32), "b": np.zeros((3, 0), np.float32)}
+    solution = solve([symmetry], squares, granularity)
+    assert solution.symmetries["s"].scales.size == 0
+    assert solution.converged
+    assert solution.l2_after == 0.0
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("granularity", ["layer", "channel"])
+def test_a_descent_that_diverges_ends_without_an_exception(granularity: str) -> None:
+    """Self-contradictory symmetries (a hand-written spec can say anything: here one
+    scales columns 1-2 of t0 up and down at once) send a scale off to 0 or infinity. Both
+    granularities then report NaN and no convergence; the layer path on Python floats
+    raised ZeroDivisionError instead."""
+    squares = np.array(
+        [
+            [2.556535243988037, 0.7800689935684204, 10.280685424804688],
+            [1.441896915435791, 0.8338453769683838, 22.075380325317383],
+            [6.031759262084961, 4.192300319671631, 13.300116539001465],
+            [45.38932418823242, 2.9698548316955566, 2.4223992824554443],
+            [2.442474365234375, 36.88996887207031, 0.3909580707550049],
+            [3.218341112136841, 0.010042427107691765, 8.823481559753418],
+            [1.7593482732772827, 0.6699702143669128, 16.6434383392334],
+            [1.9173524379730225, 4.730475425720215, 0.29466357827186584],
+        ],
+        np.float32,
+    )
+    symmetries = [
+        Symmetry(
+            "s0",
+            1,
+            (Member("t0", 1, 1, 3, 0), Member("t0", 1, -1, 2, 1), Member("t0", 1, 1, 3, 0)),
+        ),
+        Symmetry("s2", 2, (Member("t0", 0, 1, 2, 0), Member("t0", 0, -1, 3, 2)), tie=2),
+    ]
+    solution = solve(symmetries, {"t0": squares}, granularity)
+    assert not solution.converged
+    assert math.isnan(solution.l2_after)

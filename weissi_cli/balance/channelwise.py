@@ -109,15 +109,19 @@ class _Factors:
             return along
         return np.add.reduceat(along, np.arange(0, size * member.block, member.block))
 
-    def totals(self, penalised: list[Member], size: int, own: float) -> tuple[float, float]:
+    def totals(
+        self, penalised: list[Member], size: int, own: np.float64
+    ) -> tuple[np.float64, np.float64]:
         """(A, B) summed over the channels, for a symmetry whose channels share one scale
         (`own`): the layer-wise step needs only these, and they cost two vector operations
-        per member where the per-channel sums cost six."""
-        up = down = 0.0
+        per member where the per-channel sums cost six. numpy scalars, not Python floats:
+        a descent that runs a scale off to 0 or infinity gives inf and NaN, as the
+        per-channel arrays do, where Python's floats raise ZeroDivisionError."""
+        up = down = np.float64(0.0)
         for member in penalised:
             span = slice(member.offset, member.offset + size * member.block)
             factors = (self.rows if member.axis == 0 else self.columns)[member.tensor][span]
-            total = float(self.weights(member)[span] @ (factors * factors))
+            total = np.float64(self.weights(member)[span] @ (factors * factors))
             total /= own ** (2 * member.exponent)
             if member.exponent > 0:
                 up += total
@@ -199,9 +203,10 @@ def solve(
             solution = solutions[symmetry.id]
             change: Vector | float
             if granularity == "layer":
-                current_scale = float(solution.scales[0])
+                # one scale shared by every channel (1 for a symmetry without channels)
+                current_scale = solution.scales[0] if symmetry.size else np.float64(1.0)
                 up, down = factors.totals(penalised, symmetry.size, current_scale)
-                scale = (down / up) ** 0.25 if up > 0 and down > 0 else 1.0
+                scale = (down / up) ** 0.25 if up > 0 and down > 0 else np.float64(1.0)
                 change = scale / current_scale
                 target = np.full(symmetry.size, scale)
             else:
