@@ -262,3 +262,19 @@ def test_extreme_float64_norms_are_exact_or_reported(tmp_path: Path) -> None:
 def test_pow2_minimum_is_reported_for_every_chain(samples: Path) -> None:
     chain = inspect_checkpoint(samples / "mlp_digits_bf16.safetensors").to_dict()["chains"][0]
     assert chain["min_l2_penalty"] <= chain["min_l2_penalty_pow2"] <= chain["l2_penalty"]
+
+
+@pytest.mark.parametrize(("dtype", "warned"), [(torch.float16, True), (torch.bfloat16, False)])
+def test_the_pow2_minimum_of_a_float16_chain_is_labelled(
+    tmp_path: Path, dtype: torch.dtype, warned: bool
+) -> None:
+    """inspect does not measure float16 headroom (a pass of its own), so for float16 chains
+    its pow2 minimum is labelled as what rebalance may not reach; bfloat16 is not limited."""
+    state = mlp_state(sizes=(64, 48, 10), seed=3, dtype=torch.float64)
+    state = OrderedDict((name, tensor.to(dtype)) for name, tensor in state.items())
+    report = inspect_checkpoint(write_safetensors(tmp_path / "m.safetensors", state))
+    assert report.chains[0].pow2_l2_penalty is not None
+    labelled = [w for w in report.warnings if "min_l2_penalty_pow2 assumes" in w]
+    assert bool(labelled) == warned
+    if warned:
+        assert labelled[0].startswith(f"{report.chains[0].chain.id}: ")

@@ -89,6 +89,14 @@ def inspect_checkpoint(
         warnings += [f"{a.chain.id}: {a.problem}" for a in chains if a.problem]
         warnings += [f"{chain.id}: {note}" for chain in structure.chains for note in chain.notes]
         dtypes = {info.name: info.dtype for info in checkpoint.tensors}
+        warnings += [
+            f"{a.chain.id}: min_l2_penalty_pow2 assumes every float16 value can move by a "
+            "power of two; rebalance holds scales where a value would round (float16 "
+            "exactness), so it may reach less (its warning says how many it held)"
+            for a in chains
+            if a.pow2_l2_penalty is not None
+            and any(dtypes[name] == "float16" for name in a.chain.tensor_names())
+        ]
         return InspectReport(
             source=Source.of(checkpoint, str(path)),
             settings=InspectSettings(lambda1, lambda2, include_bias, granularity),
