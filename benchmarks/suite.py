@@ -10,6 +10,11 @@ as seconds, GB/s, ratio to its ceiling, and peak private memory (RssAnon). Also 
 of `weissi --help`. Prints a table and writes results/suite-<timestamp>.json.
 
 Usage: python benchmarks/suite.py [--size-gib 1.0] [--dtype float32 bfloat16] [--shards 1 4]
+       [--runs 3] [--data-dir DIR] [--write-dir DIR] [--keep]
+
+--write-dir: where the rewrites go (the rewrite ceiling's files, the baseline's copies and
+rebalance's outputs); the data folder by default. `--write-dir /dev/shm` measures the
+rewriting commands against storage as fast as memory.
 """
 
 from __future__ import annotations
@@ -188,12 +193,12 @@ def median(values: list[float]) -> float:
 
 
 def measure_case(
-    model: Transformer, shards: int, runs: int, data_dir: Path
+    model: Transformer, shards: int, runs: int, data_dir: Path, write_dir: Path
 ) -> list[dict[str, Any]]:
     folder = data_dir / model.name(shards)
     entry, files = generate(folder, model, shards)
     size = sum(f.stat().st_size for f in files)
-    output = data_dir / f"{model.name(shards)}.out"
+    output = write_dir / f"{model.name(shards)}.out"
     for path in files:
         warm_page_cache(path)
     weissi = weissi_command()
@@ -212,7 +217,7 @@ def measure_case(
         else:
             out_path.unlink(missing_ok=True)
 
-    scratch = data_dir / "ceiling-scratch.safetensors"
+    scratch = write_dir / "ceiling-scratch.safetensors"
     rewrite_ceiling(files[0], scratch)  # warm-up: fresh pages write slowly on this VM
     for _ in range(runs):
         # This VM pages out memory left untouched for a few seconds (DAMON), page cache too:
@@ -242,7 +247,7 @@ def measure_case(
         )
         settle()
         record("rewrite", rewrite_ceiling_files(files, scratch))
-        copies = [str(data_dir / f"baseline-{i}.safetensors") for i in range(len(files))]
+        copies = [str(write_dir / f"baseline-{i}.safetensors") for i in range(len(files))]
         settle()
         record(
             "baseline rewrite",
@@ -317,14 +322,19 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR / "suite")
     parser.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
+    parser.add_argument(
+        "--write-dir", type=Path, default=None, help="where rewrites go (default: --data-dir)"
+    )
     args = parser.parse_args()
+    write_dir = args.write_dir or args.data_dir
+    write_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     try:
         for dtype in args.dtype:
             model = Transformer.for_size(int(args.size_gib * 2**30), dtype)
             for shards in args.shards:
                 print(f"measuring {model.name(shards)} ...", flush=True)
-                rows += measure_case(model, shards, args.runs, args.data_dir)
+                rows += measure_case(model, shards, args.runs, args.data_dir, write_dir)
     finally:
         if not args.keep:
             shutil.rmtree(args.data_dir, ignore_errors=True)
@@ -351,6 +361,7 @@ def main() -> int:
                 "machine": machine_info(),
                 "targets": TARGETS,
                 "help_s": startup,
+                "write_dir": str(write_dir),
                 "rows": rows,
             },
             indent=2,
