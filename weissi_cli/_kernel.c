@@ -352,9 +352,14 @@ static uint32_t fused_pass_avx2(const void *data, int dtype, Py_ssize_t start, P
         for (int j = 0; j < 16; j++) top = (uint32_t)halves[j] << 16 > top ? (uint32_t)halves[j] << 16 : top;
     }
     double tail_s = 0.0, tail_a = 0.0;
-    uint32_t tail_top = fused_pass_portable(data, dtype, i, stop, &tail_s, &tail_a,
-                                            columns_out ? columns_out + (i - start) : NULL, add);
-    for (int r = 1; r < together; r++) {
+    uint32_t tail_top = 0;
+    /* rows of a multiple of 16 values (most of a transformer's) have no tail: no call, which
+     * sets up its vectors and reduces them whatever the length (a row-wise pass pays it on
+     * every row) */
+    if (i < stop)
+        tail_top = fused_pass_portable(data, dtype, i, stop, &tail_s, &tail_a,
+                                       columns_out ? columns_out + (i - start) : NULL, add);
+    for (int r = 1; r < together && i < stop; r++) {
         uint32_t other = fused_pass_portable(data, dtype, i + r * stride, stop + r * stride,
                                              &tail_s, &tail_a, columns_out + (i - start), 1);
         tail_top = other > tail_top ? other : tail_top;
