@@ -632,10 +632,7 @@ static PyObject *reduce_chunk(PyObject *Py_UNUSED(self), PyObject *args) {
     }
     PyBuffer_Release(&data);
     PyBuffer_Release(&out);
-    if (problem) {
-        PyErr_SetString(PyExc_ValueError, problem);
-        return NULL;
-    }
+    if (raise_failure(problem, 0)) return NULL;
     return totals_tuple(totals);
 }
 
@@ -845,10 +842,7 @@ static PyObject *check_values(PyObject *Py_UNUSED(self), PyObject *args) {
     PyBuffer_Release(&new);
     PyBuffer_Release(&row_factors);
     PyBuffer_Release(&pattern);
-    if (problem) {
-        PyErr_SetString(PyExc_ValueError, problem);
-        return NULL;
-    }
+    if (raise_failure(problem, 0)) return NULL;
     return Py_BuildValue("(nnd)", found.checked, found.bad, found.worst);
 }
 
@@ -1092,10 +1086,7 @@ static PyObject *scale_chunk(PyObject *Py_UNUSED(self), PyObject *args) {
     PyBuffer_Release(&data);
     PyBuffer_Release(&row_factors);
     PyBuffer_Release(&pattern);
-    if (problem) {
-        PyErr_SetString(PyExc_ValueError, problem);
-        return NULL;
-    }
+    if (raise_failure(problem, 0)) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -1167,10 +1158,7 @@ static PyObject *maxima(PyObject *Py_UNUSED(self), PyObject *args) {
     PyBuffer_Release(&data);
     PyBuffer_Release(&row_out);
     PyBuffer_Release(&column_out);
-    if (problem) {
-        PyErr_SetString(PyExc_ValueError, problem);
-        return NULL;
-    }
+    if (raise_failure(problem, 0)) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -1393,10 +1381,7 @@ static PyObject *shift_minima(PyObject *Py_UNUSED(self), PyObject *args) {
     PyBuffer_Release(&rows_up);
     PyBuffer_Release(&columns_down);
     PyBuffer_Release(&columns_up);
-    if (problem) {
-        PyErr_SetString(PyExc_ValueError, problem);
-        return NULL;
-    }
+    if (raise_failure(problem, 0)) return NULL;
     Py_RETURN_NONE;
 }
 

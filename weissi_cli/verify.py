@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from weissi_cli import kernel
-from weissi_cli.io.checkpoint import Checkpoint, ReadBuffer, ended_early, read_buffer
+from weissi_cli.io.checkpoint import Checkpoint, ReadBuffer, TensorInfo, ended_early, read_buffer
 from weissi_cli.io.dtypes import UNIT_ROUNDOFF, decode, raw_numpy_dtype
 from weissi_cli.ir import Chain, Layer
 from weissi_cli.scales import NO_FACTORS, TensorScale
@@ -110,13 +110,34 @@ class Block:
     width: int
 
 
-class _BlockState:
-    """One thread's buffers for reading block pairs, and what it measured."""
+def row_blocks(name: str, info: TensorInfo) -> tuple[list[Block], int]:
+    """A tensor's rows in blocks of about BLOCK_ELEMENTS values (at least one row each), and
+    the row width."""
+    rows = info.shape[0] if info.shape else 1
+    width = info.numel // rows if rows else 0
+    per_block = max(1, BLOCK_ELEMENTS // max(width, 1))
+    blocks = [
+        Block(name, row, min(per_block, rows - row), width) for row in range(0, rows, per_block)
+    ]
+    return blocks, width
 
-    def __init__(self, capacity: int) -> None:
-        self.buffers = [read_buffer(capacity * 8) for _ in range(2)]
-        self.widened = [np.empty(capacity, np.float32) for _ in range(2)]
-        self.reducer = ChunkReducer(capacity)
+
+class PairBuffers:
+    """One thread's buffers for a block of each file (rows of `width`): raw, and decoded to
+    float32."""
+
+    def __init__(self, width: int) -> None:
+        self.capacity = max(BLOCK_ELEMENTS, width)  # one row may be wider than a block
+        self.buffers = [read_buffer(self.capacity * 8) for _ in range(2)]
+        self.widened = [np.empty(self.capacity, np.float32) for _ in range(2)]
+
+
+class _BlockState(PairBuffers):
+    """PairBuffers, and what the thread measured of the rewritten side."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__(width)
+        self.reducer = ChunkReducer(self.capacity)
         self.partials: list[Partial] = []
 
 
@@ -141,12 +162,7 @@ class PairReader:
     ) -> None:
         """Call `work(block, old rows, new rows)` for every row block of `name`."""
         info = self.original.info(name)
-        rows = info.shape[0] if info.shape else 1
-        width = info.numel // rows if rows else 0
-        per_block = max(1, BLOCK_ELEMENTS // max(width, 1))
-        blocks = [
-            Block(name, row, min(per_block, rows - row), width) for row in range(0, rows, per_block)
-        ]
+        blocks, width = row_blocks(name, info)
         exact = info.numel < EXACT_BELOW
 
         new_dtype = self.rewritten.info(name).dtype
@@ -171,10 +187,8 @@ class PairReader:
             with self._lock:
                 self.partials[name].extend(state.partials)
 
-        capacity = max(BLOCK_ELEMENTS, width)  # one row may be wider than a block
-
         run_round_robin(
-            blocks, lambda: _BlockState(capacity), read_and_work, self.threads, finish=keep_partials
+            blocks, lambda: _BlockState(width), read_and_work, self.threads, finish=keep_partials
         )
 
     def vector(self, name: str) -> tuple[FloatArray, FloatArray]:

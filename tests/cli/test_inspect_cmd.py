@@ -115,7 +115,7 @@ def test_an_unexpected_exception_is_reported_as_a_bug(
     def explode(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(api, "compute_stats_and_squares", explode)
+    monkeypatch.setattr(api, "statistics_pass", explode)
     result = run("inspect", "mlp_digits.pt")
     assert result.exit_code == 70
     assert "Traceback" in result.stderr

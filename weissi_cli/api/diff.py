@@ -9,21 +9,20 @@ from pathlib import Path
 
 import numpy as np
 
-from weissi_cli.api.symmetries import group_squares_plan, solve_group
+from weissi_cli.api.symmetries import solve_group, statistics_pass
 from weissi_cli.balance.analysis import analyse_chain
-from weissi_cli.balance.channelwise import penalised_tensors, solve
+from weissi_cli.balance.channelwise import solve
 from weissi_cli.errors import UsageError
 from weissi_cli.io import open_checkpoint
-from weissi_cli.io.checkpoint import Checkpoint, read_buffer
+from weissi_cli.io.checkpoint import Checkpoint
 from weissi_cli.io.dtypes import UNIT_ROUNDOFF, decode
 from weissi_cli.ir import Structure
 from weissi_cli.report.common import Source
 from weissi_cli.report.diff import DiffReport, Shift, TensorDiff
 from weissi_cli.scales import TensorScale, from_symmetries, shift_scales
-from weissi_cli.stats import axis_squares, compute_stats_and_squares
 from weissi_cli.structure import discover
 from weissi_cli.threads import run_round_robin
-from weissi_cli.verify import BLOCK_ELEMENTS, Block
+from weissi_cli.verify import Block, PairBuffers, row_blocks
 
 # Relative tolerance, in units of the coarser dtype's roundoff: rounding once on each side
 # plus the scaling arithmetic.
@@ -102,18 +101,14 @@ def _canonical(
     shifts: list[Shift] = []
     stats_pair = []
     for checkpoint in (a, b):
-        # One pass per checkpoint: the chains' statistics and the free symmetries' squares.
-        plan = group_squares_plan(checkpoint, structure, False) if structure.symmetries else {}
+        # One pass per checkpoint: the chains' statistics and the squares the solvers need.
         names = [n for chain in structure.chains for n in chain.tensor_names()]
-        stats, group_squares = compute_stats_and_squares(
-            checkpoint, list(dict.fromkeys([*names, *plan])), threads, squared=plan
+        stats, squares, group_squares = statistics_pass(
+            checkpoint, structure, False, granularity, threads, names
         )
         stats_pair.append(stats)
         scales: dict[str, TensorScale] = {}
         if granularity == "channel" and structure.chains:
-            squares = axis_squares(
-                checkpoint, penalised_tensors(structure.chains, shapes, False), threads
-            )
             for chain in structure.chains:
                 mine = {n: squares[n] for n in chain.tensor_names() if n in squares}
                 scales.update(
@@ -210,21 +205,15 @@ def _compare_tensor(
     bytes, -0.0 or another NaN, are found by the float comparison). Other blocks are
     decoded to float64, so the factors apply without rounding."""
     info = a.info(name)
-    rows = info.shape[0] if info.shape else 1
-    width = info.numel // rows if rows else 0
-    per_block = max(1, BLOCK_ELEMENTS // max(width, 1))
-    blocks = [
-        Block(name, row, min(per_block, rows - row), width) for row in range(0, rows, per_block)
-    ]
+    blocks, width = row_blocks(name, info)
     same_storage = info.dtype == b.info(name).dtype
     same_scale = _same_factors(scale_a, scale_b)
-    capacity = max(BLOCK_ELEMENTS, width)
     totals = _Totals()
 
-    def compare(block: Block, state: _PairBuffers) -> None:
+    def compare(block: Block, state: PairBuffers) -> None:
         start, size = block.row * width, block.rows * width
-        raw_a = a.read_raw(name, start, size, state.raw[0])
-        raw_b = b.read_raw(name, start, size, state.raw[1])
+        raw_a = a.read_raw(name, start, size, state.buffers[0])
+        raw_b = b.read_raw(name, start, size, state.buffers[1])
         if same_storage and same_scale and _same_bytes(raw_a, raw_b):
             return
         old = decode(raw_a, info.dtype, state.widened[0]).astype(np.float64, copy=False)
@@ -241,16 +230,8 @@ def _compare_tensor(
             canonical_largest = float(np.max(np.abs(canon_a))) if old.size else 0.0
         totals.add(difference, largest, canonical, canonical_largest, equal)
 
-    run_round_robin(blocks, lambda: _PairBuffers(capacity), compare, threads)
+    run_round_robin(blocks, lambda: PairBuffers(width), compare, threads)
     return totals
-
-
-class _PairBuffers:
-    """One thread's buffers for a block of each file: raw, and decoded to float32."""
-
-    def __init__(self, capacity: int) -> None:
-        self.raw = [read_buffer(capacity * 8) for _ in range(2)]
-        self.widened = [np.empty(capacity, np.float32) for _ in range(2)]
 
 
 def _same_bytes(first: np.ndarray, second: np.ndarray) -> bool:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from weissi_cli.api.symmetries import group_squares_plan, solve_group, unbounded_hint
+from weissi_cli.api.symmetries import solve_group, statistics_pass, unbounded_hint
 from weissi_cli.balance.analysis import analyse_chain
-from weissi_cli.balance.channelwise import ChannelSolution, penalised_tensors, solve
+from weissi_cli.balance.channelwise import ChannelSolution, solve
 from weissi_cli.errors import UsageError
 from weissi_cli.io import open_checkpoint
 from weissi_cli.report.common import Source
 from weissi_cli.report.inspect import InspectReport, InspectSettings, TensorRow
-from weissi_cli.stats import axis_squares, compute_stats_and_squares
 from weissi_cli.structure import discover
 
 
@@ -35,11 +34,10 @@ def inspect_checkpoint(
             raise UsageError(f"{name} must be a finite number, not {value}")
     with open_checkpoint(path) as checkpoint:
         structure = discover(checkpoint, spec, allow_approximate)
-        plan = (
-            group_squares_plan(checkpoint, structure, include_bias) if structure.symmetries else {}
+        # One pass: the statistics of every tensor and the squares the solvers need.
+        stats, chain_squares, group_squares = statistics_pass(
+            checkpoint, structure, include_bias, granularity, threads
         )
-        # One pass: the statistics of every tensor and the squares the symmetries need.
-        stats, group_squares = compute_stats_and_squares(checkpoint, threads=threads, squared=plan)
         rows = tuple(
             TensorRow(
                 name=info.name,
@@ -61,13 +59,8 @@ def inspect_checkpoint(
         )
         channel: dict[str, ChannelSolution] = {}
         if granularity == "channel":
-            shapes = {info.name: info.shape for info in checkpoint.tensors}
-            healthy = [a.chain for a in chains if a.problem is None]
-            squares = axis_squares(
-                checkpoint, penalised_tensors(healthy, shapes, include_bias), threads
-            )
-            for chain in healthy:
-                mine = {name: squares[name] for name in chain.tensor_names() if name in squares}
+            for chain in (a.chain for a in chains if a.problem is None):
+                mine = {n: chain_squares[n] for n in chain.tensor_names() if n in chain_squares}
                 channel[chain.id] = solve(chain.symmetries(), mine)
         solved = solve_group(
             checkpoint,

@@ -10,12 +10,16 @@ from pathlib import Path
 from typing import Literal
 
 from weissi_cli import __version__
-from weissi_cli.api.symmetries import penalised_members, solve_group, unbounded_hint
+from weissi_cli.api.symmetries import (
+    penalised_members,
+    solve_group,
+    statistics_pass,
+    unbounded_hint,
+)
 from weissi_cli.balance.analysis import ChainAnalysis, analyse_chain
 from weissi_cli.balance.channelwise import (
     ChannelSolution,
     Squares,
-    penalised_tensors,
     round_to_powers_of_two,
     solve,
 )
@@ -39,7 +43,7 @@ from weissi_cli.scales import (
     from_symmetries,
     scale_record,
 )
-from weissi_cli.stats import TensorStats, axis_squares, compute_stats
+from weissi_cli.stats import TensorStats, compute_stats
 from weissi_cli.structure import discover, is_approximate
 from weissi_cli.structure.architectures import find_config
 from weissi_cli.verify import (
@@ -111,17 +115,11 @@ def rebalance_checkpoint(
                 f"`weissi graph {shlex.quote(str(path))} --emit-spec`)"
             )
         names = [name for chain in structure.chains for name in chain.tensor_names()]
-        before = compute_stats(checkpoint, names, threads=threads)
-        warnings = [*checkpoint.notes, *structure.assumptions]
-        squares = (
-            axis_squares(
-                checkpoint,
-                penalised_tensors(structure.chains, _shapes(checkpoint), include_bias),
-                threads,
-            )
-            if granularity == "channel"
-            else {}
+        # One pass: the chains' statistics and the squares both solvers need.
+        before, squares, group_squares = statistics_pass(
+            checkpoint, structure, include_bias, granularity, threads, names
         )
+        warnings = [*checkpoint.notes, *structure.assumptions]
         plans = [
             _plan(chain, checkpoint, before, squares, scales, include_bias, granularity)
             for chain in structure.chains
@@ -136,7 +134,7 @@ def rebalance_checkpoint(
             raise StructureError(f"{path}: nothing can be rebalanced ({problems})")
         shapes = {info.name: info.shape for info in checkpoint.tensors}
         group, group_scales, group_mode = _solve_group(
-            checkpoint, structure, include_bias, granularity, scales, threads
+            checkpoint, structure, include_bias, granularity, scales, threads, group_squares
         )
         tensor_scales: dict[str, TensorScale] = dict(group_scales)
         warnings += unbounded_hint(group, include_bias)
@@ -411,9 +409,10 @@ def _solve_group(
     granularity: str,
     scales: str,
     threads: int,
+    squares: Mapping[str, Squares],
 ) -> tuple[SymmetryGroup | None, dict[str, TensorScale], str]:
-    """The free symmetries' scales (graph or spec), solved jointly."""
-    solved = solve_group(checkpoint, structure, include_bias, granularity, threads)
+    """The free symmetries' scales (graph or spec), solved jointly from their axis squares."""
+    solved = solve_group(checkpoint, structure, include_bias, granularity, threads, squares=squares)
     if solved is None or not structure.symmetries:
         return (solved[0] if solved else None), {}, "none"
     group, squares = solved

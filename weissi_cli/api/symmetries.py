@@ -1,15 +1,16 @@
-"""Free symmetries (from a graph or a spec) solved together, shared by inspect and rebalance."""
+"""Free symmetries (from a graph or a spec) solved together, and the statistics pass before
+any solving, shared by inspect, rebalance and diff."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
 
-from weissi_cli.balance.channelwise import Squares, moving_axes, solve
+from weissi_cli.balance.channelwise import Squares, moving_axes, penalised_tensors, solve
 from weissi_cli.io.checkpoint import Checkpoint
 from weissi_cli.ir import Structure
 from weissi_cli.report.symmetries import SymmetryGroup
-from weissi_cli.stats import TensorStats, axis_squares
+from weissi_cli.stats import TensorStats, axis_squares, compute_stats_and_squares
 
 # State-dict names of buffers: statistics, never penalised (for checkpoints without a graph).
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
@@ -66,6 +67,40 @@ def solve_group(
         lambdas=lambdas,
     )
     return group, squares
+
+
+def statistics_pass(
+    checkpoint: Checkpoint,
+    structure: Structure,
+    include_bias: bool,
+    granularity: str,
+    threads: int = 2,
+    names: list[str] | None = None,
+) -> tuple[dict[str, TensorStats], dict[str, Squares], dict[str, Squares]]:
+    """One pass over the data before any solving: the statistics of `names` (every supported
+    float tensor when None), the chains' squares for the channel solver (channel
+    granularity: a [rows, columns] matrix per penalised tensor) and the free symmetries'
+    axis squares (see `group_squares_plan`)."""
+    chain_plan: dict[str, tuple[bool, bool]] = {}
+    if granularity == "channel":
+        shapes = {info.name: info.shape for info in checkpoint.tensors}
+        chain_plan = dict.fromkeys(
+            penalised_tensors(structure.chains, shapes, include_bias), (True, True)
+        )
+    group_plan = (
+        group_squares_plan(checkpoint, structure, include_bias) if structure.symmetries else {}
+    )
+    squared = {**group_plan, **chain_plan}  # a tensor in both keeps both axes
+    if names is None:
+        names = [info.name for info in checkpoint.tensors if info.is_supported_float]
+    stats, squares = compute_stats_and_squares(
+        checkpoint, list(dict.fromkeys([*names, *squared])), threads, squared=squared
+    )
+    return (
+        stats,
+        {name: squares[name] for name in chain_plan},
+        {name: squares[name] for name in group_plan},
+    )
 
 
 def group_squares_plan(
