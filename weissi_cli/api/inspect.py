@@ -26,7 +26,7 @@ def inspect_checkpoint(
     allow_approximate: bool = False,
 ) -> InspectReport:
     """With `granularity="channel"` the per-channel optimum is reported beside the
-    layer-wise one (one more pass, holding the chains' squared weights in memory)."""
+    layer-wise one (in the same pass, holding the chains' squared weights in memory)."""
     if granularity not in ("layer", "channel"):
         raise UsageError(f"--granularity must be layer or channel, not {granularity!r}")
     for name, value in (("--lambda1", lambda1), ("--lambda2", lambda2)):
