@@ -1,7 +1,7 @@
 """Time the stages inside `inspect_checkpoint` and `rebalance_checkpoint`, in one process.
 
-Wraps the functions the API modules call (open, discover, compute_stats, write_rescaled,
-verify_chain, commit, os.fsync) with timers, then runs the real API entry points on a
+Wraps the functions the API modules call (open, discover, statistics_pass, write_rescaled,
+verify, commit, os.fsync) with timers, then runs the real API entry points on a
 checkpoint made by `run.py --keep`. Page cache warm; medians over --runs.
 
 Usage: python benchmarks/stages.py benchmarks/data/mlp_float32_6x8192.safetensors [--runs 3]
@@ -70,8 +70,9 @@ def time_inspect(path: Path) -> Timings:
     targets = [
         (api_inspect, "open_checkpoint", "open"),
         (api_inspect, "discover", "discover"),
-        (api_inspect, "compute_stats", "compute_stats"),
+        (api_inspect, "statistics_pass", "statistics_pass (stats + squares)"),
         (api_inspect, "analyse_chain", "analyse_chain"),
+        (api_inspect, "solve_group", "solve_group"),
     ]
     with patched(targets, timer):
         start = time.perf_counter()
@@ -88,9 +89,11 @@ def time_rebalance(path: Path, output: Path) -> Timings:
     targets = [
         (api_rebalance, "open_checkpoint", "open"),
         (api_rebalance, "discover", "discover"),
-        (api_rebalance, "compute_stats", "compute_stats (before + after)"),
-        (api_rebalance, "write_rescaled", "write_rescaled (incl. fsync)"),
-        (api_rebalance, "verify_chain", "verify_chain"),
+        (api_rebalance, "statistics_pass", "statistics_pass (stats + squares)"),
+        (api_rebalance, "_solve_group", "_solve_group"),
+        (api_rebalance, "write_rescaled", "write_rescaled (fsync in background)"),
+        (api_rebalance, "_verify_and_measure", "verify chains (every value)"),
+        (api_rebalance, "_verify_group", "verify symmetries (every value)"),
         (rewrite.PendingOutput, "commit", "commit"),
         (os, "fsync", "os.fsync (all)"),
     ]
@@ -121,7 +124,7 @@ def summarise(runs: list[Timings], size: int) -> None:
         values = [run[label] for run in runs if label in run]
         median = statistics.median(values)
         rate = f"{size / median / 1e9:6.2f} GB/s" if median > 0 else ""
-        print(f"  {label:<34} {median:8.3f} s  {rate}   all: {[round(v, 3) for v in values]}")
+        print(f"  {label:<40} {median:8.3f} s  {rate}   all: {[round(v, 3) for v in values]}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

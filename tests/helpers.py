@@ -131,11 +131,12 @@ def make_rewrites_scale_wrongly(monkeypatch: pytest.MonkeyPatch, error: float) -
     def encode_wrongly(values: np.ndarray, dtype: str) -> np.ndarray:
         return real_encode(values * error, dtype)
 
-    def kernel_wrongly(raw: np.ndarray, task: Any) -> bool:
-        if not real_kernel(raw, task):
+    def kernel_wrongly(raw: np.ndarray, task: Any, out: np.ndarray | None = None) -> bool:
+        if not real_kernel(raw, task, out):
             return False
-        values = decode(raw, task.dtype) * error
-        raw[...] = encode(values.astype(np.float64), task.dtype)
+        scaled = raw if out is None else out
+        values = decode(scaled, task.dtype) * error
+        scaled[...] = encode(values.astype(np.float64), task.dtype)
         return True
 
     monkeypatch.setattr(rewrite, "encode", encode_wrongly)

@@ -846,6 +846,57 @@ static PyObject *check_values(PyObject *Py_UNUSED(self), PyObject *args) {
     return Py_BuildValue("(nnd)", found.checked, found.bad, found.worst);
 }
 
+/* check_piece, and the rewritten values' statistics as reduce_chunk measures them. */
+static void check_and_measure(const void *old, const void *new, int dtype, Py_ssize_t rows,
+                              Py_ssize_t row_width, double scalar, const double *row_factors,
+                              const double *pattern, double unit, double floor,
+                              CheckTotals *found) {
+    check_piece(old, new, dtype, rows, row_width, scalar, row_factors, pattern, unit, floor,
+                found);
+    add_totals(&found->rewritten, reduce_block(new, dtype, rows * row_width, 0, 1, NO_AXES, NULL));
+}
+
+static PyObject *check_tuple(CheckTotals found) {
+    return Py_BuildValue("(nnddddn)", found.checked, found.bad, found.worst,
+                         found.rewritten.squares, found.rewritten.l1,
+                         (double)found.rewritten.largest, found.rewritten.nonfinite);
+}
+
+/* check_range's check of a chunk whose values are both in memory: `old` as read from the
+ * original, `new` as read back from the written file (float32 or bfloat16, `count` values,
+ * whole rows of `row_width`). Returns what check_range returns. */
+static PyObject *check_chunk(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_buffer old, new, row_factors, pattern;
+    int dtype;
+    Py_ssize_t count, row_width;
+    double scalar, unit, floor;
+    if (!PyArg_ParseTuple(args, "y*y*inndy*y*dd", &old, &new, &dtype, &count, &row_width,
+                          &scalar, &row_factors, &pattern, &unit, &floor))
+        return NULL;
+    Py_ssize_t itemsize = dtype == FLOAT32 ? 4 : 2;
+    const char *problem = NULL;
+    if (dtype != FLOAT32 && dtype != BFLOAT16) problem = "check_chunk reads float32 or bfloat16";
+    else if (count < 0 || row_width <= 0 || count % row_width) problem = "rows must be whole";
+    else if (old.len < count * itemsize || new.len < count * itemsize)
+        problem = "buffers smaller than count";
+    Py_ssize_t rows = problem ? 0 : count / row_width;
+    if (!problem) problem = factors_problem(&row_factors, &pattern, rows, row_width);
+    CheckTotals found = {0, 0, 0.0, {0.0, 0.0, 0.0f, 0}};
+    if (!problem) {
+        Py_BEGIN_ALLOW_THREADS
+        check_and_measure(old.buf, new.buf, dtype, rows, row_width, scalar,
+                          row_factors.len ? (const double *)row_factors.buf : NULL,
+                          pattern.len ? (const double *)pattern.buf : NULL, unit, floor, &found);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&old);
+    PyBuffer_Release(&new);
+    PyBuffer_Release(&row_factors);
+    PyBuffer_Release(&pattern);
+    if (raise_failure(problem, 0)) return NULL;
+    return check_tuple(found);
+}
+
 /* The value check of a rewrite, reading both files itself: `count` values (whole rows of
  * `row_width`) of a tensor at `old_offset` in `old_fd` and `new_offset` in `new_fd`, with
  * `row_factors` holding these rows' factors (or empty). Also measures the rewritten
@@ -887,11 +938,8 @@ static PyObject *check_range(PyObject *Py_UNUSED(self), PyObject *args) {
             if (!error)
                 error = read_fully(new_fd, (char *)new_scratch.buf, nbytes, new_offset + skip);
             if (error) break;
-            check_piece(old_scratch.buf, new_scratch.buf, dtype, n, row_width, scalar,
-                        factors ? factors + row : NULL, along, unit, floor, &found);
-            Totals piece = reduce_block(new_scratch.buf, dtype, n * row_width, 0, 1, NO_AXES,
-                                        NULL);
-            add_totals(&found.rewritten, piece);
+            check_and_measure(old_scratch.buf, new_scratch.buf, dtype, n, row_width, scalar,
+                              factors ? factors + row : NULL, along, unit, floor, &found);
         }
         Py_END_ALLOW_THREADS
     }
@@ -900,9 +948,7 @@ static PyObject *check_range(PyObject *Py_UNUSED(self), PyObject *args) {
     PyBuffer_Release(&row_factors);
     PyBuffer_Release(&pattern);
     if (raise_failure(problem, error)) return NULL;
-    return Py_BuildValue("(nnddddn)", found.checked, found.bad, found.worst,
-                         found.rewritten.squares, found.rewritten.l1,
-                         (double)found.rewritten.largest, found.rewritten.nonfinite);
+    return check_tuple(found);
 }
 
 /* x · factor rounded once to float32 or bfloat16 (the exact product rounded to nearest
@@ -939,21 +985,25 @@ static inline __attribute__((always_inline)) uint16_t odd_double_to_bfloat16(dou
     return (uint16_t)(nan ? ((bits >> 16) | 0x40u) : rounded);
 }
 
+/* Values [start, stop) of `source`, scaled into the same places of `data` (which may be
+ * `source` itself). */
 static inline __attribute__((always_inline)) void scale_values(
-    void *data, int dtype, Py_ssize_t start, Py_ssize_t stop, double row_factor,
-    const double *pattern) {
+    const void *source, void *data, int dtype, Py_ssize_t start, Py_ssize_t stop,
+    double row_factor, const double *pattern) {
     if (dtype == FLOAT32) {
+        const float *from = (const float *)source;
         float *values = (float *)data;
         for (Py_ssize_t k = start; k < stop; k++) {
             double factor = pattern ? row_factor * pattern[k - start] : row_factor;
-            values[k] = (float)product_to_odd((double)values[k], factor);
+            values[k] = (float)product_to_odd((double)from[k], factor);
         }
     } else {
+        const uint16_t *from = (const uint16_t *)source;
         uint16_t *values = (uint16_t *)data;
         for (Py_ssize_t k = start; k < stop; k++) {
             double factor = pattern ? row_factor * pattern[k - start] : row_factor;
             values[k] = odd_double_to_bfloat16(
-                product_to_odd((double)from_bfloat16(values[k]), factor));
+                product_to_odd((double)from_bfloat16(from[k]), factor));
         }
     }
 }
@@ -983,19 +1033,21 @@ __attribute__((target("avx2,fma"))) static inline __m256d product_to_odd4(__m256
 
 /* scale_values, four values at a time, the tail by the scalar code. */
 __attribute__((target("avx2,fma")))
-static void scale_values_avx2(void *data, int dtype, Py_ssize_t start, Py_ssize_t stop,
-                              double row_factor, const double *pattern) {
+static void scale_values_avx2(const void *source, void *data, int dtype, Py_ssize_t start,
+                              Py_ssize_t stop, double row_factor, const double *pattern) {
     const __m256d row = _mm256_set1_pd(row_factor);
     Py_ssize_t k = start;
     if (dtype == FLOAT32) {
+        const float *from = (const float *)source;
         float *values = (float *)data;
         for (; k + 4 <= stop; k += 4) {
             __m256d factor = pattern ? _mm256_mul_pd(row, _mm256_loadu_pd(pattern + (k - start)))
                                      : row;
-            __m256d x = _mm256_cvtps_pd(_mm_loadu_ps(values + k));
+            __m256d x = _mm256_cvtps_pd(_mm_loadu_ps(from + k));
             _mm_storeu_ps(values + k, _mm256_cvtpd_ps(product_to_odd4(x, factor)));
         }
     } else {
+        const uint16_t *from = (const uint16_t *)source;
         uint16_t *values = (uint16_t *)data;
         const __m128i one = _mm_set1_epi32(1), magnitude = _mm_set1_epi32(0x7FFFFFFF);
         const __m128 largest = _mm_set1_ps(3.4028234663852886e38f);
@@ -1003,7 +1055,7 @@ static void scale_values_avx2(void *data, int dtype, Py_ssize_t start, Py_ssize_
         for (; k + 4 <= stop; k += 4) {
             __m256d factor = pattern ? _mm256_mul_pd(row, _mm256_loadu_pd(pattern + (k - start)))
                                      : row;
-            __m128i narrow16 = _mm_loadl_epi64((const __m128i *)(values + k));
+            __m128i narrow16 = _mm_loadl_epi64((const __m128i *)(from + k));
             __m128 wide = _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(narrow16), 16));
             __m256d product = product_to_odd4(_mm256_cvtps_pd(wide), factor);
             /* to float32, rounded to odd */
@@ -1040,52 +1092,59 @@ static void scale_values_avx2(void *data, int dtype, Py_ssize_t start, Py_ssize_
             _mm_storel_epi64((__m128i *)(values + k), _mm_packus_epi32(out, out));
         }
     }
-    scale_values(data, dtype, k, stop, row_factor, pattern ? pattern + (k - start) : NULL);
+    scale_values(source, data, dtype, k, stop, row_factor,
+                 pattern ? pattern + (k - start) : NULL);
 }
 #endif
 
-static void scale_values_portable(void *data, int dtype, Py_ssize_t start, Py_ssize_t stop,
-                                  double row_factor, const double *pattern) {
-    scale_values(data, dtype, start, stop, row_factor, pattern);
+static void scale_values_portable(const void *source, void *data, int dtype, Py_ssize_t start,
+                                  Py_ssize_t stop, double row_factor, const double *pattern) {
+    scale_values(source, data, dtype, start, stop, row_factor, pattern);
 }
 
-/* Scale `count` float32 or bfloat16 values in place, whole rows of `row_width`: value
- * (row, k) by scalar · row_factors[row] · pattern[k] (either array may be empty). */
+/* Scale `count` float32 or bfloat16 values, whole rows of `row_width`: value (row, k) by
+ * scalar · row_factors[row] · pattern[k] (either array may be empty). In place, or from
+ * the optional `source` into `data` (so the caller keeps the originals to check against). */
 static PyObject *scale_chunk(PyObject *Py_UNUSED(self), PyObject *args) {
-    Py_buffer data, row_factors, pattern;
+    Py_buffer data, row_factors, pattern, source = {0};
     int dtype;
     Py_ssize_t count, row_width;
     double scalar;
-    if (!PyArg_ParseTuple(args, "w*inndy*y*", &data, &dtype, &count, &row_width, &scalar,
-                          &row_factors, &pattern))
+    if (!PyArg_ParseTuple(args, "w*inndy*y*|y*", &data, &dtype, &count, &row_width, &scalar,
+                          &row_factors, &pattern, &source))
         return NULL;
     Py_ssize_t itemsize = dtype == FLOAT32 ? 4 : 2;
     const char *problem = NULL;
     if (dtype != FLOAT32 && dtype != BFLOAT16) problem = "scale_chunk takes float32 or bfloat16";
     else if (count < 0 || row_width <= 0 || count % row_width) problem = "rows must be whole";
     else if (data.len < count * itemsize) problem = "buffer smaller than count";
+    else if (source.obj && source.len < count * itemsize) problem = "source smaller than count";
     Py_ssize_t rows = problem ? 0 : count / row_width;
     if (!problem) problem = factors_problem(&row_factors, &pattern, rows, row_width);
     if (!problem) {
         const double *factors = row_factors.len ? (const double *)row_factors.buf : NULL;
         const double *along = pattern.len ? (const double *)pattern.buf : NULL;
+        const void *from = source.obj ? source.buf : data.buf;
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t row = 0; row < rows; row++) {
             double row_factor = scalar * (factors ? factors[row] : 1.0);
             Py_ssize_t first = row * row_width;
 #if defined(__x86_64__) && defined(__GNUC__)
             if (has_avx2_fma()) {
-                scale_values_avx2(data.buf, dtype, first, first + row_width, row_factor, along);
+                scale_values_avx2(from, data.buf, dtype, first, first + row_width, row_factor,
+                                  along);
                 continue;
             }
 #endif
-            scale_values_portable(data.buf, dtype, first, first + row_width, row_factor, along);
+            scale_values_portable(from, data.buf, dtype, first, first + row_width, row_factor,
+                                  along);
         }
         Py_END_ALLOW_THREADS
     }
     PyBuffer_Release(&data);
     PyBuffer_Release(&row_factors);
     PyBuffer_Release(&pattern);
+    if (source.obj) PyBuffer_Release(&source);
     if (raise_failure(problem, 0)) return NULL;
     Py_RETURN_NONE;
 }
@@ -1399,9 +1458,13 @@ static PyMethodDef methods[] = {
      "check_range(old_fd, old_offset, new_fd, new_offset, old_scratch, new_scratch, "
      "dtype_code, count, row_width, scalar, row_factors, pattern, unit, floor) -> "
      "(checked, bad, worst, sum_squares, l1, max_abs, nonfinite)"},
+    {"check_chunk", check_chunk, METH_VARARGS,
+     "check_chunk(old, new, dtype_code, count, row_width, scalar, row_factors, pattern, unit, "
+     "floor) -> (checked, bad, worst, sum_squares, l1, max_abs, nonfinite): check_range on "
+     "values in memory"},
     {"scale_chunk", scale_chunk, METH_VARARGS,
-     "scale_chunk(data, dtype_code, count, row_width, scalar, row_factors, pattern): scale "
-     "in place, rounding once"},
+     "scale_chunk(data, dtype_code, count, row_width, scalar, row_factors, pattern[, source]): "
+     "scale in place, or from source into data, rounding once"},
     {"details_range", details_range, METH_VARARGS,
      "details_range(fd, offset, scratch, dtype_code, count, row_width, columns, row_out, "
      "column_out) -> (sum_squares, l1, max_abs, nonfinite), with maxima per row and column"},

@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -32,12 +32,15 @@ from weissi_cli.io import TORCH_SUFFIXES, Checkpoint, TensorInfo
 from weissi_cli.io.checkpoint import read_buffer
 from weissi_cli.io.dtypes import decode, encode, raw_numpy_dtype
 from weissi_cli.io.exported import ExportedCheckpoint
-from weissi_cli.io.safetensors_file import SafetensorsCheckpoint
+from weissi_cli.io.safetensors_file import SafetensorsCheckpoint, parse_header, read_exact
 from weissi_cli.io.sharded import ShardedCheckpoint
 from weissi_cli.io.torch_pickle import TensorDictCheckpoint, TorchCheckpoint
 from weissi_cli.progress import Stage
 from weissi_cli.scales import TensorScale, uniform
 from weissi_cli.threads import run_round_robin
+
+if TYPE_CHECKING:
+    from weissi_cli.verify import CheckAsWritten
 
 CHUNK_ELEMENTS = 1 << 18
 COPY_CHUNK_BYTES = 1 << 20
@@ -222,13 +225,15 @@ def write_rescaled(
     record: Mapping[str, Any],
     output_format: str = "same",
     folder: bool = False,
+    check: CheckAsWritten | None = None,
 ) -> PendingOutput:
     """Write `checkpoint` with each named tensor multiplied by its scale, pending commit.
 
     `output_format="safetensors"` writes just the tensors (of a pickle or an exported
     program) as a safetensors file instead of the input's own format. `folder`: `output`
     is a model folder: the checkpoint's files keep their names, and every other file of
-    the input's folder (config, tokenizer, README) is copied unchanged."""
+    the input's folder (config, tokenizer, README) is copied unchanged. A safetensors output
+    is checked as it is written for the tensors `check` covers."""
     factors: dict[str, TensorScale] = {}
     for name, scale in scales.items():
         if name not in checkpoint:
@@ -254,9 +259,9 @@ def write_rescaled(
         if isinstance(checkpoint, (SafetensorsCheckpoint, ShardedCheckpoint)) and (
             folder or isinstance(checkpoint, ShardedCheckpoint)
         ):
-            return _write_folder(checkpoint, factors, output, record, companions=folder)
+            return _write_folder(checkpoint, factors, output, record, folder, check)
         if isinstance(checkpoint, SafetensorsCheckpoint):
-            return _write_single(checkpoint, factors, output, record)
+            return _write_single(checkpoint, factors, output, record, check)
         if isinstance(checkpoint, TorchCheckpoint):
             return _write_torch(checkpoint, factors, output, record)
     except OSError as error:
@@ -331,12 +336,13 @@ def _write_single(
     factors: Mapping[str, TensorScale],
     output: Path,
     record: Mapping[str, Any],
+    check: CheckAsWritten | None,
 ) -> PendingOutput:
     temporary = create_temporary(output)
     pending = PendingOutput(output, temporary, [(temporary, output)])
     try:
         write_safetensors_copy(
-            checkpoint, factors, temporary, {"weissi": json.dumps(record)}, pending.syncs
+            checkpoint, factors, temporary, {"weissi": json.dumps(record)}, pending.syncs, check
         )
     except BaseException:
         pending.discard()
@@ -350,6 +356,7 @@ def _write_folder(
     output: Path,
     record: Mapping[str, Any],
     companions: bool,
+    check: CheckAsWritten | None,
 ) -> PendingOutput:
     """Shards (or the one file) into a staging folder inside `output`, renamed into place
     on commit: companion files first, then the shards, the index last."""
@@ -382,6 +389,7 @@ def _write_folder(
                 staging / shard_name,
                 {"weissi": json.dumps(shard_record)},
                 pending.syncs,
+                check,
             )
             pending.moves.append((staging / shard_name, output / shard_name))
         if isinstance(checkpoint, ShardedCheckpoint):
@@ -472,9 +480,11 @@ def write_safetensors_copy(
     destination: Path,
     extra_metadata: Mapping[str, str],
     syncs: list[BackgroundSync],
+    check: CheckAsWritten | None = None,
 ) -> None:
     """Same tensor order and offsets; a new header; scaled tensors streamed in chunks.
-    Made durable by a BackgroundSync added to `syncs` (the caller waits for it).
+    Made durable by a BackgroundSync added to `syncs` (the caller waits for it). Tensors
+    `check` covers are checked chunk by chunk as they are written (see CheckAsWritten).
 
     The fsyncs of files written before (earlier shards) are waited for first: an fsync
     running alongside new writes slowed a 4-shard copy from 1.8-2.0 s to 2.3-3.1 s here.
@@ -494,10 +504,15 @@ def write_safetensors_copy(
     header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
     header_bytes += b" " * (-len(header_bytes) % 8)
     new_start = 8 + len(header_bytes)
+    file_size = new_start + source.header.file_size - source.header.data_start
     # `destination` is always a path of this run's own (a fresh temporary).
     descriptor = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    written: _WrittenFile | None = None
     try:
         os.write(descriptor, len(header_bytes).to_bytes(8, "little") + header_bytes)
+        spans: list[tuple[int, int]] = [(0, new_start)]  # (offset, length) of every write
+        if check is not None and any(check.covers(name) for name in factors):
+            written = _WrittenFile(destination, descriptor, file_size)
         copies: list[list[int]] = []  # [begin, end) spans of untouched bytes
         tasks: list[_ScaleTask] = []
         for entry in sorted(entries, key=lambda e: e.begin):
@@ -513,9 +528,25 @@ def write_safetensors_copy(
 
         def write_chunk(task: _ScaleTask, scaler: ChunkScaler) -> None:
             raw = source.read_raw(task.name, task.start, task.count, scaler.raw)
-            if not _scale_in_kernel(raw, task):
-                raw = scaler.scale(raw, task.dtype, task.factor, task.power_of_two)
-            _write_all(descriptor, raw.data.cast("B"), task.offset)
+            if written is not None and check is not None and check.covers(task.name):
+                scaled = np.frombuffer(scaler.scaled, raw.dtype, task.count)
+                _scale_in_kernel(raw, task, scaled)
+                _write_all(descriptor, scaled.data.cast("B"), task.offset)
+                back = written.read_back(task, scaler.back)
+                check.check(
+                    task.name,
+                    written.identity,
+                    task.dtype,
+                    task.start,
+                    task.count,
+                    scaler.raw,
+                    back,
+                )
+            else:
+                if not _scale_in_kernel(raw, task):
+                    raw = scaler.scale(raw, task.dtype, task.factor, task.power_of_two)
+                _write_all(descriptor, raw.data.cast("B"), task.offset)
+            spans.append((task.offset, raw.nbytes))  # list.append is atomic under the GIL
             stage.advance(raw.nbytes)
 
         def copy_untouched() -> None:
@@ -527,18 +558,26 @@ def write_safetensors_copy(
                     new_start + begin,
                     end - begin,
                 )
+                spans.append((new_start + begin, end - begin))
                 stage.advance(end - begin)
 
         with stage:
             capacity = max((task.count for task in tasks), default=1)
             run_round_robin(
-                tasks, lambda: ChunkScaler(capacity), write_chunk, alongside=copy_untouched
+                tasks,
+                lambda: ChunkScaler(capacity, checking=written is not None),
+                write_chunk,
+                alongside=copy_untouched,
             )
+        check_tiling(destination, spans, file_size)
     except BaseException:
         os.close(descriptor)
         with contextlib.suppress(FileNotFoundError):
             destination.unlink()
         raise
+    finally:
+        if written is not None:
+            written.close()
     syncs.append(BackgroundSync(descriptor))
 
 
@@ -558,6 +597,50 @@ def _copy_range(
             raise OutputError(f"{source.path}: file ended early while copying")
         _write_all(descriptor, view[:got], dst_offset + done)
         done += got
+
+
+class _WrittenFile:
+    """The file being written, opened a second time for reading back what was written, at
+    the places its own header gives (read from the file, not taken from the writer)."""
+
+    def __init__(self, path: Path, descriptor: int, size: int) -> None:
+        # The full size first, so that the header can be parsed and checked against it.
+        os.ftruncate(descriptor, size)
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY)
+        try:
+            header = parse_header(path, self.fd)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        stat = os.fstat(self.fd)
+        self.identity = (stat.st_dev, stat.st_ino)
+        self.places = {entry.info.name: header.data_start + entry.begin for entry in header.entries}
+
+    def read_back(self, task: _ScaleTask, buffer: mmap.mmap) -> mmap.mmap:
+        itemsize = raw_numpy_dtype(task.dtype).itemsize
+        view = memoryview(buffer)[: task.count * itemsize]
+        read_exact(self.fd, view, self.places[task.name] + task.start * itemsize, self.path)
+        return buffer
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def check_tiling(path: Path, spans: list[tuple[int, int]], size: int) -> None:
+    """The writes of a file, (offset, length) each, must cover it exactly once: no gap
+    and no overlap, so that no write changed what an earlier one wrote (and checked)."""
+    position = 0
+    for offset, length in sorted(spans):
+        if offset != position:
+            raise RuntimeError(
+                f"{path}: internal error: the writes left bytes {position}..{offset} unwritten"
+                if offset > position
+                else f"{path}: internal error: a write at {offset} overlapped the one before"
+            )
+        position += length
+    if position != size:
+        raise RuntimeError(f"{path}: internal error: wrote {position} bytes of {size}")
 
 
 @dataclass(frozen=True)
@@ -580,24 +663,24 @@ class _ScaleTask:
         return self.scale.rows(self.start // width, self.count // width)
 
 
-def _scale_in_kernel(raw: npt.NDArray[np.generic], task: _ScaleTask) -> bool:
-    """Scale a float32 or bfloat16 chunk in place by the C kernel (FMA round-to-odd, then
-    one rounding: bit-identical to ChunkScaler, which took 0.2 G values/s against 1.3);
-    False, doing nothing, for other dtypes or without the kernel."""
+def _scale_in_kernel(
+    raw: npt.NDArray[np.generic], task: _ScaleTask, out: npt.NDArray[np.generic] | None = None
+) -> bool:
+    """Scale a float32 or bfloat16 chunk by the C kernel (FMA round-to-odd, then one
+    rounding: bit-identical to ChunkScaler, which took 0.2 G values/s against 1.3), in place
+    or into `out`; False, doing nothing, for other dtypes or without the kernel."""
     compiled = kernel.compiled
     if compiled is None or task.dtype not in kernel.DTYPE_CODES:
         return False
     scale = task.scale
     # Chunks of a uniform scale need not be whole rows: the chunk is then one "row".
     width = max(scale.row_width if scale.vectors else task.count, 1)
-    compiled.scale_chunk(
-        raw,
-        kernel.DTYPE_CODES[task.dtype],
-        task.count,
-        width,
-        scale.scalar,
-        *scale.kernel_factors(task.start // width, task.count // width),
-    )
+    factors = scale.kernel_factors(task.start // width, task.count // width)
+    code = kernel.DTYPE_CODES[task.dtype]
+    if out is None:
+        compiled.scale_chunk(raw, code, task.count, width, scale.scalar, *factors)
+    else:
+        compiled.scale_chunk(out, code, task.count, width, scale.scalar, *factors, raw)
     return True
 
 
@@ -632,8 +715,12 @@ def _scale_tasks(info: TensorInfo, scale: TensorScale, offset: int) -> list[_Sca
 class ChunkScaler:
     """Multiplies raw chunks by a factor, rounding once to the storage dtype."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, checking: bool = False) -> None:
         self.raw = read_buffer(capacity * 8)
+        if checking:  # the scaled values, and the same values read back from the file (the
+            # kernel's dtypes: at most 4 bytes a value)
+            self.scaled = read_buffer(capacity * 4)
+            self.back = read_buffer(capacity * 4)
         self.widened = np.empty(capacity, np.float32)
         self.product = np.empty(capacity, np.float64)
         self.bits = np.empty(capacity, np.uint16)

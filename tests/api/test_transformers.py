@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.hf_models import TINY, build, load, outputs, save
-from weissi_cli import stats
+from weissi_cli import kernel, stats
 from weissi_cli.api.rebalance import rebalance_checkpoint
 from weissi_cli.errors import OutputError, UsageError
 from weissi_cli.io import open_checkpoint
@@ -284,3 +285,127 @@ def test_rebalance_writes_the_same_bytes_every_run(
             b"".join(p.read_bytes() for p in sorted((tmp_path / f"out{run}").glob("*.safetensors")))
         )
     assert len(written) == 1
+
+
+needs_kernel = pytest.mark.skipif(kernel.compiled is None, reason="the C kernel was not built")
+
+# q_proj and o_proj 256 x 256, the MLP's 256 x 384: at least EXACT_BELOW values, so the
+# kernel checks them (a 1 MiB write chunk holds one tensor at most).
+WIDE = {"hidden_size": 256, "intermediate_size": 384}
+
+
+def large_members(report: Any, source: Path) -> set[str]:
+    """The tensors the symmetries move that the kernel checks (EXACT_BELOW values or more)."""
+    with open_checkpoint(source) as checkpoint:
+        return {
+            member.tensor
+            for symmetry in report.group.symmetries
+            for member in symmetry.members
+            if checkpoint.info(member.tensor).numel >= stats.EXACT_BELOW
+        }
+
+
+def checked_after_the_write(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tensors verification checks by reading both files after the write."""
+    from weissi_cli import verify
+
+    names: list[str] = []
+    real = verify._check_tensor_in_kernel
+
+    def spy(original: Any, rewritten: Any, name: str, *rest: Any) -> bool:
+        names.append(name)
+        return real(original, rewritten, name, *rest)
+
+    monkeypatch.setattr(verify, "_check_tensor_in_kernel", spy)
+    return names
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("shards", [False, True])
+def test_large_tensors_are_checked_as_they_are_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str, shards: bool
+) -> None:
+    """Each chunk of a large tensor is read back from the written file and checked while
+    its originals are in memory, instead of reading both files again after the write; the
+    verdict and the measured L2 are the ones the check after the write gives."""
+    from weissi_cli import verify
+
+    options = {"max_shard_size": "300KB"} if shards else {}
+    source = save(build("llama", dtype, **WIDE), tmp_path / "in", **options)
+    assert (source / "model.safetensors.index.json").exists() == shards
+    after_write = checked_after_the_write(monkeypatch)
+    report = rebalance_checkpoint(source, tmp_path / "out", scales="real")
+    as_written = set(after_write)
+    after_write.clear()
+    monkeypatch.setattr(verify.CheckAsWritten, "covers", lambda self, name: False)
+    baseline = rebalance_checkpoint(source, tmp_path / "baseline", scales="real")
+    # the structure found, and the large tensors it moves (which the check after the write
+    # reads from both files)
+    assert report.group is not None
+    large = large_members(report, source) & set(after_write)
+    assert any(name.endswith("o_proj.weight") for name in large)
+    assert any(name.endswith("down_proj.weight") for name in large)
+    # none of them was read again after the write with the check as written
+    assert report.written
+    assert report.verification.passed
+    assert not large & as_written
+    # the weights changed as intended, and the same report as checking after the write
+    assert report.verification.chains[0].detail == baseline.verification.chains[0].detail
+    assert baseline.group is not None
+    assert report.group.l2_after is not None
+    assert report.group.l2_after == pytest.approx(baseline.group.l2_after, rel=1e-9)
+    assert tensors(tmp_path / "out").keys() == tensors(tmp_path / "baseline").keys()
+    for name, value in tensors(tmp_path / "out").items():
+        assert torch.equal(value, tensors(tmp_path / "baseline")[name]), name
+    assert any(not torch.equal(tensors(source)[n], tensors(tmp_path / "out")[n]) for n in large)
+    # the function unchanged
+    tolerance = 1e-5 if dtype == "float32" else 3e-2
+    assert relative_change(outputs(load(source)), outputs(load(tmp_path / "out"))) <= tolerance
+
+
+@needs_kernel
+def test_a_value_written_wrong_is_caught_as_it_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import weissi_cli.rewrite as rewrite
+
+    source = save(build("llama", **WIDE), tmp_path / "in")
+    real_write = rewrite._write_all
+
+    def write_with_a_flipped_bit(descriptor: int, data: memoryview, offset: int) -> None:
+        damaged = bytearray(data)
+        damaged[len(damaged) // 2] ^= 0x40  # a mantissa bit of one value
+        real_write(descriptor, memoryview(damaged), offset)
+
+    monkeypatch.setattr(rewrite, "_write_all", write_with_a_flipped_bit)
+    after_write = checked_after_the_write(monkeypatch)
+    report = rebalance_checkpoint(source, tmp_path / "out", scales="real")
+    assert not report.verification.passed
+    assert "o_proj.weight (1 values)" in report.verification.chains[0].detail
+    assert not [n for n in after_write if n.endswith("o_proj.weight")]  # found as written
+    assert not report.written
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_write_to_the_wrong_place_is_an_internal_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes that overlap could change a chunk after its check: the writer refuses them."""
+    import dataclasses
+
+    import weissi_cli.rewrite as rewrite
+
+    source = save(build("llama", **WIDE), tmp_path / "in")
+    real_tasks = rewrite._scale_tasks
+
+    def one_task_four_bytes_late(info: Any, scale: Any, offset: int) -> list[Any]:
+        tasks = real_tasks(info, scale, offset)
+        if info.name == "model.layers.0.self_attn.o_proj.weight":
+            tasks[0] = dataclasses.replace(tasks[0], offset=tasks[0].offset + 4)
+        return tasks
+
+    monkeypatch.setattr(rewrite, "_scale_tasks", one_task_four_bytes_late)
+    with pytest.raises(RuntimeError, match="internal error: the writes left bytes"):
+        rebalance_checkpoint(source, tmp_path / "out", scales="real")
+    assert not (tmp_path / "out").exists()

@@ -171,6 +171,19 @@ def test_bad_arguments_are_value_errors() -> None:
         kernel.compiled.reduce_chunk(np.zeros(12, np.float32), 0, 12, 0, 1, 1, np.zeros(4))
     with pytest.raises(ValueError, match="output too small"):
         kernel.compiled.reduce_chunk(np.zeros(12, np.float32), 0, 12, 4, 4, 3, np.zeros(4))
+    empty = np.zeros(0)
+    with pytest.raises(ValueError, match="source smaller than count"):
+        kernel.compiled.scale_chunk(
+            np.zeros(12, np.float32), 0, 12, 12, 2.0, empty, empty, np.zeros(11, np.float32)
+        )
+    with pytest.raises(ValueError, match="buffers smaller than count"):
+        kernel.compiled.check_chunk(
+            np.zeros(12, np.float32), np.zeros(11, np.float32), 0, 12, 12, 2.0, empty, empty, 0, 0
+        )
+    with pytest.raises(ValueError, match="rows must be whole"):
+        kernel.compiled.check_chunk(
+            np.zeros(12, np.float32), np.zeros(12, np.float32), 1, 12, 5, 2.0, empty, empty, 0, 0
+        )
 
 
 def test_dead_units_found_by_the_kernel_equal_numpys(
@@ -231,7 +244,8 @@ def test_the_kernel_value_check_counts_what_numpy_counts(
     poison: bool,
 ) -> None:
     """check_range: new == old × factor rounded once, with per-row and per-column factors,
-    over several pieces; corrupted and NaN values are counted as bad."""
+    over several pieces; corrupted and NaN values are counted as bad. check_chunk, given
+    the same values in memory, finds the same."""
     rng = np.random.default_rng(rows * width)
     old = raw_of(rng.standard_normal(rows * width), dtype)
     row_factors = 2.0 ** rng.integers(-3, 4, rows) if per_row else np.ones(rows)
@@ -261,26 +275,35 @@ def test_the_kernel_value_check_counts_what_numpy_counts(
     old_fd = os.open(folder / "old.bin", os.O_RDONLY)
     new_fd = os.open(folder / "new.bin", os.O_RDONLY)
     assert kernel.compiled is not None
+    arguments = (
+        kernel.DTYPE_CODES[dtype],
+        rows * width,
+        width,
+        scalar,
+        row_factors if per_row or not power_of_two else np.zeros(0),
+        column_factors if per_column else np.zeros(0),
+        unit,
+        2.0**-133,
+    )
     try:
-        checked, bad, worst, *_ = kernel.compiled.check_range(
+        checked, bad, worst, *totals = kernel.compiled.check_range(
             old_fd,
             16,
             new_fd,
             0,
             mmap.mmap(-1, max(1 << 20, width * 4)),
             mmap.mmap(-1, max(1 << 20, width * 4)),
-            kernel.DTYPE_CODES[dtype],
-            rows * width,
-            width,
-            scalar,
-            row_factors if per_row or not power_of_two else np.zeros(0),
-            column_factors if per_column else np.zeros(0),
-            unit,
-            2.0**-133,
+            *arguments,
         )
     finally:
         os.close(old_fd)
         os.close(new_fd)
+    in_memory = kernel.compiled.check_chunk(old, new, *arguments)
+    assert in_memory[:3] == (checked, bad, worst)
+    # the rewritten values' statistics: the sums grouped by other pieces (float within a
+    # piece's blocks: the kernel's 1e-6), the rest exact
+    np.testing.assert_allclose(in_memory[3:5], totals[:2], rtol=1e-6)
+    assert in_memory[5:] == tuple(totals[2:])
     assert checked == rows * width
     assert bad == expected_bad
     assert (bad > 0) == bool(wrong)
@@ -307,7 +330,8 @@ def test_kernel_scaling_is_bit_identical_to_numpys(
     extras: list[tuple[int, float]],
 ) -> None:
     """scale_chunk (FMA round-to-odd, then one rounding) writes exactly the bits that
-    ChunkScaler's float64 route writes, for real factors, specials and subnormals."""
+    ChunkScaler's float64 route writes, for real factors, specials and subnormals; in
+    place, and from a source into another buffer (leaving the source as it was)."""
     from weissi_cli.rewrite import ChunkScaler
 
     rng = np.random.default_rng(seed)
@@ -322,8 +346,7 @@ def test_kernel_scaling_is_bit_identical_to_numpys(
     expected = np.array(ChunkScaler(raw.size).scale(raw.copy(), dtype, full, False))
     got = raw.copy()
     assert kernel.compiled is not None
-    kernel.compiled.scale_chunk(
-        got,
+    arguments = (
         kernel.DTYPE_CODES[dtype],
         raw.size,
         width,
@@ -331,8 +354,14 @@ def test_kernel_scaling_is_bit_identical_to_numpys(
         row_factors,
         pattern if per_column else np.zeros(0),
     )
+    kernel.compiled.scale_chunk(got, *arguments)
+    source = raw.copy()
+    into = np.zeros_like(raw)
+    kernel.compiled.scale_chunk(into, *arguments, source)
     bits = np.uint32 if dtype == "float32" else np.uint16
     np.testing.assert_array_equal(got.view(bits), expected.view(bits))
+    np.testing.assert_array_equal(into.view(bits), expected.view(bits))
+    np.testing.assert_array_equal(source.view(bits), raw.view(bits))
 
 
 @pytest.mark.parametrize("width", [300, 310, 1000, 33])

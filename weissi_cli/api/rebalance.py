@@ -48,7 +48,9 @@ from weissi_cli.structure import discover, is_approximate
 from weissi_cli.structure.architectures import find_config
 from weissi_cli.verify import (
     ChainVerification,
+    CheckAsWritten,
     Verification,
+    is_probed,
     run_programs,
     verify_chain,
     verify_tensors,
@@ -151,8 +153,24 @@ def rebalance_checkpoint(
             "include_bias": include_bias,
             "scales": {name: scale_record(scale) for name, scale in tensor_scales.items()},
         }
+        # Tensors whose verification is the value check alone are checked as they are
+        # written; probed chains read both files back for their probes anyway.
+        value_checked = {
+            name: tensor_scales[name]
+            for name in [
+                *group_scales,
+                *(
+                    n
+                    for p in plans
+                    if not is_probed(p.analysis.chain)
+                    for n in p.analysis.chain.tensor_names()
+                ),
+            ]
+            if name in tensor_scales
+        }
+        as_written = CheckAsWritten(checkpoint, value_checked)
         pending = write_rescaled(
-            checkpoint, tensor_scales, output, record, output_format, folder=folder
+            checkpoint, tensor_scales, output, record, output_format, folder, as_written
         )
         if pending.left_out:
             warnings.append(
@@ -162,11 +180,11 @@ def rebalance_checkpoint(
         try:
             with open_checkpoint(pending.readable_path) as rewritten:
                 results, checks = _verify_and_measure(
-                    checkpoint, rewritten, plans, tensor_scales, before, include_bias
+                    checkpoint, rewritten, plans, tensor_scales, before, include_bias, as_written
                 )
                 if group is not None:
                     group, group_checks = _verify_group(
-                        checkpoint, rewritten, group, group_scales, include_bias
+                        checkpoint, rewritten, group, group_scales, include_bias, as_written
                     )
                     checks += group_checks
             if verify_with is not None and config is not None:
@@ -344,6 +362,7 @@ def _verify_and_measure(
     scales: Mapping[str, TensorScale],
     before: dict[str, TensorStats],
     include_bias: bool,
+    as_written: CheckAsWritten,
 ) -> tuple[list[ChainResult], list[ChainVerification]]:
     results: list[ChainResult] = []
     checks: list[ChainVerification] = []
@@ -353,7 +372,7 @@ def _verify_and_measure(
         check = None
         if plan.channel_scales is not None:
             check = verify_chain(
-                original, rewritten, chain, scales, path_norm=plan.solution is not None
+                original, rewritten, chain, scales, plan.solution is not None, as_written
             )
             checks.append(check)
             after = check.after
@@ -435,8 +454,13 @@ def _verify_group(
     group: SymmetryGroup,
     scales: Mapping[str, TensorScale],
     include_bias: bool,
+    as_written: CheckAsWritten,
 ) -> tuple[SymmetryGroup, list[ChainVerification]]:
-    checks = [verify_tensors(original, rewritten, "symmetries", scales)] if scales else []
+    checks = (
+        [verify_tensors(original, rewritten, "symmetries", scales, as_written=as_written)]
+        if scales
+        else []
+    )
     program = getattr(original, "program", None)
     rewritten_program = getattr(rewritten, "program", None)
     if program is not None and rewritten_program is not None:
