@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 from pathlib import Path
@@ -319,6 +320,7 @@ def test_the_kernel_value_check_counts_what_numpy_counts(
     seed=st.integers(0, 2**16),
     per_column=st.booleans(),
     extras=st.lists(st.tuples(st.integers(0, 10**6), special), max_size=3),
+    power_of_two=st.booleans(),
 )
 def test_kernel_scaling_is_bit_identical_to_numpys(
     rows: int,
@@ -328,6 +330,7 @@ def test_kernel_scaling_is_bit_identical_to_numpys(
     seed: int,
     per_column: bool,
     extras: list[tuple[int, float]],
+    power_of_two: bool,
 ) -> None:
     """scale_chunk (FMA round-to-odd, then one rounding) writes exactly the bits that
     ChunkScaler's float64 route writes, for real factors, specials and subnormals; in
@@ -342,6 +345,10 @@ def test_kernel_scaling_is_bit_identical_to_numpys(
     row_factors = np.exp(rng.standard_normal(rows) * 3)
     pattern = np.exp(rng.standard_normal(width)) if per_column else np.ones(width)
     scalar = float(np.exp(rng.standard_normal()))
+    if power_of_two:  # the float32 route; factors past float32's normal range leave it
+        row_factors = 2.0 ** np.round(np.log2(row_factors) * 20)
+        pattern = 2.0 ** np.round(np.log2(pattern) * 20)
+        scalar = 2.0 ** round(math.log2(scalar) * 4)
     full = (scalar * row_factors[:, None] * pattern[None, :]).reshape(-1)
     expected = np.array(ChunkScaler(raw.size).scale(raw.copy(), dtype, full, False))
     got = raw.copy()
