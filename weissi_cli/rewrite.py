@@ -634,13 +634,13 @@ def check_tiling(path: Path, spans: list[tuple[int, int]], size: int) -> None:
     for offset, length in sorted(spans):
         if offset != position:
             raise RuntimeError(
-                f"{path}: internal error: the writes left bytes {position}..{offset} unwritten"
+                f"{path}: the writes left bytes {position}..{offset} unwritten"
                 if offset > position
-                else f"{path}: internal error: a write at {offset} overlapped the one before"
+                else f"{path}: a write at {offset} overlapped the one before"
             )
         position += length
     if position != size:
-        raise RuntimeError(f"{path}: internal error: wrote {position} bytes of {size}")
+        raise RuntimeError(f"{path}: wrote {position} bytes of {size}")
 
 
 @dataclass(frozen=True)
