@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from weissi_cli.verify import CheckAsWritten
 
 CHUNK_ELEMENTS = 1 << 18
+WRITER_THREADS = 2
 COPY_CHUNK_BYTES = 1 << 20
 
 
@@ -513,20 +514,31 @@ def write_safetensors_copy(
         spans: list[tuple[int, int]] = [(0, new_start)]  # (offset, length) of every write
         if check is not None and any(check.covers(name) for name in factors):
             written = _WrittenFile(destination, descriptor, file_size)
+        probed = _probed_here(check, source) if written is not None else {}
         copies: list[list[int]] = []  # [begin, end) spans of untouched bytes
         tasks: list[_ScaleTask] = []
         for entry in sorted(entries, key=lambda e: e.begin):
             name = entry.info.name
             if name in factors:
-                tasks += _scale_tasks(entry.info, factors[name], new_start + entry.begin)
+                offset = new_start + entry.begin
+                tasks += _scale_tasks(entry.info, factors[name], offset, name in probed)
             elif copies and copies[-1][1] == entry.begin:
                 copies[-1][1] = entry.end
             else:
                 copies.append([entry.begin, entry.end])
+        if probed:  # a probed chain's tensors first, in chain order: each layer waits for
+            # the one before, so that must come earlier in every thread's list
+            rank = {name: index for index, name in enumerate(probed)}
+            tasks.sort(key=lambda t: (0, rank[t.name], t.start) if t.name in rank else (1, 0, 0))
 
         stage = Stage("writing", sum(entry.end - entry.begin for entry in entries))
 
         def write_chunk(task: _ScaleTask, scaler: ChunkScaler) -> None:
+            probes = probed.get(task.name)
+            if probes is not None:
+                probes.wait(task.name)
+                if probes.failed:
+                    return  # another thread's write failed, and it raises the error
             raw = source.read_raw(task.name, task.start, task.count, scaler.raw)
             if written is not None and check is not None and check.covers(task.name):
                 scaled = np.frombuffer(scaler.scaled, raw.dtype, task.count)
@@ -542,12 +554,34 @@ def write_safetensors_copy(
                     scaler.raw,
                     back,
                 )
+                if probes is not None:
+                    new = np.frombuffer(back, raw.dtype, task.count)
+                    probes.add(task.name, task.dtype, task.start, raw, new)
             else:
+                original = raw.copy() if probes is not None else None
                 if not _scale_in_kernel(raw, task):
                     raw = scaler.scale(raw, task.dtype, task.factor, task.power_of_two)
                 _write_all(descriptor, raw.data.cast("B"), task.offset)
+                if probes is not None and written is not None and original is not None:
+                    back = written.read_back(task, scaler.back)
+                    new = np.frombuffer(back, original.dtype, task.count)
+                    probes.add(task.name, task.dtype, task.start, original, new)
             spans.append((task.offset, raw.nbytes))  # list.append is atomic under the GIL
             stage.advance(raw.nbytes)
+
+        def waking_on_failure(work: Callable[..., None]) -> Callable[..., None]:
+            """`work`, waking the threads that wait for a probed layer if it fails (else
+            they would wait forever, and the caller joins them)."""
+
+            def run(*arguments: Any) -> None:
+                try:
+                    work(*arguments)
+                except BaseException:
+                    if check is not None:
+                        check.fail()
+                    raise
+
+            return run
 
         def copy_untouched() -> None:
             for begin, end in copies:
@@ -563,11 +597,15 @@ def write_safetensors_copy(
 
         with stage:
             capacity = max((task.count for task in tasks), default=1)
+            if probed and check is not None:
+                check.waits.start(min(WRITER_THREADS, len(tasks)))
             run_round_robin(
                 tasks,
                 lambda: ChunkScaler(capacity, checking=written is not None),
-                write_chunk,
-                alongside=copy_untouched,
+                waking_on_failure(write_chunk) if probed else write_chunk,
+                WRITER_THREADS,
+                alongside=waking_on_failure(copy_untouched) if probed else copy_untouched,
+                finish=(lambda _: check.waits.finished()) if probed and check else None,
             )
         check_tiling(destination, spans, file_size)
     except BaseException:
@@ -695,9 +733,21 @@ def _chunks(scale: TensorScale, numel: int) -> list[tuple[int, int]]:
     return [(start, min(rows * width, numel - start)) for start in range(0, numel, rows * width)]
 
 
-def _scale_tasks(info: TensorInfo, scale: TensorScale, offset: int) -> list[_ScaleTask]:
+def _scale_tasks(
+    info: TensorInfo, scale: TensorScale, offset: int, probed: bool = False
+) -> list[_ScaleTask]:
+    """The chunks of one tensor; whole rows for a probed chain's weights and a probed bias in
+    one piece (ProbesAsWritten multiplies rows and adds whole biases)."""
     itemsize = raw_numpy_dtype(info.dtype).itemsize
     power_of_two = scale.is_power_of_two
+    if not probed:
+        chunks = _chunks(scale, info.numel)
+    elif len(info.shape) == 1:
+        chunks = [(0, info.numel)]
+    else:
+        width = info.numel // max(info.shape[0], 1)
+        step = max(1, CHUNK_ELEMENTS // max(width, 1)) * width
+        chunks = [(start, min(step, info.numel - start)) for start in range(0, info.numel, step)]
     return [
         _ScaleTask(
             info.name,
@@ -708,8 +758,24 @@ def _scale_tasks(info: TensorInfo, scale: TensorScale, offset: int) -> list[_Sca
             count,
             offset + start * itemsize,
         )
-        for start, count in _chunks(scale, info.numel)
+        for start, count in chunks
     ]
+
+
+def _probed_here(check: CheckAsWritten | None, source: SafetensorsCheckpoint) -> dict[str, Any]:
+    """The probed chains' tensors this file holds, in chain order. A chain with tensors in
+    other files too is left to verification: shards are written one by one, and a layer
+    waiting for one in a later shard would wait forever."""
+    if check is None:
+        return {}
+    probed = {}
+    for name, probes in check.probes.items():
+        held = [n in source for n in probes.order()]
+        if all(held) and not probes.dropped:
+            probed[name] = probes
+        elif any(held):
+            probes.drop()
+    return probed
 
 
 class ChunkScaler:

@@ -7,6 +7,7 @@ import json
 import math
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from tests.helpers import (
     write_torch,
 )
 from tests.strategies import layer_sizes
+from weissi_cli import kernel
 from weissi_cli.api import inspect_checkpoint, rebalance_checkpoint
 from weissi_cli.errors import ConsentError, OutputError
 from weissi_cli.io import open_checkpoint
@@ -505,3 +507,220 @@ def test_float16_with_room_to_move_reports_nothing_held(tmp_path: Path) -> None:
     assert not [w for w in report.warnings if "float16 exactness" in w]
     assert report.verification.passed
     assert report.chains[0].l2_after < report.chains[0].l2_before
+
+
+def probes_after_the_write(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The chains verification probes by reading both files after the write."""
+    from weissi_cli import verify
+
+    chains: list[str] = []
+    real = verify.probe_chain
+
+    def spy(original: Any, rewritten: Any, chain: Any, *rest: Any) -> Any:
+        chains.append(chain.id)
+        return real(original, rewritten, chain, *rest)
+
+    monkeypatch.setattr(verify, "probe_chain", spy)
+    return chains
+
+
+needs_kernel = pytest.mark.skipif(kernel.compiled is None, reason="the C kernel was not built")
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    ("sample", "scales", "as_written"),
+    [
+        ("mlp_digits_shifted", "real", True),
+        ("mlp_digits_shifted", "pow2", True),
+        # pow2 leaves net.2 as it was (γ = 1): not rewritten, so probed after the write
+        ("mlp_digits", "pow2", False),
+    ],
+)
+def test_mlp_probes_run_as_the_file_is_written(
+    samples: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sample: str,
+    scales: str,
+    as_written: bool,
+) -> None:
+    """The writer checks each chunk of a chain of linear layers and runs the probes through
+    both versions, layer by layer, as it writes them, instead of reading both files again:
+    the same verdict as the probes after the write, the same function."""
+    from weissi_cli import verify
+
+    monkeypatch.setattr(verify, "EXACT_BELOW", 1)  # the kernel checks the digits MLP's layers
+    source = samples / f"{sample}.safetensors"
+    after_write = probes_after_the_write(monkeypatch)
+    report = rebalance_checkpoint(
+        source, tmp_path / "a.safetensors", assume_relu=True, scales=scales
+    )
+    assert after_write == ([] if as_written else ["chain0"])
+    after_write.clear()
+    monkeypatch.setattr(verify.CheckAsWritten, "covers", lambda self, name: False)
+    baseline = rebalance_checkpoint(
+        source, tmp_path / "b.safetensors", assume_relu=True, scales=scales
+    )
+    assert after_write == ["chain0"]
+    # the structure found, and the same verdict
+    assert report.chains[0].layers == baseline.chains[0].layers == ("net.0", "net.2", "net.4")
+    assert report.verification.method == baseline.verification.method == "probe"
+    assert report.verification.passed
+    assert baseline.verification.passed
+    checked = report.verification.chains[0].detail.split(";")[0]
+    assert checked == baseline.verification.chains[0].detail.split(";")[0]
+    assert report.chains[0].l2_after == pytest.approx(baseline.chains[0].l2_after, rel=1e-12)
+    if scales == "pow2":  # exact products: the probes' outputs are bit-identical
+        assert report.verification.chains[0].bit_identical
+        assert report.verification.max_abs_diff == 0.0
+    else:
+        assert report.verification.max_rel_diff is not None
+        assert report.verification.max_rel_diff < 1e-5
+    # the weights changed as intended (both writes agree bit for bit), the function unchanged
+    written, again = (
+        load_file(str(tmp_path / "a.safetensors")),
+        load_file(str(tmp_path / "b.safetensors")),
+    )
+    assert all(torch.equal(written[name], again[name]) for name in again)
+    inputs = DIGITS.to(torch.float32)
+    expected = mlp_forward(load_file(str(source)), inputs)
+    assert torch.allclose(mlp_forward(written, inputs), expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_a_value_written_wrong_fails_the_probes_run_as_written(
+    samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import weissi_cli.rewrite as rewrite
+    from weissi_cli import verify
+
+    monkeypatch.setattr(verify, "EXACT_BELOW", 1)
+    real_write = rewrite._write_all
+
+    def write_with_a_flipped_bit(descriptor: int, data: memoryview, offset: int) -> None:
+        damaged = bytearray(data)
+        if len(damaged) >= 1024:  # the weights' chunks (a bias copied wrong is found too,
+            # by the probes after the write: test_failed_verification_leaves_no_output)
+            damaged[len(damaged) // 2] ^= 0x40
+        real_write(descriptor, memoryview(damaged), offset)
+
+    monkeypatch.setattr(rewrite, "_write_all", write_with_a_flipped_bit)
+    after_write = probes_after_the_write(monkeypatch)
+    output = tmp_path / "balanced.safetensors"
+    report = rebalance_checkpoint(samples / "mlp_digits.safetensors", output, assume_relu=True)
+    assert after_write == []  # found as written
+    assert not report.verification.passed
+    assert "net.0.weight (1 values)" in report.verification.chains[0].detail
+    assert not report.written
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_kernel
+def test_probes_of_a_chain_across_shards_are_left_to_verification(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shards are written one by one: a chain with layers in two of them is probed after
+    the write, as before."""
+    from tests.helpers import write_sharded
+    from weissi_cli import verify
+
+    monkeypatch.setattr(verify, "EXACT_BELOW", 1)
+    state = mlp_state(sizes=(24, 20, 16, 8), dtype=torch.float32)
+    for index, name in enumerate(n for n in state if n.endswith("weight")):
+        state[name] = state[name] * 4.0**index
+    names = list(state)
+    folder = write_sharded(
+        tmp_path / "in",
+        {
+            "model-00001-of-00002.safetensors": {n: state[n] for n in names[:3]},
+            "model-00002-of-00002.safetensors": {n: state[n] for n in names[3:]},
+        },
+    )
+    after_write = probes_after_the_write(monkeypatch)
+    report = rebalance_checkpoint(folder, tmp_path / "out", assume_relu=True, scales="real")
+    assert report.chains[0].layers == ("net.0", "net.2", "net.4")
+    assert after_write == ["chain0"]
+    assert report.verification.passed
+    assert report.written
+    inputs = torch.randn(16, 24, generator=torch.Generator().manual_seed(0))
+    written: dict[str, torch.Tensor] = {}
+    for path in sorted((tmp_path / "out").glob("*.safetensors")):
+        written.update(load_file(str(path)))
+    expected = mlp_forward(state, inputs)
+    scale = float(expected.abs().max())
+    assert torch.allclose(mlp_forward(written, inputs), expected, rtol=1e-5, atol=1e-6 * scale)
+
+
+@needs_kernel
+@pytest.mark.parametrize("failing_write", [0, 1, 2, 5])
+def test_a_failed_write_wakes_the_threads_waiting_for_a_probed_layer(
+    samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing_write: int
+) -> None:
+    """The disk fills while writing the first layer: the thread waiting to write the second
+    must not wait forever, and the error is the disk's (exit 2), not a follow-on one."""
+    import errno
+    import threading
+
+    import weissi_cli.rewrite as rewrite
+    from weissi_cli import verify
+
+    monkeypatch.setattr(verify, "EXACT_BELOW", 1)
+    monkeypatch.setattr(rewrite, "CHUNK_ELEMENTS", 256)  # several chunks per layer
+    real_write = rewrite._write_all
+    calls = iter(range(10**6))
+
+    def full_disk(descriptor: int, data: memoryview, offset: int) -> None:
+        if next(calls) == failing_write:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(descriptor, data, offset)
+
+    monkeypatch.setattr(rewrite, "_write_all", full_disk)
+    output = tmp_path / "balanced.safetensors"
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            rebalance_checkpoint(samples / "mlp_digits.safetensors", output, assume_relu=True)
+        except BaseException as error:  # noqa: BLE001 - the test inspects it
+            raised.append(error)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive()
+    assert len(raised) == 1
+    assert isinstance(raised[0], OutputError)
+    assert "no space left on the device" in str(raised[0])
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_kernel
+def test_threads_that_would_wait_for_each_other_fail_instead_of_hanging(
+    samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A layer that never completes (a bug) leaves every writer thread waiting: the last one
+    to wait fails the rebalance (an internal error, exit 70) and nothing is written."""
+    import threading
+
+    from weissi_cli import verify
+
+    monkeypatch.setattr(verify, "EXACT_BELOW", 1)
+    monkeypatch.setattr(verify.ProbesAsWritten, "_complete_if_done", lambda self, index: None)
+    output = tmp_path / "balanced.safetensors"
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            rebalance_checkpoint(samples / "mlp_digits.safetensors", output, assume_relu=True)
+        except BaseException as error:  # noqa: BLE001 - the test inspects it
+            raised.append(error)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive()
+    assert len(raised) == 1
+    assert isinstance(raised[0], RuntimeError)
+    assert "wait for each other" in str(raised[0])
+    assert list(tmp_path.iterdir()) == []

@@ -399,8 +399,8 @@ def test_a_write_to_the_wrong_place_is_an_internal_error(
     source = save(build("llama", **WIDE), tmp_path / "in")
     real_tasks = rewrite._scale_tasks
 
-    def one_task_four_bytes_late(info: Any, scale: Any, offset: int) -> list[Any]:
-        tasks = real_tasks(info, scale, offset)
+    def one_task_four_bytes_late(info: Any, scale: Any, offset: int, *rest: Any) -> list[Any]:
+        tasks = real_tasks(info, scale, offset, *rest)
         if info.name == "model.layers.0.self_attn.o_proj.weight":
             tasks[0] = dataclasses.replace(tasks[0], offset=tasks[0].offset + 4)
         return tasks

@@ -46,6 +46,7 @@ from weissi_cli.scales import (
 from weissi_cli.stats import TensorStats, compute_stats
 from weissi_cli.structure import discover, is_approximate
 from weissi_cli.structure.architectures import find_config
+from weissi_cli.threads import single_threaded_blas
 from weissi_cli.verify import (
     ChainVerification,
     CheckAsWritten,
@@ -153,25 +154,31 @@ def rebalance_checkpoint(
             "include_bias": include_bias,
             "scales": {name: scale_record(scale) for name, scale in tensor_scales.items()},
         }
-        # Tensors whose verification is the value check alone are checked as they are
-        # written; probed chains read both files back for their probes anyway.
-        value_checked = {
-            name: tensor_scales[name]
-            for name in [
-                *group_scales,
-                *(
-                    n
-                    for p in plans
-                    if not is_probed(p.analysis.chain)
-                    for n in p.analysis.chain.tensor_names()
-                ),
-            ]
-            if name in tensor_scales
-        }
-        as_written = CheckAsWritten(checkpoint, value_checked)
-        pending = write_rescaled(
-            checkpoint, tensor_scales, output, record, output_format, folder, as_written
-        )
+        # Checked as they are written: the tensors whose verification is the value check
+        # alone, and chains of linear layers, whose probes the writer runs too (not with
+        # path norms, which verification measures reading both files).
+        rewritten_chains = [p for p in plans if p.channel_scales is not None]
+        probed = [
+            p.analysis.chain
+            for p in rewritten_chains
+            if is_probed(p.analysis.chain) and p.solution is None
+        ]
+        names = [
+            *group_scales,
+            *(
+                n
+                for p in rewritten_chains
+                if not is_probed(p.analysis.chain)
+                for n in p.analysis.chain.tensor_names()
+            ),
+            *(n for chain in probed for n in chain.tensor_names()),
+        ]
+        value_checked = {name: tensor_scales[name] for name in names if name in tensor_scales}
+        as_written = CheckAsWritten(checkpoint, value_checked, probed)
+        with single_threaded_blas():  # the writer's threads run the probes' products
+            pending = write_rescaled(
+                checkpoint, tensor_scales, output, record, output_format, folder, as_written
+            )
         if pending.left_out:
             warnings.append(
                 f"not copied into {output}: other weight files of the input folder "
