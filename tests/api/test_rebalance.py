@@ -724,3 +724,55 @@ def test_threads_that_would_wait_for_each_other_fail_instead_of_hanging(
     assert isinstance(raised[0], RuntimeError)
     assert "wait for each other" in str(raised[0])
     assert list(tmp_path.iterdir()) == []
+
+
+@needs_kernel
+@settings(max_examples=25)
+@given(
+    layer_sizes(max_depth=6),
+    st.sampled_from([torch.float32, torch.bfloat16]),
+    st.sampled_from(["real", "pow2"]),
+    st.integers(1, 40),
+    st.integers(0, 1000),
+)
+def test_probes_as_written_agree_with_probes_after_the_write(
+    tmp_path_factory: pytest.TempPathFactory,
+    sizes: tuple[int, ...],
+    dtype: torch.dtype,
+    scales: str,
+    chunk: int,
+    seed: int,
+) -> None:
+    """Random MLPs, dtypes and chunk sizes (so that layers end mid-way through the other
+    thread's chunks): the probes run as written give the verdict, the outputs and the
+    written bytes that reading both files after the write gives."""
+    import weissi_cli.rewrite as rewrite
+    from weissi_cli import verify
+
+    folder = tmp_path_factory.mktemp("probes")
+    state = mlp_state(sizes=sizes, seed=seed, dtype=torch.float64)
+    for index, name in enumerate(n for n in state if n.endswith("weight")):
+        state[name] *= 3.0 ** (index * (-1) ** index)
+    state = OrderedDict((name, tensor.to(dtype)) for name, tensor in state.items())
+    source = write_safetensors(folder / "m.safetensors", state)
+    results = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(verify, "EXACT_BELOW", 1)
+        patch.setattr(rewrite, "CHUNK_ELEMENTS", chunk)
+        for name, covers in (("a", verify.CheckAsWritten.covers), ("b", lambda self, n: False)):
+            patch.setattr(verify.CheckAsWritten, "covers", covers)
+            output = folder / f"{name}.safetensors"
+            report = rebalance_checkpoint(source, output, assume_relu=True, scales=scales)
+            results.append((report, output.read_bytes()))
+    (first, first_bytes), (second, second_bytes) = results
+    assert first.verification.passed == second.verification.passed
+    assert first.written == second.written
+    assert first_bytes == second_bytes
+    one, other = first.verification.chains[0], second.verification.chains[0]
+    assert one.detail.split(";")[0] == other.detail.split(";")[0]
+    if scales == "pow2":  # exact products: the same in any order of summation
+        assert one.bit_identical == other.bit_identical
+    else:  # the probes' products are summed in other orders: float32 rounding apart
+        bound = 1e-5 if dtype == torch.float32 else 3e-2
+        for moved in (one.max_rel_diff, other.max_rel_diff):
+            assert moved is None or moved <= bound
