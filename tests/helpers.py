@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +142,39 @@ def make_rewrites_scale_wrongly(monkeypatch: pytest.MonkeyPatch, error: float) -
 
     monkeypatch.setattr(rewrite, "encode", encode_wrongly)
     monkeypatch.setattr(rewrite, "_scale_in_kernel", kernel_wrongly)
+
+
+def checks_after_the_write(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Spy: the tensors verification checks in the kernel by reading both files after the
+    write (not as they were written)."""
+    from weissi_cli import verify
+
+    names: list[str] = []
+    real = verify._check_tensor_in_kernel
+
+    def spy(original: Any, rewritten: Any, name: str, *rest: Any) -> bool:
+        names.append(name)
+        return real(original, rewritten, name, *rest)
+
+    monkeypatch.setattr(verify, "_check_tensor_in_kernel", spy)
+    return names
+
+
+def raised_within(seconds: float, work: Callable[[], object]) -> list[BaseException]:
+    """Run `work` on a thread of its own; what it raised. Fails the test if it has not
+    finished after `seconds` (a hang), instead of hanging the test run."""
+    import threading
+
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            raised.append(error)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=seconds)
+    assert not worker.is_alive(), f"still running after {seconds} s"
+    return raised

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import mlp_state, write_safetensors
+from tests.helpers import checks_after_the_write, mlp_state, write_safetensors
 from weissi_cli import kernel
 from weissi_cli.balance.analysis import analyse_chain
 from weissi_cli.io import open_checkpoint
@@ -205,20 +205,6 @@ def written_with_a_check(
         rewrite.write_safetensors_copy(original, scales, destination, {}, syncs, check)
         assert all(sync.wait() is None for sync in syncs)
     return source, destination, scales, check
-
-
-def checks_after_the_write(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    from weissi_cli import verify
-
-    names: list[str] = []
-    real = verify._check_tensor_in_kernel
-
-    def spy(original: Any, rewritten: Any, name: str, *rest: Any) -> bool:
-        names.append(name)
-        return real(original, rewritten, name, *rest)
-
-    monkeypatch.setattr(verify, "_check_tensor_in_kernel", spy)
-    return names
 
 
 def test_a_check_as_written_is_taken_for_the_file_it_read(

@@ -944,37 +944,6 @@ static void check_piece(const void *old, const void *new, int dtype, Py_ssize_t 
     found->checked += rows * row_width;
 }
 
-/* check_range's value check of float32 values already in memory (decoded from any
- * storage dtype, which float32 holds exactly): `count` values, whole rows of `row_width`.
- * Returns (checked, bad, worst). */
-static PyObject *check_values(PyObject *Py_UNUSED(self), PyObject *args) {
-    Py_buffer old, new, row_factors, pattern;
-    Py_ssize_t count, row_width;
-    double scalar, unit, floor;
-    if (!PyArg_ParseTuple(args, "y*y*nndy*y*dd", &old, &new, &count, &row_width, &scalar,
-                          &row_factors, &pattern, &unit, &floor))
-        return NULL;
-    const char *problem = NULL;
-    if (count < 0 || row_width <= 0 || count % row_width) problem = "rows must be whole";
-    else if (old.len < count * 4 || new.len < count * 4) problem = "buffers smaller than count";
-    Py_ssize_t rows = problem ? 0 : count / row_width;
-    if (!problem) problem = factors_problem(&row_factors, &pattern, rows, row_width);
-    CheckTotals found = {0, 0, 0.0, {0.0, 0.0, 0.0f, 0}};
-    if (!problem) {
-        Py_BEGIN_ALLOW_THREADS
-        check_piece(old.buf, new.buf, FLOAT32, rows, row_width, scalar,
-                    row_factors.len ? (const double *)row_factors.buf : NULL,
-                    pattern.len ? (const double *)pattern.buf : NULL, unit, floor, &found);
-        Py_END_ALLOW_THREADS
-    }
-    PyBuffer_Release(&old);
-    PyBuffer_Release(&new);
-    PyBuffer_Release(&row_factors);
-    PyBuffer_Release(&pattern);
-    if (raise_failure(problem, 0)) return NULL;
-    return Py_BuildValue("(nnd)", found.checked, found.bad, found.worst);
-}
-
 /* check_piece, and the rewritten values' statistics as reduce_chunk measures them. */
 static void check_and_measure(const void *old, const void *new, int dtype, Py_ssize_t rows,
                               Py_ssize_t row_width, double scalar, const double *row_factors,
@@ -991,6 +960,56 @@ static PyObject *check_tuple(CheckTotals found) {
                          (double)found.rewritten.largest, found.rewritten.nonfinite);
 }
 
+/* The value check of values in memory, for check_values and check_chunk: releases the
+ * buffers; returns (checked, bad, worst), and with `measure` the rewritten values'
+ * statistics too. */
+static PyObject *check_in_memory(Py_buffer *old, Py_buffer *new, int dtype, Py_ssize_t count,
+                                 Py_ssize_t row_width, double scalar, Py_buffer *row_factors,
+                                 Py_buffer *pattern, double unit, double floor, int measure) {
+    Py_ssize_t itemsize = dtype == FLOAT32 ? 4 : 2;
+    const char *problem = NULL;
+    if (dtype != FLOAT32 && dtype != BFLOAT16) problem = "the check reads float32 or bfloat16";
+    else if (count < 0 || row_width <= 0 || count % row_width) problem = "rows must be whole";
+    else if (old->len < count * itemsize || new->len < count * itemsize)
+        problem = "buffers smaller than count";
+    Py_ssize_t rows = problem ? 0 : count / row_width;
+    if (!problem) problem = factors_problem(row_factors, pattern, rows, row_width);
+    CheckTotals found = {0, 0, 0.0, {0.0, 0.0, 0.0f, 0}};
+    if (!problem) {
+        const double *factors = row_factors->len ? (const double *)row_factors->buf : NULL;
+        const double *along = pattern->len ? (const double *)pattern->buf : NULL;
+        Py_BEGIN_ALLOW_THREADS
+        if (measure)
+            check_and_measure(old->buf, new->buf, dtype, rows, row_width, scalar, factors,
+                              along, unit, floor, &found);
+        else
+            check_piece(old->buf, new->buf, dtype, rows, row_width, scalar, factors, along,
+                        unit, floor, &found);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(old);
+    PyBuffer_Release(new);
+    PyBuffer_Release(row_factors);
+    PyBuffer_Release(pattern);
+    if (raise_failure(problem, 0)) return NULL;
+    if (measure) return check_tuple(found);
+    return Py_BuildValue("(nnd)", found.checked, found.bad, found.worst);
+}
+
+/* check_range's value check of float32 values already in memory (decoded from any
+ * storage dtype, which float32 holds exactly): `count` values, whole rows of `row_width`.
+ * Returns (checked, bad, worst). */
+static PyObject *check_values(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_buffer old, new, row_factors, pattern;
+    Py_ssize_t count, row_width;
+    double scalar, unit, floor;
+    if (!PyArg_ParseTuple(args, "y*y*nndy*y*dd", &old, &new, &count, &row_width, &scalar,
+                          &row_factors, &pattern, &unit, &floor))
+        return NULL;
+    return check_in_memory(&old, &new, FLOAT32, count, row_width, scalar, &row_factors,
+                           &pattern, unit, floor, 0);
+}
+
 /* check_range's check of a chunk whose values are both in memory: `old` as read from the
  * original, `new` as read back from the written file (float32 or bfloat16, `count` values,
  * whole rows of `row_width`). Returns what check_range returns. */
@@ -1002,28 +1021,8 @@ static PyObject *check_chunk(PyObject *Py_UNUSED(self), PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*y*inndy*y*dd", &old, &new, &dtype, &count, &row_width,
                           &scalar, &row_factors, &pattern, &unit, &floor))
         return NULL;
-    Py_ssize_t itemsize = dtype == FLOAT32 ? 4 : 2;
-    const char *problem = NULL;
-    if (dtype != FLOAT32 && dtype != BFLOAT16) problem = "check_chunk reads float32 or bfloat16";
-    else if (count < 0 || row_width <= 0 || count % row_width) problem = "rows must be whole";
-    else if (old.len < count * itemsize || new.len < count * itemsize)
-        problem = "buffers smaller than count";
-    Py_ssize_t rows = problem ? 0 : count / row_width;
-    if (!problem) problem = factors_problem(&row_factors, &pattern, rows, row_width);
-    CheckTotals found = {0, 0, 0.0, {0.0, 0.0, 0.0f, 0}};
-    if (!problem) {
-        Py_BEGIN_ALLOW_THREADS
-        check_and_measure(old.buf, new.buf, dtype, rows, row_width, scalar,
-                          row_factors.len ? (const double *)row_factors.buf : NULL,
-                          pattern.len ? (const double *)pattern.buf : NULL, unit, floor, &found);
-        Py_END_ALLOW_THREADS
-    }
-    PyBuffer_Release(&old);
-    PyBuffer_Release(&new);
-    PyBuffer_Release(&row_factors);
-    PyBuffer_Release(&pattern);
-    if (raise_failure(problem, 0)) return NULL;
-    return check_tuple(found);
+    return check_in_memory(&old, &new, dtype, count, row_width, scalar, &row_factors, &pattern,
+                           unit, floor, 1);
 }
 
 /* The value check of a rewrite, reading both files itself: `count` values (whole rows of

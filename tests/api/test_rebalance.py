@@ -21,6 +21,7 @@ from tests.helpers import (
     make_rewrites_scale_wrongly,
     mlp_forward,
     mlp_state,
+    raised_within,
     write_safetensors,
     write_torch,
 )
@@ -660,7 +661,6 @@ def test_a_failed_write_wakes_the_threads_waiting_for_a_probed_layer(
     """The disk fills while writing the first layer: the thread waiting to write the second
     must not wait forever, and the error is the disk's (exit 2), not a follow-on one."""
     import errno
-    import threading
 
     import weissi_cli.rewrite as rewrite
     from weissi_cli import verify
@@ -677,18 +677,10 @@ def test_a_failed_write_wakes_the_threads_waiting_for_a_probed_layer(
 
     monkeypatch.setattr(rewrite, "_write_all", full_disk)
     output = tmp_path / "balanced.safetensors"
-    raised: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            rebalance_checkpoint(samples / "mlp_digits.safetensors", output, assume_relu=True)
-        except BaseException as error:  # noqa: BLE001 - the test inspects it
-            raised.append(error)
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(timeout=120)
-    assert not worker.is_alive()
+    raised = raised_within(
+        120,
+        lambda: rebalance_checkpoint(samples / "mlp_digits.safetensors", output, assume_relu=True),
+    )
     assert len(raised) == 1
     assert isinstance(raised[0], OutputError)
     assert "no space left on the device" in str(raised[0])
@@ -701,25 +693,15 @@ def test_threads_that_would_wait_for_each_other_fail_instead_of_hanging(
 ) -> None:
     """A layer that never completes (a bug) leaves every writer thread waiting: the last one
     to wait fails the rebalance (an internal error, exit 70) and nothing is written."""
-    import threading
-
     from weissi_cli import verify
 
     monkeypatch.setattr(verify, "EXACT_BELOW", 1)
     monkeypatch.setattr(verify.ProbesAsWritten, "_complete_if_done", lambda self, index: None)
     output = tmp_path / "balanced.safetensors"
-    raised: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            rebalance_checkpoint(samples / "mlp_digits.safetensors", output, assume_relu=True)
-        except BaseException as error:  # noqa: BLE001 - the test inspects it
-            raised.append(error)
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(timeout=120)
-    assert not worker.is_alive()
+    raised = raised_within(
+        120,
+        lambda: rebalance_checkpoint(samples / "mlp_digits.safetensors", output, assume_relu=True),
+    )
     assert len(raised) == 1
     assert isinstance(raised[0], RuntimeError)
     assert "wait for each other" in str(raised[0])

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.helpers import checks_after_the_write
 from tests.hf_models import TINY, build, load, outputs, save
 from weissi_cli import kernel, stats
 from weissi_cli.api.rebalance import rebalance_checkpoint
@@ -305,21 +306,6 @@ def large_members(report: Any, source: Path) -> set[str]:
         }
 
 
-def checked_after_the_write(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The tensors verification checks by reading both files after the write."""
-    from weissi_cli import verify
-
-    names: list[str] = []
-    real = verify._check_tensor_in_kernel
-
-    def spy(original: Any, rewritten: Any, name: str, *rest: Any) -> bool:
-        names.append(name)
-        return real(original, rewritten, name, *rest)
-
-    monkeypatch.setattr(verify, "_check_tensor_in_kernel", spy)
-    return names
-
-
 @needs_kernel
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("shards", [False, True])
@@ -334,7 +320,7 @@ def test_large_tensors_are_checked_as_they_are_written(
     options = {"max_shard_size": "300KB"} if shards else {}
     source = save(build("llama", dtype, **WIDE), tmp_path / "in", **options)
     assert (source / "model.safetensors.index.json").exists() == shards
-    after_write = checked_after_the_write(monkeypatch)
+    after_write = checks_after_the_write(monkeypatch)
     report = rebalance_checkpoint(source, tmp_path / "out", scales="real")
     as_written = set(after_write)
     after_write.clear()
@@ -379,7 +365,7 @@ def test_a_value_written_wrong_is_caught_as_it_is_written(
         real_write(descriptor, memoryview(damaged), offset)
 
     monkeypatch.setattr(rewrite, "_write_all", write_with_a_flipped_bit)
-    after_write = checked_after_the_write(monkeypatch)
+    after_write = checks_after_the_write(monkeypatch)
     report = rebalance_checkpoint(source, tmp_path / "out", scales="real")
     assert not report.verification.passed
     assert "o_proj.weight (1 values)" in report.verification.chains[0].detail
