@@ -758,3 +758,35 @@ def test_probes_as_written_agree_with_probes_after_the_write(
         bound = 1e-5 if dtype == torch.float32 else 3e-2
         for moved in (one.max_rel_diff, other.max_rel_diff):
             assert moved is None or moved <= bound
+
+
+@needs_kernel
+def test_a_conv_chain_is_checked_as_it_is_written(
+    samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A conv chain's verification is the value check alone: made while writing, with the
+    verdict and the written bytes of the check after the write, and the function kept."""
+    from tests.helpers import checks_after_the_write
+    from weissi_cli import verify
+
+    monkeypatch.setattr(verify, "EXACT_BELOW", 1)  # the kernel checks the sample's tensors
+    spec = tmp_path / "cnn.toml"
+    spec.write_text('version = 1\n[[chain]]\nlayers = ["features.0", "features.2", "classifier"]\n')
+    source = samples / "cnn_digits.safetensors"
+    after_write = checks_after_the_write(monkeypatch)
+    report = rebalance_checkpoint(source, tmp_path / "a.safetensors", spec=spec)
+    assert report.chains[0].layers == ("features.0", "features.2", "classifier")
+    assert report.verification.method == "structural"
+    weights = {"features.0.weight", "features.2.weight", "classifier.weight"}
+    assert not weights & set(after_write)
+    after_write.clear()
+    monkeypatch.setattr(verify.CheckAsWritten, "covers", lambda self, name: False)
+    baseline = rebalance_checkpoint(source, tmp_path / "b.safetensors", spec=spec)
+    assert "features.0.weight" in after_write
+    assert report.verification.passed
+    assert report.verification.chains[0].detail == baseline.verification.chains[0].detail
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+    images = DIGITS.to(torch.float32).reshape(-1, 1, 8, 8)
+    expected = cnn_forward(load_file(str(source)), images)
+    actual = cnn_forward(load_file(str(tmp_path / "a.safetensors")), images)
+    assert torch.allclose(actual, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
