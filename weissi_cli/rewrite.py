@@ -40,7 +40,7 @@ from weissi_cli.scales import TensorScale, uniform
 from weissi_cli.threads import run_round_robin
 
 if TYPE_CHECKING:
-    from weissi_cli.verify import CheckAsWritten
+    from weissi_cli.verify import CheckAsWritten, ProbesAsWritten
 
 CHUNK_ELEMENTS = 1 << 18
 WRITER_THREADS = 2
@@ -722,32 +722,28 @@ def _scale_in_kernel(
     return True
 
 
-def _chunks(scale: TensorScale, numel: int) -> list[tuple[int, int]]:
-    """(first element, count): whole rows when the factor varies along the axes."""
-    if not scale.vectors:
-        return [
-            (start, min(CHUNK_ELEMENTS, numel - start)) for start in range(0, numel, CHUNK_ELEMENTS)
-        ]
-    width = scale.row_width
-    rows = max(1, CHUNK_ELEMENTS // max(width, 1))
-    return [(start, min(rows * width, numel - start)) for start in range(0, numel, rows * width)]
+def _chunks(numel: int, row_width: int | None) -> list[tuple[int, int]]:
+    """(first element, count): whole rows of `row_width`, or any CHUNK_ELEMENTS when None."""
+    step = CHUNK_ELEMENTS
+    if row_width is not None:
+        step = max(1, CHUNK_ELEMENTS // max(row_width, 1)) * max(row_width, 1)
+    return [(start, min(step, numel - start)) for start in range(0, numel, step)]
 
 
 def _scale_tasks(
     info: TensorInfo, scale: TensorScale, offset: int, probed: bool = False
 ) -> list[_ScaleTask]:
-    """The chunks of one tensor; whole rows for a probed chain's weights and a probed bias in
-    one piece (ProbesAsWritten multiplies rows and adds whole biases)."""
+    """The chunks of one tensor: whole rows when the factor varies along the axes, and for
+    a probed chain's weights; a probed bias in one piece (ProbesAsWritten multiplies rows
+    and adds whole biases)."""
     itemsize = raw_numpy_dtype(info.dtype).itemsize
     power_of_two = scale.is_power_of_two
-    if not probed:
-        chunks = _chunks(scale, info.numel)
-    elif len(info.shape) == 1:
+    if probed and len(info.shape) == 1:
         chunks = [(0, info.numel)]
+    elif probed:
+        chunks = _chunks(info.numel, info.numel // max(info.shape[0], 1))
     else:
-        width = info.numel // max(info.shape[0], 1)
-        step = max(1, CHUNK_ELEMENTS // max(width, 1)) * width
-        chunks = [(start, min(step, info.numel - start)) for start in range(0, info.numel, step)]
+        chunks = _chunks(info.numel, scale.row_width if scale.vectors else None)
     return [
         _ScaleTask(
             info.name,
@@ -762,13 +758,15 @@ def _scale_tasks(
     ]
 
 
-def _probed_here(check: CheckAsWritten | None, source: SafetensorsCheckpoint) -> dict[str, Any]:
+def _probed_here(
+    check: CheckAsWritten | None, source: SafetensorsCheckpoint
+) -> dict[str, ProbesAsWritten]:
     """The probed chains' tensors this file holds, in chain order. A chain with tensors in
     other files too is left to verification: shards are written one by one, and a layer
     waiting for one in a later shard would wait forever."""
     if check is None:
         return {}
-    probed = {}
+    probed: dict[str, ProbesAsWritten] = {}
     for name, probes in check.probes.items():
         held = [n in source for n in probes.order()]
         if all(held) and not probes.dropped:

@@ -561,10 +561,6 @@ class CheckAsWritten:
     def covers(self, name: str) -> bool:
         return name in self._found
 
-    def probe_order(self) -> list[str]:
-        """The probed chains' tensors in the order the writer must take them."""
-        return list(self.probes)
-
     def fail(self) -> None:
         """The write failed: wake every thread waiting for a probed layer."""
         for probes in self.probes.values():
@@ -697,7 +693,7 @@ class ProbesAsWritten:
     ) -> None:
         self.chain = chain
         self.waits = waits
-        self.rescaled = [name for name in chain.tensor_names() if name in scales]
+        self.rescaled = {name for name in chain.tensor_names() if name in scales}
         self.compute = _compute_dtype(original, chain)
         rng = np.random.default_rng(SEED)
         first: FloatArray = rng.standard_normal((PROBES, chain.layers[0].in_features)).astype(

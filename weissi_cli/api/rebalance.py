@@ -154,27 +154,7 @@ def rebalance_checkpoint(
             "include_bias": include_bias,
             "scales": {name: scale_record(scale) for name, scale in tensor_scales.items()},
         }
-        # Checked as they are written: the tensors whose verification is the value check
-        # alone, and chains of linear layers, whose probes the writer runs too (not with
-        # path norms, which verification measures reading both files).
-        rewritten_chains = [p for p in plans if p.channel_scales is not None]
-        probed = [
-            p.analysis.chain
-            for p in rewritten_chains
-            if is_probed(p.analysis.chain) and p.solution is None
-        ]
-        names = [
-            *group_scales,
-            *(
-                n
-                for p in rewritten_chains
-                if not is_probed(p.analysis.chain)
-                for n in p.analysis.chain.tensor_names()
-            ),
-            *(n for chain in probed for n in chain.tensor_names()),
-        ]
-        value_checked = {name: tensor_scales[name] for name in names if name in tensor_scales}
-        as_written = CheckAsWritten(checkpoint, value_checked, probed)
+        as_written = _check_as_written(checkpoint, plans, group_scales, tensor_scales)
         with single_threaded_blas():  # the writer's threads run the probes' products
             pending = write_rescaled(
                 checkpoint, tensor_scales, output, record, output_format, folder, as_written
@@ -360,6 +340,26 @@ def _held_warnings(plans: list[_Plan], group: SymmetryGroup | None) -> list[str]
         )
         found.append(f"float16 exactness held {what} closer to 1 ({reason})")
     return found
+
+
+def _check_as_written(
+    checkpoint: Checkpoint,
+    plans: list[_Plan],
+    group_scales: Mapping[str, TensorScale],
+    scales: Mapping[str, TensorScale],
+) -> CheckAsWritten:
+    """What the writer checks as it writes: the free symmetries' tensors and every
+    rewritten chain's, with the probes of chains of linear layers; not chains with path
+    norms (channel-wise), which verification measures reading both files anyway."""
+    chains = [
+        plan.analysis.chain
+        for plan in plans
+        if plan.channel_scales is not None
+        and not (is_probed(plan.analysis.chain) and plan.solution is not None)
+    ]
+    names = [*group_scales, *(name for chain in chains for name in chain.tensor_names())]
+    checked = {name: scales[name] for name in names if name in scales}
+    return CheckAsWritten(checkpoint, checked, [c for c in chains if is_probed(c)])
 
 
 def _verify_and_measure(
