@@ -710,15 +710,12 @@ def _scale_in_kernel(
     compiled = kernel.compiled
     if compiled is None or task.dtype not in kernel.DTYPE_CODES:
         return False
-    scale = task.scale
-    # Chunks of a uniform scale need not be whole rows: the chunk is then one "row".
-    width = max(scale.row_width if scale.vectors else task.count, 1)
-    factors = scale.kernel_factors(task.start // width, task.count // width)
+    arguments = task.scale.chunk_arguments(task.start, task.count)
     code = kernel.DTYPE_CODES[task.dtype]
     if out is None:
-        compiled.scale_chunk(raw, code, task.count, width, scale.scalar, *factors)
+        compiled.scale_chunk(raw, code, task.count, *arguments)
     else:
-        compiled.scale_chunk(out, code, task.count, width, scale.scalar, *factors, raw)
+        compiled.scale_chunk(out, code, task.count, *arguments, raw)
     return True
 
 

@@ -590,17 +590,12 @@ class CheckAsWritten:
         thread may call it."""
         assert kernel.compiled is not None  # covers() is False without the kernel
         found = self._found[name]
-        scale = self.scales[name]
-        # Chunks of a uniform scale need not be whole rows: the chunk is then one "row".
-        width = max(scale.row_width if scale.vectors else count, 1)
         checked, bad, worst, *totals = kernel.compiled.check_chunk(
             old,
             new,
             kernel.DTYPE_CODES[dtype],
             count,
-            width,
-            scale.scalar,
-            *scale.kernel_factors(start // width, count // width),
+            *self.scales[name].chunk_arguments(start, count),
             *found.tolerance,
         )
         with self._lock:
