@@ -21,6 +21,7 @@ from weissi_cli.report.common import Source
 from weissi_cli.report.diff import DiffReport, Shift, TensorDiff
 from weissi_cli.scales import TensorScale, from_symmetries, shift_scales
 from weissi_cli.structure import discover
+from weissi_cli.structure.source import StructureSource
 from weissi_cli.threads import run_round_robin
 from weissi_cli.verify import Block, PairBuffers, row_blocks
 
@@ -32,7 +33,7 @@ TOLERANCE_UNITS = 16
 def diff_checkpoints(
     first: Path,
     second: Path,
-    spec: Path | None = None,
+    spec: Path | StructureSource | None = None,
     granularity: str = "layer",
     threads: int = 2,
 ) -> DiffReport:

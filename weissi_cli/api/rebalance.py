@@ -46,6 +46,7 @@ from weissi_cli.scales import (
 from weissi_cli.stats import TensorStats, compute_stats
 from weissi_cli.structure import discover, is_approximate
 from weissi_cli.structure.architectures import find_config
+from weissi_cli.structure.source import StructureSource
 from weissi_cli.threads import single_threaded_blas
 from weissi_cli.verify import (
     ChainVerification,
@@ -65,7 +66,7 @@ SCALES_MODES: tuple[ScalesMode, ...] = ("auto", "real", "pow2")
 def rebalance_checkpoint(
     path: Path,
     output: Path,
-    spec: Path | None = None,
+    spec: Path | StructureSource | None = None,
     assume_relu: bool = False,
     scales: str = "auto",
     include_bias: bool = False,

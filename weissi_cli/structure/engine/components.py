@@ -93,31 +93,44 @@ def symmetries(
     )
     if not root.size:
         return []
-    # Orient each channel so that its first weight row (axis 0 of a 2-D+ tensor) counts +1:
-    # producers positive, consumers negative, as a reader expects.
+    # Orient each channel so that its first gain or bias (else its first weight row) counts
+    # +1: producers positive, consumers negative, as a reader expects.
     rank = np.array([len(shapes[name]) for name in names], dtype=np.int8)
     rows = (axis == 0) & (np.abs(exponent) == 1)
-    priority = np.where(rows & (rank[tensor] == 1), 0, np.where(rows, 1, 2))
-    order = np.lexsort((index, axis, tensor, priority, root))
-    root, tensor, axis, index, exponent = (
+    priority = np.where(rows & (rank[tensor] == 1), 0, np.where(rows, 1, 2)).astype(np.int64)
+    # (tensor, axis, exponent, index) packed in one key: tensors < 2**20, axes < 8,
+    # exponents in -8..7, indices < 2**32
+    place = ((tensor.astype(np.int64) * 8 + axis) * 16 + (exponent + 8)) << 32 | index
+    order = np.lexsort((place, root))
+    root, tensor, axis, index, exponent, priority, place = (
         root[order],
         tensor[order],
         axis[order],
         index[order],
         exponent[order],
+        priority[order],
+        place[order],
     )
     starts = np.flatnonzero(np.r_[True, root[1:] != root[:-1]])
-    first_sign = np.repeat(np.sign(exponent[starts]), np.diff(np.r_[starts, root.size]))
+    counts = np.diff(np.r_[starts, root.size])
+    best = np.minimum.reduceat(priority, starts)
+    # the first entry of each channel with the best priority decides the sign
+    candidate = np.where(priority == np.repeat(best, counts), np.arange(root.size), root.size)
+    chosen = np.minimum.reduceat(candidate, starts)
+    first_sign = np.repeat(np.sign(exponent[chosen]), counts)
+    flip = first_sign < 0
     exponent = (exponent * first_sign).astype(np.int8)
+    if flip.any():  # flipped exponents change the packed keys: sort those channels again
+        place = ((tensor.astype(np.int64) * 8 + axis) * 16 + (exponent + 8)) << 32 | index
+        order = np.lexsort((place, root))
+        root, tensor, axis, index, exponent = (
+            root[order],
+            tensor[order],
+            axis[order],
+            index[order],
+            exponent[order],
+        )
     # runs of consecutive indices with one (tensor, axis, exponent) inside each channel
-    order = np.lexsort((index, exponent, axis, tensor, root))
-    root, tensor, axis, index, exponent = (
-        root[order],
-        tensor[order],
-        axis[order],
-        index[order],
-        exponent[order],
-    )
     same = (
         (root[1:] == root[:-1])
         & (tensor[1:] == tensor[:-1])
@@ -147,42 +160,35 @@ def symmetries(
     channel_order = np.lexsort((first_run_start, signature))
     results: list[Symmetry] = []
     approximate = _approximate_roots(state)
-    group_start = 0
     ordered_signature = signature[channel_order]
-    while group_start < channel_order.size:
-        group_end = group_start + 1
-        while (
-            group_end < channel_order.size
-            and ordered_signature[group_end] == ordered_signature[group_start]
-        ):
-            group_end += 1
+    edges = np.flatnonzero(np.r_[True, ordered_signature[1:] != ordered_signature[:-1], True])
+    for group_start, group_end in zip(edges[:-1], edges[1:], strict=True):
         channels = channel_order[group_start:group_end]
         count = runs_per_channel[channels[0]]
         run_index = channel_start[channels][:, None] + np.arange(count)[None, :]
         starts_matrix = run_first[run_index]
         lengths = run_length[run_index[0]]
         steps_ok = np.all(np.diff(starts_matrix, axis=0) == lengths[None, :], axis=1)
-        segment_start = 0
-        for position_in_group in range(channels.size):
-            last = position_in_group == channels.size - 1
-            if last or not steps_ok[position_in_group]:
-                segment = channels[segment_start : position_in_group + 1]
-                first_runs = run_index[segment_start]
-                members = tuple(
-                    Member(
-                        names[int(run_tensor[r])],
-                        int(run_axis[r]),
-                        int(run_exponent[r]),
-                        int(run_length[r]),
-                        int(run_first[r]),
-                    )
-                    for r in first_runs
+        breaks = np.flatnonzero(~steps_ok) + 1
+        bounds = np.r_[0, breaks, channels.size]
+        for segment_start, segment_end in zip(bounds[:-1], bounds[1:], strict=True):
+            segment = channels[segment_start:segment_end]
+            first_runs = run_index[segment_start]
+            members = tuple(
+                Member(
+                    names[int(run_tensor[r])],
+                    int(run_axis[r]),
+                    int(run_exponent[r]),
+                    int(run_length[r]),
+                    int(run_first[r]),
                 )
+                for r in first_runs
+            )
+            notes: list[str] = []
+            if approximate:
                 roots_here = run_root[channel_start[segment]]
                 notes = sorted({approximate[r] for r in roots_here.tolist() if r in approximate})
-                results.append(_symmetry(members, segment.size, origin, notes, shapes, buffers))
-                segment_start = position_in_group + 1
-        group_start = group_end
+            results.append(_symmetry(members, segment.size, origin, notes, shapes, buffers))
     return _unique_ids(sorted(results, key=lambda s: _sort_key(s, names)))
 
 
@@ -190,7 +196,7 @@ def _approximate_roots(state: WalkState) -> dict[int, str]:
     found: dict[int, str] = {}
     for ids, note in state.approximate:
         roots, _ = state.atoms.find(np.asarray(ids).ravel())
-        for root in np.unique(roots).tolist():
+        for root in _distinct(roots).tolist():
             if root != ONE:
                 found.setdefault(int(root), note)
     return found
@@ -275,6 +281,14 @@ def _unique_ids(found: list[Symmetry]) -> list[Symmetry]:
     return result
 
 
+def _distinct(values: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """The distinct values, sorted (sort-based: faster than hashing for atom ids)."""
+    if not values.size:
+        return values
+    ordered = np.sort(values)
+    return ordered[np.r_[True, ordered[1:] != ordered[:-1]]]
+
+
 class _Shadow(Atoms):
     """The components the joins alone make, ignoring every forcing and contradiction: what
     would have been one symmetry, to say where it stopped."""
@@ -301,29 +315,34 @@ def stops(state: WalkState, names: Sequence[str]) -> list[Stop]:
     # Only output channels (rows, gains) make a would-be symmetry worth naming; a kernel's
     # taps or a first layer's input columns never had one.
     forced_here = (real == ONE) & (found.axis == 0)
-    owners: dict[int, set[int]] = {}
-    for root, tensor in zip(
-        roots[forced_here].tolist(), found.tensor[forced_here].tolist(), strict=True
-    ):
-        owners.setdefault(root, set()).add(tensor)
-    claimed: set[int] = set()
+    # which tensors own each shadow component (only components with a forced output channel)
+    owner_roots = roots[forced_here]
+    owner_tensors = found.tensor[forced_here].astype(np.int64)
+    order_pairs = np.lexsort((owner_tensors, owner_roots))
+    owner_roots, owner_tensors = owner_roots[order_pairs], owner_tensors[order_pairs]
+    owned = np.zeros(shadow.count, dtype=bool)
+    owned[owner_roots] = True
+    claimed = np.zeros(shadow.count, dtype=bool)
     grouped: dict[tuple[str, str], set[str]] = {}
     order: list[tuple[str, str]] = []
     for forcing in state.forcings:
         shadow_roots, _ = shadow.find(forcing.ids)
-        for root in np.unique(shadow_roots).tolist():
-            if root in claimed or root not in owners:
-                continue
-            claimed.add(root)
-            key = (forcing.node, forcing.reason)
-            if key not in grouped:
-                grouped[key] = set()
-                order.append(key)
-            grouped[key].update(names[t] for t in owners[root])
+        fresh = shadow_roots[owned[shadow_roots] & ~claimed[shadow_roots]]
+        if not fresh.size:
+            continue
+        claimed[fresh] = True
+        key = (forcing.node, forcing.reason)
+        if key not in grouped:
+            grouped[key] = set()
+            order.append(key)
+        marked = np.zeros(shadow.count, dtype=bool)
+        marked[fresh] = True
+        tensors = owner_tensors[marked[owner_roots]]
+        grouped[key].update(names[int(t)] for t in _distinct(tensors))
+    number = {name: position for position, name in enumerate(names)}
     result = []
     for node, reason in order:
-        modules = tuple(
-            dict.fromkeys(module_of(t) for t in sorted(grouped[(node, reason)], key=names.index))
-        )
+        ordered = sorted(grouped[(node, reason)], key=number.__getitem__)
+        modules = tuple(dict.fromkeys(module_of(t) for t in ordered))
         result.append(Stop(modules, node, reason))
     return result

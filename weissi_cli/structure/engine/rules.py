@@ -94,7 +94,10 @@ def native_dropout(walk: Walk, node: Any, arguments: Arguments) -> Value:
 
 def prelu(walk: Walk, node: Any, arguments: Arguments) -> Value:
     """A per-channel slope multiplies negative values only: the slope must not move."""
-    walk.state.force_scale(walk.scale_of(arguments.get("weight")), "a PReLU slope stays as it is")
+    slope = walk.scale_of(arguments.get("weight"))
+    if slope is not None:  # the slope multiplies negative values only: it must not move
+        for factor in slope.factors:
+            walk.state.settle(factor.ids)
     return walk.scale_of(arguments.get("self")) or walk.ones_like_output(node)
 
 

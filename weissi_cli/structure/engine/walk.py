@@ -120,7 +120,7 @@ class RecordingAtoms(Atoms):
             free = ~self.forced(flat)
             if free.any():
                 self.state.forcings.append(
-                    Forcing(self.state.node, self.state.op, reason, np.unique(flat[free]))
+                    Forcing(self.state.node, self.state.op, reason, flat[free])
                 )
                 super().force(flat[free])
         finally:
