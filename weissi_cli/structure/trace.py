@@ -92,8 +92,8 @@ def from_transformers(config_path: Path, tensor_names: Sequence[str]) -> TracedG
     model.eval()
     inputs = _example_inputs(model, config, torch)
     wrapper = _OutputsAsTuple(model, _accepts(model, "use_cache"))
-    program = _export(torch, wrapper, (), inputs, f"{config_path}: {model_class.__name__}")
     names = _checkpoint_names(model, tensor_names, transformers)
+    program = _export(torch, wrapper, (), inputs, f"{config_path}: {model_class.__name__}")
     label = getattr(config, "model_type", None) or model_class.__name__
     return _name_placeholders(program, "m.", names, model, f"graph:{label}")
 
@@ -195,9 +195,10 @@ def _export(
 
 def _checkpoint_names(model: Any, tensor_names: Sequence[str], transformers: Any) -> dict[str, str]:
     """model parameter name -> checkpoint tensor name, by transformers' own loading rules
-    (renamings, the base-model prefix). Tensors transformers merges while loading (experts
-    stacked into one parameter) map to nothing: the engine leaves them unscaled."""
-    known = {name: name for name in tensor_names}
+    (renamings, the base-model prefix). Tensors that transformers merges while loading
+    (each expert's matrices stacked into one parameter) become parameters of their own,
+    from which the merged one is computed with transformers' own conversion operations, so
+    that the graph reads the checkpoint's tensors (`_unmerge`)."""
     model_names = {name for name, _ in model.named_parameters()} | {
         name for name, _ in model.named_buffers()
     }
@@ -206,22 +207,94 @@ def _checkpoint_names(model: Any, tensor_names: Sequence[str], transformers: Any
         from transformers.core_model_loading import (
             WeightConverter,
             WeightRenaming,
+            dot_natural_key,
             rename_source_key,
         )
     except ImportError:
-        return {name: name for name in model_names if name in known}
+        return {name: name for name in model_names if name in set(tensor_names)}
     transforms = get_model_conversion_mapping(model)
     renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
     converters = [t for t in transforms if isinstance(t, WeightConverter)]
     meta = dict.fromkeys(model_names, True)
     found: dict[str, str] = {}
-    for name in tensor_names:
-        target, converted = rename_source_key(
+    merged: dict[str, tuple[Any, dict[str, list[str]]]] = {}
+    for name in sorted(tensor_names, key=dot_natural_key):
+        target, pattern = rename_source_key(
             name, renamings, converters, model.base_model_prefix, meta
         )
-        if converted is None and target in model_names:
+        if pattern is not None and target in model_names:
+            converter = next(c for c in converters if pattern in c.source_patterns)
+            merged.setdefault(target, (converter, {}))[1].setdefault(pattern, []).append(name)
+        elif pattern is None and target in model_names:
             found.setdefault(target, name)
-    return found
+    return {**found, **_unmerge(model, merged)}
+
+
+def _unmerge(model: Any, merged: Mapping[str, tuple[Any, dict[str, list[str]]]]) -> dict[str, str]:
+    """Replace each merged parameter by one parameter per checkpoint tensor and a property
+    that merges them with the converter's operations; the new names map to the checkpoint."""
+    import torch
+
+    names: dict[str, str] = {}
+    for target, (converter, patterns) in merged.items():
+        owner_name, _, attribute = target.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        merged_value = getattr(owner, attribute)
+        sources: dict[str, list[str]] = {}
+        for pattern, keys in patterns.items():
+            for key in keys:
+                leaf = f"weissi_source_{len(names)}"
+                shape = _source_shape(merged_value, converter, patterns, key)
+                owner.register_parameter(
+                    leaf,
+                    torch.nn.Parameter(
+                        torch.empty(shape, dtype=merged_value.dtype, device="meta"),
+                        requires_grad=False,
+                    ),
+                )
+                names[f"{owner_name}.{leaf}" if owner_name else leaf] = key
+                sources.setdefault(pattern, []).append(leaf)
+        del owner._parameters[attribute]
+        cls = type(owner)
+        owner.__class__ = type(
+            f"Unmerged{cls.__name__}", (cls,), {attribute: property(_merger(converter, sources))}
+        )
+    return names
+
+
+def _merger(converter: Any, sources: Mapping[str, list[str]]) -> Any:
+    def merged(module: Any) -> Any:
+        collected = {p: [getattr(module, leaf) for leaf in leaves] for p, leaves in sources.items()}
+        for operation in converter.operations:
+            collected = operation.convert(
+                collected,
+                source_patterns=converter.source_patterns,
+                target_patterns=converter.target_patterns,
+            )
+        return next(iter(collected.values()))
+
+    return merged
+
+
+def _source_shape(merged: Any, converter: Any, patterns: Mapping[str, list[str]], key: str) -> Any:
+    """The shape of one checkpoint tensor that the converter merges: the merged parameter's
+    shape with the stacking axis removed and each concatenated axis divided among the
+    patterns (the converters transformers uses for experts: MergeModulelist, Concatenate)."""
+    shape = list(merged.shape)
+    for operation in converter.operations:
+        kind = type(operation).__name__
+        if kind == "MergeModulelist":
+            del shape[operation.dim]
+        elif kind == "Concatenate":
+            # after the stack the concatenation axis counts from the merged tensor
+            dim = operation.dim - 1 if operation.dim > 0 else operation.dim
+            shape[dim] //= len(patterns)
+        else:
+            raise TraceError(
+                f"transformers merges {key} with {kind}, which weissi cannot undo; "
+                "pin the structure with a spec file"
+            )
+    return tuple(shape)
 
 
 def _name_placeholders(

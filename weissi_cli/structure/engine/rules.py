@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from weissi_cli.structure.engine import experts
 from weissi_cli.structure.engine.atoms import ONE
 from weissi_cli.structure.engine.scale import (
     Factor,
@@ -1126,6 +1127,9 @@ def _table() -> dict[str, Rule]:
     put("split split_with_sizes chunk unbind tensor_split split_copy", split_rule)
     put("cat concat concatenate", cat_rule)
     put("stack", stack_rule)
+    table["stack"] = guarded(experts.stack)
+    for name in ("transformers::grouped_mm_fallback", "_grouped_mm", "grouped_mm"):
+        table[name] = guarded(experts.grouped_mm)
     put("constant_pad_nd pad", pad_rule)
     put("sum mean amax amin max min prod nansum nanmean", reduction)
     put(

@@ -10,17 +10,30 @@ that the checkpoint holds get one fresh atom per index of each dimension; everyt
 
 from __future__ import annotations
 
+import contextlib
 import operator
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from weissi_cli.structure.engine.atoms import Atoms, Ids
+from weissi_cli.structure.engine.experts import (
+    Routed,
+    Stacked,
+    collapse,
+    grouped_mm,
+    per_expert,
+)
 from weissi_cli.structure.engine.scale import Scale, force_all
 
-Value = Scale | list[Any] | tuple[Any, ...] | None
+# Grouped matrix products of mixture-of-experts layers (rows grouped by expert).
+GROUPED_PRODUCTS = frozenset(("transformers::grouped_mm_fallback", "_grouped_mm", "grouped_mm"))
+# Higher-order ops that call a submodule's graph on their inputs.
+SUBGRAPH_CALLS = frozenset(("wrap_with_set_grad_enabled", "wrap_with_autocast"))
+
+Value = Scale | Stacked | Routed | list[Any] | tuple[Any, ...] | None
 
 
 @dataclass(frozen=True)
@@ -156,12 +169,31 @@ class Walk:
 
     # values -----------------------------------------------------------------------------
     def scale_of(self, argument: Any) -> Scale | None:
-        """The scale of a node argument (None for Python constants and non-tensors)."""
+        """The scale of a node argument (None for Python constants and non-tensors); an
+        expert-valued argument is collapsed (its experts' atoms joined) for good."""
         name = getattr(argument, "name", None)
         if name is None or not hasattr(argument, "op"):
             return None
         value = self.state.values.get(name)
+        if isinstance(value, Stacked | Routed):
+            value = collapse(value, self)
+            self.state.values[name] = value
         return value if isinstance(value, Scale) else None
+
+    def expert_value(self, argument: Any) -> Any:
+        """The value of a node argument as it is, experts kept apart."""
+        name = getattr(argument, "name", None)
+        return self.state.values.get(name) if name is not None else None
+
+    @contextlib.contextmanager
+    def substituted(self, values: Mapping[str, Any]) -> Iterator[None]:
+        """Nodes temporarily valued otherwise (one expert's part at a time)."""
+        saved = {name: self.state.values.get(name) for name in values}
+        self.state.values.update(values)
+        try:
+            yield
+        finally:
+            self.state.values.update(saved)
 
     def shape_of(self, node: Any) -> tuple[int, ...] | None:
         value = node.meta.get("val") if hasattr(node, "meta") else None
@@ -223,8 +255,21 @@ class Walk:
             if isinstance(value, list | tuple) and isinstance(index, int):
                 return value[index] if index < len(value) else None
             return None
+        if self.state.op in SUBGRAPH_CALLS:
+            return self.inline(node)
         arguments = _bind(node)
         rule = self.rules.get(self.state.op)
+        if rule is not None and any(
+            isinstance(self.expert_value(a), Stacked | Routed)
+            for a in _nodes_in(list(arguments.values()))
+        ):
+            kept: Value = (
+                grouped_mm(self, node, arguments)
+                if self.state.op in GROUPED_PRODUCTS
+                else per_expert(self, node, arguments, rule)
+            )
+            if kept is not None:
+                return kept
         tensors = [self.scale_of(a) for a in _nodes_in(list(arguments.values()))]
         if rule is None:
             free = [s for s in tensors if s is not None and not s.is_one(self.atoms)]
@@ -236,6 +281,36 @@ class Walk:
                 )
             return self.ones_like_output(node)
         return rule(self, node, arguments)
+
+    def inline(self, node: Any) -> Value:
+        """A region export wraps in a submodule (grad mode, autocast): walk its graph with
+        its placeholders bound to the call's inputs, as if its ops stood here."""
+        owner = self.graph.owning_module
+        where = [i for i, a in enumerate(node.args) if getattr(a, "op", None) == "get_attr"]
+        if owner is None or not where:
+            return self.ones_like_output(node)
+        module = getattr(owner, node.args[where[0]].target)
+        inputs = list(node.args[where[0] + 1 :])
+        inner = Walk(module.graph, {}, self.scalable, self.rules)
+        inner.state = self.state
+        outputs: Value = None
+        placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
+        with self.substituted(
+            {p.name: self.expert_value(a) for p, a in zip(placeholders, inputs, strict=False)}
+        ):
+            for inner_node in module.graph.nodes:
+                if inner_node.op == "placeholder":
+                    continue
+                self.state.node, self.state.op = inner_node.name, _op_name(inner_node.target)
+                if inner_node.op == "call_function":
+                    self.state.values[inner_node.name] = inner.call(inner_node)
+                elif inner_node.op == "output":
+                    results = inner_node.args[0]
+                    outputs = [
+                        self.state.values.get(r.name) if hasattr(r, "name") else None
+                        for r in (results if isinstance(results, list | tuple) else [results])
+                    ]
+        return outputs
 
     def ones_like_output(self, node: Any) -> Value:
         shapes = self.output_shapes(node)
