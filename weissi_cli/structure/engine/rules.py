@@ -66,6 +66,7 @@ def guarded(rule: Rule) -> Rule:
             force_inputs(walk, arguments, str(error))
             return walk.ones_like_output(node)
 
+    run.__wrapped__ = rule  # type: ignore[attr-defined]
     return run
 
 
@@ -119,6 +120,7 @@ def creation(walk: Walk, node: Any, arguments: Arguments) -> Value:
 
 
 def clamp(walk: Walk, node: Any, arguments: Arguments) -> Value:
+    """`clamp(x, min=0)` is a ReLU (homogeneous); any other bound clips, pinning the scale."""
     low = arguments.get("min")
     high = arguments.get("max")
     if (low == 0 or low is None) and high is None:
@@ -127,6 +129,7 @@ def clamp(walk: Walk, node: Any, arguments: Arguments) -> Value:
 
 
 def threshold_at_zero(walk: Walk, node: Any, arguments: Arguments) -> Value:
+    """Comparisons with 0 do not see a positive scale; with anything else they pin it."""
     values = list(arguments.values())
     if len(values) >= 2 and values[1] == 0:
         return invariant(walk, node, arguments)
@@ -167,6 +170,8 @@ def where(walk: Walk, node: Any, arguments: Arguments) -> Value:
 
 
 def masked_fill(walk: Walk, node: Any, arguments: Arguments) -> Value:
+    """Filling with 0 or ±inf keeps the scale (a positive scale leaves them as they are); any
+    other constant pins it."""
     value = arguments.get("value")
     walk.state.force_scale(walk.scale_of(arguments.get("mask")), "a mask")
     scale = walk.scale_of(arguments.get("self"))
@@ -186,6 +191,7 @@ def multiply(walk: Walk, node: Any, arguments: Arguments) -> Value:
 
 
 def divide(walk: Walk, node: Any, arguments: Arguments) -> Value:
+    """`a / b`: like a product with the inverse of `b`'s scale."""
     return _product(walk, node, arguments, inverse=True)
 
 
@@ -277,11 +283,13 @@ def _inverse(walk: Walk, scale: Scale) -> Scale:
 
 
 def reciprocal(walk: Walk, node: Any, arguments: Arguments) -> Value:
+    """`1 / x`: the output scales by the inverse of the input's scale."""
     scale = walk.scale_of(_first(arguments))
     return _inverse(walk, scale) if scale is not None else walk.ones_like_output(node)
 
 
 def power(walk: Walk, node: Any, arguments: Arguments) -> Value:
+    """`x ** p`: p = 1 passes the scale, p = -1 inverts it, any other power pins it."""
     exponent = arguments.get("exponent")
     if exponent == 1:
         return passthrough(walk, node, {"self": arguments.get("self")})
@@ -300,6 +308,9 @@ def _align(scale: Scale, rank: int) -> Scale:
 
 
 def view(walk: Walk, node: Any, arguments: Arguments) -> Value:
+    """`view`/`reshape`/`flatten`: runs of axes map onto each other (a channel split into
+    heads, a channel flattened with positions of scale 1); a reshape that mixes channels
+    pins them."""
     scale = walk.scale_of(_first(arguments))
     shape = _out_shape(walk, node)
     if scale is None:
@@ -308,6 +319,7 @@ def view(walk: Walk, node: Any, arguments: Arguments) -> Value:
 
 
 def permute_rule(walk: Walk, node: Any, arguments: Arguments) -> Value:
+    """Axes follow their permutation."""
     scale = walk.scale_of(_first(arguments))
     if scale is None:
         return walk.ones_like_output(node)
@@ -319,6 +331,7 @@ def permute_rule(walk: Walk, node: Any, arguments: Arguments) -> Value:
 
 
 def transpose_rule(walk: Walk, node: Any, arguments: Arguments) -> Value:
+    """Two axes swap."""
     scale = walk.scale_of(_first(arguments))
     if scale is None:
         return walk.ones_like_output(node)
@@ -332,6 +345,7 @@ def transpose_rule(walk: Walk, node: Any, arguments: Arguments) -> Value:
 
 
 def unsqueeze_rule(walk: Walk, node: Any, arguments: Arguments) -> Value:
+    """A new axis of size 1 and scale 1."""
     scale = walk.scale_of(_first(arguments))
     if scale is None:
         return walk.ones_like_output(node)
@@ -339,6 +353,7 @@ def unsqueeze_rule(walk: Walk, node: Any, arguments: Arguments) -> Value:
 
 
 def squeeze_rule(walk: Walk, node: Any, arguments: Arguments) -> Value:
+    """An axis of size 1 goes (its one atom is pinned)."""
     scale = walk.scale_of(_first(arguments))
     if scale is None:
         return walk.ones_like_output(node)
@@ -346,6 +361,7 @@ def squeeze_rule(walk: Walk, node: Any, arguments: Arguments) -> Value:
 
 
 def expand_rule(walk: Walk, node: Any, arguments: Arguments) -> Value:
+    """Broadcast copies carry the scale of the entry they copy."""
     scale = walk.scale_of(_first(arguments))
     shape = _out_shape(walk, node)
     if scale is None:
@@ -367,6 +383,7 @@ def repeat_rule(walk: Walk, node: Any, arguments: Arguments) -> Value:
 
 
 def repeat_interleave_rule(walk: Walk, node: Any, arguments: Arguments) -> Value:
+    """Each index repeated in place: copies carry its scale."""
     scale = walk.scale_of(_first(arguments))
     repeats = arguments.get("repeats")
     dim = arguments.get("dim")
@@ -379,6 +396,7 @@ def repeat_interleave_rule(walk: Walk, node: Any, arguments: Arguments) -> Value
 
 
 def slice_rule(walk: Walk, node: Any, arguments: Arguments) -> Value:
+    """A range of one axis keeps the scales of its entries (fused projections, RoPE halves)."""
     scale = walk.scale_of(_first(arguments))
     if scale is None:
         return walk.ones_like_output(node)
@@ -390,6 +408,7 @@ def slice_rule(walk: Walk, node: Any, arguments: Arguments) -> Value:
 
 
 def narrow_rule(walk: Walk, node: Any, arguments: Arguments) -> Value:
+    """A range of one axis keeps the scales of its entries."""
     scale = walk.scale_of(_first(arguments))
     if scale is None:
         return walk.ones_like_output(node)
@@ -401,6 +420,7 @@ def narrow_rule(walk: Walk, node: Any, arguments: Arguments) -> Value:
 
 
 def select_rule(walk: Walk, node: Any, arguments: Arguments) -> Value:
+    """One index of an axis: where the axis has a factor of its own, that atom is pinned."""
     scale = walk.scale_of(_first(arguments))
     if scale is None:
         return walk.ones_like_output(node)
@@ -412,6 +432,7 @@ def select_rule(walk: Walk, node: Any, arguments: Arguments) -> Value:
 
 
 def flip_rule(walk: Walk, node: Any, arguments: Arguments) -> Value:
+    """Reversed axes carry their entries' scales."""
     scale = walk.scale_of(_first(arguments))
     if scale is None:
         return walk.ones_like_output(node)
@@ -422,6 +443,7 @@ def flip_rule(walk: Walk, node: Any, arguments: Arguments) -> Value:
 
 
 def roll_rule(walk: Walk, node: Any, arguments: Arguments) -> Value:
+    """Rolled axes carry their entries' scales."""
     scale = walk.scale_of(_first(arguments))
     if scale is None:
         return walk.ones_like_output(node)
@@ -457,6 +479,8 @@ def split_rule(walk: Walk, node: Any, arguments: Arguments) -> Value:
 
 
 def cat_rule(walk: Walk, node: Any, arguments: Arguments) -> Value:
+    """Concatenated on an axis: each part's scales at its offset; along every other axis the
+    parts scale alike."""
     tensors = arguments.get("tensors")
     if not tensors:
         raise _Unknown("a concatenation of nothing")
@@ -473,6 +497,8 @@ def cat_rule(walk: Walk, node: Any, arguments: Arguments) -> Value:
 
 
 def stack_rule(walk: Walk, node: Any, arguments: Arguments) -> Value:
+    """Stacked along a new axis: each part at its index; along every other axis the parts
+    scale alike."""
     tensors = arguments.get("tensors")
     dim = arguments.get("dim", 0)
     scales = []
@@ -558,6 +584,8 @@ def _reduce(walk: Walk, scale: Scale, dims: Sequence[int], keepdim: bool, reason
 
 
 def reduction(walk: Walk, node: Any, arguments: Arguments) -> Value:
+    """Sum, mean, max over axes: the scale along them must be uniform, so it is pinned; the
+    kept axes keep theirs."""
     scale = walk.scale_of(_first(arguments))
     shapes = walk.output_shapes(node)
     if scale is None:
@@ -602,6 +630,7 @@ def pooling(walk: Walk, node: Any, arguments: Arguments) -> Value:
 
 
 def cumulative(walk: Walk, node: Any, arguments: Arguments) -> Value:
+    """A cumulative sum along an axis pins that axis's scale."""
     scale = walk.scale_of(_first(arguments))
     if scale is None:
         return walk.ones_like_output(node)
@@ -757,6 +786,8 @@ def addmm(walk: Walk, node: Any, arguments: Arguments) -> Value:
 
 
 def einsum(walk: Walk, node: Any, arguments: Arguments) -> Value:
+    """An explicit `einsum` of one or two operands: contracted labels multiply to 1, the
+    others pass to the output."""
     equation = str(arguments.get("equation", "")).replace(" ", "")
     operands = arguments.get("tensors") or []
     if "..." in equation or "->" not in equation:
@@ -910,6 +941,7 @@ def index_put(walk: Walk, node: Any, arguments: Arguments) -> Value:
 
 
 def select_scatter(walk: Walk, node: Any, arguments: Arguments) -> Value:
+    """Scatters pin every scale involved."""
     force_inputs(walk, arguments, "a scatter")
     return walk.ones_like_output(node)
 
@@ -987,6 +1019,7 @@ def layer_norm(walk: Walk, node: Any, arguments: Arguments) -> Value:
 
 
 def group_norm(walk: Walk, node: Any, arguments: Arguments) -> Value:
+    """Group norm: the input is normalised (pinned); gain and shift scale the output."""
     x = walk.scale_of(arguments["input"])
     walk.state.force_scale(x, "a normalisation's input (it divides by its own size)")
     shapes = walk.output_shapes(node)
@@ -1019,7 +1052,8 @@ def batch_norm(walk: Walk, node: Any, arguments: Arguments) -> Value:
     shape = shapes[0]
     if shape is None:
         raise _Unknown("a batch norm of unknown shape")
-    training = bool(arguments.get("training", False))
+    # instance norm with use_input_stats normalises by the input's own statistics
+    training = bool(arguments.get("training", arguments.get("use_input_stats", False)))
     mean_node, var_node = arguments.get("running_mean"), arguments.get("running_var")
     mean, var = walk.scale_of(mean_node), walk.scale_of(var_node)
     var_name = walk.placeholders.get(getattr(var_node, "name", ""), None)
@@ -1178,3 +1212,25 @@ RULES: dict[str, Rule] = _table()
 ALIASES: dict[str, Callable[..., Any]] = {}
 
 __all__ = ["ONE", "RULES", "contract", "drop_dim", "joint"]
+
+
+def rule_table() -> str:
+    """The op table as Markdown: each rule's ops and the first line of what it does (the
+    documentation's table is this text, and a test keeps them equal)."""
+    from weissi_cli.structure.engine.walk import SUBGRAPH_CALLS
+
+    by_rule: dict[str, list[str]] = {}
+    docs: dict[str, str] = {}
+    for name, rule in RULES.items():
+        inner = getattr(rule, "__wrapped__", rule)
+        key = inner.__qualname__
+        by_rule.setdefault(key, []).append(name)
+        docs[key] = " ".join((inner.__doc__ or "").strip().split("\n\n")[0].split())
+    lines = ["| ops | rule |", "|---|---|"]
+    for key, names in by_rule.items():
+        ops = ", ".join(f"`{name}`" for name in sorted(names))
+        lines.append(f"| {ops} | {docs[key]} |")
+    calls = ", ".join(f"`{name}`" for name in sorted(SUBGRAPH_CALLS))
+    lines.append(f"| {calls} | The submodule's graph is walked in place of the call. |")
+    lines.append("| any other op | Stops every scale that reaches it; reported by name and node. |")
+    return "\n".join(lines) + "\n"
