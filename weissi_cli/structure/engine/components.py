@@ -97,7 +97,9 @@ def symmetries(
     # +1: producers positive, consumers negative, as a reader expects.
     rank = np.array([len(shapes[name]) for name in names], dtype=np.int8)
     rows = (axis == 0) & (np.abs(exponent) == 1)
-    priority = np.where(rows & (rank[tensor] == 1), 0, np.where(rows, 1, 2)).astype(np.int64)
+    priority = np.full(root.size, 2, dtype=np.int8)
+    priority[rows] = 1
+    priority[rows & (rank[tensor] == 1)] = 0
     # (tensor, axis, exponent, index) packed in one key: tensors < 2**20, axes < 8,
     # exponents in -8..7, indices < 2**32
     place = ((tensor.astype(np.int64) * 8 + axis) * 16 + (exponent + 8)) << 32 | index
@@ -189,7 +191,8 @@ def symmetries(
                 roots_here = run_root[channel_start[segment]]
                 notes = sorted({approximate[r] for r in roots_here.tolist() if r in approximate})
             results.append(_symmetry(members, segment.size, origin, notes, shapes, buffers))
-    return _unique_ids(sorted(results, key=lambda s: _sort_key(s, names)))
+    number = {name: position for position, name in enumerate(names)}
+    return _unique_ids(sorted(results, key=lambda s: _sort_key(s, number)))
 
 
 def _approximate_roots(state: WalkState) -> dict[int, str]:
@@ -261,8 +264,7 @@ def _symmetry(
     )
 
 
-def _sort_key(symmetry: Symmetry, names: Sequence[str]) -> tuple[int, int, int]:
-    number = {name: position for position, name in enumerate(names)}
+def _sort_key(symmetry: Symmetry, number: Mapping[str, int]) -> tuple[int, int, int]:
     first = symmetry.members[0]
     return (number.get(first.tensor, 0), first.axis, first.offset)
 
