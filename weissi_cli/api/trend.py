@@ -47,7 +47,12 @@ _KEYWORD = re.compile(
     r"[-_=.]?(\d+)(?!\d)",
     re.IGNORECASE,
 )
-_RANKS = (("step", "step"), ("iter", "iteration"), ("checkpoint", "step"), ("ckpt", "step"))
+_RANKS = (
+    (("global", "step"), "step"),
+    (("iter",), "iteration"),
+    (("checkpoint", "ckpt"), "step"),
+    (("epoch",), "epoch"),
+)
 _NUMBER = re.compile(r"\d+")
 # How many enclosing folders may name the step (run/global_step500/model_states.pt).
 PARENT_LEVELS = 2
@@ -181,8 +186,7 @@ def _keyword_step(name: str) -> Step | None:
     for match in _KEYWORD.finditer(name):
         word = match.group(1).lower()
         rank, unit = next(
-            ((rank, unit) for rank, (start, unit) in enumerate(_RANKS) if word.startswith(start)),
-            (len(_RANKS), "epoch"),
+            (rank, unit) for rank, (starts, unit) in enumerate(_RANKS) if word.startswith(starts)
         )
         if best is None or rank <= best[0]:
             best = (rank, Step(int(match.group(2)), unit, name))
@@ -190,9 +194,9 @@ def _keyword_step(name: str) -> Step | None:
 
 
 def order_checkpoints(paths: Sequence[Path], order: str = "step") -> list[tuple[Path, Step | None]]:
-    """The checkpoints with their steps, sorted by step (stable) or kept as given."""
+    """The checkpoints with their steps, sorted by step or kept as given."""
     steps = [(path, parse_step(path)) for path in paths]
-    if order == "given":
+    if order == "given" or len(steps) == 1:  # one checkpoint: nothing to order
         return steps
     for path, step in steps:
         if step is None:

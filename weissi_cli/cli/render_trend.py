@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from weissi_cli.api.trend import checkpoint_stem
 from weissi_cli.cli.render import number, origin_label
 
 if TYPE_CHECKING:
@@ -63,16 +65,29 @@ def _table(report: TrendReport, names: list[str]) -> Table:
         share = point.slack_share
         table.add_row(
             _x(report, point, index),
-            number(point.l2_penalty),
-            number(point.min_l2_penalty),
-            number(point.l2_slack),
+            compact(point.l2_penalty),
+            compact(point.min_l2_penalty),
+            compact(point.l2_slack),
             f"{100 * share:.1f}%" if share is not None else "—",
-            number(point.weissi_penalty),
-            f"{number(point.imbalance, 3)}×" if point.imbalance is not None else "—",
-            number(point.max_norm),
+            compact(point.weissi_penalty),
+            f"{compact(point.imbalance, 3)}×" if point.imbalance is not None else "—",
+            compact(point.max_norm),
             Text(name, style="red") if point.problems else escape(name),
         )
     return table
+
+
+def compact(value: float | None, digits: int = 4) -> str:
+    """`digits` significant digits in at most 6 characters, so a row fits 80 columns at any
+    scale: 206.6, 30940, 3.09e6, 1.2e-5."""
+    if value is None or math.isnan(value):
+        return number(value)
+    if value == 0 or 1e-3 <= abs(value) < 1e4:
+        return number(value, digits)
+    if 1e4 <= abs(value) < 1e6:
+        return f"{value:.0f}"
+    mantissa, exponent = f"{value:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def _x(report: TrendReport, point: TrendPoint, index: int) -> str:
@@ -105,14 +120,16 @@ def _change(report: TrendReport) -> Text:
             digits = 3 if unit else 4
             if index:
                 text.append(" · ")
-            text.append(f"{label} {number(before, digits)}{unit if before is not None else ''} → ")
-            text.append(f"{number(after, digits)}{unit if after is not None else ''}", style="bold")
+            text.append(f"{label} {compact(before, digits)}{unit if before is not None else ''} → ")
+            text.append(
+                f"{compact(after, digits)}{unit if after is not None else ''}", style="bold"
+            )
     return text
 
 
 def _short_names(paths: list[str]) -> tuple[str | None, list[str]]:
     """The folder the checkpoints share, and each path below it (the whole path when they
-    share none, or there is only one)."""
+    share none, or there is only one), without a checkpoint suffix they all share."""
     if len(paths) < 2:
         return None, paths
     try:
@@ -121,4 +138,9 @@ def _short_names(paths: list[str]) -> tuple[str | None, list[str]]:
         return None, paths
     if not common or common in paths:
         return None, paths
-    return common + os.sep, [os.path.relpath(path, common) for path in paths]
+    names = [os.path.relpath(path, common) for path in paths]
+    # One suffix for all (the format line names it) is dropped: step_1020, not step_1020.saf…
+    suffixes = {name[len(checkpoint_stem(name)) :] for name in names}
+    if len(suffixes) == 1 and (suffix := suffixes.pop()):
+        names = [name.removesuffix(suffix) for name in names]
+    return common + os.sep, names
