@@ -331,15 +331,15 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def trajectories(out: Path, seeds: Sequence[int]) -> dict[str, dict[str, Any]]:
     """Per method, `weissi trend` over each seed's checkpoints: steps and the series."""
     found: dict[str, dict[str, Any]] = {}
+    keys = ("l2_penalty", "l2_slack", "slack_share", "weissi_penalty")
     for method in METHODS:
-        series: dict[str, list[list[float]]] = {"l2_penalty": [], "l2_slack": [], "weissi": []}
+        series: dict[str, list[list[float]]] = {key: [] for key in keys}
         steps: list[int] = []
         for seed in seeds:
             report = trend_checkpoints([out / method / f"seed{seed}"])
             steps = report.x_values()
-            series["l2_penalty"].append([_number(p.l2_penalty) for p in report.points])
-            series["l2_slack"].append([_number(p.l2_slack) for p in report.points])
-            series["weissi"].append([_number(p.weissi_penalty) for p in report.points])
+            for key in keys:
+                series[key].append([_number(getattr(p, key)) for p in report.points])
         found[method] = {"steps": steps, **series}
     return found
 
@@ -349,19 +349,20 @@ def plot(found: dict[str, dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as pyplot
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter, PercentFormatter
 
     colours = {"none": "#4c72b0", "l2": "#dd8452", "adamw": "#55a868", "weissi": "#8172b2"}
     panels = (
-        ("l2_penalty", "L2 = Σ‖W‖²", True),
-        ("l2_slack", "L2 slack (removable by rescaling)", True),
-        ("weissi", "WEISSI (λ1 = λ2 = 1)", False),
+        ("l2_penalty", "L2 = Σ‖W‖²", "log"),
+        ("l2_slack", "L2 slack (what a rescaling removes)", "log"),
+        ("slack_share", "slack / L2", "percent"),
+        ("weissi_penalty", "WEISSI (λ1 = λ2 = 1)", "linear"),
     )
-    figure, axes = pyplot.subplots(1, 3, figsize=(13, 4))
-    for axis, (key, title, log) in zip(axes, panels, strict=True):
+    figure, axes = pyplot.subplots(2, 2, figsize=(11, 7.5), sharex=True)
+    for axis, (key, title, scale) in zip(axes.flat, panels, strict=True):
         for method, data in found.items():
             values = np.array(data[key])
-            mean = values.mean(axis=0)
-            axis.plot(data["steps"], mean, color=colours[method], label=method)
+            axis.plot(data["steps"], values.mean(axis=0), color=colours[method], label=method)
             axis.fill_between(
                 data["steps"],
                 values.min(axis=0),
@@ -370,15 +371,22 @@ def plot(found: dict[str, dict[str, Any]], path: Path) -> None:
                 alpha=0.15,
                 linewidth=0,
             )
-        if log:
+        if scale == "log":
             axis.set_yscale("log")
+            axis.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axis.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+            axis.yaxis.set_minor_formatter(NullFormatter())
+        elif scale == "percent":
+            axis.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
         axis.set_title(title, fontsize=10)
-        axis.set_xlabel("optimizer step")
         axis.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=8)
+    for axis in axes[1]:
+        axis.set_xlabel("optimizer step")
+    axes[0, 0].legend(fontsize=8)
     seeds = len(next(iter(found.values()))["l2_penalty"])
     figure.suptitle(
-        f"digits MLP 64-128-64-10: mean over {seeds} seed(s), band = min-max (weissi trend)",
+        f"digits MLP 64-128-64-10, {seeds} seed{'s' if seeds != 1 else ''} each: mean, band = "
+        "min–max (read from the checkpoints by weissi trend)",
         fontsize=11,
     )
     figure.tight_layout()

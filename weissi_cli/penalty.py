@@ -3,7 +3,7 @@
     loss = criterion(model(x), y) + alpha * weissi_penalty(model)
 
 Both agree with what `weissi inspect` and `weissi trend` report for the same weights saved
-to a checkpoint. The only weissi module that imports torch: the CLI never loads it.
+to a checkpoint. This module imports torch when it loads, and nothing in the CLI imports it.
 """
 
 from __future__ import annotations
@@ -39,10 +39,11 @@ def weissi_penalty(
     tied parameter counts once); with `params`, over exactly those tensors. It is unchanged
     by any layer-wise scale shift W_l → γ_l·W_l with Π γ_l = 1.
 
-    Norms accumulate in float32 for 16-bit parameters (float64 stays float64), so a bfloat16
-    model gets a float32 penalty. A weight that is all zeros raises ZeroWeightError (its
-    logarithm is −∞) rather than returning NaN: checking it reads one boolean back from the
-    device on each call.
+    Sums accumulate in float32 (float64 when a tensor is float64): 16-bit parameters are
+    upcast first, so a bfloat16 model gets a float32 penalty (and autograd keeps a float32
+    copy of each weight until backward). A weight that is all zeros raises ZeroWeightError
+    (its logarithm is −∞) rather than returning NaN; checking it reads one boolean back
+    from the device on each call.
     """
     log_sum, l1_sum = weissi_terms(module, params)
     return lambda1 * log_sum + lambda2 * l1_sum

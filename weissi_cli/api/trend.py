@@ -7,7 +7,7 @@ import glob
 import math
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from weissi_cli.api.symmetries import BUFFER_SUFFIXES, solve_group, statistics_pass
@@ -57,8 +57,6 @@ _NUMBER = re.compile(r"\d+")
 # How many enclosing folders may name the step (run/global_step500/model_states.pt).
 PARENT_LEVELS = 2
 
-Progress = Callable[[int, int, Path], None]
-
 
 def trend_checkpoints(
     paths: Sequence[str | os.PathLike[str]],
@@ -67,14 +65,12 @@ def trend_checkpoints(
     lambda2: float = 1.0,
     order: str = "step",
     threads: int = 2,
-    on_checkpoint: Progress | None = None,
 ) -> TrendReport:
     """Read each checkpoint once (the statistics `inspect` computes) and return one point per
     checkpoint in training order: by the step parsed from its name (`order="step"`), or as
     given (`order="given"`). `paths` may hold files, model folders, a run folder (expanded to
     the checkpoints inside whose names carry a step) and quoted glob patterns. A `spec` file
-    applies to every checkpoint. `on_checkpoint(index, count, path)` is called before each
-    is read."""
+    applies to every checkpoint. Only one checkpoint is open at a time."""
     if order not in ORDERS:
         raise UsageError(f"--order must be one of {', '.join(ORDERS)}, not {order!r}")
     for name, value in (("--lambda1", lambda1), ("--lambda2", lambda2)):
@@ -85,9 +81,7 @@ def trend_checkpoints(
     spec_path = Path(spec) if spec is not None else None
     points: list[TrendPoint] = []
     warnings: list[str] = []
-    for index, (path, step) in enumerate(ordered):
-        if on_checkpoint is not None:
-            on_checkpoint(index, len(ordered), path)
+    for path, step in ordered:
         point, notes = measure_checkpoint(path, step, spec_path, lambda1, lambda2, threads)
         points.append(point)
         warnings += [note for note in notes if note not in warnings]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +78,7 @@ def render_trend_plot(report: TrendReport, fmt: str = "png") -> bytes:
     for axis in axes:
         axis.grid(True, which="major", alpha=0.3)
         _plain_ticks(axis)
-    names = {Path(point.source.path).parent.name for point in report.points}
-    title = f"{len(report.points)} checkpoints"
-    if len(names) == 1 and (name := names.pop()):
-        title = f"{name}: {title}"
-    figure.suptitle(title, fontsize=11)
+    figure.suptitle(_title(report), fontsize=11)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format=fmt, dpi=110)
@@ -116,6 +113,19 @@ def _plain_ticks(axis: Any) -> None:
         formatter = ScalarFormatter(useOffset=False)
         formatter.set_scientific(False)
         axis.yaxis.set_major_formatter(formatter)
+
+
+def _title(report: TrendReport) -> str:
+    """The folder the checkpoints share (as given), and how many there are."""
+    count = f"{len(report.points)} checkpoint{'s' if len(report.points) != 1 else ''}"
+    paths = [point.source.path for point in report.points]
+    try:
+        common = os.path.commonpath(paths)
+    except ValueError:  # absolute and relative paths mixed
+        return count
+    if not common or len(paths) == 1:
+        return f"{paths[0]}" if len(paths) == 1 else count
+    return f"{common}: {count}"
 
 
 def _value(value: float | None) -> float:
