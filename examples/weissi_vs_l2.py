@@ -16,8 +16,8 @@ mean ± standard deviation over seeds: test accuracy, accuracy under FGSM at ε 
 (inputs scaled to [0, 1]), and — read from the final checkpoint by weissi itself, as
 `weissi trend` shows them — the final L2, its slack and WEISSI.
 
-    python examples/weissi_vs_l2.py                      # the full run (~2 minutes, 1 core)
-    python examples/weissi_vs_l2.py --quick              # end to end in well under a minute
+    python examples/weissi_vs_l2.py                      # the full run: ~3 min of CPU, 1 core
+    python examples/weissi_vs_l2.py --quick              # end to end in seconds
     weissi trend weissi_vs_l2_runs/l2/seed0 --plot l2.png  # one run's trajectory
 """
 

@@ -361,3 +361,32 @@ def test_bad_settings_are_usage_errors(tmp_path: Path) -> None:
         trend_checkpoints(paths, lambda1=math.inf)
     with pytest.raises(UsageError, match="at least one checkpoint"):
         trend_checkpoints([])
+
+
+def test_a_model_folder_gets_its_architecture_symmetries(tmp_path: Path, samples: Path) -> None:
+    """Two Hugging Face checkpoint folders of the sample LLaMA: the config's symmetries are
+    solved jointly per checkpoint, as `inspect` solves them; embeddings count in L2 and
+    WEISSI, with no slack of their own."""
+    import shutil
+
+    for step in (100, 200):
+        shutil.copytree(samples / "tiny_llama_chars", tmp_path / f"checkpoint-{step}")
+    report = trend_checkpoints([tmp_path])
+    inspected = inspect_checkpoint(tmp_path / "checkpoint-100").group
+    assert inspected is not None
+    for point in report.points:
+        assert point.structure == "config:llama"
+        assert not point.assumed
+        assert point.chains == ()
+        assert point.symmetries is not None
+        assert point.symmetries.count == len(inspected.symmetries)
+        assert point.symmetries.unbounded == 5  # the norm gains: never penalised
+        assert point.l2_slack == pytest.approx(
+            inspected.layer.l2_before - inspected.layer.l2_after, rel=1e-12
+        )
+        assert point.l2_penalty is not None
+        assert point.l2_penalty > inspected.l2_penalty  # the embeddings are in the total
+        assert point.min_l2_penalty == pytest.approx(point.l2_penalty - point.l2_slack)
+        assert point.imbalance is not None
+        assert point.imbalance > 1
+    assert report.points[0].weissi_penalty == report.points[1].weissi_penalty

@@ -28,6 +28,7 @@ from weissi_cli.report.trend import (
     TrendSettings,
 )
 from weissi_cli.stats import TensorStats
+from weissi_cli.structure import discover
 
 ORDERS = ("step", "given")
 CHECKPOINT_SUFFIXES = (
@@ -54,6 +55,7 @@ _RANKS = (
     (("epoch",), "epoch"),
 )
 _NUMBER = re.compile(r"\d+")
+GLOB_CHARACTERS = "*?["
 # How many enclosing folders may name the step (run/global_step500/model_states.pt).
 PARENT_LEVELS = 2
 
@@ -108,7 +110,7 @@ def expand_paths(paths: Sequence[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         text = str(path)
-        if not path.exists() and glob.has_magic(text):
+        if not path.exists() and any(char in text for char in GLOB_CHARACTERS):
             matches = sorted(glob.glob(text), key=natural_key)
             if not matches:
                 raise InputError(f"{text}: no file or folder matches this pattern")
@@ -250,7 +252,7 @@ def measure_checkpoint(
 ) -> tuple[TrendPoint, list[str]]:
     """One pass over `path`: its point, and what a user should know (assumptions, notes)."""
     with open_checkpoint(path) as checkpoint:
-        structure = discover_structure(checkpoint, spec)
+        structure = discover(checkpoint, spec)
         penalised = penalised_weights(checkpoint)
         in_chains = [name for chain in structure.chains for name in chain.tensor_names()]
         names = list(dict.fromkeys([*penalised, *in_chains]))
@@ -285,12 +287,6 @@ def measure_checkpoint(
         notes = [*checkpoint.notes, *structure.assumptions]
         notes += [f"{chain.id}: {note}" for chain in structure.chains for note in chain.notes]
         return point, notes
-
-
-def discover_structure(checkpoint: Checkpoint, spec: Path | None) -> Structure:
-    from weissi_cli.structure import discover
-
-    return discover(checkpoint, spec)
 
 
 def penalised_weights(checkpoint: Checkpoint) -> list[str]:

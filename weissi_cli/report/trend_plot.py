@@ -99,13 +99,15 @@ def _at_least_relative_range(axis: Any, values: list[float]) -> None:
 
 
 def _plain_ticks(axis: Any) -> None:
-    """Plain numbers on the y axis (no offset, no 6×10¹); on a log scale of fewer than
-    three decades, ticks at 1, 2 and 5 of each decade (else one per decade)."""
+    """Plain numbers on the y axis (no offset, no 6×10¹); on a log scale, ticks at 1, 2, 3
+    and 5 of each decade below two decades, at 1, 2 and 5 below three, else one a decade."""
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter, ScalarFormatter
 
     if axis.get_yscale() == "log":
         low, high = axis.get_ylim()
-        if high < 1000 * low:
+        if high < 100 * low:
+            axis.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+        elif high < 1000 * low:
             axis.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         axis.yaxis.set_major_formatter(FormatStrFormatter("%g"))
         axis.yaxis.set_minor_formatter(NullFormatter())
