@@ -76,8 +76,12 @@ def test_emitted_spec_of_a_conv_chain_round_trips(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('[[chain]]\nlayers = ["net.0", "net.2"]\n', "`version = 1` is required"),
-        ('version = 2\n[[chain]]\nlayers = ["net.0", "net.2"]\n', "`version = 1` is required"),
+        ('[[chain]]\nlayers = ["net.0", "net.2"]\n', "`version = 2` is required"),
+        ('version = 3\n[[chain]]\nlayers = ["net.0", "net.2"]\n', "`version = 2` is required"),
+        (
+            'version = 1\n[[chain]]\nlayers = ["net.0", "net.2"]\nflatten = "channel-last"\n',
+            "flatten need(s) `version = 2`",
+        ),
         ("version = 1\n", "declares no [[chain]] or [[symmetry]] tables"),
         ('version = 1\nextra = 3\n[[chain]]\nlayers = ["net.0"]\n', "unknown key(s) extra"),
         ('version = 1\n[[chain]]\nlayer = ["net.0"]\n', "unknown key(s) layer"),
@@ -138,7 +142,7 @@ def test_one_layer_chain_is_accepted_with_a_note(tmp_path: Path, mlp_file: Path)
 @pytest.mark.parametrize("version", ["true", "1.0", '"1"'])
 def test_version_must_be_the_integer_1(tmp_path: Path, mlp_file: Path, version: str) -> None:
     spec = spec_file(tmp_path, f'version = {version}\n[[chain]]\nlayers = ["net.0", "net.2"]\n')
-    with pytest.raises(InputError, match="`version = 1` is required"):
+    with pytest.raises(InputError, match="`version = 2` is required"):
         from_spec(mlp_file, spec)
 
 

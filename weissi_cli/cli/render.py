@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # only annotations: a command imports the report modules it p
     from weissi_cli.report.inspect import InspectReport
     from weissi_cli.report.rebalance import RebalanceReport
     from weissi_cli.report.symmetries import KindRow, SymmetryGroup
+    from weissi_cli.verify import Verification
 
 BAR_WIDTH = 12
 EIGHTHS = " ▏▎▍▌▋▊▉█"
@@ -405,24 +406,45 @@ def render_rebalance(report: RebalanceReport, console: Console) -> None:
             )
         )
     console.print()
-    verification = report.verification
-    mark = (
-        Text("✓ verified", style="bold green")
-        if verification.passed
-        else Text("✗ verification failed", style="bold red")
-    )
-    console.print(Text.assemble(mark, f" ({verification.method})"))
-    for check in verification.chains:
-        first, *rest = check.detail.split("; ")
-        console.print(f"  {escape(check.chain_id)}: {escape(first)}")
-        for line in rest:
-            console.print(f"    {escape(line)}")
+    if report.nothing_to_do:
+        console.print(
+            Text(
+                f"nothing to do: every scale is 1; {report.output_path} was not written "
+                "(--write-unchanged writes an unchanged copy)",
+                style="bold",
+            )
+        )
+        return
+    _print_verdict(report.verification, console)
     if report.written:
         console.print(
             Text.assemble("wrote ", (report.output_path, "bold"), f" ({report.output_format})")
         )
     else:
         console.print(Text(f"{report.output_path} was not written", style="bold red"))
+
+
+def _print_verdict(verification: Verification, console: Console) -> None:
+    """The verdict: its level's mark and claim, what the user must still check, then what
+    each check found."""
+    from weissi_cli.report.rebalance import verdict_line
+
+    mark, words = verdict_line(verification)
+    style = (
+        "bold red"
+        if not verification.passed
+        else "bold green"
+        if verification.level == "real_network"
+        else "bold yellow"
+    )
+    console.print(Text.assemble((f"{mark} {words}", style), f" ({verification.method})"))
+    for caveat in verification.caveats:
+        console.print(Text.assemble(("  check: ", "yellow"), caveat))
+    for check in verification.chains:
+        first, *rest = check.detail.split("; ")
+        console.print(f"  {escape(check.chain_id)}: {escape(first)}")
+        for line in rest:
+            console.print(f"    {escape(line)}")
 
 
 def _factor(value: float, mode: str) -> str:
