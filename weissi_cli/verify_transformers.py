@@ -96,16 +96,15 @@ def run_transformers(
         + (
             f", allowed {tolerance:g})"
             if exact
-            else "; approximate symmetries: measured, not bounded)"
+            else ", approximate symmetries: measured, not bounded)"
         )
     )
     name = type(before_model).__name__
     inputs = f"{probes} batches of random token ids ({BATCH}×{SEQUENCE})"
-    if covered:
-        inputs += (
-            f" and ids covering {'all' if covered == vocab else 'the first'} {covered:,} of the "
-            f"{vocab:,} vocabulary entries"
-        )
+    if covered == vocab:
+        inputs += f" and ids covering all {vocab:,} vocabulary entries"
+    elif covered:
+        inputs += f" and ids covering the first {covered:,} of the {vocab:,} vocabulary entries"
     caveat = ""
     if not exact:
         caveat = (

@@ -491,6 +491,8 @@ def render_graph(report: GraphReport, console: Console) -> None:
             branch.add(f"{escape(member.tensor)}  {sign}  ({where})")
         if symmetry.note:
             branch.add(Text(symmetry.note, style="dim"))
+        if symmetry.guess:
+            branch.add(Text(f"guess: {symmetry.guess}", style="yellow"))
     if structure.stops:
         stops = tree.add(Text(f"stopped ({len(structure.stops)})", style="bold"))
         for stop in structure.stops:
@@ -562,6 +564,14 @@ def render_diff(report: DiffReport, console: Console) -> None:
     style = "bold green" if report.same_function else "bold red"
     console.print()
     console.print(Text.assemble("verdict: ", (report.verdict, style)))
+    basis = report.structure
+    if report.qualifier:
+        console.print(Text(f"  {report.qualifier}", style="yellow"))
+    elif basis.level != "none":
+        compared = "" if basis.compared else "; not used: it cannot place every tensor"
+        console.print(
+            Text(f"  structure: {basis.description} ({basis.level}){compared}", style="dim")
+        )
     for reason in report.reasons:
         console.print(f"  {escape(reason)}", style="red")
     for shift in report.shifts:

@@ -145,12 +145,13 @@ def placement_refusals(
         return ()
     placed = {name for chain in chains for name in chain.claimed()}
     placed |= {member.tensor for symmetry in symmetries for member in symmetry.members}
-    hidden: dict[int, str] = {}  # width -> the first hidden space of that width
+    spaces: dict[int, list[str]] = {}  # width -> the hidden spaces of that width
     owner: dict[str, str] = {}  # layer prefix -> chain id
     for chain in chains:
-        for layer in chain.layers[:-1]:
-            hidden.setdefault(layer.out_features, f"the output of {layer.prefix} in {chain.id}")
-        owner.update({layer.prefix: chain.id for layer in chain.layers})
+        for producer in chain.layers[:-1]:
+            spaces.setdefault(producer.out_features, []).append(f"{producer.prefix} ({chain.id})")
+        owner.update({member.prefix: chain.id for member in chain.layers})
+    hidden = {width: f"the output of {' or '.join(found)}" for width, found in spaces.items()}
     found: list[str] = []
     for module in group_modules(checkpoint):
         layer = as_layer(module) if module.prefix else None

@@ -42,6 +42,7 @@ _CHAIN_KEYS_2 = {"flatten", "features_per_step", "slope", "slopes"}
 _SYMMETRY_KEYS = {"id", "size", "tie", "exact", "note", "members", "kind", "block"}
 _SYMMETRY_KEYS_2 = {"guess"}
 _MEMBER_KEYS = {"tensor", "axis", "exponent", "block", "offset"}
+_MEMBER_KEYS_2 = {"repeat"}
 
 
 def read_spec(path: Path) -> dict[str, Any]:
@@ -336,33 +337,45 @@ def _symmetry_from_table(
     members = table.get("members")
     if not isinstance(members, list) or not members:
         raise InputError(f"{where}: `members` must be a non-empty array of inline tables")
-    parsed = tuple(_member(where, item, size, checkpoint) for item in members)
+    parsed = tuple(
+        member for item in members for member in _members(where, item, size, checkpoint, version)
+    )
     return Symmetry(symmetry_id, size, parsed, tie, exact, "spec", note, kind, block, guess)
 
 
-def _member(where: str, item: Any, size: int, checkpoint: Checkpoint) -> Member:
+def _members(
+    where: str, item: Any, size: int, checkpoint: Checkpoint, version: int = SPEC_VERSION
+) -> tuple[Member, ...]:
+    """One member table: `repeat` (version 2) lays the pattern of `size` channels × `block`
+    entries that many times along the axis, one after the other (a channel-last or
+    time-major flatten: channel c covers entries offset + r·size·block + c·block ...)."""
     if not isinstance(item, dict):
         raise InputError(
             f"{where}: every member is an inline table "
             "{ tensor = ..., axis = ..., exponent = ... }"
         )
-    unknown = sorted(set(item) - _MEMBER_KEYS)
+    keys = _MEMBER_KEYS | (_MEMBER_KEYS_2 if version >= 2 else set())
+    unknown = sorted(set(item) - keys)
     if unknown:
         raise InputError(f"{where}: member has unknown key(s) {', '.join(unknown)}")
     tensor = item.get("tensor")
     axis, exponent = item.get("axis"), item.get("exponent")
     block, offset = item.get("block", 1), item.get("offset", 0)
+    repeat = item.get("repeat", 1)
     if (
         not isinstance(tensor, str)
         or type(axis) is not int
         or type(exponent) is not int
         or type(block) is not int
         or type(offset) is not int
+        or type(repeat) is not int
     ):
         raise InputError(
             f"{where}: a member needs `tensor` (string), `axis` and `exponent` (integers); "
-            "`block` and `offset` are integers too"
+            "`block`, `offset` and `repeat` are integers too"
         )
+    if repeat < 1:
+        raise StructureError(f"{where}: {tensor}: repeat must be >= 1")
     if tensor not in checkpoint:
         close = difflib.get_close_matches(tensor, [info.name for info in checkpoint.tensors], n=3)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
@@ -380,12 +393,14 @@ def _member(where: str, item: Any, size: int, checkpoint: Checkpoint) -> Member:
         raise StructureError(
             f"{where}: {tensor}: exponent must be non-zero, block >= 1, offset >= 0"
         )
-    if offset + size * block > info.shape[axis]:
+    if offset + repeat * size * block > info.shape[axis]:
+        times = f" × repeat {repeat}" if repeat != 1 else ""
         raise StructureError(
-            f"{where}: {tensor}: {size} channels × block {block} from offset {offset} run past "
-            f"axis {axis} (size {info.shape[axis]})"
+            f"{where}: {tensor}: {size} channels × block {block}{times} from offset {offset} "
+            f"run past axis {axis} (size {info.shape[axis]})"
         )
-    return Member(tensor, axis, exponent, block, offset)
+    period = size * block
+    return tuple(Member(tensor, axis, exponent, block, offset + r * period) for r in range(repeat))
 
 
 def _layer(path: Path, prefix: str, checkpoint: Checkpoint, layer_prefixes: list[str]) -> Layer:
@@ -459,7 +474,7 @@ def emit_spec(structure: Structure, source: str) -> str:
             lines.append("# delete `guess` once you have checked the layout it names")
             lines.append(f"guess = {_quote(symmetry.guess)}")
         lines.append("members = [")
-        for member in symmetry.members:
+        for member, repeat in _runs(symmetry.members, symmetry.size):
             fields = [
                 f"tensor = {_quote(member.tensor)}",
                 f"axis = {member.axis}",
@@ -469,6 +484,8 @@ def emit_spec(structure: Structure, source: str) -> str:
                 fields.append(f"block = {member.block}")
             if member.offset:
                 fields.append(f"offset = {member.offset}")
+            if repeat != 1:
+                fields.append(f"repeat = {repeat}")
             lines.append("  { " + ", ".join(fields) + " },")
         lines.append("]")
     for stop in structure.stops:
@@ -476,6 +493,27 @@ def emit_spec(structure: Structure, source: str) -> str:
     if not structure.chains and not structure.symmetries:
         lines.append("# nothing was found: add [[chain]] or [[symmetry]] tables by hand")
     return "\n".join(lines) + "\n"
+
+
+def _runs(members: tuple[Member, ...], size: int) -> list[tuple[Member, int]]:
+    """Consecutive members that repeat one pattern along an axis, as (first, repeat): what
+    `repeat` in a member table reads back into."""
+    runs: list[tuple[Member, int]] = []
+    for member in members:
+        if runs:
+            first, count = runs[-1]
+            period = size * first.block
+            same = (first.tensor, first.axis, first.exponent, first.block) == (
+                member.tensor,
+                member.axis,
+                member.exponent,
+                member.block,
+            )
+            if same and member.offset == first.offset + count * period:
+                runs[-1] = (first, count + 1)
+                continue
+        runs.append((member, 1))
+    return runs
 
 
 def _emit_chain_extras(chain: Chain) -> list[str]:
