@@ -60,7 +60,7 @@ def diff_checkpoints(
         warnings = [*a.notes, *b.notes, *structure.assumptions]
         guesses = structure.guesses()
         if granularity == "channel" and guesses:
-            raise StructureError(guess_refusal(first, guesses))
+            raise StructureError(guess_refusal(first, guesses, "comparison"))
         basis = structure_basis(structure, spec)
         unplaced = structure.origin == "heuristic" and bool(structure.refusals)
         if unplaced:

@@ -38,14 +38,14 @@ def refusal_message(path: Path, structure: Structure, hugging_face: bool) -> str
     )
 
 
-def guess_refusal(path: Path, guesses: tuple[str, ...]) -> str:
+def guess_refusal(path: Path, guesses: tuple[str, ...], what: str = "rebalancing") -> str:
     """Why channel granularity refuses a flatten nothing proves (layer granularity is fine:
     one scale for every channel is right in any order)."""
     return (
-        f"{path}: per-channel rebalancing needs to know which inputs each channel feeds, and "
+        f"{path}: per-channel {what} needs to know which inputs each channel feeds, and "
         f'{"; ".join(guesses)}: state the order in a spec file (flatten = "channel-major", '
         '"channel-last" or "time-major" on the chain), export the model with torch.export '
-        "(its graph proves the order), or rebalance with --granularity layer"
+        "(its graph proves the order), or use --granularity layer"
     )
 
 

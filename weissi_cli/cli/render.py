@@ -438,7 +438,7 @@ def _print_verdict(verification: Verification, console: Console) -> None:
         else "bold yellow"
     )
     console.print(Text.assemble((f"{mark} {words}", style), f" ({verification.method})"))
-    for caveat in verification.caveats:
+    for caveat in verification.caveats if verification.passed else ():
         console.print(Text.assemble(("  check: ", "yellow"), caveat))
     for check in verification.chains:
         first, *rest = check.detail.split("; ")

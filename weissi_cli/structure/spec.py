@@ -471,7 +471,10 @@ def emit_spec(structure: Structure, source: str) -> str:
         if symmetry.group:
             lines.append(f"block = {_quote(symmetry.group)}")
         if symmetry.guess:
-            lines.append("# delete `guess` once you have checked the layout it names")
+            lines.append(
+                "# check that layout; state the true one in the members (block, repeat), "
+                "then delete `guess`"
+            )
             lines.append(f"guess = {_quote(symmetry.guess)}")
         lines.append("members = [")
         for member, repeat in _runs(symmetry.members, symmetry.size):
