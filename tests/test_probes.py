@@ -33,7 +33,8 @@ def test_float16_probes_are_scaled_down_into_the_subnormal_range() -> None:
 def test_other_dtypes_probe_at_unit_scale_only() -> None:
     for storage in (None, "bfloat16"):
         inputs = probe_inputs(5, np.float32, storage, probes=8, seed=0)
-        assert inputs.values.shape == (8, 5) and inputs.scales == (1.0,)
+        assert inputs.values.shape == (8, 5)
+        assert inputs.scales == (1.0,)
 
 
 @pytest.mark.parametrize(

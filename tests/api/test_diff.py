@@ -75,7 +75,8 @@ def test_a_transformer_and_its_rebalanced_copy(tmp_path: Path, granularity: str)
     assert itself.verdict == "identical"
     report = diff_checkpoints(source, tmp_path / "out", granularity=granularity)
     assert report.verdict == "equal up to scale shift"
-    assert report.structure.level == "exact" and report.qualifier == ""
+    assert report.structure.level == "exact"
+    assert report.qualifier == ""
     moved = [t for t in report.tensors if not t.bitwise_equal]
     assert moved  # the rebalanced projections
     assert all(t.canonical_rel_diff is not None for t in moved)
@@ -105,7 +106,8 @@ def test_scale_shift_on_a_guessed_structure_says_what_it_stands_on(
     rebalance_checkpoint(source, output, assume_relu=True)
     report = diff_checkpoints(source, output)
     assert report.verdict == "equal up to scale shift"
-    assert report.structure.level == "assumed" and report.structure.compared
+    assert report.structure.level == "assumed"
+    assert report.structure.compared
     assert report.qualifier.startswith("assumed structure, guessed from names and shapes")
     spec = tmp_path / "spec.toml"
     spec.write_text('version = 2\n[[chain]]\nlayers = ["net.0", "net.2", "net.4"]\n')

@@ -172,7 +172,8 @@ def test_resnet_without_include_bias_has_only_unbounded_symmetries(
     report, output = _rebalance(
         exported, tmp_path, "resnet", granularity="channel", scales="real", include_bias=False
     )
-    assert report.nothing_to_do and not report.written
+    assert report.nothing_to_do
+    assert not report.written
     assert not output.exists()
     assert report.group is not None
     assert report.group.channel is not None
@@ -187,7 +188,8 @@ def test_resnet_without_include_bias_has_only_unbounded_symmetries(
         write_unchanged=True,
         name="forced",
     )
-    assert forced.written and forced.verification.passed
+    assert forced.written
+    assert forced.verification.passed
     assert forced.verification.level == "real_network"
     before, after = _state(exported["resnet"]), _state(output)
     assert all(torch.equal(before[name], after[name]) for name in before)

@@ -401,7 +401,8 @@ def test_channel_rebalance_of_the_cnn_needs_its_flatten_order_stated(
         )
     message = str(caught.value)
     assert "the flatten of features.2 into classifier is assumed channel-major" in message
-    assert 'flatten = "channel-major"' in message and "--granularity layer" in message
+    assert 'flatten = "channel-major"' in message
+    assert "--granularity layer" in message
     assert caught.value.exit_code == 2
     assert not output.exists()
     layer = rebalance_checkpoint(samples / "cnn_digits.pt", output, assume_relu=True)

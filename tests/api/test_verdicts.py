@@ -88,7 +88,8 @@ def test_two_heads_with_prelu_as_safetensors_are_refused(
         for tensor in ("conv4_2.weight", "prelu1.weight", "prelu2.weight", "prelu3.weight"):
             assert tensor in message
         assert "a second head" in message
-        assert "--emit-spec" in message and ".pt2" in message
+        assert "--emit-spec" in message
+        assert ".pt2" in message
         assert nothing_written(tmp_path, "out")
     # inspect still reports the guess, labelled
     report = inspect_checkpoint(source)
@@ -109,7 +110,8 @@ def test_two_heads_exported_are_verified_on_the_real_network(
     torch.export.save(program, source)
     output = tmp_path / "out.pt2"
     report = rebalance_checkpoint(source, output, granularity=granularity)
-    assert report.written and report.verification.passed
+    assert report.written
+    assert report.verification.passed
     assert report.verification.level == "real_network"
     assert report.verification.caveats == ()
     assert report.group is not None
@@ -152,7 +154,8 @@ members = [
 """
     output = tmp_path / "out.safetensors"
     report = rebalance_checkpoint(source, output, spec=spec(tmp_path, text), granularity="channel")
-    assert report.written and report.verification.passed
+    assert report.written
+    assert report.verification.passed
     assert report.verification.level == "values_only"  # conv layers: no probes
     assert any("spec.toml declares" in caveat for caveat in report.verification.caveats)
     before, after = state_of(source), state_of(output)
@@ -175,8 +178,10 @@ def test_a_prelu_chain_in_a_spec_is_probed_with_its_slopes(tmp_path: Path) -> No
     assert report.written
     assert report.verification.level == "declared_structure"
     check = report.verification.chains[0]
-    assert check.method == "probe" and check.passed
-    assert check.max_rel_diff is not None and check.max_rel_diff < 1e-5
+    assert check.method == "probe"
+    assert check.passed
+    assert check.max_rel_diff is not None
+    assert check.max_rel_diff < 1e-5
     before, after = state_of(source), state_of(output)
     assert torch.equal(before["act1.weight"], after["act1.weight"])
     assert report.chains[0].l2_after < report.chains[0].l2_before
@@ -221,11 +226,13 @@ def test_a_flatten_order_is_never_guessed_per_channel(
         )
     message = str(caught.value)
     assert "into fc1 is assumed channel-major" in message
-    assert 'flatten = "channel-major"' in message and "--granularity layer" in message
+    assert 'flatten = "channel-major"' in message
+    assert "--granularity layer" in message
     assert nothing_written(tmp_path, "out")
     # one scale for all of a layer's channels is right in any order
     report = rebalance_checkpoint(source, output, assume_relu=True, include_bias=include_bias)
-    assert report.written and report.verification.passed
+    assert report.written
+    assert report.verification.passed
     assert report.verification.level == "values_only"
     before = run_flatten(order, state_of(source))
     assert relative_change(before, run_flatten(order, state_of(output))) < 1e-5
@@ -238,9 +245,11 @@ def test_a_stated_channel_last_flatten_rebalances_per_channel(
     text = 'version = 2\n[[chain]]\nlayers = ["conv", "fc1", "fc2"]\nflatten = "channel-last"\n'
     output = tmp_path / "out.safetensors"
     report = rebalance_checkpoint(source, output, spec=spec(tmp_path, text), granularity="channel")
-    assert report.written and report.verification.passed
+    assert report.written
+    assert report.verification.passed
     chain = report.chains[0]
-    assert chain.l2_after is not None and chain.min_l2_penalty is not None
+    assert chain.l2_after is not None
+    assert chain.min_l2_penalty is not None
     assert chain.l2_after < chain.min_l2_penalty  # per channel beats the layer-wise optimum
     before = run_flatten("channel-last", state_of(source))
     assert relative_change(before, run_flatten("channel-last", state_of(output))) < 1e-5
@@ -280,7 +289,8 @@ members = [
     report = rebalance_checkpoint(
         source, output, spec=spec(tmp_path, text), granularity="channel", include_bias=True
     )
-    assert report.written and report.verification.passed
+    assert report.written
+    assert report.verification.passed
     before, after = state_of(source), state_of(output)
     assert not torch.equal(before["bn.weight"], after["bn.weight"])
     assert relative_change(run_flatten("time-major", before), run_flatten("time-major", after)) < (
@@ -341,8 +351,10 @@ def test_an_unregistered_architecture_is_refused(qwen3: Path, tmp_path: Path) ->
         with pytest.raises(StructureError) as caught:
             rebalance_checkpoint(qwen3, output, assume_relu=True, verify_with=verify_with)
         message = str(caught.value)
-        assert "architecture 'qwen3'" in message and "has no exact structure" in message
-        assert "--emit-spec" in message and "--verify-with transformers" in message
+        assert "architecture 'qwen3'" in message
+        assert "has no exact structure" in message
+        assert "--emit-spec" in message
+        assert "--verify-with transformers" in message
         assert not output.exists()
     report = inspect_checkpoint(qwen3)
     assert any("has no exact structure" in w for w in report.warnings)
@@ -370,7 +382,8 @@ members = [
     report = rebalance_checkpoint(
         qwen3, output, spec=pinned, granularity="channel", verify_with="transformers"
     )
-    assert report.written and report.verification.passed
+    assert report.written
+    assert report.verification.passed
     assert report.verification.level == "real_network"
     assert report.verification.chains[-1].method == "transformers"
     assert relative_change(logits(qwen3), logits(output)) < 1e-5
@@ -404,11 +417,16 @@ def test_float16_power_of_two_reports_the_subnormal_change(half_mlp: Path, tmp_p
     assert report.chains[0].scales == "pow2"
     check = report.verification.chains[0]
     assert report.verification.level == "declared_structure"
-    assert check.bit_identical is False and "bit-identical" not in check.detail
-    assert "subnormal" in check.detail and "float16 arithmetic" in check.detail
-    assert check.max_rel_diff is not None and check.max_rel_diff > 0
+    assert check.bit_identical is False
+    assert "bit-identical" not in check.detail
+    assert "subnormal" in check.detail
+    assert "float16 arithmetic" in check.detail
+    assert check.max_rel_diff is not None
+    assert check.max_rel_diff > 0
     caveat = check.caveat
-    assert "subnormal" in caveat and "--scales real" in caveat and "--hold-activations" in caveat
+    assert "subnormal" in caveat
+    assert "--scales real" in caveat
+    assert "--hold-activations" in caveat
     assert caveat in report.verification.caveats
     before, after = state_of(half_mlp), state_of(output)
     moved = relative_change(run_half(before), run_half(after))
@@ -434,7 +452,9 @@ def test_hold_activations_never_scales_a_hidden_activation_down(
         ratio = after[bias].double() / before[bias].double()
         assert torch.all(ratio[before[bias] != 0] >= 1.0), bias
     held_l2, free_l2 = held.chains[0].l2_after, free.chains[0].l2_after
-    assert held_l2 is not None and free_l2 is not None and held_l2 >= free_l2
+    assert held_l2 is not None
+    assert free_l2 is not None
+    assert held_l2 >= free_l2
 
 
 # 5. Approximate symmetries (a GELU MLP) ----------------------------------------------------
@@ -446,10 +466,12 @@ def test_gelu_links_with_allow_approximate_are_approximate(tmp_path: Path) -> No
     output = tmp_path / "out"
     report = rebalance_checkpoint(source, output, allow_approximate=True, granularity="channel")
     verification = report.verification
-    assert report.written and verification.passed
+    assert report.written
+    assert verification.passed
     assert verification.level == "approximate"
     run = verification.chains[-1]
-    assert run.level == "approximate" and run.max_rel_diff is not None
+    assert run.level == "approximate"
+    assert run.max_rel_diff is not None
     assert "covering all 18 vocabulary entries" in run.detail
     assert any("approximate symmetries change the function" in c for c in verification.caveats)
     real = relative_change(logits(source), logits(output))

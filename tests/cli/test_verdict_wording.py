@@ -118,7 +118,8 @@ def test_nothing_to_do_writes_nothing_unless_asked(
             "rebalance", "once.safetensors", "-o", "twice.safetensors", "--assume-relu", "--json"
         ).stdout
     )
-    assert payload["nothing_to_do"] is True and payload["output"]["written"] is False
+    assert payload["nothing_to_do"] is True
+    assert payload["output"]["written"] is False
     forced = run(
         "rebalance",
         "once.safetensors",

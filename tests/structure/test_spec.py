@@ -329,7 +329,10 @@ def test_prelu_slopes_are_claimed_never_scaled(tmp_path: Path) -> None:
 
 
 def test_a_leaky_slope_is_kept(tmp_path: Path, mlp_file: Path) -> None:
-    text = 'version = 2\n[[chain]]\nactivation = "leaky_relu"\nslope = 0.2\nlayers = ["net.0", "net.2"]\n'
+    text = (
+        'version = 2\n[[chain]]\nactivation = "leaky_relu"\nslope = 0.2\n'
+        'layers = ["net.0", "net.2"]\n'
+    )
     (chain,) = from_spec(mlp_file, spec_file(tmp_path, text)).chains
     assert chain.slope == 0.2
 
@@ -362,7 +365,8 @@ members = [
     emitted = emit_spec(first, "cnn.pt")
     (tmp_path / "again.toml").write_text(emitted)
     second = from_spec(cnn_file, tmp_path / "again.toml")
-    assert "repeat = 3" in emitted and 'flatten = "channel-last"' in emitted
+    assert "repeat = 3" in emitted
+    assert 'flatten = "channel-last"' in emitted
     assert second.chains == first.chains
     assert second.symmetries == first.symmetries
     assert second.guesses() == first.guesses()
