@@ -628,9 +628,21 @@ def structural_check(
     scales: Mapping[str, TensorScale],
     as_written: CheckAsWritten | None = None,
 ) -> ChainVerification:
-    """The value check alone, for chains whose forward pass the files do not determine."""
+    """The value check alone, for chains whose forward pass the files do not determine: with
+    the chain's symmetries, it shows the declared chain's function unchanged."""
     compute = _compute_dtype(original, chain)
-    return verify_tensors(original, rewritten, chain.id, scales, compute, as_written)
+    return verify_tensors(
+        original, rewritten, chain.id, scales, compute, as_written, declared_level(chain.origin)
+    )
+
+
+def declared_level(*origins: str) -> Level:
+    """What a value check shows for symmetries of these origins: that the function of a
+    structure declared by a spec or consented to (a guess) is unchanged; for a graph's or
+    an architecture's, which stand for the real network, only values until it runs."""
+    if origins and all(origin in ("spec", "heuristic") for origin in origins):
+        return "declared_structure"
+    return "values_only"
 
 
 class _CheckedAsWritten:
@@ -985,9 +997,11 @@ def verify_tensors(
     scales: Mapping[str, TensorScale],
     compute: type[np.floating] | None = None,
     as_written: CheckAsWritten | None = None,
+    level: Level = "values_only",
 ) -> ChainVerification:
     """Every value of each named tensor is its original times the planned factor (as
-    checked while it was written, where `as_written` holds that check)."""
+    checked while it was written, where `as_written` holds that check). `level`: what that
+    shows for the structure the scales come from (see `declared_level`)."""
     if compute is None:
         dtypes = {original.info(name).dtype for name in scales}
         compute = np.float64 if dtypes == {"float64"} else np.float32
@@ -1023,7 +1037,7 @@ def verify_tensors(
         None,
         elements.describe(),
         reader.measured(),
-        level="values_only",
+        level=level,
     )
 
 

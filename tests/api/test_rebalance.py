@@ -420,7 +420,7 @@ def test_channel_rebalance_of_the_cnn_keeps_its_function(samples: Path, tmp_path
         samples / "cnn_digits.pt", output, spec=spec, granularity="channel"
     )
     assert report.verification.method == "structural"
-    assert report.verification.level == "values_only"
+    assert report.verification.level == "declared_structure"
     assert report.verification.passed
     layer = inspect_checkpoint(samples / "cnn_digits.pt").chains[0]
     assert report.chains[0].l2_after <= layer.min_l2_penalty * (1 + 1e-6)

@@ -156,7 +156,7 @@ members = [
     report = rebalance_checkpoint(source, output, spec=spec(tmp_path, text), granularity="channel")
     assert report.written
     assert report.verification.passed
-    assert report.verification.level == "values_only"  # conv layers: no probes
+    assert report.verification.level == "declared_structure"  # values checked, no probes
     assert any("spec.toml declares" in caveat for caveat in report.verification.caveats)
     before, after = state_of(source), state_of(output)
     assert not torch.equal(before["conv4_2.weight"], after["conv4_2.weight"])
@@ -233,7 +233,7 @@ def test_a_flatten_order_is_never_guessed_per_channel(
     report = rebalance_checkpoint(source, output, assume_relu=True, include_bias=include_bias)
     assert report.written
     assert report.verification.passed
-    assert report.verification.level == "values_only"
+    assert report.verification.level == "declared_structure"
     before = run_flatten(order, state_of(source))
     assert relative_change(before, run_flatten(order, state_of(output))) < 1e-5
 
@@ -321,7 +321,7 @@ def test_the_emitted_spec_keeps_a_guessed_flatten_a_guess(
         granularity="channel",
         include_bias=True,
     )
-    assert report.verification.level == "values_only"
+    assert report.verification.level == "declared_structure"
     assert any("confirm it matches" in caveat for caveat in report.verification.caveats)
     before, after = state_of(source), state_of(tmp_path / "out.pt")
     assert relative_change(run_flatten("time-major", before), run_flatten("time-major", after)) > (

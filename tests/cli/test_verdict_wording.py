@@ -56,10 +56,25 @@ def test_exact_for_the_declared_structure(run: Callable[..., Result], workdir: P
     assert "check: the structure is what spec.toml declares" in result.stdout
 
 
-def test_values_only(run: Callable[..., Result], workdir: Path) -> None:
+def test_a_conv_chain_is_exact_for_the_declared_structure_without_probes(
+    run: Callable[..., Result], workdir: Path
+) -> None:
+    """Its values are checked, not its function: with the chain's symmetries, that shows
+    the guessed chain's function unchanged."""
     result = run("rebalance", "cnn_digits.pt", "-o", "out.pt", "--assume-relu")
     assert result.exit_code == 0, result.stderr
     assert_golden("rebalance_cnn_digits.txt", result.stdout)
+    assert verdict(result.stdout)[0].endswith("the real network was not run (structural)")
+
+
+def test_values_only(run: Callable[..., Result], workdir: Path, samples: Path) -> None:
+    """A registered architecture's symmetries, values checked, the model not run."""
+    shutil.copytree(samples / "tiny_llama_chars", workdir / "tiny_llama_chars")
+    result = run("rebalance", "tiny_llama_chars", "-o", "out")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("○"))
+    assert_golden("rebalance_tiny_llama_values_only.txt", "\n".join(lines[start:]) + "\n")
     assert verdict(result.stdout) == ["○ values only; the function was not run (structural)"]
 
 

@@ -371,3 +371,12 @@ members = [
     assert second.symmetries == first.symmetries
     assert second.guesses() == first.guesses()
     assert [m.offset for m in second.symmetries[0].members[1:]] == [0, 16, 32]
+
+
+def test_an_emitted_guess_lists_what_rebalance_refuses(tmp_path: Path) -> None:
+    state = mlp_state(sizes=(6, 5, 4))
+    state["act.weight"] = torch.rand(5, dtype=torch.float64)
+    path = write_safetensors(tmp_path / "m.safetensors", state)
+    with open_checkpoint(path) as checkpoint:
+        text = emit_spec(discover(checkpoint), "m.safetensors")
+    assert "# not placed (rebalance --assume-relu refuses): act.weight (5,) is neither" in text

@@ -53,6 +53,7 @@ from weissi_cli.verify import (
     CheckAsWritten,
     Verification,
     combined_level,
+    declared_level,
     is_probed,
     run_programs,
     verify_chain,
@@ -543,7 +544,16 @@ def _verify_group(
     power_of_two: bool,
 ) -> tuple[SymmetryGroup, list[ChainVerification]]:
     checks = (
-        [verify_tensors(original, rewritten, "symmetries", scales, as_written=as_written)]
+        [
+            verify_tensors(
+                original,
+                rewritten,
+                "symmetries",
+                scales,
+                as_written=as_written,
+                level=declared_level(*(s.origin for s in group.symmetries)),
+            )
+        ]
         if scales
         else []
     )
