@@ -584,7 +584,7 @@ def _probe_report(
     detail = "; ".join(problems) if problems else f"{elements.describe()}; {where}: {outcome}"
     caveat = ""
     if storage == "float16" and arithmetic.power_of_two:
-        caveat = float16_caveat(max_abs, max_rel, arithmetic.subnormal, "these probes")
+        caveat = float16_caveat(max_abs, max_rel, arithmetic.subnormal, "these probes", True)
     return ChainVerification(
         chain.id,
         "probe",
@@ -602,9 +602,12 @@ def _probe_report(
     )
 
 
-def float16_caveat(max_abs: float, max_rel: float, subnormal: int | None, inputs: str) -> str:
+def float16_caveat(
+    max_abs: float, max_rel: float, subnormal: int | None, inputs: str, chains: bool = False
+) -> str:
     """What power-of-two scales leave open in float16, and the choices. `subnormal`: how
-    many activations were subnormal on `inputs` (None: not counted)."""
+    many activations were subnormal on `inputs` (None: not counted); `chains`: the scales
+    are a chain's, which --hold-activations can hold."""
     found = (
         f"on {inputs} the outputs stayed bit-identical"
         if max_abs == 0.0
@@ -613,11 +616,13 @@ def float16_caveat(max_abs: float, max_rel: float, subnormal: int | None, inputs
     )
     if subnormal is not None:
         found += f" with {subnormal:,} subnormal activations"
+    choices = "choose --scales real (each rescaled weight rounded once)"
+    if chains:
+        choices += ", or --hold-activations (no 16-bit activation scaled down)"
     return (
         "float16 activations below 2^-14 are subnormal and round differently once a "
         f"power-of-two scale moves them: {found}; other inputs with small activations can "
-        "move them more. Accept that, or choose --scales real (each rescaled weight rounded "
-        "once), or --hold-activations (no 16-bit activation scaled down)"
+        f"move them more. Accept that, or {choices}"
     )
 
 
