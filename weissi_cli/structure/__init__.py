@@ -11,6 +11,7 @@ from weissi_cli.structure.architectures import (
     describe_unknown,
     family_for,
     find_config,
+    known_families,
     structure_from_config,
 )
 from weissi_cli.structure.heuristic import infer_structure
@@ -51,7 +52,16 @@ def discover(
             found = structure_from_config(config, family, shapes)
             return found if allow_approximate else without_approximate(found)
         guessed = infer_structure(checkpoint).folded()
-        return replace(guessed, assumptions=(describe_unknown(config), *guessed.assumptions))
+        unknown = (
+            f"{config.path.name} names architecture {config.label!r}, which has no exact "
+            f"structure in weissi ({known_families()}): names and shapes cannot tell its "
+            "attention and MLP projections apart"
+        )
+        return replace(
+            guessed,
+            assumptions=(describe_unknown(config), *guessed.assumptions),
+            refusals=(unknown, *guessed.refusals),
+        )
     return infer_structure(checkpoint).folded()
 
 
