@@ -242,3 +242,69 @@ def test_a_check_as_written_is_not_taken_when_it_may_not_hold(
     assert "big" in after_write
     assert result.passed
     assert result.detail == "all 131,079 values are exactly original × planned factor"
+
+
+def test_levels_say_what_was_run() -> None:
+    from weissi_cli.verify import ChainVerification, Verification, combined_level
+
+    def result(level: Any, passed: bool = True) -> ChainVerification:
+        return ChainVerification("x", "m", passed, None, None, None, "", level=level)
+
+    probe, values = result("declared_structure"), result("values_only")
+    real, approximate = result("real_network"), result("approximate")
+    assert combined_level([probe]) == "declared_structure"
+    assert combined_level([probe, values]) == "values_only"  # the weakest part
+    assert combined_level([values, real]) == "real_network"  # the run covers everything
+    assert combined_level([real, approximate]) == "approximate"
+    assert combined_level([]) == "values_only"
+    verdict = Verification.combine([probe, real], caveats=("check this",))
+    assert (verdict.level, verdict.caveats, verdict.passed) == (
+        "real_network",
+        ("check this",),
+        True,
+    )
+    assert not Verification.combine([result("real_network", passed=False)]).passed
+
+
+def test_a_float16_chain_is_probed_in_float16_arithmetic(tmp_path: Path) -> None:
+    """Hidden activations below 2^-14: the probes reach them and report the change a
+    power-of-two shift makes there, with the caveat, instead of "bit-identical"."""
+    state = mlp_state(sizes=(16, 24, 24, 4), dtype=torch.float64)
+    state["net.0.weight"] *= 2.0**-6
+    state["net.0.bias"] *= 2.0**-6
+    state = OrderedDict((n, t.half()) for n, t in state.items())
+    source = write_safetensors(tmp_path / "a.safetensors", state)
+    with open_checkpoint(source) as checkpoint:
+        chain = discover(checkpoint).chains[0]
+    factors = {"net.0.weight": 2.0**-6, "net.0.bias": 2.0**-6, "net.2.weight": 2.0**6}
+    new = OrderedDict((n, t * factors.get(n, 1.0)) for n, t in state.items())
+    target = write_safetensors(tmp_path / "b.safetensors", new)
+    scales = {n: TensorScale(tuple(state[n].shape), scalar=f) for n, f in factors.items()}
+    with open_checkpoint(source) as original, open_checkpoint(target) as rewritten:
+        result = verify_chain(original, rewritten, chain, scales)
+    assert result.passed
+    assert result.level == "declared_structure"
+    assert "float16 arithmetic" in result.detail
+    assert "subnormal" in result.detail
+    assert result.probes == 48
+    assert result.bit_identical is False
+    assert result.max_abs_diff
+    assert "--scales real" in result.caveat
+    assert "--hold-activations" in result.caveat
+
+
+def test_a_torch_pickle_with_large_tensors_is_measured_from_its_values(tmp_path: Path) -> None:
+    """A reader may hand back its own memory instead of filling the buffer it is given
+    (a torch pickle does): the measurement takes the values it returned."""
+    from tests.helpers import write_torch
+
+    state = mlp_state(sizes=(300, 300, 4), dtype=torch.float32)
+    path = write_torch(tmp_path / "a.pt", dict(state))
+    with open_checkpoint(path) as checkpoint:
+        chain = discover(checkpoint).chains[0]
+        shapes = {n: tuple(t.shape) for n, t in state.items()}
+        result = verify_chain(
+            checkpoint, checkpoint, chain, {n: TensorScale(s) for n, s in shapes.items()}
+        )
+    expected = float(state["net.0.weight"].double().norm())
+    assert result.after["net.0.weight"].fro_norm == pytest.approx(expected, rel=1e-9)

@@ -6,9 +6,12 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 Origin = str  # "spec" | "graph" | "config:<architecture>" | "heuristic"
-Activation = Literal["relu", "leaky_relu", "identity"]
-ACTIVATIONS: tuple[Activation, ...] = ("relu", "leaky_relu", "identity")
+Activation = Literal["relu", "leaky_relu", "prelu", "identity"]
+ACTIVATIONS: tuple[Activation, ...] = ("relu", "leaky_relu", "prelu", "identity")
+LEAKY_SLOPE = 0.01  # torch.nn.LeakyReLU's default negative slope
 LayerKind = Literal["linear", "conv1d", "conv2d", "conv3d"]
+FlattenOrder = Literal["channel-major", "channel-last", "time-major"]
+FLATTEN_ORDERS: tuple[FlattenOrder, ...] = ("channel-major", "channel-last", "time-major")
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,9 @@ class Symmetry:
     note: str = ""
     kind: str = ""  # what it relates, for reports: "q↔k", "up→down", ... ("" for graph/spec)
     group: str = ""  # where it sits, for reports: a transformer block's prefix
+    # What the members' channel layout takes for granted without proof (an assumed flatten
+    # order), or "": one scale for every channel is right either way, one per channel is not.
+    guess: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,55 @@ class Layer:
         return self.shape[1]
 
 
+@dataclass(frozen=True)
+class Flatten:
+    """Where a flatten puts each output channel of a conv among a linear layer's inputs:
+    `run` consecutive inputs per channel, the pattern of all channels repeated `repeat`
+    times. Channel-major (torch.flatten of [C, H, W]): run H·W, once. Channel-last (a
+    Keras-style [H, W, C]): run 1, H·W times. Time-major ([C, T, F] permuted to [T, C, F]):
+    run F, T times. `order` is "" when nothing states it: channel-major is then a guess.
+    """
+
+    order: str
+    run: int
+    repeat: int = 1
+
+    @property
+    def proven(self) -> bool:
+        return bool(self.order)
+
+    @property
+    def block(self) -> int:
+        """Inputs per channel in all."""
+        return self.run * self.repeat
+
+    @staticmethod
+    def stated(order: str, block: int, features: int = 1) -> Flatten:
+        """The layout `order` gives a channel that feeds `block` inputs (`features`: F of a
+        time-major [C, T, F] map; 1 for a conv1d's [C, T])."""
+        if order == "channel-major":
+            return Flatten(order, block, 1)
+        if order == "channel-last":
+            return Flatten(order, 1, block)
+        if order == "time-major":
+            if features < 1 or block % features:
+                raise ValueError(f"{features} features per step do not divide {block} inputs")
+            return Flatten(order, features, block // features)
+        raise ValueError(f"unknown flatten order {order!r}")
+
+    def members(self, tensor: str, channels: int) -> tuple[Member, ...]:
+        """The consumer's columns, divided by each channel's scale: one member per repeat."""
+        period = channels * self.run
+        return tuple(Member(tensor, 1, -1, self.run, r * period) for r in range(self.repeat))
+
+    def describe(self) -> str:
+        if not self.proven:
+            return f"assumed channel-major ({self.block} inputs per channel)"
+        if self.repeat == 1:
+            return f"{self.order} ({self.run} inputs per channel)"
+        return f"{self.order} ({self.run} input(s) per channel, {self.repeat} times)"
+
+
 def layer_kind(shape: tuple[int, ...]) -> LayerKind:
     kinds: dict[int, LayerKind] = {2: "linear", 3: "conv1d", 4: "conv2d", 5: "conv3d"}
     if len(shape) not in kinds:
@@ -76,8 +131,10 @@ def layer_kind(shape: tuple[int, ...]) -> LayerKind:
 class Chain:
     """Layers `W_1 ... W_L` joined by a positively homogeneous activation.
 
-    `blocks[l]` is how many consecutive inputs of layer `l + 1` one output channel of
-    layer `l` feeds (1, or H*W where a conv is flattened into a linear layer).
+    `blocks[l]` is how many inputs of layer `l + 1` one output channel of layer `l` feeds
+    (1, or H*W where a conv is flattened into a linear layer); `flattens[l]` says where
+    those inputs lie (empty: channel-major, assumed). A leaky ReLU has the negative
+    `slope`; a PReLU's slopes are the tensors `slopes[l]` after layer `l`, never scaled.
     """
 
     id: str
@@ -86,6 +143,9 @@ class Chain:
     layers: tuple[Layer, ...]
     blocks: tuple[int, ...]
     notes: tuple[str, ...] = ()
+    flattens: tuple[Flatten | None, ...] = ()
+    slope: float = LEAKY_SLOPE
+    slopes: tuple[str, ...] = ()
 
     @property
     def depth(self) -> int:
@@ -96,12 +156,24 @@ class Chain:
         return self.origin == "heuristic"
 
     def tensor_names(self) -> tuple[str, ...]:
+        """The weights and biases: what a rebalance may scale."""
         names: list[str] = []
         for layer in self.layers:
             names.append(layer.weight)
             if layer.bias is not None:
                 names.append(layer.bias)
         return tuple(names)
+
+    def claimed(self) -> tuple[str, ...]:
+        """Every tensor the chain accounts for: its weights and biases, and PReLU slopes."""
+        return self.tensor_names() + self.slopes
+
+    def flatten(self, link: int) -> Flatten | None:
+        """How layer `link` feeds layer `link + 1` through a flatten (None: directly)."""
+        if link < len(self.flattens) and self.flattens[link] is not None:
+            return self.flattens[link]
+        block = self.blocks[link]
+        return Flatten("", block) if block != 1 else None
 
     def symmetries(self) -> tuple[Symmetry, ...]:
         """One symmetry per hidden space: rows of W_l and b_l times c, columns of W_{l+1}
@@ -113,7 +185,17 @@ class Chain:
             members = [Member(producer.weight, 0, 1)]
             if producer.bias is not None:
                 members.append(Member(producer.bias, 0, 1))
-            members.append(Member(consumer.weight, 1, -1, self.blocks[index]))
+            flatten = self.flatten(index)
+            guess = ""
+            if flatten is None:
+                members.append(Member(consumer.weight, 1, -1))
+            else:
+                members += flatten.members(consumer.weight, producer.out_features)
+                if not flatten.proven:
+                    guess = (
+                        f"the flatten of {producer.prefix} into {consumer.prefix} is "
+                        f"{flatten.describe()}"
+                    )
             found.append(
                 Symmetry(
                     id=f"{self.id}.{index}",
@@ -121,6 +203,7 @@ class Chain:
                     members=tuple(members),
                     origin=self.origin,
                     note=f"{self.activation} between {producer.prefix} and {consumer.prefix}",
+                    guess=guess,
                 )
             )
         return tuple(found)
@@ -156,9 +239,16 @@ class Structure:
     symmetries: tuple[Symmetry, ...] = field(default=())
     stops: tuple[Stop, ...] = field(default=())
     notes: tuple[str, ...] = field(default=())  # facts about the structure a report states
+    # Why a rebalance must not act on this (assumed) structure: tensors names and shapes
+    # cannot place, an architecture without an exact structure. Reports show them.
+    refusals: tuple[str, ...] = field(default=())
 
     def all_symmetries(self) -> tuple[Symmetry, ...]:
         return tuple(s for chain in self.chains for s in chain.symmetries()) + self.symmetries
+
+    def guesses(self) -> tuple[str, ...]:
+        """What the channel layout of its symmetries takes for granted (see Symmetry.guess)."""
+        return tuple(dict.fromkeys(s.guess for s in self.all_symmetries() if s.guess))
 
     @property
     def is_assumed(self) -> bool:

@@ -2,11 +2,14 @@
 
 Every value of every rewritten tensor must be its original times the planned factor,
 rounded once to the storage dtype (exactly, for power-of-two factors), and the planned
-factors must form a valid shift: together they mean the function is unchanged. Chains of
-linear layers are also run on random probes through both files, to report how far the
-outputs moved; other chains (convs, whose strides and pooling the files do not record)
-get the element check alone ("structural"). The same pass measures the rewritten
-tensors, so `rebalance` reads its output only once.
+factors must form a valid shift of the structure: together they mean the function of
+that structure is unchanged. Chains of linear layers are also run on random probes
+through both files, to report how far the outputs moved; other chains (convs, whose
+strides and pooling the files do not record) get the element check alone ("structural").
+The same pass measures the rewritten tensors, so `rebalance` reads its output only once.
+
+Each result names its level (LEVELS): what it proves. Only running the real network (an
+exported program, the architecture's own code) proves the network unchanged.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +29,15 @@ from weissi_cli import kernel
 from weissi_cli.io.checkpoint import Checkpoint, ReadBuffer, TensorInfo, ended_early, read_buffer
 from weissi_cli.io.dtypes import UNIT_ROUNDOFF, decode, raw_numpy_dtype
 from weissi_cli.ir import Chain, Layer
+from weissi_cli.probes import (
+    ProbeInputs,
+    activate,
+    output_change,
+    probe_inputs,
+    round_to,
+    storage_of,
+    subnormals,
+)
 from weissi_cli.scales import NO_FACTORS, TensorScale
 from weissi_cli.stats import (
     EXACT_BELOW,
@@ -41,13 +53,25 @@ FloatArray = npt.NDArray[np.floating]
 PROBES = 8
 SEED = 0
 BLOCK_ELEMENTS = 1 << 19
-LEAKY_SLOPE = 0.01
+
+# What a verification proves, strongest first:
+# - real_network: the real network (an exported program, the architecture's own code, a
+#   traced model's module) was run on both checkpoints and gave the same outputs;
+# - declared_structure: the rewrite leaves the declared structure's function unchanged (a
+#   spec file, or names and shapes the user consented to): probes ran through that
+#   structure, not through the real network;
+# - values_only: every rewritten value is its original times the planned factor; nothing
+#   about the function was run;
+# - approximate: approximate symmetries were rebalanced; the change was measured, not
+#   ruled out.
+Level = Literal["real_network", "declared_structure", "values_only", "approximate"]
+LEVELS: tuple[Level, ...] = ("real_network", "declared_structure", "values_only", "approximate")
 
 
 @dataclass(frozen=True)
 class ChainVerification:
     chain_id: str
-    method: str  # "probe" | "structural"
+    method: str  # "probe" | "structural" | "run" | "transformers"
     passed: bool
     max_abs_diff: float | None
     max_rel_diff: float | None
@@ -58,6 +82,11 @@ class ChainVerification:
     # symmetry changes: reported when asked for, from both files, in float64.
     path_norm_before: float | None = None
     path_norm_after: float | None = None
+    # What it proves. A run of the real network covers the whole rewrite: whoever runs one
+    # (exported programs, transformers, a traced module) sets "real_network".
+    level: Level = "values_only"
+    caveat: str = ""  # what this result leaves open (float16 subnormals, ...)
+    probes: int = 0  # inputs run through both versions
 
 
 @dataclass(frozen=True)
@@ -68,20 +97,40 @@ class Verification:
     max_rel_diff: float | None
     probes: int
     chains: tuple[ChainVerification, ...]
+    level: Level = "values_only"
+    caveats: tuple[str, ...] = ()  # what the user must still check, one line each
 
     @staticmethod
-    def combine(results: list[ChainVerification]) -> Verification:
+    def combine(results: list[ChainVerification], caveats: Sequence[str] = ()) -> Verification:
+        """One verdict for a rewrite: `caveats` say what its level leaves to the user."""
         methods = sorted({result.method for result in results})
         abs_diffs = [r.max_abs_diff for r in results if r.max_abs_diff is not None]
         rel_diffs = [r.max_rel_diff for r in results if r.max_rel_diff is not None]
+        own = [r.caveat for r in results if r.caveat]
         return Verification(
             method="+".join(methods) if methods else "none",
             passed=all(result.passed for result in results),
             max_abs_diff=max(abs_diffs) if abs_diffs else None,
             max_rel_diff=max(rel_diffs) if rel_diffs else None,
-            probes=PROBES if "probe" in methods else (4 if "run" in methods else 0),
+            probes=max((r.probes for r in results), default=0),
             chains=tuple(results),
+            level=combined_level(results),
+            caveats=tuple(dict.fromkeys([*caveats, *own])),
         )
+
+
+def combined_level(results: Sequence[ChainVerification]) -> Level:
+    """The level of a whole rewrite: approximate if anything was; else real_network when
+    the real network ran (it computes everything the rewrite touched); else the weakest
+    of the parts."""
+    levels = {result.level for result in results}
+    if "approximate" in levels:
+        return "approximate"
+    if "real_network" in levels:
+        return "real_network"
+    if "values_only" in levels or not levels:
+        return "values_only"
+    return "declared_structure"
 
 
 def verify_chain(
@@ -114,6 +163,13 @@ def is_probed(chain: Chain) -> bool:
     """Whether verification runs probes through the chain (reading both files itself), or
     checks its values alone."""
     return all(layer.kind == "linear" for layer in chain.layers)
+
+
+def probed_as_written(chain: Chain, original: Checkpoint) -> bool:
+    """Whether the writer may run the chain's probes: plain 32/64-bit chains, whose probes
+    need neither slope tensors nor a 16-bit storage's rounding."""
+    dtypes = {original.info(name).dtype for name in chain.tensor_names()}
+    return is_probed(chain) and chain.activation != "prelu" and storage_of(dtypes) is None
 
 
 @dataclass(frozen=True)
@@ -185,9 +241,12 @@ class PairReader:
         def read_and_work(block: Block, state: _BlockState) -> None:
             start, size = block.row * width, block.rows * width
             old = self._read(self.original, name, start, size, state.buffers[0], state.widened[0])
-            new = self._read(self.rewritten, name, start, size, state.buffers[1], state.widened[1])
+            raw = self.rewritten.read_raw(name, start, size, state.buffers[1])
+            new = decode(raw, new_dtype, state.widened[1]).astype(self.compute, copy=False)
             if compiled is not None:  # one fused pass over the stored bits
-                raw = np.frombuffer(state.buffers[1], raw_numpy_dtype(new_dtype), size)
+                # The values read_raw returned: a reader may hand back its own memory (a
+                # torch pickle's tensor) instead of filling the buffer it was given.
+                raw = np.ascontiguousarray(raw).view(raw_numpy_dtype(new_dtype))
                 totals = compiled.reduce_chunk(
                     raw, kernel.DTYPE_CODES[new_dtype], size, 0, 1, kernel.NO_AXES, NO_FACTORS
                 )
@@ -232,16 +291,6 @@ class PairReader:
         return {
             name: combine(self.rewritten.info(name), parts) for name, parts in self.partials.items()
         }
-
-
-def _activate(values: npt.NDArray[np.floating], activation: str) -> npt.NDArray[np.floating]:
-    if activation == "relu":
-        rectified: npt.NDArray[np.floating] = np.maximum(values, 0, out=values)
-        return rectified
-    if activation == "leaky_relu":
-        leaky: npt.NDArray[np.floating] = np.where(values >= 0, values, values * LEAKY_SLOPE)
-        return leaky
-    return values
 
 
 # The spacing of subnormals: the absolute rounding slack at the bottom of each range.
@@ -386,22 +435,24 @@ def probe_chain(
     scales: Mapping[str, TensorScale],
     path_norm: bool = False,
 ) -> ChainVerification:
-    """Check every rewritten value against its planned factor, and run random probes
-    through both versions of the chain (one row block at a time) to report how far the
-    outputs moved."""
+    """Check every rewritten value against its planned factor, and run probes through both
+    versions of the chain (one row block at a time) to report how far the outputs moved.
+    A 16-bit chain computes as its storage does: each layer's output rounded to it."""
     compute = _compute_dtype(original, chain)
+    storage = storage_of({original.info(name).dtype for name in chain.tensor_names()})
     reader = PairReader(original, rewritten, compute)
     elements = _ElementCheck(compute)
-    rng = np.random.default_rng(SEED)
-    before: npt.NDArray[np.floating] = rng.standard_normal(
-        (PROBES, chain.layers[0].in_features)
-    ).astype(compute)
+    inputs = probe_inputs(chain.layers[0].in_features, compute, storage, PROBES, SEED)
+    rows = inputs.values.shape[0]
+    before: FloatArray = inputs.values.copy()
     after = before.copy()
+    slopes = _slope_values(original, rewritten, chain, compute)
+    small = 0
     # path-norm vectors: |W_l| ... |W_1| 1, for the original and the rewritten chain
     paths_before = np.ones(chain.layers[0].in_features)
     paths_after = np.ones(chain.layers[0].in_features)
-    for layer in chain.layers:
-        out_before = np.empty((PROBES, layer.out_features), compute)
+    for index, layer in enumerate(chain.layers):
+        out_before = np.empty((rows, layer.out_features), compute)
         out_after = np.empty_like(out_before)
         next_paths_before = np.empty(layer.out_features)
         next_paths_after = np.empty(layer.out_features)
@@ -433,6 +484,7 @@ def probe_chain(
             elements.check_block(layer.weight, dtype, scales[layer.weight], block, old, new)
 
         reader.for_each_block(layer.weight, forward)
+        out_before, out_after = round_to(out_before, storage), round_to(out_after, storage)
         if layer.bias is not None:
             old_bias, new_bias = reader.vector(layer.bias)
             bias_dtype = original.info(layer.bias).dtype
@@ -446,13 +498,58 @@ def probe_chain(
                 new_bias,
                 np.abs(new_bias),
             )
-            out_before += old_bias
-            out_after += new_bias
-        before = _activate(out_before, chain.activation)
-        after = _activate(out_after, chain.activation)
+            out_before = round_to(out_before + old_bias, storage)
+            out_after = round_to(out_after + new_bias, storage)
+        if index + 1 < chain.depth:  # the chain's output is the last layer's, not activated
+            before = activate(out_before, chain.activation, chain.slope, slopes[index][0])
+            after = activate(out_after, chain.activation, chain.slope, slopes[index][1])
+            small += subnormals(before, storage)
+        else:
+            before, after = out_before, out_after
         paths_before, paths_after = next_paths_before, next_paths_after
     paths = (paths_before, paths_after) if path_norm else None
-    return _probe_report(chain, elements, before, after, reader.measured(), paths)
+    scaled = [scales[n] for n in chain.tensor_names() if not scales[n].is_identity]
+    power_of_two = all(scale.is_power_of_two for scale in scaled)
+    return _probe_report(
+        chain,
+        elements,
+        before,
+        after,
+        reader.measured(),
+        paths,
+        inputs,
+        _Arithmetic(storage, small, power_of_two),
+    )
+
+
+@dataclass(frozen=True)
+class _Arithmetic:
+    """How the probes computed: the 16-bit storage they rounded to (None: the compute
+    dtype's own arithmetic), how many hidden activations of the original were subnormal
+    there, and whether every factor was a power of two."""
+
+    storage: str | None = None
+    subnormal: int = 0
+    power_of_two: bool = False
+
+
+def _slope_values(
+    original: Checkpoint, rewritten: Checkpoint, chain: Chain, compute: type[np.floating]
+) -> list[tuple[FloatArray | None, FloatArray | None]]:
+    """Per hidden space, a PReLU's slopes as each file stores them (never rescaled: both
+    must be equal), or (None, None)."""
+    found: list[tuple[FloatArray | None, FloatArray | None]] = []
+    for index in range(chain.depth - 1):
+        if index >= len(chain.slopes):
+            found.append((None, None))
+            continue
+        name = chain.slopes[index]
+        pair = tuple(
+            decode(file.read_all(name).reshape(-1), file.info(name).dtype).astype(compute)
+            for file in (original, rewritten)
+        )
+        found.append((pair[0], pair[1]))
+    return found
 
 
 def _probe_report(
@@ -462,23 +559,32 @@ def _probe_report(
     after: FloatArray,
     measured: dict[str, TensorStats],
     paths: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None,
+    inputs: ProbeInputs | None = None,
+    arithmetic: _Arithmetic | None = None,
 ) -> ChainVerification:
     """The verdict on a chain from its value check and the probes' outputs through both
     versions (`before`, `after`), with the path-norm vectors when they were measured."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        difference = np.abs(after.astype(np.float64) - before.astype(np.float64))
-    max_abs = float(difference.max()) if difference.size else 0.0
-    scale = float(np.abs(before).max()) if before.size else 0.0
-    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
+    if inputs is None:
+        inputs = ProbeInputs(before, (1.0,), before.shape[0])
+    arithmetic = arithmetic or _Arithmetic()
+    max_abs, max_rel = output_change(before, after, inputs)
     problems = [elements.describe()] if elements.failures else []
     if np.all(np.isfinite(before)) and not math.isfinite(max_abs):
         problems.append("the rewritten chain's outputs are not finite (overflow?)")
+    storage = arithmetic.storage
+    where = f"{inputs.describe()} through {chain.depth} layers"
+    if storage is not None:
+        where += f" in {storage} arithmetic (each layer's output rounded to {storage})"
+    if arithmetic.subnormal:
+        where += f", {arithmetic.subnormal:,} hidden activations subnormal"
     if max_abs == 0.0:
-        outcome = "outputs bit-identical"
+        outcome = "outputs bit-identical on these probes"
     else:
         outcome = f"outputs moved by at most {max_abs:.3g} ({max_rel:.2g} of their largest)"
-    probes = f"{PROBES} random probes through {chain.depth} layers: {outcome}"
-    detail = "; ".join(problems) if problems else f"{elements.describe()}; {probes}"
+    detail = "; ".join(problems) if problems else f"{elements.describe()}; {where}: {outcome}"
+    caveat = ""
+    if storage == "float16" and arithmetic.power_of_two:
+        caveat = float16_caveat(max_abs, max_rel, arithmetic.subnormal, "these probes", True)
     return ChainVerification(
         chain.id,
         "probe",
@@ -490,6 +596,33 @@ def _probe_report(
         measured,
         math.fsum(paths[0].tolist()) if paths else None,
         math.fsum(paths[1].tolist()) if paths else None,
+        level="declared_structure",
+        caveat=caveat,
+        probes=inputs.values.shape[0],
+    )
+
+
+def float16_caveat(
+    max_abs: float, max_rel: float, subnormal: int | None, inputs: str, chains: bool = False
+) -> str:
+    """What power-of-two scales leave open in float16, and the choices. `subnormal`: how
+    many activations were subnormal on `inputs` (None: not counted); `chains`: the scales
+    are a chain's, which --hold-activations can hold."""
+    found = (
+        f"on {inputs} the outputs stayed bit-identical"
+        if max_abs == 0.0
+        else f"on {inputs} the outputs moved by up to {max_abs:.3g} ({max_rel:.2g} of their "
+        "largest)"
+    )
+    if subnormal is not None:
+        found += f" with {subnormal:,} subnormal activations"
+    choices = "choose --scales real (each rescaled weight rounded once)"
+    if chains:
+        choices += ", or --hold-activations (no 16-bit activation scaled down)"
+    return (
+        "float16 activations below 2^-14 are subnormal and round differently once a "
+        f"power-of-two scale moves them: {found}; other inputs with small activations can "
+        f"move them more. Accept that, or {choices}"
     )
 
 
@@ -500,9 +633,21 @@ def structural_check(
     scales: Mapping[str, TensorScale],
     as_written: CheckAsWritten | None = None,
 ) -> ChainVerification:
-    """The value check alone, for chains whose forward pass the files do not determine."""
+    """The value check alone, for chains whose forward pass the files do not determine: with
+    the chain's symmetries, it shows the declared chain's function unchanged."""
     compute = _compute_dtype(original, chain)
-    return verify_tensors(original, rewritten, chain.id, scales, compute, as_written)
+    return verify_tensors(
+        original, rewritten, chain.id, scales, compute, as_written, declared_level(chain.origin)
+    )
+
+
+def declared_level(*origins: str) -> Level:
+    """What a value check shows for symmetries of these origins: that the function of a
+    structure declared by a spec or consented to (a guess) is unchanged; for a graph's or
+    an architecture's, which stand for the real network, only values until it runs."""
+    if origins and all(origin in ("spec", "heuristic") for origin in origins):
+        return "declared_structure"
+    return "values_only"
 
 
 class _CheckedAsWritten:
@@ -554,7 +699,9 @@ class CheckAsWritten:
             if tolerance is not None:
                 self._found[name] = _CheckedAsWritten(tolerance)
         for chain in probed:
-            if all(self.covers(layer.weight) for layer in chain.layers):
+            if probed_as_written(chain, original) and all(
+                self.covers(layer.weight) for layer in chain.layers
+            ):
                 probes = ProbesAsWritten(original, chain, scales, self.waits)
                 self.probes.update(dict.fromkeys(probes.order(), probes))
 
@@ -799,15 +946,15 @@ class ProbesAsWritten:
         if layer.bias:
             out_before += self._biases[layer.bias][0]
             out_after += self._biases[layer.bias][1]
-        outputs = (
-            _activate(out_before, self.chain.activation),
-            _activate(out_after, self.chain.activation),
-        )
         if index + 1 < self.chain.depth:
-            self._inputs[index + 1] = outputs
+            chain = self.chain
+            self._inputs[index + 1] = (
+                activate(out_before, chain.activation, chain.slope, None),
+                activate(out_after, chain.activation, chain.slope, None),
+            )
             self._ready[index + 1].set()
-        else:
-            self.final = outputs
+        else:  # the chain's output is the last layer's, not activated
+            self.final = (out_before, out_after)
 
     def report(
         self,
@@ -855,9 +1002,11 @@ def verify_tensors(
     scales: Mapping[str, TensorScale],
     compute: type[np.floating] | None = None,
     as_written: CheckAsWritten | None = None,
+    level: Level = "values_only",
 ) -> ChainVerification:
     """Every value of each named tensor is its original times the planned factor (as
-    checked while it was written, where `as_written` holds that check)."""
+    checked while it was written, where `as_written` holds that check). `level`: what that
+    shows for the structure the scales come from (see `declared_level`)."""
     if compute is None:
         dtypes = {original.info(name).dtype for name in scales}
         compute = np.float64 if dtypes == {"float64"} else np.float32
@@ -893,6 +1042,7 @@ def verify_tensors(
         None,
         elements.describe(),
         reader.measured(),
+        level=level,
     )
 
 
@@ -963,14 +1113,28 @@ def _check_tensor_in_kernel(
 RUN_TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "float16": 3e-2, "bfloat16": 3e-2}
 
 
-def run_programs(original: Any, rewritten: Any, label: str, probes: int = 4) -> ChainVerification:
-    """Run both exported programs on random inputs shaped like the recorded examples."""
+def run_programs(
+    original: Any, rewritten: Any, label: str, probes: int = 4, power_of_two: bool = False
+) -> ChainVerification:
+    """Run both exported programs on the recorded example inputs and on random inputs
+    shaped like them; a float16 program also on those inputs scaled down to 2^-20, whose
+    activations reach float16's subnormal range. `power_of_two`: every factor was one (the
+    caveat on float16 subnormals then applies)."""
     import torch
+
+    from weissi_cli.probes import FLOAT16_INPUT_SCALES
 
     examples = original.example_inputs
     if examples is None:
         return ChainVerification(
-            label, "run", True, None, None, None, "not run: the program records no example inputs"
+            label,
+            "run",
+            True,
+            None,
+            None,
+            None,
+            "not run: the program records no example inputs",
+            level="values_only",
         )
     args, kwargs = examples
     generator = torch.Generator().manual_seed(SEED)
@@ -982,14 +1146,30 @@ def run_programs(original: Any, rewritten: Any, label: str, probes: int = 4) -> 
             )
         return value
 
+    def scaled(value: Any, factor: float) -> Any:
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return (value.float() * factor).to(value.dtype)
+        return value
+
+    half = any(
+        isinstance(v, torch.Tensor) and v.dtype == torch.float16 for v in [*args, *kwargs.values()]
+    )
+    inputs = [(list(args), dict(kwargs))] + [
+        ([like(a) for a in args], {k: like(v) for k, v in kwargs.items()})
+        for _ in range(probes - 1)
+    ]
+    if half:
+        inputs += [
+            ([scaled(a, factor) for a in given], {k: scaled(v, factor) for k, v in named.items()})
+            for factor in FLOAT16_INPUT_SCALES[1:]
+            for given, named in inputs[:probes]
+        ]
     worst_abs, worst_rel, dtype = 0.0, 0.0, "float32"
     with torch.no_grad():
         before_module, after_module = original.module(), rewritten.module()
-        for _ in range(probes):
-            inputs = [like(a) for a in args]
-            named = {k: like(v) for k, v in kwargs.items()}
-            before = [t for t in _tensors(before_module(*inputs, **named)) if t.is_floating_point()]
-            after = [t for t in _tensors(after_module(*inputs, **named)) if t.is_floating_point()]
+        for given, named in inputs:
+            before = [t for t in _tensors(before_module(*given, **named)) if t.is_floating_point()]
+            after = [t for t in _tensors(after_module(*given, **named)) if t.is_floating_point()]
             for old, new in zip(before, after, strict=True):
                 dtype = str(old.dtype).removeprefix("torch.")
                 difference = (
@@ -1001,11 +1181,17 @@ def run_programs(original: Any, rewritten: Any, label: str, probes: int = 4) -> 
     tolerance = RUN_TOLERANCE.get(dtype, 1e-4)
     passed = math.isfinite(worst_abs) and worst_rel <= tolerance
     outcome = (
-        "outputs bit-identical"
+        "outputs bit-identical on these inputs"
         if worst_abs == 0.0
         else f"outputs moved by at most {worst_abs:.3g} ({worst_rel:.2g} of their largest, "
         f"allowed {tolerance:g})"
     )
+    which = f"the recorded example and {probes - 1} random inputs shaped like it"
+    if half:
+        which += f" ({len(inputs)} with copies scaled down to 2^-20)"
+    caveat = ""
+    if power_of_two and dtype == "float16":
+        caveat = float16_caveat(worst_abs, worst_rel, None, "these inputs")
     return ChainVerification(
         label,
         "run",
@@ -1013,7 +1199,10 @@ def run_programs(original: Any, rewritten: Any, label: str, probes: int = 4) -> 
         worst_abs if math.isfinite(worst_abs) else None,
         worst_rel if math.isfinite(worst_rel) else None,
         worst_abs == 0.0,
-        f"ran both programs on {probes} random inputs shaped like the recorded examples: {outcome}",
+        f"ran both programs on {which}: {outcome}",
+        level="real_network",
+        caveat=caveat,
+        probes=len(inputs),
     )
 
 

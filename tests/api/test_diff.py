@@ -75,7 +75,64 @@ def test_a_transformer_and_its_rebalanced_copy(tmp_path: Path, granularity: str)
     assert itself.verdict == "identical"
     report = diff_checkpoints(source, tmp_path / "out", granularity=granularity)
     assert report.verdict == "equal up to scale shift"
+    assert report.structure.level == "exact"
+    assert report.qualifier == ""
     moved = [t for t in report.tensors if not t.bitwise_equal]
     assert moved  # the rebalanced projections
     assert all(t.canonical_rel_diff is not None for t in moved)
     assert max(t.canonical_rel_diff or 0.0 for t in moved) <= report.tolerance
+
+
+def test_a_rewrite_with_biases_in_its_penalty_is_compared_with_the_same_penalty(
+    samples: Path, tmp_path: Path
+) -> None:
+    """Per channel, the canonical form is the optimum of a penalty: a rewrite that put the
+    biases in it is equal up to scale shift only under that same penalty."""
+    source = samples / "mlp_digits.safetensors"
+    output = tmp_path / "out.safetensors"
+    rebalance_checkpoint(source, output, assume_relu=True, include_bias=True, granularity="channel")
+    other = diff_checkpoints(source, output, granularity="channel")
+    same = diff_checkpoints(source, output, granularity="channel", include_bias=True)
+    assert other.verdict == "different"
+    assert same.verdict == "equal up to scale shift"
+    assert same.to_dict()["settings"]["include_bias"] is True
+
+
+def test_scale_shift_on_a_guessed_structure_says_what_it_stands_on(
+    samples: Path, tmp_path: Path
+) -> None:
+    source = samples / "mlp_digits.safetensors"
+    output = tmp_path / "out.safetensors"
+    rebalance_checkpoint(source, output, assume_relu=True)
+    report = diff_checkpoints(source, output)
+    assert report.verdict == "equal up to scale shift"
+    assert report.structure.level == "assumed"
+    assert report.structure.compared
+    assert report.qualifier.startswith("assumed structure, guessed from names and shapes")
+    spec = tmp_path / "spec.toml"
+    spec.write_text('version = 2\n[[chain]]\nlayers = ["net.0", "net.2", "net.4"]\n')
+    declared = diff_checkpoints(source, output, spec=spec)
+    assert declared.structure.level == "declared"
+    assert declared.to_dict()["structure"]["description"] == f"declared by {spec}"
+
+
+def test_a_guessed_structure_that_cannot_place_a_head_is_not_compared_on(tmp_path: Path) -> None:
+    """B rescales a trunk as the name-order chain would, leaving the second head that reads
+    the trunk unscaled: a broken rewrite, which the guess would call a scale shift."""
+    rng = np.random.default_rng(3)
+    first = {
+        "trunk.0.weight": rng.standard_normal((8, 6)).astype(np.float32),
+        "trunk.1.weight": rng.standard_normal((5, 8)).astype(np.float32),
+        "trunk.2.weight": rng.standard_normal((3, 5)).astype(np.float32),
+        "trunk.3.weight": rng.standard_normal((4, 5)).astype(np.float32),
+    }
+    second = dict(first)
+    second["trunk.1.weight"] = first["trunk.1.weight"] * np.float32(2.0)
+    second["trunk.2.weight"] = first["trunk.2.weight"] * np.float32(0.5)
+    save_file(first, str(tmp_path / "a.safetensors"))
+    save_file(second, str(tmp_path / "b.safetensors"))
+    report = diff_checkpoints(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    assert report.verdict == "different"
+    assert not report.structure.compared
+    assert any("trunk.3.weight takes 5 inputs" in r for r in report.structure.refusals)
+    assert any("not compared up to scale shift" in w for w in report.warnings)

@@ -87,9 +87,9 @@ def _compare_functions(original: Path, rewritten: Path, probes: int = 3) -> tupl
 
 
 def _rebalance(
-    exported: dict[str, Path], tmp_path: Path, model: str, **options: Any
+    exported: dict[str, Path], tmp_path: Path, model: str, name: str = "", **options: Any
 ) -> tuple[RebalanceReport, Path]:
-    output = tmp_path / f"{model}.pt2"
+    output = tmp_path / f"{name or model}.pt2"
     options.setdefault("include_bias", INCLUDE_BIAS.get(model, False))
     return rebalance_checkpoint(exported[model], output, **options), output
 
@@ -172,11 +172,25 @@ def test_resnet_without_include_bias_has_only_unbounded_symmetries(
     report, output = _rebalance(
         exported, tmp_path, "resnet", granularity="channel", scales="real", include_bias=False
     )
-    assert report.written
-    assert report.verification.passed
+    assert report.nothing_to_do
+    assert not report.written
+    assert not output.exists()
     assert report.group is not None
     assert report.group.channel is not None
     assert all(item.unbounded for item in report.group.channel.symmetries.values())
+    forced, output = _rebalance(
+        exported,
+        tmp_path,
+        "resnet",
+        granularity="channel",
+        scales="real",
+        include_bias=False,
+        write_unchanged=True,
+        name="forced",
+    )
+    assert forced.written
+    assert forced.verification.passed
+    assert forced.verification.level == "real_network"
     before, after = _state(exported["resnet"]), _state(output)
     assert all(torch.equal(before[name], after[name]) for name in before)
     assert _compare_functions(exported["resnet"], output)[1]

@@ -73,6 +73,18 @@ def test_rebalance_to_safetensors(
 ) -> None:
     output = tmp_path / "balanced.safetensors"
     result = run("rebalance", str(programs["resnet"]), "-o", str(output), "--format", "safetensors")
+    assert result.exit_code == 0  # without biases in the penalty nothing can move
+    assert "nothing to do: every scale is 1" in result.stdout
+    assert not output.exists()
+    result = run(
+        "rebalance",
+        str(programs["resnet"]),
+        "-o",
+        str(output),
+        "--format",
+        "safetensors",
+        "--write-unchanged",
+    )
     assert result.exit_code == 0
     from safetensors.torch import load_file
 

@@ -284,3 +284,44 @@ def test_a_fifo_is_refused_without_blocking(run: Callable[..., Result], workdir:
     result = run("inspect", "pipe.safetensors")
     assert result.exit_code == 2
     assert "not a regular file" in result.stderr
+
+
+def test_hold_activations_needs_power_of_two_scales_on_chains(
+    run: Callable[..., Result], workdir: Path
+) -> None:
+    real = run(
+        "rebalance",
+        "mlp_digits.safetensors",
+        "-o",
+        "out.safetensors",
+        "--assume-relu",
+        "--hold-activations",
+    )
+    assert real.exit_code == 2
+    assert "--hold-activations applies to power-of-two scales" in real.stderr
+    held = run(
+        "rebalance",
+        "mlp_digits.safetensors",
+        "-o",
+        "out.safetensors",
+        "--assume-relu",
+        "--hold-activations",
+        "--scales",
+        "pow2",
+        "--json",
+    )
+    assert held.exit_code == 0
+    factors = json.loads(held.stdout)["chains"][0]["bias_scales"]
+    assert all(factor >= 1.0 for factor in factors[:-1])  # hidden outputs never scaled down
+
+
+def test_hold_activations_is_refused_for_symmetries_that_are_not_chains(
+    run: Callable[..., Result], workdir: Path, samples: Path
+) -> None:
+    import shutil
+
+    shutil.copytree(samples / "tiny_llama_chars", workdir / "llama")
+    result = run("rebalance", "llama", "-o", "out", "--hold-activations", "--scales", "pow2")
+    assert result.exit_code == 2
+    assert "symmetries are not chains" in result.stderr
+    assert not (workdir / "out").exists()

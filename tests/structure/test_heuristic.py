@@ -219,3 +219,93 @@ def test_names_with_non_ascii_digits_sort_without_error(tmp_path: Path) -> None:
     state["a².weight"] = torch.randn(4, 4)
     structure = structure_of(write_safetensors(tmp_path / "m.safetensors", state))
     assert sorted(prefixes(structure)[0]) == ["a²", "a²1"]
+
+
+def test_a_plain_mlp_has_nothing_to_refuse(tmp_path: Path, samples: Path) -> None:
+    assert structure_of(write_safetensors(tmp_path / "m.safetensors", mlp_state())).refusals == ()
+    # classifier sorts before the convs; it reads none of the chain's hidden spaces
+    assert structure_of(samples / "cnn_digits.safetensors").refusals == ()
+
+
+def test_a_sibling_head_is_refused(tmp_path: Path) -> None:
+    """trunk.1 feeds two heads; by name the chain runs through one of them."""
+    state = OrderedDict()
+    state["trunk.0.weight"] = torch.randn(8, 6)
+    state["trunk.1.weight"] = torch.randn(5, 8)
+    state["trunk.1.bias"] = torch.randn(5)
+    state["trunk.2.weight"] = torch.randn(3, 5)  # the classes
+    state["trunk.3.weight"] = torch.randn(4, 5)  # the boxes: also reads trunk.1's output
+    structure = structure_of(write_safetensors(tmp_path / "m.safetensors", state))
+    assert prefixes(structure) == [["trunk.0", "trunk.1", "trunk.2"]]
+    (refusal,) = structure.refusals
+    assert refusal.startswith("trunk.3.weight takes 5 inputs but is in no chain")
+    assert "the output of trunk.1 (chain0)" in refusal
+
+
+def test_a_layer_of_another_chain_reading_a_hidden_width_is_refused(tmp_path: Path) -> None:
+    state = OrderedDict()
+    state["a.0.weight"] = torch.randn(8, 6)
+    state["a.1.weight"] = torch.randn(3, 8)
+    state["b.0.weight"] = torch.randn(4, 8)  # reads 8 inputs: a.0's output?
+    state["b.1.weight"] = torch.randn(2, 4)
+    structure = structure_of(write_torch(tmp_path / "m.pt", state))
+    assert prefixes(structure) == [["a.0", "a.1"], ["b.0", "b.1"]]
+    assert any(r.startswith("b.0.weight takes 8 inputs") for r in structure.refusals)
+
+
+def test_one_dimensional_tensors_that_are_no_bias_or_norm_are_refused(tmp_path: Path) -> None:
+    """PReLU slopes sort after every layer in a safetensors file: the chain is unbroken, the
+    slopes are unplaced."""
+    state = OrderedDict()
+    state["conv1.weight"] = torch.randn(8, 1, 3, 3)
+    state["conv2.weight"] = torch.randn(4, 8, 3, 3)
+    state["prelu1.weight"] = torch.rand(8)
+    state["scale"] = torch.rand(())  # a learned scalar at the top level
+    structure = structure_of(write_safetensors(tmp_path / "m.safetensors", state))
+    assert prefixes(structure) == [["conv1", "conv2"]]
+    assert structure.refusals == (
+        "prelu1.weight (8,) is neither a layer's bias nor part of a normalisation layer (a "
+        "PReLU's slopes, a gate, a learned shift?)",
+        "scale () is neither a layer's bias nor part of a normalisation layer (a PReLU's "
+        "slopes, a gate, a learned shift?)",
+    )
+
+
+def test_a_norm_sorted_away_from_its_place_is_refused(tmp_path: Path) -> None:
+    """bn1 sits between conv1 and conv2, but sorts before them: the chain skips it."""
+    state = OrderedDict()
+    state["conv1.weight"] = torch.randn(8, 1, 3, 3)
+    state["bn1.weight"] = torch.rand(8)
+    state["bn1.bias"] = torch.rand(8)
+    state["bn1.running_mean"] = torch.rand(8)
+    state["bn1.running_var"] = torch.rand(8)
+    state["conv2.weight"] = torch.randn(4, 8, 3, 3)
+    structure = structure_of(write_safetensors(tmp_path / "m.safetensors", state))
+    assert prefixes(structure) == [["conv1", "conv2"]]
+    assert len(structure.refusals) == 4
+    assert structure.refusals[0] == (
+        "bn1.bias (8,) is in no chain but has a dimension of 8, the width of the output of "
+        "conv1 (chain0): it may act on that space"
+    )
+
+
+def test_an_unknown_architecture_is_refused(tmp_path: Path) -> None:
+    import json
+
+    write_safetensors(tmp_path / "model.safetensors", mlp_state())
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "phi3"}))
+    structure = structure_of(tmp_path)
+    assert structure.refusals[0].startswith(
+        "config.json names architecture 'phi3', which has no exact structure in weissi"
+    )
+
+
+def test_a_guessed_flatten_is_marked_as_a_guess(tmp_path: Path) -> None:
+    state = OrderedDict()
+    state["features.0.weight"] = torch.randn(8, 1, 3, 3)
+    state["classifier.weight"] = torch.randn(10, 8 * 16)
+    structure = structure_of(write_torch(tmp_path / "m.pt", state))
+    assert structure.guesses() == (
+        "the flatten of features.0 into classifier is assumed channel-major (16 inputs per "
+        "channel)",
+    )

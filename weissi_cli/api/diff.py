@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from weissi_cli.api.symmetries import solve_group, statistics_pass
+from weissi_cli.api.verdict import guess_refusal
 from weissi_cli.balance.analysis import analyse_chain
 from weissi_cli.balance.channelwise import solve
-from weissi_cli.errors import UsageError
+from weissi_cli.errors import StructureError, UsageError
 from weissi_cli.io import open_checkpoint
 from weissi_cli.io.checkpoint import Checkpoint
 from weissi_cli.io.dtypes import UNIT_ROUNDOFF, decode
 from weissi_cli.ir import Structure
 from weissi_cli.report.common import Source
-from weissi_cli.report.diff import DiffReport, Shift, TensorDiff
+from weissi_cli.report.diff import DiffReport, Shift, StructureBasis, TensorDiff
 from weissi_cli.scales import TensorScale, from_symmetries, shift_scales
 from weissi_cli.structure import discover
 from weissi_cli.structure.source import StructureSource
@@ -36,7 +38,11 @@ def diff_checkpoints(
     spec: Path | StructureSource | None = None,
     granularity: str = "layer",
     threads: int = 2,
+    include_bias: bool = False,
 ) -> DiffReport:
+    """Compare A and B raw, then modulo the scale symmetries of A's structure: both are
+    rebalanced to the optimum of the same penalty a rebalance used (`include_bias`), a
+    canonical form. The report says which structure that was and how far it is known."""
     if granularity not in ("layer", "channel"):
         raise UsageError(f"--granularity must be layer or channel, not {granularity!r}")
     with open_checkpoint(first) as a, open_checkpoint(second) as b:
@@ -53,8 +59,26 @@ def diff_checkpoints(
         tolerance = TOLERANCE_UNITS * max((UNIT_ROUNDOFF[d] for d in dtypes), default=2.0**-53)
         structure = discover(a, spec)
         warnings = [*a.notes, *b.notes, *structure.assumptions]
+        guesses = structure.guesses()
+        if granularity == "channel" and guesses:
+            raise StructureError(guess_refusal(first, guesses, "comparison"))
+        basis = structure_basis(structure, spec)
+        unplaced = structure.origin == "heuristic" and bool(structure.refusals)
+        if unplaced:
+            warnings.append(
+                "not compared up to scale shift: the structure guessed from names and shapes "
+                f"cannot place {'; '.join(structure.refusals[:3])}"
+                + (
+                    f" (and {len(structure.refusals) - 3} more)"
+                    if len(structure.refusals) > 3
+                    else ""
+                )
+                + "; pass --spec to compare on a declared structure"
+            )
         scales_a, scales_b, shifts = (
-            ({}, {}, []) if reasons else _canonical(a, b, structure, granularity, threads)
+            ({}, {}, [])
+            if reasons or unplaced
+            else _canonical(a, b, structure, granularity, threads, include_bias)
         )
         in_symmetry = (
             set(scales_a)
@@ -75,6 +99,8 @@ def diff_checkpoints(
             tolerance=tolerance,
             granularity=granularity,
             warnings=tuple(warnings),
+            include_bias=include_bias,
+            structure=basis if not unplaced else replace(basis, compared=False),
         )
 
 
@@ -92,8 +118,41 @@ def _layout_differences(a: Checkpoint, b: Checkpoint) -> list[str]:
     return reasons
 
 
+def structure_basis(structure: Structure, spec: Path | None) -> StructureBasis:
+    """Which structure a comparison up to scale shift stands on, and how far it is known:
+    exact (the program's own graph, a registered architecture), declared (a spec file) or
+    assumed (names and shapes)."""
+    origins = {chain.origin for chain in structure.chains}
+    origins |= {symmetry.origin for symmetry in structure.symmetries}
+    if not origins:
+        return StructureBasis(structure.origin, "none", "no scale symmetry found", ())
+    if "heuristic" in origins:
+        return StructureBasis(
+            "heuristic",
+            "assumed",
+            "guessed from names and shapes (ReLU-like activations assumed)",
+            structure.refusals,
+        )
+    if "spec" in origins:
+        return StructureBasis("spec", "declared", f"declared by {spec}", ())
+    families = sorted(o.removeprefix("config:") for o in origins if o.startswith("config:"))
+    if families:
+        return StructureBasis(
+            f"config:{families[0]}",
+            "exact",
+            f"the {', '.join(families)} architecture's registry entry",
+            (),
+        )
+    return StructureBasis("graph", "exact", "the exported program's own graph", ())
+
+
 def _canonical(
-    a: Checkpoint, b: Checkpoint, structure: Structure, granularity: str, threads: int
+    a: Checkpoint,
+    b: Checkpoint,
+    structure: Structure,
+    granularity: str,
+    threads: int,
+    include_bias: bool = False,
 ) -> tuple[dict[str, TensorScale], dict[str, TensorScale], list[Shift]]:
     """The scales that rebalance each checkpoint to its optimum (a canonical form: the
     optimum is unique), and the layer-wise shifts from A to B."""
@@ -105,7 +164,7 @@ def _canonical(
         # One pass per checkpoint: the chains' statistics and the squares the solvers need.
         names = [n for chain in structure.chains for n in chain.tensor_names()]
         stats, squares, group_squares = statistics_pass(
-            checkpoint, structure, False, granularity, threads, names
+            checkpoint, structure, include_bias, granularity, threads, names
         )
         stats_pair.append(stats)
         scales: dict[str, TensorScale] = {}
@@ -119,11 +178,11 @@ def _canonical(
                 )
         else:
             for chain in structure.chains:
-                analysis = analyse_chain(chain, stats)
+                analysis = analyse_chain(chain, stats, include_bias=include_bias)
                 if analysis.optimal is not None:
                     scales.update(shift_scales(chain, analysis.optimal, shapes))
         solved = solve_group(
-            checkpoint, structure, False, granularity, threads, squares=group_squares
+            checkpoint, structure, include_bias, granularity, threads, squares=group_squares
         )
         if solved is not None and structure.symmetries:
             group = solved[0]

@@ -19,5 +19,9 @@ def graph_checkpoint(path: Path, spec: Path | StructureSource | None = None) -> 
             structure=structure,
             dtypes={info.name: info.dtype for info in checkpoint.tensors},
             spec=emit_spec(structure, path.name),
-            warnings=(*checkpoint.notes, *structure.assumptions),
+            warnings=(
+                *checkpoint.notes,
+                *structure.assumptions,
+                *(f"rebalance refuses this guessed structure: {r}" for r in structure.refusals),
+            ),
         )

@@ -74,6 +74,13 @@ def inspect_checkpoint(
             squares=group_squares,
         )
         warnings = [*checkpoint.notes, *structure.assumptions]
+        warnings += [f"rebalance refuses this guessed structure: {r}" for r in structure.refusals]
+        if granularity == "channel":
+            warnings += [
+                f"the channel-wise numbers take for granted that {guess}; rebalance refuses "
+                "that until the order is stated"
+                for guess in structure.guesses()
+            ]
         warnings += unbounded_hint(solved[0] if solved else None, include_bias)
         warnings += [
             f"{row.name}: {row.nonfinite} non-finite value(s) (NaN or Inf)"

@@ -16,6 +16,7 @@ from weissi_cli.api.symmetries import (
     statistics_pass,
     unbounded_hint,
 )
+from weissi_cli.api.verdict import guess_refusal, level_caveats, refusal_message
 from weissi_cli.balance.analysis import ChainAnalysis, analyse_chain
 from weissi_cli.balance.channelwise import (
     ChannelSolution,
@@ -52,6 +53,8 @@ from weissi_cli.verify import (
     ChainVerification,
     CheckAsWritten,
     Verification,
+    combined_level,
+    declared_level,
     is_probed,
     run_programs,
     verify_chain,
@@ -77,6 +80,8 @@ def rebalance_checkpoint(
     output_format: str = "same",
     allow_approximate: bool = False,
     verify_with: str | None = None,
+    write_unchanged: bool = False,
+    hold_activations: bool = False,
 ) -> RebalanceReport:
     """Write `output`, the rebalanced copy of `path`, only if verification passes.
 
@@ -84,6 +89,8 @@ def rebalance_checkpoint(
     model folder in gives a model folder out (every other file copied). `verify_with=
     "transformers"` also runs both models with the architecture's own code; so does
     rebalancing an approximate symmetry (`allow_approximate`), to measure what it changed.
+    When no scale differs from 1 nothing is written, unless `write_unchanged`.
+    `hold_activations`: power-of-two scales never shrink a chain's hidden activations.
     """
     if scales not in SCALES_MODES:
         raise UsageError(f"--scales must be one of {', '.join(SCALES_MODES)}, not {scales!r}")
@@ -107,9 +114,21 @@ def rebalance_checkpoint(
                     f"{path}: --verify-with transformers needs the config.json of a Hugging "
                     "Face model beside the checkpoint"
                 )
+        if structure.origin == "heuristic" and structure.refusals:
+            raise StructureError(refusal_message(path, structure, config is not None))
         if structure.is_assumed and not assume_relu:
             raise ConsentError(
                 _consent_message(path, output, scales, include_bias, force, extra_flags)
+            )
+        guesses = structure.guesses()
+        if granularity == "channel" and guesses:
+            raise StructureError(guess_refusal(path, guesses))
+        if hold_activations and structure.symmetries:
+            raise UsageError(
+                f"{path}: --hold-activations keeps the hidden activations of chains of layers "
+                "from shrinking; this structure's symmetries are not chains (a graph's or an "
+                "architecture's): choose --scales real, or accept the change verification "
+                "measures"
             )
         if not structure.chains and not structure.symmetries:
             raise StructureError(
@@ -125,9 +144,23 @@ def rebalance_checkpoint(
         )
         warnings = [*checkpoint.notes, *structure.assumptions]
         plans = [
-            _plan(chain, checkpoint, before, squares, scales, include_bias, granularity)
+            _plan(
+                chain,
+                checkpoint,
+                before,
+                squares,
+                scales,
+                include_bias,
+                granularity,
+                hold_activations,
+            )
             for chain in structure.chains
         ]
+        if hold_activations and not any(plan.mode == "pow2" for plan in plans):
+            raise UsageError(
+                f"{path}: --hold-activations applies to power-of-two scales (16-bit chains "
+                "under --scales auto, or --scales pow2); these chains take real scales"
+            )
         warnings += [
             f"{plan.analysis.chain.id} left unchanged: {plan.analysis.problem}"
             for plan in plans
@@ -148,6 +181,24 @@ def rebalance_checkpoint(
                 tensor_scales.update(
                     from_symmetries(plan.analysis.chain.symmetries(), plan.channel_scales, shapes)
                 )
+        if not tensor_scales and not write_unchanged:
+            results = [_chain_result(plan, before, before, include_bias) for plan in plans]
+            return RebalanceReport(
+                source=Source.of(checkpoint, str(path)),
+                output_path=str(output),
+                output_format=written_format,
+                written=False,
+                scales=scales,
+                granularity=granularity,
+                include_bias=include_bias,
+                chains=tuple(results),
+                group=group,
+                group_scales=group_mode,
+                verification=Verification.combine([]),
+                warnings=tuple(warnings),
+                nothing_to_do=True,
+            )
+        power_of_two = all(scale.is_power_of_two for scale in tensor_scales.values())
         record = {
             "tool_version": __version__,
             "source": path.name,
@@ -172,12 +223,18 @@ def rebalance_checkpoint(
                 )
                 if group is not None:
                     group, group_checks = _verify_group(
-                        checkpoint, rewritten, group, group_scales, include_bias, as_written
+                        checkpoint,
+                        rewritten,
+                        group,
+                        group_scales,
+                        include_bias,
+                        as_written,
+                        power_of_two,
                     )
                     checks += group_checks
             if verify_with is not None and config is not None:
                 run = _run_transformers(
-                    checkpoint, pending, config.path, not approximate, written_format
+                    checkpoint, pending, config.path, not approximate, written_format, power_of_two
                 )
                 checks.append(run)
                 if approximate:
@@ -188,7 +245,11 @@ def rebalance_checkpoint(
         except BaseException:
             pending.discard()
             raise
-        verification = Verification.combine(checks)
+        level = combined_level(checks)
+        ran = any(check.level in ("real_network", "approximate") for check in checks)
+        verification = Verification.combine(
+            checks, level_caveats(level, structure, spec, path, ran, config is not None)
+        )
         if verification.passed:
             pending.commit()
         else:
@@ -215,7 +276,12 @@ LOADER_NAMES = {"safetensors": "model.safetensors", "torch": "pytorch_model.bin"
 
 
 def _run_transformers(
-    checkpoint: Checkpoint, pending: PendingOutput, config: Path, exact: bool, written_format: str
+    checkpoint: Checkpoint,
+    pending: PendingOutput,
+    config: Path,
+    exact: bool,
+    written_format: str,
+    power_of_two: bool,
 ) -> ChainVerification:
     """Both models through transformers: the input's files, and the pending output's files
     under their final names (a single file under the name the loader looks for)."""
@@ -236,7 +302,7 @@ def _run_transformers(
         model_folder(config, original) as before,
         model_folder(config, written) as after,
     ):
-        return run_transformers(before, after, exact)
+        return run_transformers(before, after, exact, power_of_two=power_of_two)
 
 
 def _mode_for(chain: Chain, checkpoint: Checkpoint, scales: str) -> str:
@@ -267,28 +333,34 @@ def _plan(
     scales: str,
     include_bias: bool,
     granularity: str,
+    hold_activations: bool = False,
 ) -> _Plan:
+    """`hold_activations`: with power-of-two scales, no hidden activation is scaled down."""
     analysis = analyse_chain(chain, before, include_bias=include_bias)
     if analysis.optimal is None:
         return _Plan(analysis, None, "none")
     mode = _mode_for(chain, checkpoint, scales)
     limits = exact_limits(checkpoint, chain.tensor_names()) if mode == "pow2" else None
+    hold = hold_activations and mode == "pow2"
     if granularity == "channel":
         symmetries = chain.symmetries()
         mine = {name: squares[name] for name in chain.tensor_names() if name in squares}
         solution = solve(symmetries, mine)
         if mode == "pow2":
-            solution = round_to_powers_of_two(solution, symmetries, mine, limits)
+            floors = frozenset(s.id for s in symmetries) if hold else frozenset()
+            solution = round_to_powers_of_two(solution, symmetries, mine, limits, floors)
         held = sum(solution.held.values())
         return _Plan(analysis, solution.scales, mode, solution=solution, held=held)
     shift = analysis.optimal
     held = 0
     if mode == "pow2":
         biases = analysis.bias_norms if include_bias else None
-        if not limits:
+        if not limits and not hold:
             shift = pow2_shift(analysis.optimal, analysis.weight_norms, biases)
         else:
-            bounds = _layer_bounds(chain, limits)
+            bounds = _layer_bounds(chain, limits or ExactLimits({}))
+            if hold:  # Π_l = 2^k_l multiplies layer l's outputs: k_l >= 0
+                bounds = [(weight, (max(bias[0], 0.0), bias[1])) for weight, bias in bounds]
             shift = pow2_shift(analysis.optimal, analysis.weight_norms, biases, bounds)
             # Held: links where the same search without the bounds (its candidates are wider
             # than the unbounded default's) would have chosen differently.
@@ -384,49 +456,56 @@ def _verify_and_measure(
             )
             checks.append(check)
             after = check.after
-        if plan.shift is not None:
-            gammas, bias_scales = plan.shift.gammas, plan.shift.bias_scales
-        else:  # what the written file shows, layer by layer
-            gammas = tuple(_ratio(after, before, layer.weight) for layer in chain.layers)
-            bias_scales = tuple(
-                _ratio(after, before, layer.bias) if layer.bias else 1.0 for layer in chain.layers
-            )
-        solution = plan.solution
-        results.append(
-            ChainResult(
-                id=chain.id,
-                origin=chain.origin,
-                scales=plan.mode,
-                layers=tuple(layer.prefix for layer in chain.layers),
-                gammas=gammas,
-                bias_scales=bias_scales,
-                l2_before=_chain_l2(chain, before, include_bias),
-                l2_after=_chain_l2(chain, after, include_bias),
-                min_l2_penalty=plan.analysis.min_l2_penalty,
-                weissi_before=_chain_weissi(chain, before),
-                weissi_after=_chain_weissi(chain, after),
-                skipped=plan.analysis.problem,
-                channel=None
-                if solution is None
-                else ChannelResult(
-                    min_l2_penalty=solution.l2_after,
-                    sweeps=solution.sweeps,
-                    converged=solution.converged,
-                    tolerance=solution.tolerance,
-                    dead_units={
-                        key: tuple(item.dead)
-                        for key, item in solution.symmetries.items()
-                        if item.dead
-                    },
-                    unbounded=tuple(
-                        key for key, item in solution.symmetries.items() if item.unbounded
-                    ),
-                    path_norm_before=check.path_norm_before if check else None,
-                    path_norm_after=check.path_norm_after if check else None,
-                ),
-            )
-        )
+        results.append(_chain_result(plan, before, after, include_bias, check))
     return results, checks
+
+
+def _chain_result(
+    plan: _Plan,
+    before: dict[str, TensorStats],
+    after: dict[str, TensorStats],
+    include_bias: bool,
+    check: ChainVerification | None = None,
+) -> ChainResult:
+    """One chain's line of the report: the norms `after` holds (measured in the written
+    file, or `before` for a chain that was copied unchanged)."""
+    chain = plan.analysis.chain
+    if plan.shift is not None:
+        gammas, bias_scales = plan.shift.gammas, plan.shift.bias_scales
+    else:  # what the written file shows, layer by layer
+        gammas = tuple(_ratio(after, before, layer.weight) for layer in chain.layers)
+        bias_scales = tuple(
+            _ratio(after, before, layer.bias) if layer.bias else 1.0 for layer in chain.layers
+        )
+    solution = plan.solution
+    return ChainResult(
+        id=chain.id,
+        origin=chain.origin,
+        scales=plan.mode,
+        layers=tuple(layer.prefix for layer in chain.layers),
+        gammas=gammas,
+        bias_scales=bias_scales,
+        l2_before=_chain_l2(chain, before, include_bias),
+        l2_after=_chain_l2(chain, after, include_bias),
+        min_l2_penalty=plan.analysis.min_l2_penalty,
+        weissi_before=_chain_weissi(chain, before),
+        weissi_after=_chain_weissi(chain, after),
+        skipped=plan.analysis.problem,
+        channel=None
+        if solution is None
+        else ChannelResult(
+            min_l2_penalty=solution.l2_after,
+            sweeps=solution.sweeps,
+            converged=solution.converged,
+            tolerance=solution.tolerance,
+            dead_units={
+                key: tuple(item.dead) for key, item in solution.symmetries.items() if item.dead
+            },
+            unbounded=tuple(key for key, item in solution.symmetries.items() if item.unbounded),
+            path_norm_before=check.path_norm_before if check else None,
+            path_norm_after=check.path_norm_after if check else None,
+        ),
+    )
 
 
 def _solve_group(
@@ -463,16 +542,28 @@ def _verify_group(
     scales: Mapping[str, TensorScale],
     include_bias: bool,
     as_written: CheckAsWritten,
+    power_of_two: bool,
 ) -> tuple[SymmetryGroup, list[ChainVerification]]:
     checks = (
-        [verify_tensors(original, rewritten, "symmetries", scales, as_written=as_written)]
+        [
+            verify_tensors(
+                original,
+                rewritten,
+                "symmetries",
+                scales,
+                as_written=as_written,
+                level=declared_level(*(s.origin for s in group.symmetries)),
+            )
+        ]
         if scales
         else []
     )
     program = getattr(original, "program", None)
     rewritten_program = getattr(rewritten, "program", None)
     if program is not None and rewritten_program is not None:
-        checks.append(run_programs(program, rewritten_program, "program"))
+        checks.append(
+            run_programs(program, rewritten_program, "program", power_of_two=power_of_two)
+        )
     after = checks[0].after if checks else {}
     penalised = set(
         penalised_members(

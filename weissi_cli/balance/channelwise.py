@@ -295,16 +295,24 @@ def round_to_powers_of_two(
     symmetries: Iterable[Symmetry],
     squares: Mapping[str, Squares],
     limits: ExactLimits | None = None,
+    at_least_one: frozenset[str] = frozenset(),
 ) -> ChannelSolution:
     """Every scale a power of two (outputs bit-identical), starting from the nearest power
     and improving each channel's exponent by ±1 while that lowers the penalty; never worse
     than leaving everything at 1. With `limits`, exponents are then held within the
-    float16 headroom, so that every scaled value is exact."""
+    float16 headroom, so that every scaled value is exact. The symmetries named in
+    `at_least_one` keep every scale at 1 or above (their producers' activations never
+    shrink)."""
     symmetries = [s for s in symmetries if s.id in solution.symmetries]
     factors = _Factors(squares)
     rounded = {
         key: SymmetrySolution(
-            key, np.exp2(np.round(np.log2(item.scales))), item.dead, item.unbounded
+            key,
+            np.exp2(np.round(np.log2(item.scales)))
+            if key not in at_least_one
+            else np.maximum(np.exp2(np.round(np.log2(item.scales))), 1.0),
+            item.dead,
+            item.unbounded,
         )
         for key, item in solution.symmetries.items()
     }
@@ -325,6 +333,8 @@ def round_to_powers_of_two(
             downs_g = downs.reshape(-1, tie).sum(axis=1)
             current = item.scales.reshape(-1, tie)[:, 0]
             candidates = np.stack([current / 2, current, current * 2])
+            if symmetry.id in at_least_one:
+                candidates = np.maximum(candidates, 1.0)
             costs = ups_g * candidates**2 + downs_g / candidates**2
             best = candidates[np.argmin(costs, axis=0), np.arange(current.size)]
             live = (ups_g > 0) & (downs_g > 0)  # a dead channel stays at 1

@@ -15,6 +15,7 @@ from weissi_cli.cli.diff_cmd import diff
 from weissi_cli.cli.graph_cmd import graph
 from weissi_cli.cli.inspect_cmd import inspect
 from weissi_cli.cli.rebalance_cmd import rebalance
+from weissi_cli.cli.trend_cmd import trend
 
 COMMANDS: dict[str, Callable[..., None]] = {
     "inspect": inspect,
@@ -22,6 +23,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "graph": graph,
     "check": check,
     "diff": diff,
+    "trend": trend,
 }
 
 

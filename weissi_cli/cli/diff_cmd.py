@@ -13,6 +13,7 @@ from weissi_cli.cli.options import (
     ExampleDtype,
     ExampleShape,
     Granularity,
+    IncludeBias,
     Json,
     ModelCode,
     Spec,
@@ -29,13 +30,17 @@ def diff(
     example_shape: ExampleShape = None,
     example_dtype: ExampleDtype = "float32",
     granularity: Granularity = "layer",
+    include_bias: IncludeBias = False,
     json_output: Json = False,
 ) -> None:
     """Compare two checkpoints raw and modulo scale symmetries.
 
     Verdicts: identical, equal up to rounding, equal up to scale shift (with the shifts),
-    different (with the tensors that differ most). Exit 0 when the function is the same, 1
-    when it differs, 2 on bad input. Works across formats (a .pt against its .safetensors).
+    different (with the tensors that differ most). "Equal up to scale shift" is as good as
+    the structure it stands on, which the report names: exact (a .pt2's graph, a registered
+    architecture), declared (--spec) or assumed (names and shapes). Pass the --include-bias
+    the rebalance used. Exit 0 when the function is the same, 1 when it differs, 2 on bad
+    input. Works across formats (a .pt against its .safetensors).
     Example: weissi diff model.pt balanced.safetensors
     """
     from weissi_cli.api.diff import diff_checkpoints
@@ -47,6 +52,7 @@ def diff(
             second,
             structure_source(spec, model, example_shape, example_dtype),
             granularity,
+            include_bias=include_bias,
         )
     if json_output:
         typer.echo(to_json(report.to_dict()))

@@ -70,13 +70,33 @@ def rebalance(
             "and compare logits on random token ids (needs weissi-cli[hf]).",
         ),
     ] = None,
+    write_unchanged: Annotated[
+        bool,
+        typer.Option(
+            "--write-unchanged",
+            help="Write the output even when every scale is 1 (by default nothing is written "
+            "then, and the exit code is 0).",
+        ),
+    ] = False,
+    hold_activations: Annotated[
+        bool,
+        typer.Option(
+            "--hold-activations",
+            help="With power-of-two scales, never scale a chain's hidden activations down (so "
+            "none that is a normal float16 becomes subnormal), at some cost in L2.",
+        ),
+    ] = False,
     json_output: Json = False,
 ) -> None:
     """Rescale layers to the L2 optimum without changing the function, then verify.
 
     Example: weissi rebalance model.safetensors -o balanced.safetensors --spec spec.toml
 
-    A model folder in (a Hugging Face checkpoint) gives a model folder out.
+    A model folder in (a Hugging Face checkpoint) gives a model folder out. The verdict
+    names what it proved: ✓ only when the real network ran on both files (a .pt2, or
+    --verify-with transformers); otherwise its own mark and what is left to check. Exit 0:
+    written (or nothing to do); 1: verification failed, nothing written; 2: refused
+    (unplaceable structure, bad input), nothing written.
     """
     from weissi_cli.api.rebalance import rebalance_checkpoint
     from weissi_cli.report.common import to_json
@@ -95,6 +115,8 @@ def rebalance(
             output_format=output_format,
             allow_approximate=allow_approximate,
             verify_with=verify_with,
+            write_unchanged=write_unchanged,
+            hold_activations=hold_activations,
         )
     if json_output:
         typer.echo(to_json(report.to_dict()))

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # only annotations: a command imports the report modules it p
     from weissi_cli.report.inspect import InspectReport
     from weissi_cli.report.rebalance import RebalanceReport
     from weissi_cli.report.symmetries import KindRow, SymmetryGroup
+    from weissi_cli.verify import Verification
 
 BAR_WIDTH = 12
 EIGHTHS = " ▏▎▍▌▋▊▉█"
@@ -405,24 +406,45 @@ def render_rebalance(report: RebalanceReport, console: Console) -> None:
             )
         )
     console.print()
-    verification = report.verification
-    mark = (
-        Text("✓ verified", style="bold green")
-        if verification.passed
-        else Text("✗ verification failed", style="bold red")
-    )
-    console.print(Text.assemble(mark, f" ({verification.method})"))
-    for check in verification.chains:
-        first, *rest = check.detail.split("; ")
-        console.print(f"  {escape(check.chain_id)}: {escape(first)}")
-        for line in rest:
-            console.print(f"    {escape(line)}")
+    if report.nothing_to_do:
+        console.print(
+            Text(
+                f"nothing to do: every scale is 1; {report.output_path} was not written "
+                "(--write-unchanged writes an unchanged copy)",
+                style="bold",
+            )
+        )
+        return
+    _print_verdict(report.verification, console)
     if report.written:
         console.print(
             Text.assemble("wrote ", (report.output_path, "bold"), f" ({report.output_format})")
         )
     else:
         console.print(Text(f"{report.output_path} was not written", style="bold red"))
+
+
+def _print_verdict(verification: Verification, console: Console) -> None:
+    """The verdict: its level's mark and claim, what the user must still check, then what
+    each check found."""
+    from weissi_cli.report.rebalance import verdict_line
+
+    mark, words = verdict_line(verification)
+    style = (
+        "bold red"
+        if not verification.passed
+        else "bold green"
+        if verification.level == "real_network"
+        else "bold yellow"
+    )
+    console.print(Text.assemble((f"{mark} {words}", style), f" ({verification.method})"))
+    for caveat in verification.caveats if verification.passed else ():
+        console.print(Text.assemble(("  check: ", "yellow"), caveat))
+    for check in verification.chains:
+        first, *rest = check.detail.split("; ")
+        console.print(f"  {escape(check.chain_id)}: {escape(first)}")
+        for line in rest:
+            console.print(f"    {escape(line)}")
 
 
 def _factor(value: float, mode: str) -> str:
@@ -469,6 +491,8 @@ def render_graph(report: GraphReport, console: Console) -> None:
             branch.add(f"{escape(member.tensor)}  {sign}  ({where})")
         if symmetry.note:
             branch.add(Text(symmetry.note, style="dim"))
+        if symmetry.guess:
+            branch.add(Text(f"guess: {symmetry.guess}", style="yellow"))
     if structure.stops:
         stops = tree.add(Text(f"stopped ({len(structure.stops)})", style="bold"))
         for stop in structure.stops:
@@ -540,6 +564,14 @@ def render_diff(report: DiffReport, console: Console) -> None:
     style = "bold green" if report.same_function else "bold red"
     console.print()
     console.print(Text.assemble("verdict: ", (report.verdict, style)))
+    basis = report.structure
+    if report.qualifier:
+        console.print(Text(f"  {report.qualifier}", style="yellow"))
+    elif basis.level != "none":
+        compared = "" if basis.compared else "; not used: it cannot place every tensor"
+        console.print(
+            Text(f"  structure: {basis.description} ({basis.level}){compared}", style="dim")
+        )
     for reason in report.reasons:
         console.print(f"  {escape(reason)}", style="red")
     for shift in report.shifts:

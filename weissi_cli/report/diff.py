@@ -46,6 +46,29 @@ class Shift:
 
 
 @dataclass(frozen=True)
+class StructureBasis:
+    """The structure a comparison up to scale shift stands on: its origin, how far it is
+    known (exact: the program's graph or a registered architecture; declared: a spec file;
+    assumed: names and shapes; none), in words, and what names and shapes could not place.
+    `compared`: False when the comparison up to scale shift was not made on it."""
+
+    origin: str
+    level: str
+    description: str
+    refusals: tuple[str, ...]
+    compared: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "origin": self.origin,
+            "level": self.level,
+            "description": self.description,
+            "refusals": list(self.refusals),
+            "compared": self.compared,
+        }
+
+
+@dataclass(frozen=True)
 class DiffReport:
     first: Source
     second: Source
@@ -56,10 +79,22 @@ class DiffReport:
     tolerance: float
     granularity: str
     warnings: tuple[str, ...]
+    include_bias: bool = False
+    structure: StructureBasis = StructureBasis("none", "none", "no scale symmetry found", ())
 
     @property
     def same_function(self) -> bool:
         return self.verdict != "different"
+
+    @property
+    def qualifier(self) -> str:
+        """What "equal up to scale shift" stands on, when that is less than exact."""
+        if self.verdict != "equal up to scale shift" or self.structure.level == "exact":
+            return ""
+        return (
+            f"{self.structure.level} structure, {self.structure.description}: the same "
+            "function only if that structure is the model's"
+        )
 
     def most_different(self, count: int = 5) -> list[TensorDiff]:
         def key(item: TensorDiff) -> float:
@@ -80,7 +115,13 @@ class DiffReport:
             "verdict": self.verdict,
             "same_function": self.same_function,
             "reasons": list(self.reasons),
-            "settings": {"granularity": self.granularity, "tolerance": self.tolerance},
+            "settings": {
+                "granularity": self.granularity,
+                "tolerance": self.tolerance,
+                "include_bias": self.include_bias,
+            },
+            "structure": self.structure.to_dict(),
+            "qualifier": self.qualifier or None,
             "shifts": [shift.to_dict() for shift in self.shifts],
             "most_different": [t.name for t in self.most_different()],
             "tensors": [t.to_dict() for t in self.tensors],

@@ -33,6 +33,7 @@ class GraphReport:
             ],
             "unassigned": [unassigned_dict(entry) for entry in self.structure.unassigned],
             "notes": list(self.structure.notes),
+            "refusals": list(self.structure.refusals),
             "warnings": list(self.warnings),
         }
 
@@ -55,6 +56,8 @@ class GraphReport:
             ],
             "symmetries": [symmetry_dict(symmetry) for symmetry in chain.symmetries()],
             "notes": list(chain.notes),
+            "slope": chain.slope if chain.activation == "leaky_relu" else None,
+            "slopes": list(chain.slopes),
         }
 
 
@@ -79,4 +82,5 @@ def symmetry_dict(symmetry: Symmetry) -> dict[str, Any]:
         "note": symmetry.note,
         "kind": symmetry.kind,
         "block": symmetry.group,
+        "guess": symmetry.guess or None,
     }

@@ -11,6 +11,23 @@ from weissi_cli.verify import ChainVerification, Verification
 
 SCHEMA = "weissi.rebalance/1"
 
+# Per verification level: its mark, and what it claims. Only a run of the real network
+# earns the check mark.
+LEVEL_MARKS: dict[str, tuple[str, str]] = {
+    "real_network": ("✓", "exact for the real network"),
+    "declared_structure": ("◇", "exact for the declared structure; the real network was not run"),
+    "values_only": ("○", "values only; the function was not run"),
+    "approximate": ("≈", "approximate; the function changed"),
+}
+FAILED_MARK = ("✗", "verification failed")
+
+
+def verdict_line(verification: Verification) -> tuple[str, str]:
+    """(mark, words) of a verification's verdict."""
+    if not verification.passed:
+        return FAILED_MARK
+    return LEVEL_MARKS[verification.level]
+
 
 @dataclass(frozen=True)
 class ChannelResult:
@@ -86,6 +103,7 @@ class RebalanceReport:
     warnings: tuple[str, ...]
     group: SymmetryGroup | None = None  # symmetries that are not chains, solved together
     group_scales: str = "none"  # "real" | "pow2" for the group
+    nothing_to_do: bool = False  # every scale was 1: nothing rewritten
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,6 +115,7 @@ class RebalanceReport:
                 "format": self.output_format,
                 "written": self.written,
             },
+            "nothing_to_do": self.nothing_to_do,
             "settings": {
                 "scales": self.scales,
                 "granularity": self.granularity,
@@ -118,6 +137,8 @@ def verification_dict(verification: Verification) -> dict[str, Any]:
         "max_abs_diff": finite_or_none(verification.max_abs_diff),
         "max_rel_diff": finite_or_none(verification.max_rel_diff),
         "probes": verification.probes,
+        "level": verification.level,
+        "caveats": list(verification.caveats),
         "chains": [chain_verification_dict(result) for result in verification.chains],
     }
 
@@ -131,4 +152,7 @@ def chain_verification_dict(result: ChainVerification) -> dict[str, Any]:
         "max_rel_diff": finite_or_none(result.max_rel_diff),
         "bit_identical": result.bit_identical,
         "detail": result.detail,
+        "level": result.level,
+        "caveat": result.caveat or None,
+        "probes": result.probes,
     }

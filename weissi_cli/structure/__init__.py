@@ -13,6 +13,7 @@ from weissi_cli.structure.architectures import (
     describe_unknown,
     family_for,
     find_config,
+    known_families,
     structure_from_config,
 )
 from weissi_cli.structure.heuristic import infer_structure
@@ -71,7 +72,16 @@ def discover(
 
             return structure_from_traced(from_transformers(config.path, names), checkpoint)
         guessed = infer_structure(checkpoint).folded()
-        return replace(guessed, assumptions=(describe_unknown(config), *guessed.assumptions))
+        unknown = (
+            f"{config.path.name} names architecture {config.label!r}, which has no exact "
+            f"structure in weissi ({known_families()}): names and shapes cannot tell its "
+            "attention and MLP projections apart"
+        )
+        return replace(
+            guessed,
+            assumptions=(describe_unknown(config), *guessed.assumptions),
+            refusals=(unknown, *guessed.refusals),
+        )
     return infer_structure(checkpoint).folded()
 
 

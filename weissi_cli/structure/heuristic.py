@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from weissi_cli.io.checkpoint import Checkpoint
 from weissi_cli.ir import Chain, Layer, Member, Structure, Symmetry, Unassigned
 from weissi_cli.structure.layers import (
@@ -116,7 +118,91 @@ def infer_structure(checkpoint: Checkpoint) -> Structure:
     assumptions: tuple[str, ...] = (ASSUMPTION,) if chains or symmetries else ()
     if chains and checkpoint.format.startswith("safetensors"):
         assumptions += (ORDER_ASSUMPTION,)
-    return Structure(chains, tuple(unassigned), "heuristic", assumptions, tuple(symmetries))
+    return Structure(
+        chains,
+        tuple(unassigned),
+        "heuristic",
+        assumptions,
+        tuple(symmetries),
+        refusals=placement_refusals(checkpoint, chains, symmetries),
+    )
+
+
+def placement_refusals(
+    checkpoint: Checkpoint, chains: Sequence[Chain], symmetries: Sequence[Symmetry]
+) -> tuple[str, ...]:
+    """What names and shapes cannot place, so that rebalancing on them could change the
+    function whatever the activations are:
+
+    - a 1-D (or scalar) tensor that is neither a layer's bias nor part of a normalisation
+      layer: a PReLU's slopes, a per-channel gate, a learned shift;
+    - a layer outside a chain whose inputs match a hidden width of the chain: it may read
+      that hidden space (a sibling head), which the chain rescales without it;
+    - any other tensor outside every chain and symmetry with a dimension of a hidden width:
+      it may act on that space (a norm between two layers whose names sort apart).
+    """
+    if not chains and not symmetries:
+        return ()
+    placed = {name for chain in chains for name in chain.claimed()}
+    placed |= {member.tensor for symmetry in symmetries for member in symmetry.members}
+    spaces: dict[int, list[str]] = {}  # width -> the hidden spaces of that width
+    owner: dict[str, str] = {}  # layer prefix -> chain id
+    for chain in chains:
+        for producer in chain.layers[:-1]:
+            spaces.setdefault(producer.out_features, []).append(f"{producer.prefix} ({chain.id})")
+        owner.update({member.prefix: chain.id for member in chain.layers})
+    hidden = {width: f"the output of {' or '.join(found)}" for width, found in spaces.items()}
+    found: list[str] = []
+    for module in group_modules(checkpoint):
+        layer = as_layer(module) if module.prefix else None
+        norm = is_normalisation(module)
+        if layer is not None and not norm and module.prefix in owner:
+            width = layer.in_features
+            for chain in chains:
+                if chain.id == owner[module.prefix]:
+                    continue
+                if any(width == other.out_features for other in chain.layers[:-1]):
+                    found.append(
+                        f"{layer.weight} takes {width} inputs, as many as a hidden space of "
+                        f"{chain.id} has: it may read that space (a second head) while "
+                        f"{chain.id} rescales it"
+                    )
+                    break
+        for suffix, info in module.tensors.items():
+            if info.name in placed or not info.is_supported_float:
+                continue
+            shape = tuple(info.shape)
+            as_bias = (
+                layer is not None
+                and suffix == "bias"
+                and not norm
+                and bias_problem(layer, checkpoint) is None
+            )
+            if len(shape) <= 1 and not (as_bias or norm):
+                found.append(
+                    f"{info.name} {shape} is neither a layer's bias nor part of a normalisation "
+                    "layer (a PReLU's slopes, a gate, a learned shift?)"
+                )
+                continue
+            if (
+                layer is not None
+                and suffix == "weight"
+                and not norm
+                and layer.in_features in hidden
+            ):
+                found.append(
+                    f"{info.name} takes {layer.in_features} inputs but is in no chain: it may "
+                    f"read {hidden[layer.in_features]} (a second head), which would be "
+                    "rescaled without it"
+                )
+                continue
+            shared = [size for size in shape if size > 1 and size in hidden]
+            if shared:
+                found.append(
+                    f"{info.name} {shape} is in no chain but has a dimension of {shared[0]}, "
+                    f"the width of {hidden[shared[0]]}: it may act on that space"
+                )
+    return tuple(dict.fromkeys(found))
 
 
 def batch_norm_symmetries(checkpoint: Checkpoint) -> list[Symmetry]:
@@ -189,6 +275,12 @@ def batch_norm_symmetries(checkpoint: Checkpoint) -> list[Symmetry]:
                         note=(
                             f"assumed: {previous.prefix} feeds {current.prefix} through ReLU "
                             "or nothing"
+                        ),
+                        guess=(
+                            f"the flatten of {previous.prefix} into {current.prefix} is assumed "
+                            f"channel-major ({block} inputs per channel)"
+                            if block > 1
+                            else ""
                         ),
                     )
                 )

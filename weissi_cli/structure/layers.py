@@ -76,7 +76,8 @@ def connection(producer: Layer, consumer: Layer) -> tuple[int | None, str]:
         block = expected // produced
         return block, (
             f"{producer.prefix} ({produced} channels) is flattened into {consumer.prefix} "
-            f"({expected} inputs): assumed channel-major flatten, {block} inputs per channel"
+            f"({expected} inputs), {block} inputs per channel in an order the weights do not "
+            "show (channel-major assumed: per-channel rebalancing needs the order stated)"
         )
     return None, (
         f"{producer.prefix} outputs {produced} channels but {consumer.prefix} takes "
