@@ -62,7 +62,7 @@ def diff_checkpoints(
         guesses = structure.guesses()
         if granularity == "channel" and guesses:
             raise StructureError(guess_refusal(first, guesses, "comparison"))
-        basis = structure_basis(structure, spec)
+        basis = structure_basis(structure, StructureSource.of(spec).spec)
         unplaced = structure.origin == "heuristic" and bool(structure.refusals)
         if unplaced:
             warnings.append(
@@ -142,6 +142,11 @@ def structure_basis(structure: Structure, spec: Path | None) -> StructureBasis:
             "exact",
             f"the {', '.join(families)} architecture's registry entry",
             (),
+        )
+    traced = sorted(o.removeprefix("graph:") for o in origins if o.startswith("graph:"))
+    if traced:
+        return StructureBasis(
+            f"graph:{traced[0]}", "exact", f"the graph traced from {traced[0]}'s own code", ()
         )
     return StructureBasis("graph", "exact", "the exported program's own graph", ())
 

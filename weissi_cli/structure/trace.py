@@ -93,6 +93,7 @@ def from_transformers(config_path: Path, tensor_names: Sequence[str]) -> TracedG
     inputs = _example_inputs(model, config, torch)
     wrapper = _OutputsAsTuple(model, _accepts(model, "use_cache"))
     names = _checkpoint_names(model, tensor_names, transformers)
+    _require_match(names.values(), tensor_names, f"{config_path}: {model_class.__name__}")
     program = _export(torch, wrapper, (), inputs, f"{config_path}: {model_class.__name__}")
     label = getattr(config, "model_type", None) or model_class.__name__
     return _name_placeholders(program, "m.", names, model, f"graph:{label}")
@@ -403,11 +404,7 @@ def from_module(
     program = _export(torch, module, inputs, {}, f"--model {spec}")
     model_names = {name for name, _ in module.state_dict().items()}
     names, note = match_state_dict(model_names, tensor_names)
-    if not names:
-        raise TraceError(
-            f"--model {spec}: none of the model's {len(model_names)} parameter names is in the "
-            "checkpoint; is this the code that saved it?"
-        )
+    _require_match(names.values(), tensor_names, f"--model {spec}")
     traced = _name_placeholders(
         program, "", names, module, f"graph:{Path(spec.rpartition(':')[0]).stem}"
     )
@@ -421,6 +418,19 @@ def from_module(
             (note,),
         )
     return traced
+
+
+def _require_match(matched: Any, tensor_names: Sequence[str], what: str) -> None:
+    """Most of the checkpoint's tensors must be the model's: otherwise the code (or config)
+    describes another network, and its structure says nothing about these weights."""
+    found = set(matched)
+    missing = [name for name in tensor_names if name not in found]
+    if len(missing) * 2 > len(tensor_names):
+        raise TraceError(
+            f"{what} does not hold {len(missing)} of the checkpoint's {len(tensor_names)} "
+            f"tensors (e.g. {missing[0]}); is this the model that saved them? Pin the "
+            "structure with a spec file instead"
+        )
 
 
 def _dtype(torch: Any, name: str) -> Any:
