@@ -307,6 +307,7 @@ def test_a_config_for_another_network_is_refused(tmp_path: Path) -> None:
                 "num_hidden_layers": 1,
                 "num_attention_heads": 4,
                 "vocab_size": 64,
+                "pad_token_id": 0,
             }
         )
     )
