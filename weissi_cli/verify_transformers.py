@@ -67,6 +67,8 @@ def run_transformers(
     before_model = _load(transformers, original)
     after_model = _load(transformers, rewritten)
     vocab = int(getattr(before_model.config, "vocab_size", 0) or 0)
+    if getattr(before_model, "main_input_name", "input_ids") == "pixel_values":
+        vocab = max(vocab, 2)  # the ids only seed the pixels
     if vocab <= 0:
         raise UsageError(f"{original}: config.json has no vocab_size to draw token ids from")
     batches = [torch.randint(vocab, (BATCH, SEQUENCE), generator=generator) for _ in range(probes)]
@@ -128,6 +130,24 @@ def run_transformers(
     )
 
 
+def _inputs(model: Any, ids: Any) -> dict[str, Any]:
+    import torch
+
+    main = getattr(model, "main_input_name", "input_ids")
+    if main == "pixel_values":
+        config = getattr(model.config, "vision_config", model.config)
+        size = getattr(config, "image_size", 224)
+        size = size if isinstance(size, int) else int(size[0])
+        channels = getattr(config, "num_channels", 3)
+        generator = torch.Generator().manual_seed(int(ids.sum()))
+        pixels = torch.randn((ids.shape[0], channels, size, size), generator=generator)
+        return {"pixel_values": pixels.to(next(model.parameters()).dtype)}
+    inputs = {"input_ids": ids}
+    if getattr(model.config, "is_encoder_decoder", False):
+        inputs["decoder_input_ids"] = ids
+    return inputs
+
+
 def _vocabulary_batches(vocab: int) -> list[Any]:
     """Every id below VOCABULARY_IDS, in sequences of SEQUENCE, batched."""
     import torch
@@ -158,8 +178,16 @@ def _load(transformers: Any, folder: Path) -> Any:
 def _outputs(model: Any, ids: Any) -> Any:
     """Logits (else the last hidden state) and the residual stream between blocks. The
     final hidden state of a causal LM is left out: it is the final norm's output, which a
-    norm→lm_head symmetry rescales on purpose (the logits are unchanged)."""
-    result = model(input_ids=ids, output_hidden_states=True)
+    norm→lm_head symmetry rescales on purpose (the logits are unchanged). Vision models get
+    pixels drawn from the ids (a fixed function of them); encoder-decoders get the ids as
+    decoder inputs too."""
+    inputs = _inputs(model, ids)
+    result = model(**inputs, output_hidden_states=True)
+    if "encoder_last_hidden_state" in result:  # an encoder-decoder: compare its ends
+        return {
+            "logits": result.get("logits", result.get("last_hidden_state")),
+            "encoder_last_hidden_state": result["encoder_last_hidden_state"],
+        }
     hidden = list(result.get("hidden_states") or ())
     if "logits" in result:
         return {"logits": result["logits"], "hidden_states": hidden[:-1]}

@@ -345,17 +345,38 @@ def logits(folder: Path) -> torch.Tensor:
         return model(input_ids=trained.held_out_tokens()).logits
 
 
-def test_an_unregistered_architecture_is_refused(qwen3: Path, tmp_path: Path) -> None:
+def test_an_unregistered_architecture_is_traced_and_run_with_its_own_code(
+    qwen3: Path, tmp_path: Path
+) -> None:
+    """qwen3 has no registry entry: its structure is traced from transformers' code, and
+    that code runs on both folders, so the verdict is about the real network."""
     output = tmp_path / "out"
-    for verify_with in (None, "transformers"):
-        with pytest.raises(StructureError) as caught:
-            rebalance_checkpoint(qwen3, output, assume_relu=True, verify_with=verify_with)
-        message = str(caught.value)
-        assert "architecture 'qwen3'" in message
-        assert "has no exact structure" in message
-        assert "--emit-spec" in message
-        assert "--verify-with transformers" in message
-        assert not output.exists()
+    report = rebalance_checkpoint(qwen3, output, granularity="channel")
+    assert report.written
+    assert report.verification.level == "real_network"
+    assert report.verification.chains[-1].method == "transformers"
+    assert report.group is not None
+    assert report.group.l2_after is not None
+    assert report.group.l2_after < report.group.l2_penalty
+    assert relative_change(logits(qwen3), logits(output)) < 1e-5
+
+
+def test_an_unregistered_architecture_is_refused_without_tracing(
+    qwen3: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where torch or transformers cannot be imported, names and shapes cannot tell the
+    projections apart: the guess is refused, naming the way forward."""
+    import weissi_cli.structure as structure_module
+
+    monkeypatch.setattr(structure_module, "tracing_available", lambda: False)
+    output = tmp_path / "out"
+    with pytest.raises(StructureError) as caught:
+        rebalance_checkpoint(qwen3, output, assume_relu=True)
+    message = str(caught.value)
+    assert "architecture 'qwen3'" in message
+    assert "has no exact structure" in message
+    assert "--emit-spec" in message
+    assert not output.exists()
     report = inspect_checkpoint(qwen3)
     assert any("has no exact structure" in w for w in report.warnings)
 

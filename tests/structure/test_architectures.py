@@ -111,17 +111,36 @@ def with_config(source: Path, folder: Path, **changes: object) -> Path:
     return folder
 
 
-def test_unknown_architecture_is_reported_never_mapped(
+def test_an_architecture_transformers_does_not_know_is_bad_input(
     folders: dict[str, Path], tmp_path: Path
 ) -> None:
+    from weissi_cli.structure.trace import TraceError
+
     folder = with_config(
-        folders["llama"], tmp_path / "odd", model_type="phimoe", architectures=["PhiMoEForCausalLM"]
+        folders["llama"], tmp_path / "odd", model_type="notamodel", architectures=["NotAModel"]
+    )
+    with open_checkpoint(folder) as checkpoint, pytest.raises(TraceError) as raised:
+        discover(checkpoint)
+    assert "spec file" in str(raised.value)
+    assert raised.value.exit_code == 2
+
+
+def test_an_unregistered_architecture_is_traced_not_guessed(
+    folders: dict[str, Path], tmp_path: Path
+) -> None:
+    """A LLaMA checkpoint whose config says granite (same tensor layout, not in the registry)
+    is traced from transformers' own code."""
+    folder = with_config(
+        folders["llama"],
+        tmp_path / "traced",
+        model_type="granite",
+        architectures=["GraniteForCausalLM"],
     )
     with open_checkpoint(folder) as checkpoint:
         structure = discover(checkpoint)
-    assert structure.origin == "heuristic"
-    assert "'phimoe' is not in weissi's registry" in structure.assumptions[0]
-    assert not any(s.origin.startswith("config:") for s in structure.symmetries)
+    assert not structure.is_assumed
+    assert structure.origin == "graph:granite"
+    assert {s.origin for s in structure.symmetries} == {"graph:granite"}
 
 
 def test_a_config_that_disagrees_with_the_shapes_is_refused(

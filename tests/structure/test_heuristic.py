@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.helpers import mlp_state, write_safetensors, write_torch
@@ -289,15 +290,29 @@ def test_a_norm_sorted_away_from_its_place_is_refused(tmp_path: Path) -> None:
     )
 
 
-def test_an_unknown_architecture_is_refused(tmp_path: Path) -> None:
+def test_a_config_for_another_network_is_refused(tmp_path: Path) -> None:
+    """A config.json whose architecture does not hold the checkpoint's tensors describes
+    another network: tracing it says nothing about these weights."""
     import json
 
+    from weissi_cli.structure.trace import TraceError
+
     write_safetensors(tmp_path / "model.safetensors", mlp_state())
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "phi3"}))
-    structure = structure_of(tmp_path)
-    assert structure.refusals[0].startswith(
-        "config.json names architecture 'phi3', which has no exact structure in weissi"
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "phi3",
+                "hidden_size": 32,
+                "intermediate_size": 48,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 4,
+                "vocab_size": 64,
+                "pad_token_id": 0,
+            }
+        )
     )
+    with pytest.raises(TraceError, match="does not hold"):
+        structure_of(tmp_path)
 
 
 def test_a_guessed_flatten_is_marked_as_a_guess(tmp_path: Path) -> None:

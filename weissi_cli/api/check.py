@@ -12,6 +12,7 @@ from weissi_cli.report.check import CheckReport, RuleResult
 from weissi_cli.report.common import Source
 from weissi_cli.stats import TensorDetails, TensorStats, compute_stats_and_details
 from weissi_cli.structure import discover
+from weissi_cli.structure.source import StructureSource
 
 SHOWN_INDICES = 8
 
@@ -20,7 +21,7 @@ def check_checkpoint(
     path: Path,
     settings: CheckSettings,
     settings_file: Path | None = None,
-    spec: Path | None = None,
+    spec: Path | StructureSource | None = None,
     threads: int = 2,
 ) -> CheckReport:
     with open_checkpoint(path) as checkpoint:

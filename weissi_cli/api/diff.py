@@ -23,6 +23,7 @@ from weissi_cli.report.common import Source
 from weissi_cli.report.diff import DiffReport, Shift, StructureBasis, TensorDiff
 from weissi_cli.scales import TensorScale, from_symmetries, shift_scales
 from weissi_cli.structure import discover
+from weissi_cli.structure.source import StructureSource
 from weissi_cli.threads import run_round_robin
 from weissi_cli.verify import Block, PairBuffers, row_blocks
 
@@ -34,7 +35,7 @@ TOLERANCE_UNITS = 16
 def diff_checkpoints(
     first: Path,
     second: Path,
-    spec: Path | None = None,
+    spec: Path | StructureSource | None = None,
     granularity: str = "layer",
     threads: int = 2,
     include_bias: bool = False,
@@ -61,7 +62,7 @@ def diff_checkpoints(
         guesses = structure.guesses()
         if granularity == "channel" and guesses:
             raise StructureError(guess_refusal(first, guesses, "comparison"))
-        basis = structure_basis(structure, spec)
+        basis = structure_basis(structure, StructureSource.of(spec).spec)
         unplaced = structure.origin == "heuristic" and bool(structure.refusals)
         if unplaced:
             warnings.append(
@@ -141,6 +142,11 @@ def structure_basis(structure: Structure, spec: Path | None) -> StructureBasis:
             "exact",
             f"the {', '.join(families)} architecture's registry entry",
             (),
+        )
+    traced = sorted(o.removeprefix("graph:") for o in origins if o.startswith("graph:"))
+    if traced:
+        return StructureBasis(
+            f"graph:{traced[0]}", "exact", f"the graph traced from {traced[0]}'s own code", ()
         )
     return StructureBasis("graph", "exact", "the exported program's own graph", ())
 

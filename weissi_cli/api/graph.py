@@ -8,9 +8,10 @@ from weissi_cli.io import open_checkpoint
 from weissi_cli.report.common import Source
 from weissi_cli.report.graph import GraphReport
 from weissi_cli.structure import discover, emit_spec
+from weissi_cli.structure.source import StructureSource
 
 
-def graph_checkpoint(path: Path, spec: Path | None = None) -> GraphReport:
+def graph_checkpoint(path: Path, spec: Path | StructureSource | None = None) -> GraphReport:
     with open_checkpoint(path) as checkpoint:
         structure = discover(checkpoint, spec)
         return GraphReport(

@@ -13,11 +13,12 @@ from weissi_cli.io import open_checkpoint
 from weissi_cli.report.common import Source
 from weissi_cli.report.inspect import InspectReport, InspectSettings, TensorRow
 from weissi_cli.structure import discover
+from weissi_cli.structure.source import StructureSource
 
 
 def inspect_checkpoint(
     path: Path,
-    spec: Path | None = None,
+    spec: Path | StructureSource | None = None,
     lambda1: float = 1.0,
     lambda2: float = 1.0,
     include_bias: bool = False,

@@ -47,6 +47,7 @@ from weissi_cli.scales import (
 from weissi_cli.stats import TensorStats, compute_stats
 from weissi_cli.structure import discover, is_approximate
 from weissi_cli.structure.architectures import find_config
+from weissi_cli.structure.source import StructureSource
 from weissi_cli.threads import single_threaded_blas
 from weissi_cli.verify import (
     ChainVerification,
@@ -68,7 +69,7 @@ SCALES_MODES: tuple[ScalesMode, ...] = ("auto", "real", "pow2")
 def rebalance_checkpoint(
     path: Path,
     output: Path,
-    spec: Path | None = None,
+    spec: Path | StructureSource | None = None,
     assume_relu: bool = False,
     scales: str = "auto",
     include_bias: bool = False,
@@ -101,11 +102,27 @@ def rebalance_checkpoint(
     with open_checkpoint(path) as checkpoint:
         written_format = "safetensors" if output_format == "safetensors" else checkpoint.format
         check_output_path(checkpoint, output, force, output_format, folder=folder)
-        structure = discover(checkpoint, spec, allow_approximate)
+        source = StructureSource.of(spec, allow_approximate)
+        structure = discover(checkpoint, source)
         approximate = [s.id for s in structure.symmetries if is_approximate(s)]
         config = find_config(checkpoint.path)
         if approximate and verify_with is None:
             verify_with = "transformers"
+        not_run: list[str] = []
+        traced = (
+            source.spec is None and source.model is None and structure.origin.startswith("graph:")
+        )
+        if traced and config is not None and verify_with is None:
+            # the architecture was traced from transformers' code: run that code on both
+            # files, when both models fit in memory beside each other
+            if fits_in_memory(checkpoint.file_bytes, copies=3):
+                verify_with = "transformers"
+            else:
+                not_run.append(
+                    f"{path.name} ({checkpoint.file_bytes / 2**30:.1f} GiB) is too large to load "
+                    "twice in this machine's memory, so the architecture's own code was not run "
+                    "on it: pass --verify-with transformers to run it anyway"
+                )
         if verify_with is not None:
             require_transformers()
             if config is None:
@@ -141,7 +158,7 @@ def rebalance_checkpoint(
         before, squares, group_squares = statistics_pass(
             checkpoint, structure, include_bias, granularity, threads, names
         )
-        warnings = [*checkpoint.notes, *structure.assumptions]
+        warnings = [*checkpoint.notes, *structure.assumptions, *not_run]
         plans = [
             _plan(
                 chain,
@@ -231,6 +248,10 @@ def rebalance_checkpoint(
                         power_of_two,
                     )
                     checks += group_checks
+            if source.model is not None:
+                from weissi_cli.verify_module import run_module
+
+                checks.append(run_module(source, checkpoint.path, pending.readable_path))
             if verify_with is not None and config is not None:
                 run = _run_transformers(
                     checkpoint, pending, config.path, not approximate, written_format, power_of_two
@@ -247,7 +268,7 @@ def rebalance_checkpoint(
         level = combined_level(checks)
         ran = any(check.level in ("real_network", "approximate") for check in checks)
         verification = Verification.combine(
-            checks, level_caveats(level, structure, spec, path, ran, config is not None)
+            checks, level_caveats(level, structure, source.spec, path, ran, config is not None)
         )
         if verification.passed:
             pending.commit()
@@ -272,6 +293,18 @@ def rebalance_checkpoint(
 
 # The file name transformers looks for, per format, when a folder holds one weights file.
 LOADER_NAMES = {"safetensors": "model.safetensors", "torch": "pytorch_model.bin"}
+
+
+def fits_in_memory(nbytes: int, copies: int) -> bool:
+    """Whether `copies` times `nbytes` fit in the memory the system has available."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return nbytes * copies < int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return True
 
 
 def _run_transformers(

@@ -90,6 +90,12 @@ def level_caveats(
             "not run: add --verify-with transformers to run the architecture's own code on "
             "both files"
         )
+    traced = sorted(o.removeprefix("graph:") for o in origins if o.startswith("graph:"))
+    if traced and not ran:
+        found.append(
+            f"the structure was traced from {traced[0]}'s own code but the model was not run "
+            f"on the files: {real}"
+        )
     if "graph" in origins and not ran:
         found.append(
             f"{path.name} records no example inputs, so the program was not run: export it "

@@ -9,7 +9,14 @@ import typer
 
 from weissi_cli.cli.console import print_warnings, progress_bar, stdout_console
 from weissi_cli.cli.errors import handle_errors
-from weissi_cli.cli.options import Checkpoint, Spec
+from weissi_cli.cli.options import (
+    Checkpoint,
+    ExampleDtype,
+    ExampleShape,
+    ModelCode,
+    Spec,
+    structure_source,
+)
 
 FORMATS = ("text", "json", "junit", "github", "markdown")
 
@@ -50,6 +57,9 @@ def check(
         ),
     ] = None,
     spec: Spec = None,
+    model: ModelCode = None,
+    example_shape: ExampleShape = None,
+    example_dtype: ExampleDtype = "float32",
     output_format: Annotated[
         str,
         typer.Option("--format", help="text, json, junit, github (workflow commands) or markdown."),
@@ -89,7 +99,12 @@ def check(
         }
     )
     with progress_bar(output_format == "text" and output is None):
-        report = check_checkpoint(checkpoint, settings, settings_file, spec)
+        report = check_checkpoint(
+            checkpoint,
+            settings,
+            settings_file,
+            structure_source(spec, model, example_shape, example_dtype),
+        )
     if output_format == "text":
         from weissi_cli.cli.render import render_check
 

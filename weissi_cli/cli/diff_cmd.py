@@ -9,7 +9,16 @@ import typer
 
 from weissi_cli.cli.console import print_warnings, progress_bar, stdout_console
 from weissi_cli.cli.errors import handle_errors
-from weissi_cli.cli.options import Granularity, IncludeBias, Json, Spec
+from weissi_cli.cli.options import (
+    ExampleDtype,
+    ExampleShape,
+    Granularity,
+    IncludeBias,
+    Json,
+    ModelCode,
+    Spec,
+    structure_source,
+)
 
 
 @handle_errors
@@ -17,6 +26,9 @@ def diff(
     first: Annotated[Path, typer.Argument(help="Checkpoint A.", show_default=False)],
     second: Annotated[Path, typer.Argument(help="Checkpoint B.", show_default=False)],
     spec: Spec = None,
+    model: ModelCode = None,
+    example_shape: ExampleShape = None,
+    example_dtype: ExampleDtype = "float32",
     granularity: Granularity = "layer",
     include_bias: IncludeBias = False,
     json_output: Json = False,
@@ -35,7 +47,13 @@ def diff(
     from weissi_cli.report.common import to_json
 
     with progress_bar(not json_output):
-        report = diff_checkpoints(first, second, spec, granularity, include_bias=include_bias)
+        report = diff_checkpoints(
+            first,
+            second,
+            structure_source(spec, model, example_shape, example_dtype),
+            granularity,
+            include_bias=include_bias,
+        )
     if json_output:
         typer.echo(to_json(report.to_dict()))
     else:

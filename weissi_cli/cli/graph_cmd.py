@@ -8,13 +8,24 @@ import typer
 
 from weissi_cli.cli.console import print_warnings, stdout_console
 from weissi_cli.cli.errors import handle_errors
-from weissi_cli.cli.options import Checkpoint, Json, Spec
+from weissi_cli.cli.options import (
+    Checkpoint,
+    ExampleDtype,
+    ExampleShape,
+    Json,
+    ModelCode,
+    Spec,
+    structure_source,
+)
 
 
 @handle_errors
 def graph(
     checkpoint: Checkpoint,
     spec: Spec = None,
+    model: ModelCode = None,
+    example_shape: ExampleShape = None,
+    example_dtype: ExampleDtype = "float32",
     emit_spec: Annotated[
         bool,
         typer.Option(
@@ -34,7 +45,9 @@ def graph(
         from weissi_cli.errors import UsageError
 
         raise UsageError("--emit-spec and --json both choose the output; pass one of them")
-    report = graph_checkpoint(checkpoint, spec)
+    report = graph_checkpoint(
+        checkpoint, structure_source(spec, model, example_shape, example_dtype)
+    )
     if emit_spec:
         typer.echo(report.spec, nl=False)
     elif json_output:

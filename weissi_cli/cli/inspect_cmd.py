@@ -12,10 +12,14 @@ from weissi_cli.cli.errors import handle_errors
 from weissi_cli.cli.options import (
     AllowApproximate,
     Checkpoint,
+    ExampleDtype,
+    ExampleShape,
     Granularity,
     IncludeBias,
     Json,
+    ModelCode,
     Spec,
+    structure_source,
 )
 
 
@@ -23,6 +27,9 @@ from weissi_cli.cli.options import (
 def inspect(
     checkpoint: Checkpoint,
     spec: Spec = None,
+    model: ModelCode = None,
+    example_shape: ExampleShape = None,
+    example_dtype: ExampleDtype = "float32",
     lambda1: Annotated[
         float, typer.Option("--lambda1", help="Weight λ1 of Σ ln‖W‖ in the WEISSI penalty.")
     ] = 1.0,
@@ -69,7 +76,7 @@ def inspect(
     with progress_bar(output_format == "text"):
         report = inspect_checkpoint(
             checkpoint,
-            spec,
+            structure_source(spec, model, example_shape, example_dtype, allow_approximate),
             lambda1,
             lambda2,
             include_bias,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -46,3 +46,48 @@ AllowApproximate = Annotated[
         "measures the output change with transformers.",
     ),
 ]
+ModelCode = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="FILE.py:NAME, the model's own code (NAME: a class or function returning the "
+        "nn.Module): weissi exports it on the meta device and reads the exact structure of "
+        "the checkpoint from its graph. Needs --example-shape.",
+    ),
+]
+ExampleShape = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--example-shape",
+        help="With --model: the shape of one input, like 1x3x48x48 (repeat for several inputs).",
+    ),
+]
+ExampleDtype = Annotated[
+    str,
+    typer.Option("--example-dtype", help="With --model: the dtype of the example inputs."),
+]
+
+
+def structure_source(
+    spec: Path | None,
+    model: str | None,
+    example_shape: list[str] | None,
+    example_dtype: str,
+    allow_approximate: bool = False,
+) -> Any:
+    """The `StructureSource` the structure options describe (validated once, here)."""
+    from weissi_cli.errors import UsageError
+    from weissi_cli.structure.source import StructureSource
+    from weissi_cli.structure.trace import parse_shape
+
+    if model is None and example_shape:
+        raise UsageError("--example-shape is for --model; pass the model's code with --model")
+    if model is not None and spec is not None:
+        raise UsageError("--spec and --model both give the structure; pass one of them")
+    return StructureSource(
+        spec=spec,
+        model=model,
+        example_shapes=tuple(parse_shape(text) for text in example_shape or ()),
+        example_dtype=example_dtype,
+        allow_approximate=allow_approximate,
+    )

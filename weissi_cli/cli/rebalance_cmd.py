@@ -12,10 +12,14 @@ from weissi_cli.cli.errors import handle_errors
 from weissi_cli.cli.options import (
     AllowApproximate,
     Checkpoint,
+    ExampleDtype,
+    ExampleShape,
     Granularity,
     IncludeBias,
     Json,
+    ModelCode,
     Spec,
+    structure_source,
 )
 
 
@@ -29,6 +33,9 @@ def rebalance(
         ),
     ],
     spec: Spec = None,
+    model: ModelCode = None,
+    example_shape: ExampleShape = None,
+    example_dtype: ExampleDtype = "float32",
     assume_relu: Annotated[
         bool,
         typer.Option(
@@ -98,7 +105,7 @@ def rebalance(
         report = rebalance_checkpoint(
             checkpoint,
             output,
-            spec,
+            structure_source(spec, model, example_shape, example_dtype, allow_approximate),
             assume_relu,
             scales,
             include_bias,

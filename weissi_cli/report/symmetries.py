@@ -32,7 +32,10 @@ class SymmetryGroup:
     lambdas: tuple[float, float] = (1.0, 1.0)
 
     def kinds(self) -> list[KindRow]:
-        """One row per block and kind of symmetry (architectures from config.json)."""
+        """One row per block and kind of symmetry, for structures made of repeated blocks
+        (a transformer's layers); none for a structure without blocks."""
+        if not any(symmetry.group for symmetry in self.symmetries):
+            return []
         order: dict[tuple[str, str], list[Symmetry]] = {}
         for symmetry in self.symmetries:
             if symmetry.kind:

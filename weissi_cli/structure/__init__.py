@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from weissi_cli.errors import StructureError
 from weissi_cli.io.checkpoint import Checkpoint
-from weissi_cli.ir import Stop, Structure, Symmetry
+from weissi_cli.ir import Stop, Structure, Symmetry, Unassigned
 from weissi_cli.structure.architectures import (
     describe_unknown,
     family_for,
@@ -15,6 +17,10 @@ from weissi_cli.structure.architectures import (
     structure_from_config,
 )
 from weissi_cli.structure.heuristic import infer_structure
+from weissi_cli.structure.source import StructureSource
+
+if TYPE_CHECKING:
+    from weissi_cli.structure.trace import TracedGraph
 
 __all__ = ["discover", "emit_spec", "is_approximate"]
 
@@ -30,27 +36,41 @@ APPROXIMATE_FLAG = "--allow-approximate"
 
 
 def discover(
-    checkpoint: Checkpoint, spec: Path | None = None, allow_approximate: bool = False
+    checkpoint: Checkpoint,
+    spec: Path | StructureSource | None = None,
+    allow_approximate: bool = False,
 ) -> Structure:
-    """A spec file wins; an exported program's graph is exact; a known architecture's
-    config.json is exact; otherwise names and shapes (an assumption)."""
-    if spec is not None:
+    """The checkpoint's scale symmetries, from the best source there is: a spec file; the
+    model's own code (`--model`); an exported program's graph; a Hugging Face config (a
+    registered family's exact structure, or the architecture traced with transformers);
+    otherwise names and shapes (an assumption, labelled as one)."""
+    source = StructureSource.of(spec, allow_approximate)
+    if source.spec is not None:
         from weissi_cli.structure.spec import structure_from_spec  # tomllib: only for specs
 
-        return structure_from_spec(spec, checkpoint).folded()
+        return structure_from_spec(source.spec, checkpoint).folded()
+    names = [info.name for info in checkpoint.tensors]
+    if source.model is not None:
+        from weissi_cli.structure.trace import from_module
+
+        traced = from_module(source.model, source.example_shapes, source.example_dtype, names)
+        return structure_from_traced(traced, checkpoint)
     program = getattr(checkpoint, "program", None)
     if program is not None:
-        from weissi_cli.structure.graph import structure_from_program
+        from weissi_cli.structure.trace import from_program
 
-        structure, _ = structure_from_program(program, [info.name for info in checkpoint.tensors])
-        return structure
+        return structure_from_traced(from_program(program, names), checkpoint)
     config = find_config(checkpoint.path)
     if config is not None:
         family = family_for(config)
         if family is not None:
             shapes = {info.name: info.shape for info in checkpoint.tensors}
             found = structure_from_config(config, family, shapes)
-            return found if allow_approximate else without_approximate(found)
+            return found if source.allow_approximate else without_approximate(found)
+        if tracing_available():
+            from weissi_cli.structure.trace import from_transformers
+
+            return structure_from_traced(from_transformers(config.path, names), checkpoint)
         guessed = infer_structure(checkpoint).folded()
         unknown = (
             f"{config.path.name} names architecture {config.label!r}, which has no exact "
@@ -63,6 +83,50 @@ def discover(
             refusals=(unknown, *guessed.refusals),
         )
     return infer_structure(checkpoint).folded()
+
+
+def tracing_available() -> bool:
+    """Whether torch and transformers can be imported (without importing them)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("torch", "transformers"))
+
+
+def structure_from_traced(traced: TracedGraph, checkpoint: Checkpoint) -> Structure:
+    from weissi_cli.structure.engine import structure_from_graph
+
+    read = set(traced.placeholders.values())
+    shapes = {info.name: info.shape for info in checkpoint.tensors if info.name in read}
+    for node in traced.graph.nodes:
+        name = traced.placeholders.get(node.name)
+        if name is None:
+            continue
+        value = node.meta.get("val")
+        if value is not None and tuple(value.shape) != tuple(shapes[name]):
+            raise StructureError(
+                f"{name}: shape {tuple(shapes[name])} in the checkpoint, but the traced model "
+                f"({traced.origin}) has {tuple(value.shape)}; is this the checkpoint its "
+                "config.json (or --model) describes?"
+            )
+    structure = structure_from_graph(
+        traced.graph,
+        traced.placeholders,
+        shapes,
+        origin=traced.origin,
+        aliases=traced.aliases,
+        buffers=traced.buffers,
+    )
+    claimed = {m.tensor for s in structure.symmetries for m in s.members}
+    unread = tuple(
+        Unassigned(info.name, "not read by the traced graph")
+        for info in checkpoint.tensors
+        if info.name not in read and info.name not in claimed
+    )
+    return replace(
+        structure,
+        unassigned=structure.unassigned + unread,
+        notes=traced.notes + structure.notes,
+    )
 
 
 def is_approximate(symmetry: Symmetry) -> bool:
