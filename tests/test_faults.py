@@ -95,6 +95,45 @@ def test_sigkill_never_leaves_a_partial_destination(large: Path, tmp_path: Path)
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
+def test_sigterm_at_any_moment_leaves_nothing_behind_or_the_complete_file(
+    large: Path, tmp_path: Path
+) -> None:
+    """SIGTERM is handled like Ctrl-C: the unfinished output is removed (exit 143). A signal
+    that arrives before the CLI has installed its handlers ends the process as SIGTERM does
+    by default, before anything was written."""
+    reference = tmp_path / "reference.safetensors"
+    started = time.perf_counter()
+    subprocess.run(
+        weissi("rebalance", str(large), "-o", str(reference), "--assume-relu"),
+        check=True,
+        capture_output=True,
+    )
+    duration = time.perf_counter() - started
+    expected = contents(reference)
+    rng = random.Random(1)
+    output = tmp_path / "out.safetensors"
+    codes: dict[int, int] = {}
+    for _ in range(KILLS):
+        output.unlink(missing_ok=True)
+        process = subprocess.Popen(
+            weissi("rebalance", str(large), "-o", str(output), "--assume-relu"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.2, duration))
+        process.send_signal(signal.SIGTERM)
+        code = process.wait()
+        codes[code] = codes.get(code, 0) + 1
+        assert code in (0, 143, -signal.SIGTERM)
+        assert leftovers(tmp_path) == []
+        if code == 0:
+            assert contents(output) == expected
+        else:
+            assert not output.exists()
+    print(f"\n{KILLS} SIGTERMs, exit codes: {codes}")
+
+
 def test_a_full_disk_is_a_clean_error_and_the_destination_is_untouched(
     tmp_path: Path, samples: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,11 +1,10 @@
-"""Files and folders weissi writes: checked destinations, private staging beside them, commits
-that replace nothing without --force, and the leftovers of killed runs.
+"""Files and folders weissi writes: checked, staged privately, committed by one rename.
 
 Everything is first written into a staging folder `.weissi-tmp-<pid>-<random>` (mode 0700)
 in the destination's own folder, under the destination's own name, then put in place by one
-rename: a kill leaves the destination as it was or complete, never half written. The staging
-folder holds a marker file naming the process, so a later run recognises a killed run's
-leftovers and removes them (or finishes a folder swap the kill interrupted).
+rename that replaces nothing without --force: a kill leaves the destination as it was or
+complete. The staging folder's marker file names the process, so a later run recognises a
+killed run's leftovers and removes them (or finishes a folder swap the kill interrupted).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import shlex
 import shutil
 import socket
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from weissi_cli.errors import OutputError
@@ -74,13 +73,8 @@ def _libc_renameat2() -> Callable[..., int] | None:
         function = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):
         return None
-    function.argtypes = (
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_uint,
-    )
+    path, directory = ctypes.c_char_p, ctypes.c_int
+    function.argtypes = (directory, path, directory, path, ctypes.c_uint)
     function.restype = ctypes.c_int
     return function
 
@@ -163,8 +157,6 @@ def describe(mode: int) -> str:
         (stat.S_ISSOCK, "a socket"),
         (stat.S_ISCHR, "a character device"),
         (stat.S_ISBLK, "a block device"),
-        (stat.S_ISLNK, "a symbolic link"),
-        (stat.S_ISDIR, "a folder"),
     )
     return next((words for test, words in kinds if test(mode)), "a file")
 
@@ -302,15 +294,6 @@ class Staging:
             self.discard()
             raise
 
-    def files(self) -> list[Path]:
-        """Every file staged, relative to the item (for a file: its own name)."""
-        if not self.folder:
-            return [Path(self.destination.name)]
-        found = []
-        for folder, _, names in os.walk(self.item):
-            found += [Path(folder, name).relative_to(self.item) for name in names]
-        return sorted(found)
-
     def commit(self, force: bool) -> None:
         """Put the item in place: with `force` replacing what is there (a folder in one
         exchange), else only where nothing is, checked by the rename itself. OutputError
@@ -374,7 +357,8 @@ class Staging:
                     f"it is kept at {aside}: mv {shlex.quote(str(aside))} "
                     f"{shlex.quote(str(self.destination))}"
                 ) from None
-        _remove_tree(self.root)
+        with contextlib.suppress(OSError):  # what stays is removed by the next run
+            _remove_tree(self.root)
 
     def _place_file(self, force: bool) -> None:
         if not force:
@@ -465,25 +449,21 @@ def _write_marker(root: Path, destination: str) -> None:
 def _remove_tree(root: Path) -> None:
     """Remove a staging folder, its marker last: a removal cut short leaves a folder that is
     still recognised as weissi's (and removed by the next run)."""
-    if not os.path.lexists(root):
-        return
-    _empty(root)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(root / MARKER)
-    shutil.rmtree(root, onerror=_writable_and_retry)
+    if os.path.lexists(root):
+        _empty(root)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(root / MARKER)
+        os.rmdir(root)
 
 
 def _empty(root: Path) -> None:
     """Remove everything in a staging folder but its marker."""
-    with contextlib.suppress(FileNotFoundError), os.scandir(root) as entries:
+    with os.scandir(root) as entries:
         for entry in list(entries):
-            if entry.name == MARKER:
-                continue
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path, onerror=_writable_and_retry)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
+            elif entry.name != MARKER:
+                os.unlink(entry.path)
 
 
 def _writable_and_retry(function: Callable[..., object], name: str, _: object) -> None:
@@ -512,34 +492,28 @@ def _start_time(pid: int) -> int | None:
 def _alive(pid: int, started: int | None) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
     except PermissionError:
-        pass
-    except (OverflowError, ValueError):
+        pass  # another user's process
+    except (OSError, OverflowError, ValueError):
         return False
     now = _start_time(pid)
     return started is None or now is None or now == started
 
 
 def _read_marker(root: Path) -> dict[str, object] | None:
+    """The marker of a staging folder, if it is one weissi wrote (never through a link)."""
     try:
-        descriptor = os.open(root / MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        data = os.read(descriptor, 1 << 16)
-    finally:
-        os.close(descriptor)
-    try:
-        marker = json.loads(data.decode("utf-8", "surrogateescape"))
-    except ValueError:
+        with open(os.open(root / MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as file:
+            marker = json.loads(file.read(1 << 16).decode("utf-8", "surrogateescape"))
+    except (OSError, ValueError):
         return None
     if not isinstance(marker, dict) or marker.get("kind") != MARKER_KIND:
         return None
     name = marker.get("destination")
+    pid = marker.get("pid")
     if (
-        not isinstance(marker.get("pid"), int)
+        not isinstance(pid, int)
+        or pid <= 0
         or not isinstance(name, str)
         or name in ("", ".", "..")
         or "/" in name
@@ -548,18 +522,17 @@ def _read_marker(root: Path) -> dict[str, object] | None:
     return marker
 
 
-def staging_folders(parent: Path) -> Iterator[Path]:
+def staging_folders(parent: Path) -> list[Path]:
     """The folders in `parent` named like weissi's staging folders."""
     try:
         with os.scandir(parent) as entries:
-            found = [
+            return sorted(
                 Path(entry.path)
                 for entry in entries
                 if entry.name.startswith(STAGING_PREFIX) and entry.is_dir(follow_symlinks=False)
-            ]
+            )
     except OSError:
-        return
-    yield from sorted(found)
+        return []
 
 
 def clean_leftovers(parent: Path) -> list[str]:
@@ -631,27 +604,19 @@ def write_report_file(
     """Write `data` to `path` atomically: never over an existing file without `force`, never
     over an input in `protect`, never through a link. Notes on leftovers of killed runs
     cleaned up on the way."""
-    protect = list(protect)
     check_file_destination(path, force, protect)
     notes = clean_leftovers(path.parent)
     try:
         staging = Staging(path, folder=False)
-    except OSError as error:
-        raise output_error(path, error) from None
-    try:
-        descriptor = os.open(staging.item, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(descriptor, view) :]
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+            with open(staging.item, "wb") as handle:  # this run's own file, in its own folder
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            staging.discard()
+            raise
     except OSError as error:
-        staging.discard()
         raise output_error(path, error) from None
-    except BaseException:
-        staging.discard()
-        raise
     staging.commit(force)
     return notes

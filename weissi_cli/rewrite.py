@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from weissi_cli import interrupts, kernel
-from weissi_cli.errors import InputError, OutputError, UsageError
+from weissi_cli.errors import OutputError, UsageError
 from weissi_cli.io import TORCH_SUFFIXES, Checkpoint, TensorInfo
 from weissi_cli.io.checkpoint import read_buffer
 from weissi_cli.io.dtypes import decode, encode, raw_numpy_dtype
@@ -34,15 +34,13 @@ from weissi_cli.io.exported import ExportedCheckpoint
 from weissi_cli.io.safetensors_file import SafetensorsCheckpoint, parse_header, read_exact
 from weissi_cli.io.sharded import ShardedCheckpoint
 from weissi_cli.io.torch_pickle import TensorDictCheckpoint, TorchCheckpoint
+from weissi_cli.model_folder import companion_files, copy_companions
 from weissi_cli.output_files import (
-    STAGING_PREFIX,
-    WEIGHT_SUFFIXES,
     Staging,
     check_file_destination,
     check_name,
     check_parent,
     clean_leftovers,
-    describe,
     holds_a_model,
     output_error,
     refuse_link,
@@ -91,7 +89,7 @@ class PendingOutput:
     staging: Staging | None = None
     force: bool = False  # commit may replace what is at the destination
     # Weight files of the input's folder that were deliberately not copied (see
-    # WEIGHT_SUFFIXES), relative to that folder.
+    # model_folder), relative to that folder.
     left_out: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what else was not copied, and why
     # fsyncs still running for written files: verification reads the page cache meanwhile,
@@ -100,14 +98,14 @@ class PendingOutput:
 
     @property
     def moves(self) -> list[tuple[Path, Path]]:
-        """(staged file, where commit puts it) for every file of the output."""
+        """(staged file, where commit puts it) for the output, or each file at the top of an
+        output folder."""
         if self.staging is None:
             return []
         if not self.staging.folder:
             return [(self.staging.item, self.destination)]
-        return [
-            (self.staging.item / name, self.destination / name) for name in self.staging.files()
-        ]
+        names = sorted(path.name for path in self.staging.item.iterdir() if path.is_file())
+        return [(self.staging.item / name, self.destination / name) for name in names]
 
     def commit(self) -> None:
         try:
@@ -333,13 +331,14 @@ def _write_folder(
     pending = PendingOutput(output, folder / checkpoint.path.name, staging)
     try:
         if companions:
-            copied, pending.left_out, special = companion_files(checkpoint)
-            if special:
+            found = companion_files(checkpoint.path.parent, input_files(checkpoint))
+            pending.left_out = found.weights
+            if found.special:
                 pending.notes.append(
                     f"not copied into {output}: special files of the input folder "
-                    f"({', '.join(special)})"
+                    f"({', '.join(found.special)})"
                 )
-            _stage_companions(checkpoint, copied, folder)
+            copy_companions(found.copied, folder)
         if isinstance(checkpoint, SafetensorsCheckpoint):
             shards = {checkpoint.path.name: checkpoint}
         else:
@@ -388,97 +387,6 @@ def _index_text(index: Mapping[str, Any]) -> str:
         return "{\n" + ",\n".join(lines) + f"\n{pad}}}"
 
     return entries(index, "", True) + "\n"
-
-
-def companion_files(
-    checkpoint: Checkpoint,
-) -> tuple[list[tuple[Path, Path]], list[Path], list[str]]:
-    """The files of a model folder besides the checkpoint's own: (to copy: (path relative
-    to the folder, the file to read), left out: other weight files, which a loader could
-    pick instead of the rebalanced ones, relative to the folder; special files: named and
-    described). Version-control folders are left out silently.
-
-    A symbolic link is followed only to a regular file inside the folder (or, for a
-    snapshot in the Hugging Face cache, to that model's blobs); any other link is refused
-    (InputError): what it points to could be any file the user can read, or a device."""
-    folder = checkpoint.path.parent
-    real_folder = folder.resolve()
-    boundaries = [real_folder]
-    if real_folder.parent.name == "snapshots":
-        boundaries.append(real_folder.parent.parent / "blobs")
-    own = {path.resolve() for path in input_files(checkpoint)}
-    copied: list[tuple[Path, Path]] = []
-    weights: list[Path] = []
-    special: list[str] = []
-    for relative, status in _folder_entries(folder, Path()):
-        path = folder / relative
-        with contextlib.suppress(OSError, RuntimeError):  # RuntimeError: a loop of links
-            if path.resolve() in own:
-                continue
-        if path.name.lower().endswith(WEIGHT_SUFFIXES):
-            weights.append(relative)
-            continue
-        source = path
-        if stat.S_ISLNK(status.st_mode):
-            source = _linked_file(path, boundaries)
-            status = os.stat(source)
-        if not stat.S_ISREG(status.st_mode):
-            special.append(f"{relative}: {describe(status.st_mode)}")
-            continue
-        copied.append((relative, source))
-    return copied, weights, special
-
-
-def _folder_entries(folder: Path, relative: Path) -> list[tuple[Path, os.stat_result]]:
-    """Everything below `folder / relative` that is not a folder (links to folders too), with
-    its lstat, in name order; never through a link."""
-    found = []
-    with os.scandir(folder / relative) as entries:
-        for entry in sorted(entries, key=lambda e: e.name):
-            if not relative.parts and (
-                entry.name in (".git", ".cache") or entry.name.startswith(STAGING_PREFIX)
-            ):
-                continue
-            status = entry.stat(follow_symlinks=False)
-            if stat.S_ISDIR(status.st_mode):
-                found += _folder_entries(folder, relative / entry.name)
-            else:
-                found.append((relative / entry.name, status))
-    return found
-
-
-def _linked_file(link: Path, boundaries: list[Path]) -> Path:
-    """Where `link` leads, if that is inside one of `boundaries` and not a folder."""
-    try:
-        target = link.resolve()
-        exists = target.exists()
-    except (OSError, RuntimeError):  # a loop of links
-        raise InputError(f"{link}: is a symbolic link that leads nowhere; remove it") from None
-    if not exists:
-        raise InputError(
-            f"{link}: is a symbolic link to {target}, which does not exist; remove the link"
-        )
-    if not any(target.is_relative_to(boundary) for boundary in boundaries):
-        raise InputError(
-            f"{link}: is a symbolic link to {target}, outside the model folder; weissi copies "
-            "no file from outside the folder it reads: replace the link with the file, or "
-            "remove it"
-        )
-    if target.is_dir():
-        raise InputError(
-            f"{link}: is a symbolic link to a folder ({target}); replace it with the folder, "
-            "or remove it"
-        )
-    return target
-
-
-def _stage_companions(
-    checkpoint: Checkpoint, copied: list[tuple[Path, Path]], folder: Path
-) -> None:
-    for relative, source in copied:
-        staged = folder / relative
-        staged.parent.mkdir(parents=True, exist_ok=True)
-        _copy_durably(source, staged)
 
 
 def write_safetensors_copy(
@@ -1062,26 +970,6 @@ def _write_file(path: Path, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _copy_durably(source: Path, destination: Path) -> None:
-    """Copy a regular file (never through a link, never from a pipe or device), with its
-    permissions less the umask, and fsync it."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    try:
-        reader = os.open(source, flags)
-    except OSError as error:
-        raise InputError(f"{source}: cannot read ({error.strerror})") from None
-    with open(reader, "rb") as reading:
-        status = os.fstat(reader)
-        if not stat.S_ISREG(status.st_mode):
-            raise InputError(f"{source}: became {describe(status.st_mode)} while weissi read it")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        writer = os.open(destination, flags, stat.S_IMODE(status.st_mode) & 0o777)
-        with open(writer, "wb") as writing:
-            shutil.copyfileobj(reading, writing, COPY_CHUNK_BYTES)
-            writing.flush()
-            os.fsync(writer)
 
 
 def input_files(checkpoint: Checkpoint) -> list[Path]:
