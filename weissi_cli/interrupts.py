@@ -3,7 +3,9 @@ the signal that came decides the exit code (130 or 143)."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
+from collections.abc import Iterator
 from types import FrameType
 
 
@@ -13,12 +15,34 @@ class Terminated(KeyboardInterrupt):
 
 # The signal that interrupted this process, once one has (set only by `install`'s handlers).
 received: signal.Signals | None = None
+# Inside `deferred()`: a signal is only recorded, and raised when the outermost one ends.
+_deferring = 0
+_pending = False
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
-    global received
+    global received, _pending
     received = signal.Signals(signum)
+    if _deferring:
+        _pending = True
+        return
     raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back for the duration (bookkeeping that must not stop half
+    way: making a staging folder and its marker, a commit, a cleanup); one that came is
+    raised at the end."""
+    global _deferring, _pending
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+        if not _deferring and _pending:
+            _pending = False
+            reraise_if_interrupted()
 
 
 def install() -> None:

@@ -22,6 +22,7 @@ import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from weissi_cli import interrupts
 from weissi_cli.errors import OutputError
 
 STAGING_PREFIX = ".weissi-tmp-"
@@ -277,27 +278,33 @@ class Staging:
     def __init__(self, destination: Path, folder: bool) -> None:
         self.destination = destination
         self.folder = folder
-        self.root = _new_staging_root(destination.parent)
-        self.item = self.root / "new" / destination.name
         self._aside: Path | None = None
-        try:
-            _write_marker(self.root, destination.name)
-            os.mkdir(self.root / "new", 0o700)
-            # Created with the final permissions (0666 or 0777 less the umask): the staging
-            # folder's 0700 keeps them private until the rename.
-            if folder:
-                os.mkdir(self.item, 0o777)
-            else:
-                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-                os.close(os.open(self.item, flags, 0o666))
-        except BaseException:
-            self.discard()
-            raise
+        with interrupts.deferred():  # never a staging folder without its marker
+            self.root = _new_staging_root(destination.parent)
+            self.item = self.root / "new" / destination.name
+            try:
+                _write_marker(self.root, destination.name)
+                os.mkdir(self.root / "new", 0o700)
+                # Created with the final permissions (0666 or 0777 less the umask): the
+                # staging folder's 0700 keeps them private until the rename.
+                if folder:
+                    os.mkdir(self.item, 0o777)
+                else:
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                    os.close(os.open(self.item, flags, 0o666))
+            except BaseException:
+                self.discard()
+                raise
 
     def commit(self, force: bool) -> None:
         """Put the item in place: with `force` replacing what is there (a folder in one
         exchange), else only where nothing is, checked by the rename itself. OutputError
-        when something is in the way; the staging folder is gone either way."""
+        when something is in the way; the staging folder is gone either way. Ctrl-C and
+        SIGTERM wait until the commit is done."""
+        with interrupts.deferred():
+            self._commit(force)
+
+    def _commit(self, force: bool) -> None:
         try:
             if self.folder:
                 _fsync_folders(self.item)
@@ -346,6 +353,10 @@ class Staging:
 
     def discard(self) -> None:
         """Remove the staging folder, first moving back a folder set aside for a swap."""
+        with interrupts.deferred():
+            self._discard()
+
+    def _discard(self) -> None:
         if self._aside is not None:
             aside, self._aside = self._aside, None
             try:
