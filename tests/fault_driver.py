@@ -7,6 +7,7 @@ FAULT is one of
                          process (KILL, TERM or INT)
     rename:K             SIGKILL just before the K-th os.rename / os.replace of the run
     written:SIGNAL       send SIGNAL once the first safetensors file of the output is written
+    rescaled:SIGNAL      send SIGNAL as soon as rebalance has the pending output in hand
     torch-write:SIGNAL   send SIGNAL halfway through the writes of torch.save
     no-exchange          make renameat2's RENAME_EXCHANGE unavailable (the rename-aside path)
 
@@ -65,6 +66,19 @@ def _after_first_write(signal_name: str) -> None:
     rewrite.write_safetensors_copy = written  # type: ignore[assignment]
 
 
+def _after_write_rescaled(signal_name: str) -> None:
+    from weissi_cli.api import rebalance
+
+    real = rebalance.write_rescaled
+
+    def rescaled(*args: Any, **kwargs: Any) -> Any:
+        pending = real(*args, **kwargs)
+        _send(signal_name)
+        return pending
+
+    rebalance.write_rescaled = rescaled  # type: ignore[assignment]
+
+
 def _inside_torch_save(signal_name: str) -> None:
     import torch
 
@@ -115,6 +129,8 @@ def main() -> None:
             _at_rename(int(argument))
         elif kind == "written":
             _after_first_write(argument)
+        elif kind == "rescaled":
+            _after_write_rescaled(argument)
         elif kind == "torch-write":
             _inside_torch_save(argument)
         elif kind == "no-exchange":

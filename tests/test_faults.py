@@ -505,6 +505,21 @@ def test_sigterm_and_sigint_clean_up_and_exit_143_and_130(
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("output", ["out.safetensors", "out"])
+def test_an_interrupt_between_the_writers_statements_leaves_nothing(
+    samples: Path, tmp_path: Path, output: str
+) -> None:
+    """A signal that lands where no writer is in a try block (here: the moment rebalance has
+    the written output in hand) still removes the staging folder."""
+    source = samples / ("mlp_digits.safetensors" if "." in output else "tiny_llama_chars")
+    destination = tmp_path / output
+    arguments = ["rebalance", str(source), "-o", str(destination), "--assume-relu"]
+    result = driven(["rescaled:TERM"], *arguments)
+    assert result.returncode == 143, result.stderr
+    assert not destination.exists()
+    assert leftovers(tmp_path) == []
+
+
 def test_ctrl_c_while_a_torch_pickle_is_written_is_an_interrupt(
     samples: Path, tmp_path: Path
 ) -> None:

@@ -295,6 +295,7 @@ class Staging:
             except BaseException:
                 self.discard()
                 raise
+            _unfinished.add(self)
 
     def commit(self, force: bool) -> None:
         """Put the item in place: with `force` replacing what is there (a folder in one
@@ -305,6 +306,7 @@ class Staging:
             self._commit(force)
 
     def _commit(self, force: bool) -> None:
+        _unfinished.discard(self)
         try:
             if self.folder:
                 _fsync_folders(self.item)
@@ -354,6 +356,7 @@ class Staging:
     def discard(self) -> None:
         """Remove the staging folder, first moving back a folder set aside for a swap."""
         with interrupts.deferred():
+            _unfinished.discard(self)
             self._discard()
 
     def _discard(self) -> None:
@@ -418,6 +421,18 @@ class Staging:
         _step("aside", self.destination)
         os.rename(self.item, self.destination)
         self._aside = None
+
+
+# The staging folders of this process not yet committed or discarded.
+_unfinished: set[Staging] = set()
+
+
+def discard_unfinished() -> None:
+    """Discard every staging folder of this process still open: what an interrupt that
+    arrived between two statements of a writer would otherwise leave behind."""
+    for staging in list(_unfinished):
+        with contextlib.suppress(OSError, OutputError):
+            staging.discard()
 
 
 def _carry_modes(old: Path, new: Path) -> None:

@@ -112,6 +112,9 @@ def main() -> None:
         # Typer ends a run that KeyboardInterrupt (or Terminated, its SIGTERM form) stopped
         # with 130; every writer has removed its unfinished output on the way out.
         if exit.code == 130 and interrupts.received is not None:
+            writing = sys.modules.get("weissi_cli.output_files")
+            if writing is not None:
+                writing.discard_unfinished()
             sys.stderr.write(
                 f"error: interrupted by {interrupts.received.name}; unfinished output was removed\n"
             )
