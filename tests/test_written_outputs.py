@@ -81,7 +81,11 @@ def rebalance(source: Path, output: Path, *extra: str) -> Result:
 # --- modes ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("mask", "expected"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+@pytest.mark.parametrize(
+    ("mask", "expected"),
+    [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)],
+    ids=["umask-022", "umask-002", "umask-077"],
+)
 @pytest.mark.parametrize("source", ["mlp_digits.safetensors", "mlp_digits.pt"])
 def test_a_new_checkpoint_respects_the_umask(
     samples: Path, tmp_path: Path, source: str, mask: int, expected: int
@@ -92,7 +96,9 @@ def test_a_new_checkpoint_respects_the_umask(
     assert mode(output) == expected
 
 
-@pytest.mark.parametrize(("mask", "expected"), [(0o022, 0o644), (0o002, 0o664)])
+@pytest.mark.parametrize(
+    ("mask", "expected"), [(0o022, 0o644), (0o002, 0o664)], ids=["umask-022", "umask-002"]
+)
 def test_a_new_folder_and_its_files_respect_the_umask(
     model_folder: Path, tmp_path: Path, mask: int, expected: int
 ) -> None:

@@ -96,7 +96,11 @@ def test_force_keeps_the_mode_of_the_replaced_report(
     assert mode(destination) == 0o640
 
 
-@pytest.mark.parametrize(("mask", "expected"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+@pytest.mark.parametrize(
+    ("mask", "expected"),
+    [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)],
+    ids=["umask-022", "umask-002", "umask-077"],
+)
 def test_a_new_report_respects_the_umask(
     run: Callable[..., Result], workdir: Path, kind: tuple[str, ...], mask: int, expected: int
 ) -> None:
