@@ -1,21 +1,20 @@
 """Writing a rescaled copy of a checkpoint: streamed, same format and dtypes, atomic.
 
 Every tensor without a scale is copied byte for byte; a scaled tensor is widened to
-float64, multiplied, and rounded once to its storage dtype. Output goes to temporary
-files beside the destination that are renamed into place only by `PendingOutput.commit`,
-after verification.
+float64, multiplied, and rounded once to its storage dtype. Output goes to a staging
+folder beside the destination (see output_files) and is put in place only by
+`PendingOutput.commit`, after verification.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import json
 import mmap
 import os
 import shutil
-import tempfile
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from weissi_cli import kernel
+from weissi_cli import interrupts, kernel
 from weissi_cli.errors import OutputError, UsageError
 from weissi_cli.io import TORCH_SUFFIXES, Checkpoint, TensorInfo
 from weissi_cli.io.checkpoint import read_buffer
@@ -35,6 +34,17 @@ from weissi_cli.io.exported import ExportedCheckpoint
 from weissi_cli.io.safetensors_file import SafetensorsCheckpoint, parse_header, read_exact
 from weissi_cli.io.sharded import ShardedCheckpoint
 from weissi_cli.io.torch_pickle import TensorDictCheckpoint, TorchCheckpoint
+from weissi_cli.model_folder import companion_files, copy_companions
+from weissi_cli.output_files import (
+    Staging,
+    check_file_destination,
+    check_name,
+    check_parent,
+    clean_leftovers,
+    holds_a_model,
+    output_error,
+    refuse_link,
+)
 from weissi_cli.progress import Stage
 from weissi_cli.scales import TensorScale, uniform
 from weissi_cli.threads import run_round_robin
@@ -72,35 +82,40 @@ class BackgroundSync:
 
 @dataclass
 class PendingOutput:
-    """Written temporary files waiting to be renamed into place (or discarded)."""
+    """A written output in its staging folder, waiting to be put in place (or discarded)."""
 
     destination: Path
     readable_path: Path  # where the pending output can be opened as a checkpoint
-    moves: list[tuple[Path, Path]] = field(default_factory=list)  # (temporary, final), in order
-    temporary_dir: Path | None = None
-    created_dir: Path | None = None  # removed again on discard
+    staging: Staging | None = None
+    force: bool = False  # commit may replace what is at the destination
     # Weight files of the input's folder that were deliberately not copied (see
-    # WEIGHT_SUFFIXES), relative to that folder.
+    # model_folder), relative to that folder.
     left_out: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what else was not copied, and why
     # fsyncs still running for written files: verification reads the page cache meanwhile,
-    # and nothing is renamed into place before they have all succeeded.
+    # and nothing is put in place before they have all succeeded.
     syncs: list[BackgroundSync] = field(default_factory=list)
+
+    @property
+    def moves(self) -> list[tuple[Path, Path]]:
+        """(staged file, where commit puts it) for the output, or each file at the top of an
+        output folder."""
+        if self.staging is None:
+            return []
+        if not self.staging.folder:
+            return [(self.staging.item, self.destination)]
+        names = sorted(path.name for path in self.staging.item.iterdir() if path.is_file())
+        return [(self.staging.item / name, self.destination / name) for name in names]
 
     def commit(self) -> None:
         try:
             self._wait_for_syncs()
         except OSError as error:
             self.discard()
-            raise _output_error(self.destination, error) from None
-        for temporary, final in self.moves:
-            final.parent.mkdir(parents=True, exist_ok=True)  # a companion's subfolder
-            os.replace(temporary, final)
-        remove_stale_temporaries(self.destination)
-        for directory in {final.parent for _, final in self.moves}:
-            _fsync_directory(directory)
-        if self.temporary_dir is not None:
-            shutil.rmtree(self.temporary_dir, ignore_errors=True)
-        self.moves = []
+            raise output_error(self.destination, error) from None
+        if self.staging is not None:
+            staging, self.staging = self.staging, None
+            staging.commit(self.force)
 
     def _wait_for_syncs(self) -> None:
         syncs, self.syncs = self.syncs, []
@@ -111,15 +126,9 @@ class PendingOutput:
     def discard(self) -> None:
         with contextlib.suppress(OSError):
             self._wait_for_syncs()
-        for temporary, _ in self.moves:
-            with contextlib.suppress(FileNotFoundError):
-                temporary.unlink()
-        if self.temporary_dir is not None:
-            shutil.rmtree(self.temporary_dir, ignore_errors=True)
-        if self.created_dir is not None:
-            with contextlib.suppress(OSError):
-                self.created_dir.rmdir()
-        self.moves = []
+        if self.staging is not None:
+            staging, self.staging = self.staging, None
+            staging.discard()
 
 
 def check_output_path(
@@ -128,8 +137,9 @@ def check_output_path(
     force: bool,
     output_format: str = "same",
     folder: bool = False,
-) -> None:
-    """Refuse outputs that would overwrite the input, clobber a file, or change format.
+) -> list[str]:
+    """Refuse outputs that would overwrite the input, clobber a file, or change format, after
+    cleaning up what killed runs left beside the output; notes on that cleanup.
 
     `folder`: the input was named as a model folder, so the output is one too."""
     if output_format not in ("same", "safetensors"):
@@ -137,6 +147,9 @@ def check_output_path(
     if output_format == "safetensors" and checkpoint.format.startswith("safetensors"):
         output_format = "same"
     inputs = input_files(checkpoint)
+    check_name(output)
+    check_parent(output)
+    notes = clean_leftovers(output.parent)
     target = output.resolve()
     for source in inputs:
         if target == source.resolve() or (target.exists() and target.samefile(source)):
@@ -146,24 +159,31 @@ def check_output_path(
             f"{checkpoint.path.parent}: weissi writes model folders of safetensors checkpoints; "
             f"name the file ({checkpoint.path.name}) to rebalance it alone"
         )
-    if folder or checkpoint.format == "safetensors-sharded":
+    writes_folder = folder or checkpoint.format == "safetensors-sharded"
+    if folder:
+        _check_output_folder(checkpoint, output, target)
+    for source in inputs if writes_folder else ():
+        if source.resolve().parent == target:
+            raise OutputError(f"{output}: is the input's folder; write the result to a new folder")
+        if source.resolve().is_relative_to(target):
+            raise OutputError(f"{output}: contains the input; write the result elsewhere")
+    status = os.lstat(output) if os.path.lexists(output) else None
+    refuse_link(output, status)
+    if writes_folder:
         kind = "a model folder" if folder else "a sharded checkpoint"
-        if target.exists() and not target.is_dir():
+        if status is not None and not stat.S_ISDIR(status.st_mode):
             raise OutputError(f"{output}: {kind} is written to a folder, and this is a file")
-        if folder:
-            _check_output_folder(checkpoint, output, target)
-        if target.is_dir() and any(target.iterdir()) and not force:
-            raise OutputError(
-                f"{output}: folder exists and is not empty; pass --force to write into it"
-            )
-        for source in inputs:
-            if target.is_dir() and (target / source.name).resolve() == source.resolve():
+        if status is not None and any(target.iterdir()):
+            if not force:
                 raise OutputError(
-                    f"{output}: is the input's folder; write the result to a new folder"
+                    f"{output}: folder exists and is not empty; pass --force to replace it"
                 )
-        if not target.parent.is_dir():
-            raise OutputError(f"{output}: folder {output.parent} does not exist")
-        return
+            if not holds_a_model(output):
+                raise OutputError(
+                    f"{output}: holds no weight files, and --force replaces the whole "
+                    "folder; weissi replaces only model folders: name a new folder"
+                )
+        return notes
     name = output.name.lower()
     expected = "safetensors" if output_format == "safetensors" else checkpoint.format
     if expected == "safetensors" and not name.endswith(".safetensors"):
@@ -181,16 +201,13 @@ def check_output_path(
             f"{output}: the input is a torch pickle and weissi writes the input's format; name the "
             f"output with one of {', '.join(TORCH_SUFFIXES)}"
         )
-    if target.is_dir():
-        raise OutputError(f"{output}: is a folder; name a file")
-    if target.exists() and not force:
-        raise OutputError(f"{output}: already exists; pass --force to overwrite it")
-    if not target.parent.is_dir():
-        raise OutputError(f"{output}: folder {output.parent} does not exist")
+    check_file_destination(output, force)
+    return notes
 
 
 def _check_output_folder(checkpoint: Checkpoint, output: Path, target: Path) -> None:
-    """A model folder's output is a separate folder holding no stale weights."""
+    """A model folder's output is a separate folder: not inside the input folder, whose
+    files would be copied into every later output."""
     source = checkpoint.path.parent.resolve()
     if target == source or target.is_relative_to(source):
         raise OutputError(
@@ -199,21 +216,6 @@ def _check_output_folder(checkpoint: Checkpoint, output: Path, target: Path) -> 
         )
     if source.is_relative_to(target):
         raise OutputError(f"{output}: contains the input folder; write the result elsewhere")
-    if target.is_dir():
-        written = {path.name for path in input_files(checkpoint)}
-        stale = sorted(
-            path.name
-            for path in target.iterdir()
-            if path.is_file()
-            and path.name.lower().endswith(WEIGHT_SUFFIXES)
-            and path.name not in written
-        )
-        if stale:
-            raise OutputError(
-                f"{output}: already holds weight files that this run would not replace "
-                f"({', '.join(stale)}), which a loader could pick instead; remove them or "
-                "write to a new folder"
-            )
 
 
 Scale = TensorScale | float
@@ -227,8 +229,10 @@ def write_rescaled(
     output_format: str = "same",
     folder: bool = False,
     check: CheckAsWritten | None = None,
+    force: bool = False,
 ) -> PendingOutput:
-    """Write `checkpoint` with each named tensor multiplied by its scale, pending commit.
+    """Write `checkpoint` with each named tensor multiplied by its scale, pending commit
+    (which replaces what is at `output` only with `force`).
 
     `output_format="safetensors"` writes just the tensors (of a pickle or an exported
     program) as a safetensors file instead of the input's own format. `folder`: `output`
@@ -254,26 +258,25 @@ def write_rescaled(
             )
     try:
         if output_format == "safetensors" and checkpoint.format != "safetensors":
-            return _write_state_dict_as_safetensors(checkpoint, factors, output, record)
-        if isinstance(checkpoint, ExportedCheckpoint):
-            return _write_exported(checkpoint, factors, output, record)
-        if isinstance(checkpoint, (SafetensorsCheckpoint, ShardedCheckpoint)) and (
+            pending = _write_state_dict_as_safetensors(checkpoint, factors, output, record)
+        elif isinstance(checkpoint, ExportedCheckpoint):
+            pending = _write_exported(checkpoint, factors, output, record)
+        elif isinstance(checkpoint, (SafetensorsCheckpoint, ShardedCheckpoint)) and (
             folder or isinstance(checkpoint, ShardedCheckpoint)
         ):
-            return _write_folder(checkpoint, factors, output, record, folder, check)
-        if isinstance(checkpoint, SafetensorsCheckpoint):
-            return _write_single(checkpoint, factors, output, record, check)
-        if isinstance(checkpoint, TorchCheckpoint):
-            return _write_torch(checkpoint, factors, output, record)
+            pending = _write_folder(checkpoint, factors, output, record, folder, check)
+        elif isinstance(checkpoint, SafetensorsCheckpoint):
+            pending = _write_single(checkpoint, factors, output, record, check)
+        elif isinstance(checkpoint, TorchCheckpoint):
+            pending = _write_torch(checkpoint, factors, output, record)
+        else:
+            raise UsageError(
+                f"{checkpoint.path}: writing {checkpoint.format} checkpoints is not supported"
+            )
     except OSError as error:
-        raise _output_error(output, error) from None
-    raise UsageError(f"{checkpoint.path}: writing {checkpoint.format} checkpoints is not supported")
-
-
-def _output_error(output: Path, error: OSError) -> OutputError:
-    if error.errno == errno.ENOSPC:
-        return OutputError(f"{output}: no space left on the device; nothing was written")
-    return OutputError(f"{output}: cannot write ({error.strerror or error})")
+        raise output_error(output, error) from None
+    pending.force = force
+    return pending
 
 
 def _same_scale(first: TensorScale | None, second: TensorScale) -> bool:
@@ -282,54 +285,12 @@ def _same_scale(first: TensorScale | None, second: TensorScale) -> bool:
     return bool(np.array_equal(np.asarray(first.whole()), np.asarray(second.whole())))
 
 
-TEMPORARY_MARK = ".weissi-tmp"
-
-
-def create_temporary(final: Path) -> Path:
-    """A new, uniquely named hidden file beside `final` (same filesystem, so the final rename
-    is atomic) that keeps its suffix, so it opens as the same format. The name carries the
-    process id, so a later run can tell the leftovers of a killed run from a live one's."""
-    descriptor, name = tempfile.mkstemp(
-        dir=final.parent,
-        prefix=f".{final.name}.{os.getpid()}.",
-        suffix=f"{TEMPORARY_MARK}{final.suffix}",
-    )
-    os.close(descriptor)
-    return Path(name)
-
-
-def remove_stale_temporaries(final: Path) -> list[Path]:
-    """Delete what killed runs left beside `final` (temporaries whose process is gone)."""
-    removed = []
-    pattern = f".{final.name}.*{TEMPORARY_MARK}*"
-    candidates = (
-        [*final.parent.glob(pattern), *final.glob(".weissi-tmp-*")]
-        if final.is_dir()
-        else list(final.parent.glob(pattern))
-    )
-    for candidate in candidates:
-        pid_text = candidate.name.removeprefix(f".{final.name}.").split(".", 1)[0]
-        if candidate.name.startswith(".weissi-tmp-"):
-            pid_text = candidate.name.removeprefix(".weissi-tmp-").split("-", 1)[0]
-        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _alive(int(pid_text)):
-            continue
-        with contextlib.suppress(OSError):
-            if candidate.is_dir():
-                shutil.rmtree(candidate)
-            else:
-                candidate.unlink()
-            removed.append(candidate)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _pending_file(output: Path) -> PendingOutput:
+    """A pending single-file output: an empty file in a new staging folder beside `output`,
+    under the same name (so it opens as the same format, and a name the file system takes
+    is never made too long)."""
+    staging = Staging(output, folder=False)
+    return PendingOutput(output, staging.item, staging)
 
 
 def _write_single(
@@ -339,11 +300,15 @@ def _write_single(
     record: Mapping[str, Any],
     check: CheckAsWritten | None,
 ) -> PendingOutput:
-    temporary = create_temporary(output)
-    pending = PendingOutput(output, temporary, [(temporary, output)])
+    pending = _pending_file(output)
     try:
         write_safetensors_copy(
-            checkpoint, factors, temporary, {"weissi": json.dumps(record)}, pending.syncs, check
+            checkpoint,
+            factors,
+            pending.readable_path,
+            {"weissi": json.dumps(record)},
+            pending.syncs,
+            check,
         )
     except BaseException:
         pending.discard()
@@ -359,21 +324,21 @@ def _write_folder(
     companions: bool,
     check: CheckAsWritten | None,
 ) -> PendingOutput:
-    """Shards (or the one file) into a staging folder inside `output`, renamed into place
-    on commit: companion files first, then the shards, the index last."""
-    created = not output.exists()
-    output.mkdir(exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output, prefix=f".weissi-tmp-{os.getpid()}-"))
-    pending = PendingOutput(
-        output,
-        staging / checkpoint.path.name,
-        temporary_dir=staging,
-        created_dir=output if created else None,
-    )
+    """The complete output folder (companion files, shards or the one file, index), staged
+    beside `output` and put in place whole on commit."""
+    staging = Staging(output, folder=True)
+    folder = staging.item
+    pending = PendingOutput(output, folder / checkpoint.path.name, staging)
     try:
         if companions:
-            copied, pending.left_out = companion_files(checkpoint)
-            pending.moves += _stage_companions(checkpoint, copied, staging, output)
+            found = companion_files(checkpoint.path.parent, input_files(checkpoint))
+            pending.left_out = found.weights
+            if found.special:
+                pending.notes.append(
+                    f"not copied into {output}: special files of the input folder "
+                    f"({', '.join(found.special)})"
+                )
+            copy_companions(found.copied, folder)
         if isinstance(checkpoint, SafetensorsCheckpoint):
             shards = {checkpoint.path.name: checkpoint}
         else:
@@ -387,18 +352,15 @@ def _write_folder(
             write_safetensors_copy(
                 shard,
                 shard_factors,
-                staging / shard_name,
+                folder / shard_name,
                 {"weissi": json.dumps(shard_record)},
                 pending.syncs,
                 check,
             )
-            pending.moves.append((staging / shard_name, output / shard_name))
         if isinstance(checkpoint, ShardedCheckpoint):
             index = json.loads(checkpoint.path.read_text(encoding="utf-8"))
             index["metadata"] = {**(index.get("metadata") or {}), "weissi": record}
-            index_bytes = _index_text(index).encode()
-            _write_file(staging / checkpoint.path.name, index_bytes)
-            pending.moves.append((staging / checkpoint.path.name, output / checkpoint.path.name))
+            _write_file(folder / checkpoint.path.name, _index_text(index).encode())
     except BaseException:
         pending.discard()
         raise
@@ -425,54 +387,6 @@ def _index_text(index: Mapping[str, Any]) -> str:
         return "{\n" + ",\n".join(lines) + f"\n{pad}}}"
 
     return entries(index, "", True) + "\n"
-
-
-# Files that hold weights in some format: never copied into a rebalanced folder, where a
-# loader could pick them (transformers prefers model.safetensors over an index, and falls
-# back to pytorch_model.bin) and silently get the original weights back.
-WEIGHT_SUFFIXES = (
-    ".safetensors",
-    ".bin",
-    ".pt",
-    ".pth",
-    ".ckpt",
-    ".pt2",
-    ".gguf",
-    ".h5",
-    ".msgpack",
-    ".onnx",
-    ".index.json",
-)
-
-
-def companion_files(checkpoint: Checkpoint) -> tuple[list[Path], list[Path]]:
-    """The files of a model folder besides the checkpoint's own, relative to the folder:
-    (to copy: config, tokenizer, README, subfolders' files; left out: other weight files).
-    Version-control folders are left out silently."""
-    folder = checkpoint.path.parent
-    own = {path.resolve() for path in input_files(checkpoint)}
-    copied: list[Path] = []
-    weights: list[Path] = []
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder)
-        if relative.parts[0] in (".git", ".cache") or relative.parts[0].startswith(".weissi-tmp-"):
-            continue
-        if not path.is_file() or path.resolve() in own:
-            continue
-        (weights if path.name.lower().endswith(WEIGHT_SUFFIXES) else copied).append(relative)
-    return copied, weights
-
-
-def _stage_companions(
-    checkpoint: Checkpoint, copied: list[Path], staging: Path, output: Path
-) -> list[tuple[Path, Path]]:
-    moves = []
-    for relative in copied:
-        staged = staging / "companions" / relative
-        staged.parent.mkdir(parents=True, exist_ok=True)
-        _copy_durably(checkpoint.path.parent / relative, staged)
-        moves.append((staged, output / relative))
-    return moves
 
 
 def write_safetensors_copy(
@@ -507,7 +421,7 @@ def write_safetensors_copy(
     new_start = 8 + len(header_bytes)
     file_size = new_start + source.header.file_size - source.header.data_start
     # `destination` is always a path of this run's own (a fresh temporary).
-    descriptor = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    descriptor = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     written: _WrittenFile | None = None
     try:
         os.write(descriptor, len(header_bytes).to_bytes(8, "little") + header_bytes)
@@ -905,14 +819,15 @@ def _write_torch(
 
 
 def _write_with_torch(output: Path, save: Callable[[Any], None]) -> PendingOutput:
-    """`save(handle)` into a fresh temporary beside `output`, fsynced, pending commit."""
-    temporary = create_temporary(output)
-    pending = PendingOutput(output, temporary, [(temporary, output)])
+    """`save(handle)` into a fresh staged file for `output`, fsynced, pending commit."""
+    pending = _pending_file(output)
     try:
-        with open(temporary, "wb") as handle:
+        with open(pending.readable_path, "wb") as handle:
             try:
                 save(handle)
-            except RuntimeError as error:  # torch's writers report I/O failures this way
+            except RuntimeError as error:  # torch's writers report I/O failures this way,
+                # and an interrupt raised while they call back into Python as well
+                interrupts.reraise_if_interrupted()
                 raise OutputError(_torch_write_failure(output, error)) from None
             handle.flush()
             os.fsync(handle.fileno())
@@ -1009,11 +924,10 @@ def _write_state_dict_as_safetensors(
         )
         for name in (info.name for info in checkpoint.tensors)
     }
-    temporary = create_temporary(output)
-    pending = PendingOutput(output, temporary, [(temporary, output)])
+    pending = _pending_file(output)
     try:
-        save_file(tensors, str(temporary), metadata={"weissi": json.dumps(record)})
-        with open(temporary, "rb+") as handle:
+        save_file(tensors, str(pending.readable_path), metadata={"weissi": json.dumps(record)})
+        with open(pending.readable_path, "rb+") as handle:
             os.fsync(handle.fileno())
     except BaseException:
         pending.discard()
@@ -1056,22 +970,6 @@ def _write_file(path: Path, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _copy_durably(source: Path, destination: Path) -> None:
-    with open(source, "rb") as reader, open(destination, "xb") as writer:
-        shutil.copyfileobj(reader, writer, COPY_CHUNK_BYTES)
-        writer.flush()
-        os.fsync(writer.fileno())
-    shutil.copymode(source, destination)
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def input_files(checkpoint: Checkpoint) -> list[Path]:

@@ -243,7 +243,7 @@ def test_other_weight_files_are_not_copied(tmp_path: Path) -> None:
     assert "consolidated.00.pth" in left_out[0]
 
 
-def test_output_folder_inside_the_input_or_with_stale_weights_is_refused(
+def test_output_folder_inside_the_input_is_refused_and_stale_weights_are_replaced(
     tmp_path: Path,
 ) -> None:
     source = save(build("llama"), tmp_path / "in")
@@ -252,8 +252,10 @@ def test_output_folder_inside_the_input_or_with_stale_weights_is_refused(
     stale = tmp_path / "stale"
     stale.mkdir()
     (stale / "model-00001-of-00002.safetensors").write_bytes(b"old")
-    with pytest.raises(OutputError, match="would not replace"):
-        rebalance_checkpoint(source, stale, force=True)
+    assert rebalance_checkpoint(source, stale, force=True).written
+    # the folder is replaced whole: no shard of an earlier model is left for a loader
+    assert not (stale / "model-00001-of-00002.safetensors").exists()
+    assert (stale / "model.safetensors").is_file()
 
 
 def test_bert_with_relative_positions_has_no_query_key_symmetry(tmp_path: Path) -> None:

@@ -272,7 +272,10 @@ def test_the_pending_output_is_readable_before_commit(single: Path, out_dir: Pat
             assert raw_bytes(result, "net.0.weight") == expected_scaled_bytes(
                 source, "net.0.weight", FACTORS["net.0.weight"]
             )
-    assert pending.readable_path.parent == out_dir
+    # in a staging folder of the destination's folder (the same file system: one rename
+    # puts it in place), under the destination's own name
+    assert pending.readable_path.name == "m.safetensors"
+    assert pending.readable_path.parent.parent.parent == out_dir
     pending.discard()
 
 
@@ -298,7 +301,7 @@ def test_commit_replaces_an_existing_output(single: Path, out_dir: Path) -> None
     (out_dir / "m.safetensors").write_bytes(b"old")
     with SafetensorsCheckpoint(single) as source:
         check_output_path(source, out_dir / "m.safetensors", force=True)
-        write(source, out_dir / "m.safetensors").commit()
+        write_rescaled(source, FACTORS, out_dir / "m.safetensors", RECORD, force=True).commit()
     assert load_file(str(out_dir / "m.safetensors")).keys() == load_file(str(single)).keys()
 
 
@@ -606,7 +609,8 @@ def test_torch_commit_and_discard(tmp_path: Path, legacy: bool) -> None:
     source_path = write_torch(tmp_path / "m.pt", torch_state(), legacy=legacy)
     with open_checkpoint(source_path) as source:
         pending = write(source, tmp_path / "o.pt")
-        assert listing(tmp_path) == sorted(["m.pt", pending.readable_path.name])
+        staging = pending.readable_path.parent.parent
+        assert listing(tmp_path) == sorted(["m.pt", staging.name])
         assert isinstance(open_checkpoint(pending.readable_path), TorchCheckpoint)
         pending.discard()
         assert listing(tmp_path) == ["m.pt"]
@@ -622,23 +626,24 @@ def test_torch_input_is_not_modified(tmp_path: Path) -> None:
     assert sha256(source_path) == before
 
 
-def test_temporary_names_are_hidden_unique_and_keep_the_suffix(tmp_path: Path) -> None:
-    first = rewrite.create_temporary(tmp_path / "model.safetensors")
-    second = rewrite.create_temporary(tmp_path / "model.safetensors")
+def test_staged_files_are_hidden_unique_and_keep_their_name(tmp_path: Path) -> None:
+    first = rewrite._pending_file(tmp_path / "model.safetensors").readable_path
+    second = rewrite._pending_file(tmp_path / "model.safetensors").readable_path
     assert first != second
-    assert first.parent == tmp_path
-    assert first.name.startswith(".model.safetensors")
-    assert first.suffix == ".safetensors"
+    assert first.name == second.name == "model.safetensors"
+    assert first.parent.parent.parent == tmp_path
+    assert first.parent.parent.name.startswith(".weissi-tmp-")
     assert first.is_file()
 
 
 def test_discard_leaves_files_of_other_runs_alone(single: Path, tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     output = tmp_path / "out" / "model.safetensors"
-    other = rewrite.create_temporary(output)  # another run's temporary beside ours
+    other = rewrite._pending_file(output).staging  # another run's, beside ours
+    assert other is not None
     with SafetensorsCheckpoint(single) as source:
         write_rescaled(source, {}, output, {"tool_version": "test"}).discard()
-    assert sorted(p.name for p in output.parent.iterdir()) == [other.name]
+    assert sorted(p.name for p in output.parent.iterdir()) == [other.root.name]
 
 
 # --- check_output_path ------------------------------------------------------------------------
@@ -750,11 +755,21 @@ def test_check_refuses_a_non_empty_folder_for_sharded_without_force(
     sharded: Path, tmp_path: Path
 ) -> None:
     (tmp_path / "full").mkdir()
-    (tmp_path / "full" / "x").write_text("x")
+    (tmp_path / "full" / FIRST).write_text("x")
     with ShardedCheckpoint(sharded) as source, pytest.raises(OutputError, match="--force"):
         check_output_path(source, tmp_path / "full", force=False)
     with ShardedCheckpoint(sharded) as source:
         check_output_path(source, tmp_path / "full", force=True)
+
+
+def test_check_refuses_to_replace_a_folder_without_weights_even_with_force(
+    sharded: Path, tmp_path: Path
+) -> None:
+    """--force replaces the whole folder: only a model folder is replaced."""
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "notes.txt").write_text("x")
+    with ShardedCheckpoint(sharded) as source, pytest.raises(OutputError, match="weight files"):
+        check_output_path(source, tmp_path / "project", force=True)
 
 
 def test_check_refuses_the_input_folder_for_sharded_even_with_force(sharded: Path) -> None:

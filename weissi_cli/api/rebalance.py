@@ -101,7 +101,7 @@ def rebalance_checkpoint(
     folder = path.is_dir()
     with open_checkpoint(path) as checkpoint:
         written_format = "safetensors" if output_format == "safetensors" else checkpoint.format
-        check_output_path(checkpoint, output, force, output_format, folder=folder)
+        cleaned = check_output_path(checkpoint, output, force, output_format, folder=folder)
         source = StructureSource.of(spec, allow_approximate)
         structure = discover(checkpoint, source)
         approximate = [s.id for s in structure.symmetries if is_approximate(s)]
@@ -158,7 +158,7 @@ def rebalance_checkpoint(
         before, squares, group_squares = statistics_pass(
             checkpoint, structure, include_bias, granularity, threads, names
         )
-        warnings = [*checkpoint.notes, *structure.assumptions, *not_run]
+        warnings = [*cleaned, *checkpoint.notes, *structure.assumptions, *not_run]
         plans = [
             _plan(
                 chain,
@@ -225,8 +225,9 @@ def rebalance_checkpoint(
         as_written = _check_as_written(checkpoint, plans, group_scales, tensor_scales)
         with single_threaded_blas():  # the writer's threads run the probes' products
             pending = write_rescaled(
-                checkpoint, tensor_scales, output, record, output_format, folder, as_written
+                checkpoint, tensor_scales, output, record, output_format, folder, as_written, force
             )
+        warnings += pending.notes
         if pending.left_out:
             warnings.append(
                 f"not copied into {output}: other weight files of the input folder "

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from weissi_cli import __version__, threads
+from weissi_cli import __version__, interrupts, threads
 from weissi_cli.cli.check_cmd import check
 from weissi_cli.cli.diff_cmd import diff
 from weissi_cli.cli.graph_cmd import graph
@@ -107,4 +107,18 @@ def main() -> None:
     if "numpy" not in sys.modules and all(os.environ[v] == "1" for v in variables):
         threads.blas_pinned = True
     requested = sys.argv[1] if len(sys.argv) > 1 else None
-    build_app(requested if requested in COMMANDS else None)()
+    interrupts.install()
+    try:
+        build_app(requested if requested in COMMANDS else None)()
+    except SystemExit as exit:
+        # Typer ends a run that KeyboardInterrupt (or Terminated, its SIGTERM form) stopped
+        # with 130; every writer has removed its unfinished output on the way out.
+        if exit.code == 130 and interrupts.received is not None:
+            writing = sys.modules.get("weissi_cli.output_files")
+            if writing is not None:
+                writing.discard_unfinished()
+            sys.stderr.write(
+                f"error: interrupted by {interrupts.received.name}; unfinished output was removed\n"
+            )
+            raise SystemExit(interrupts.exit_code()) from None
+        raise

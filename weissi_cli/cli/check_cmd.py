@@ -67,6 +67,9 @@ def check(
     output: Annotated[
         Path | None, typer.Option("--output", help="Write the report to FILE instead of stdout.")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing --output file.")
+    ] = False,
 ) -> None:
     """Check thresholds from flags or [tool.weissi.check] in the nearest pyproject.toml.
 
@@ -76,6 +79,7 @@ def check(
     from weissi_cli.api.check import check_checkpoint
     from weissi_cli.config import load_check_settings
     from weissi_cli.errors import UsageError
+    from weissi_cli.output_files import check_file_destination, write_report_file
 
     if output_format not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {output_format!r}")
@@ -87,6 +91,8 @@ def check(
     ):
         if value is not None and not value > 0:
             raise UsageError(f"{name} must be a positive number, not {value}")
+    if output is not None:  # refused before the pass over the checkpoint, not after it
+        check_file_destination(output, force, protect=[checkpoint])
     configured, settings_file = load_check_settings(Path.cwd())
     settings = configured.merged(
         {
@@ -105,16 +111,22 @@ def check(
             settings_file,
             structure_source(spec, model, example_shape, example_dtype),
         )
+    notes: list[str] = []
     if output_format == "text":
         from weissi_cli.cli.render import render_check
 
         if output is None:
             render_check(report, stdout_console())
         else:
+            import io
+
             from rich.console import Console
 
-            with output.open("w", encoding="utf-8") as handle:
-                render_check(report, Console(file=handle, width=100, color_system=None))
+            buffer = io.StringIO()
+            render_check(report, Console(file=buffer, width=100, color_system=None))
+            notes = write_report_file(
+                output, buffer.getvalue().encode("utf-8"), force, protect=[checkpoint]
+            )
     else:
         text = {
             "json": report.to_json,
@@ -125,7 +137,7 @@ def check(
         if output is None:
             typer.echo(text, nl=not text.endswith("\n"))
         else:
-            output.write_text(text, encoding="utf-8")
-    print_warnings(report.warnings)
+            notes = write_report_file(output, text.encode("utf-8"), force, protect=[checkpoint])
+    print_warnings([*notes, *report.warnings])
     if not report.passed:
         raise typer.Exit(1)

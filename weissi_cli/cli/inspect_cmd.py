@@ -53,6 +53,9 @@ def inspect(
             "--plot", help="Draw layer norms before/after rebalancing to FILE.png or .svg."
         ),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing --plot file.")
+    ] = False,
 ) -> None:
     """Report how the weight scale is spread across layers.
 
@@ -68,11 +71,15 @@ def inspect(
     if json_output:
         output_format = "json"
     if plot is not None:
+        from weissi_cli.output_files import check_file_destination
         from weissi_cli.report.plot import PLOT_FORMATS, pyplot_or_error
 
         if plot.suffix.lower() not in PLOT_FORMATS:
             raise UsageError(f"{plot}: --plot writes .png or .svg files")
-        pyplot_or_error()  # fail before the pass over the checkpoint when matplotlib is missing
+        # Fail before the pass over the checkpoint when matplotlib is missing or the file
+        # cannot be written.
+        pyplot_or_error()
+        check_file_destination(plot, force, protect=[checkpoint])
     with progress_bar(output_format == "text"):
         report = inspect_checkpoint(
             checkpoint,
@@ -94,9 +101,10 @@ def inspect(
         from weissi_cli.cli.render import render_inspect
 
         render_inspect(report, stdout_console())
+    notes: list[str] = []
     if plot is not None:
         from weissi_cli.report.plot import write_plot
 
-        write_plot(report, plot)
+        notes = write_plot(report, plot, force, protect=[checkpoint])
         stderr_console().print(f"wrote {plot}")
-    print_warnings(report.warnings)
+    print_warnings([*notes, *report.warnings])

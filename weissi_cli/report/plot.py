@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from weissi_cli.errors import UsageError
+from weissi_cli.output_files import write_report_file
 from weissi_cli.report.inspect import InspectReport
 
 PLOT_FORMATS = (".png", ".svg")
@@ -92,12 +94,12 @@ def render_plot(report: InspectReport, fmt: str = "png") -> bytes:
     return buffer.getvalue()
 
 
-def write_plot(report: InspectReport, path: Path) -> None:
+def write_plot(
+    report: InspectReport, path: Path, force: bool = False, protect: Iterable[Path] = ()
+) -> list[str]:
+    """Draw the report to `path` (its suffix says the format), written as every report file
+    is (see output_files.write_report_file, whose notes are returned)."""
     suffix = path.suffix.lower()
     if suffix not in PLOT_FORMATS:
         raise UsageError(f"{path}: --plot writes .png or .svg files")
-    data = render_plot(report, suffix.lstrip("."))
-    try:
-        path.write_bytes(data)
-    except OSError as error:
-        raise UsageError(f"{path}: cannot write the plot ({error.strerror})") from None
+    return write_report_file(path, render_plot(report, suffix.lstrip(".")), force, protect)
