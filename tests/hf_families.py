@@ -111,9 +111,11 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 
 
-def build(family: str, seed: int = 0, dtype: str = "float64") -> Any:
+def build(family: str, seed: int = 0, dtype: str = "float64", spread: float = 0.0) -> Any:
     """The model with weights spread unevenly (each entry times e^N(0, 0.1), gains and
-    biases shifted), so that symmetries are visible in its outputs."""
+    biases shifted), so that symmetries are visible in its outputs; with `spread`, each
+    matrix is also multiplied by its own 2^U(-spread, spread), so that the symmetries are
+    far from balanced (power-of-two scales then have work to do)."""
     import torch
 
     config_class, model_class, fields = FAMILIES[family]
@@ -131,6 +133,9 @@ def build(family: str, seed: int = 0, dtype: str = "float64") -> Any:
             if parameter.dim() == 1:
                 shift = torch.randn(parameter.shape, generator=generator, dtype=torch.float64)
                 parameter.add_((shift * 0.3).to(parameter.dtype))
+            elif spread:
+                exponent = float(torch.empty(()).uniform_(-spread, spread, generator=generator))
+                parameter.mul_(2.0 ** round(exponent))
     return model
 
 
