@@ -59,7 +59,8 @@ def test_float32_rebalance_with_default_flags_keeps_the_function(
     assert report.verification.passed
     assert report.group is not None
     origins = {s.origin for s in report.group.symmetries}
-    assert origins and all(o.startswith(("graph:", "config:")) for o in origins)
+    assert origins
+    assert all(o.startswith(("graph:", "config:")) for o in origins)
     if family in TRACED_ONLY:
         assert report.verification.level == "real_network"
     assert report.group.l2_after is not None
