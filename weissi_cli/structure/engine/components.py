@@ -84,54 +84,36 @@ def symmetries(
         return []
     roots, parity = state.atoms.find(found.atom)
     free = roots != ONE
-    tensor = found.tensor[free]
-    axis = found.axis[free]
-    index = found.index[free]
     root = roots[free]
-    exponent = np.where(parity[free] == 1, -found.exponent[free], found.exponent[free]).astype(
-        np.int8
-    )
     if not root.size:
         return []
+    tensor = found.tensor[free].astype(np.int64)
+    axis = found.axis[free].astype(np.int64)
+    exponent = np.where(parity[free] == 1, -found.exponent[free], found.exponent[free])
+    index = found.index[free]
     # Orient each channel so that its first gain or bias (else its first weight row) counts
-    # +1: producers positive, consumers negative, as a reader expects.
-    rank = np.array([len(shapes[name]) for name in names], dtype=np.int8)
+    # +1: producers positive, consumers negative, as a reader expects. The priority rides
+    # in the top bits of the sort key, so one sort finds each channel's deciding entry.
+    rank = np.array([len(shapes[name]) for name in names], dtype=np.int64)
     rows = (axis == 0) & (np.abs(exponent) == 1)
-    priority = np.full(root.size, 2, dtype=np.int8)
-    priority[rows] = 1
-    priority[rows & (rank[tensor] == 1)] = 0
-    # (tensor, axis, exponent, index) packed in one key: tensors < 2**20, axes < 8,
-    # exponents in -8..7, indices < 2**32
-    place = ((tensor.astype(np.int64) * 8 + axis) * 16 + (exponent + 8)) << 32 | index
-    order = np.lexsort((place, root))
-    root, tensor, axis, index, exponent, priority, place = (
-        root[order],
-        tensor[order],
-        axis[order],
-        index[order],
-        exponent[order],
-        priority[order],
-        place[order],
-    )
+    priority = np.where(rows, np.where(rank[tensor] == 1, 0, 1), 2)
+    order = np.lexsort((index, axis, tensor, priority, root))
+    root = root[order]
     starts = np.flatnonzero(np.r_[True, root[1:] != root[:-1]])
     counts = np.diff(np.r_[starts, root.size])
-    best = np.minimum.reduceat(priority, starts)
-    # the first entry of each channel with the best priority decides the sign
-    candidate = np.where(priority == np.repeat(best, counts), np.arange(root.size), root.size)
-    chosen = np.minimum.reduceat(candidate, starts)
-    first_sign = np.repeat(np.sign(exponent[chosen]), counts)
-    flip = first_sign < 0
-    exponent = (exponent * first_sign).astype(np.int8)
-    if flip.any():  # flipped exponents change the packed keys: sort those channels again
-        place = ((tensor.astype(np.int64) * 8 + axis) * 16 + (exponent + 8)) << 32 | index
-        order = np.lexsort((place, root))
-        root, tensor, axis, index, exponent = (
-            root[order],
-            tensor[order],
-            axis[order],
-            index[order],
-            exponent[order],
-        )
+    sign = np.repeat(np.sign(exponent[order[starts]]), counts)
+    # then (tensor, axis, exponent, index) packed in one key, exponents oriented:
+    # tensors < 2**20, axes < 8, exponents in -8..7, indices < 2**32
+    order_tensor, order_axis = tensor[order], axis[order]
+    oriented = exponent[order] * sign
+    place = ((order_tensor * 8 + order_axis) * 16 + (oriented + 8)) << 32 | index[order]
+    again = np.lexsort((place, root))
+    root, place = root[again], place[again]
+    index = place & 0xFFFFFFFF
+    packed = place >> 32
+    exponent = (packed % 16 - 8).astype(np.int8)
+    axis = (packed // 16 % 8).astype(np.int8)
+    tensor = (packed // 128).astype(np.int32)
     # runs of consecutive indices with one (tensor, axis, exponent) inside each channel
     same = (
         (root[1:] == root[:-1])
