@@ -963,11 +963,17 @@ def _check_tensor_in_kernel(
 RUN_TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "float16": 3e-2, "bfloat16": 3e-2}
 
 
-def run_programs(original: Any, rewritten: Any, label: str, probes: int = 4) -> ChainVerification:
-    """Run both exported programs on random inputs shaped like the recorded examples."""
+def run_programs(
+    original: Any,
+    rewritten: Any,
+    label: str,
+    examples: tuple[tuple[Any, ...], dict[str, Any]] | None,
+    probes: int = 4,
+) -> ChainVerification:
+    """Run both exported programs on random inputs shaped like the recorded `examples`
+    (kept apart from the programs, which are built without them: see io/pt2_program.py)."""
     import torch
 
-    examples = original.example_inputs
     if examples is None:
         return ChainVerification(
             label, "run", True, None, None, None, "not run: the program records no example inputs"
