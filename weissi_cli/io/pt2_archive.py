@@ -2,12 +2,13 @@
 declared size, and never more in total than the archive's own size allows.
 
 A zip member declares its uncompressed size, and deflate can expand ~1000-fold, so a small
-file can hold gigabytes. Every member weissi reads is therefore checked before any byte is
-inflated: stored members must be as large in the file as they claim; a compressed member
-may expand at most `MAX_RATIO` times (with a little slack for tiny members); members may not
-share bytes (overlapping entries let one compressed block count many times); and the sum of
-what is read stays within `MAX_RATIO` times the file plus `SMALL_BUDGET`. A member that
-inflates past its declared size is cut off there and refused.
+file can hold gigabytes. The whole directory is therefore checked when the archive is
+opened, before any byte is inflated: stored members must be as large in the file as they
+claim; members may not share bytes (overlapping entries let one compressed block count many
+times); a compressed member may expand at most `MAX_RATIO` times (with a little slack for
+tiny members); and all members together may declare at most `MAX_RATIO` times the file plus
+`SMALL_BUDGET`. A zip bomb is refused there, not inflated. A member that inflates past its
+declared size is cut off at that size and refused.
 """
 
 from __future__ import annotations
@@ -58,12 +59,11 @@ class Pt2Archive:
         except InputError:
             self.close()
             raise
-        self._spent = 0
 
     def _index(self, infos: list[zipfile.ZipInfo]) -> dict[str, zipfile.ZipInfo]:
         """Members by their name below the top folder, after the checks that need no
-        inflating: one top folder, unique names, known compression, honest stored sizes,
-        no shared bytes."""
+        inflating: one top folder, unique names, known compression, honest stored sizes, no
+        shared bytes, and the size limits of the module docstring."""
         if not infos:
             raise InputError(f"{self.path}: an empty zip, not a torch.export archive")
         root = infos[0].filename.split("/", 1)[0]
@@ -106,6 +106,19 @@ class Pt2Archive:
                     f"{following.filename if following is not None else 'the zip directory'} "
                     "(overlapping members are how small zips inflate to gigabytes)"
                 )
+        for info in infos:
+            if info.file_size > MAX_RATIO * info.compress_size + MEMBER_SLACK:
+                raise InputError(
+                    f"{self.path}: refused: {info.filename} would inflate "
+                    f"{info.compress_size:,} bytes to {info.file_size:,} (more than "
+                    f"{MAX_RATIO}x: a zip bomb?); nothing was inflated"
+                )
+        declared = sum(info.file_size for info in infos)
+        if declared > MAX_RATIO * self.file_bytes + SMALL_BUDGET:
+            raise InputError(
+                f"{self.path}: refused: the archive's members declare {declared:,} bytes, more "
+                f"than {MAX_RATIO}x its size (a zip bomb?); nothing was inflated"
+            )
         return members
 
     def has(self, name: str) -> bool:
@@ -123,8 +136,8 @@ class Pt2Archive:
         return self._members[name].file_size
 
     def read(self, name: str, cap: int | None = None) -> bytearray:
-        """The member's bytes, inflated in chunks; refused before inflating when it would
-        exceed `cap`, its share of the archive's budget, or a plausible compression ratio."""
+        """The member's bytes, inflated in chunks up to its declared size (which the
+        directory checks bounded); refused before inflating when it declares over `cap`."""
         info = self._members[name]
         declared = info.file_size
         if cap is not None and declared > cap:
@@ -132,20 +145,6 @@ class Pt2Archive:
                 f"{self.path}: refused: {self.member(name)} declares {declared:,} bytes, more "
                 f"than the {cap:,} such a member can hold; nothing was inflated"
             )
-        if declared > MAX_RATIO * info.compress_size + MEMBER_SLACK:
-            raise InputError(
-                f"{self.path}: refused: {self.member(name)} would inflate {info.compress_size:,} "
-                f"bytes to {declared:,} (more than {MAX_RATIO}x: a zip bomb?); nothing was "
-                "inflated"
-            )
-        budget = MAX_RATIO * self.file_bytes + SMALL_BUDGET
-        if self._spent + declared > budget:
-            raise InputError(
-                f"{self.path}: refused: reading {self.member(name)} would bring the archive's "
-                f"inflated members to {self._spent + declared:,} bytes, more than {MAX_RATIO}x "
-                "its size (a zip bomb?); nothing more was inflated"
-            )
-        self._spent += declared
         data = bytearray(declared)
         view = memoryview(data)
         filled = 0
@@ -189,10 +188,15 @@ class Pt2Archive:
                 f"{self.path}: refused: {self.member(name)} nests deeper than "
                 f"{MAX_JSON_DEPTH} levels"
             ) from None
-        except ValueError as error:  # JSONDecodeError, and integers over 4300 digits
+        except json.JSONDecodeError as error:
             raise InputError(
                 f"{self.path}: corrupt torch.export archive: {self.member(name)} is not valid "
                 f"JSON ({error})"
+            ) from None
+        except ValueError:  # Python refuses integer literals over 4300 digits
+            raise InputError(
+                f"{self.path}: refused: {self.member(name)} holds an integer literal too long "
+                "to read"
             ) from None
         if json_depth(value) > MAX_JSON_DEPTH:
             raise InputError(

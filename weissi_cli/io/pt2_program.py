@@ -30,6 +30,7 @@ import io
 import math
 import operator
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,8 +86,9 @@ def _read(archive: Pt2Archive, path: Path) -> Pt2Contents:
     _check_layout(archive, path)
     program_json = archive.read_json(PROGRAM)
     check_strings(program_json, archive.member(PROGRAM), path)
-    state_dict = _payloads(archive, path, WEIGHTS, f"{MODEL}_weights_config.json")
-    constants = _payloads(archive, path, CONSTANTS, f"{MODEL}_constants_config.json")
+    weights = _entries(archive, path, WEIGHTS, f"{MODEL}_weights_config.json")
+    lifted = _entries(archive, path, CONSTANTS, f"{MODEL}_constants_config.json")
+    state_dict, constants = _tensors(archive, path, weights), _tensors(archive, path, lifted)
     examples = _examples(archive, path)
     program = _deserialize(program_json, state_dict, constants, archive.member(PROGRAM), path)
     _check_calls(program, path)
@@ -133,11 +135,12 @@ def _check_layout(archive: Pt2Archive, path: Path) -> None:
 # tensors, from raw bytes only ----------------------------------------------------------------
 
 
-def _payloads(
+def _entries(
     archive: Pt2Archive, path: Path, folder: str, config_name: str
-) -> dict[str, torch.Tensor]:
-    """Weights or constants: every entry must be raw tensor bytes (`use_pickle` false and,
-    for constants, a `tensor_` file); anything else is refused, never loaded."""
+) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The weights or constants config: each entry's member and description, after
+    refusing every entry that is not raw tensor bytes (`use_pickle` false and, for
+    constants, a `tensor_` file): such entries are refused, never loaded."""
     config_member = folder + config_name
     if not archive.has(config_member):
         raise InputError(f"{path}: corrupt torch.export archive: no {config_member}")
@@ -145,8 +148,7 @@ def _payloads(
     entries = config.get("config") if isinstance(config, dict) else None
     if not isinstance(entries, dict):
         raise InputError(f"{path}: corrupt torch.export archive: {config_member} has no config")
-    storages: dict[str, torch.Tensor] = {}
-    tensors: dict[str, torch.Tensor] = {}
+    checked = {}
     for fqn, entry in entries.items():
         path_name = entry.get("path_name") if isinstance(entry, dict) else None
         if not isinstance(path_name, str) or "/" in path_name:
@@ -163,8 +165,18 @@ def _payloads(
             )
         if not archive.has(member):
             raise InputError(f"{path}: corrupt torch.export archive: no {archive.member(member)}")
-        tensors[fqn] = _tensor(archive, path, member, fqn, entry, storages)
-    return tensors
+        checked[fqn] = (member, entry)
+    return checked
+
+
+def _tensors(
+    archive: Pt2Archive, path: Path, entries: dict[str, tuple[str, dict[str, Any]]]
+) -> dict[str, torch.Tensor]:
+    storages: dict[str, torch.Tensor] = {}
+    return {
+        fqn: _tensor(archive, path, member, fqn, entry, storages)
+        for fqn, (member, entry) in entries.items()
+    }
 
 
 def _not_raw(entry: dict[str, Any], path_name: str, constant: bool) -> str | None:
@@ -277,11 +289,12 @@ def _examples(archive: Pt2Archive, path: Path) -> tuple[tuple[Any, ...], dict[st
     try:
         loaded = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        offending = re.search(r"GLOBAL ([\w.]+)", str(error))
+        what = f"references {offending.group(1).rstrip('.')}" if offending else "holds objects"
         raise UnsafePickleError(
-            f"{path}: refused to load: {member} (the example inputs) is a pickle that "
-            f"weights_only loading refuses ({_first_line(error)[:160]}); torch.export.load "
-            "would run code from it. Nothing in it was run. Re-export the model yourself if "
-            "you trust its source."
+            f"{path}: refused to load: {member} (the example inputs) is a pickle that {what}, "
+            "not just tensors and plain containers, and torch.export.load would run code from "
+            "it; nothing in it was run. Re-export the model yourself if you trust its source."
         ) from None
     except Exception as error:  # torch's unpicklers raise many types on garbage input
         raise InputError(
