@@ -1,27 +1,32 @@
 """A `torch.export` program built from a `.pt2` archive without running anything from it.
 
-Why this is safe, by construction rather than by checking what torch would do:
+Where torch (2.13) runs code from an archive, and why this module reaches none of it:
 
-- Nothing from the archive reaches an unpickler except the example inputs, and those only
-  through `torch.load(weights_only=True)` on bytes read with a cap (`pt2_archive`).
-  `torch.export.load` unpickles weights and constants marked `use_pickle`, `custom_obj_*`
-  (TorchScript's unpickler) and `opaque_obj_*` (`pickle.loads`) constants, a legacy
-  `data/weights/<model>.pt` that replaces the weights config, and falls back to
-  `weights_only=False` for the example inputs; it also loads AOTInductor libraries. This
-  module never calls it. It reads the program's JSON and the raw bytes of every tensor
-  itself, and hands torch's deserializer (`ExportedProgramDeserializer.deserialize`) a state
-  dict, constants and example inputs that are already Python objects: given those, the
-  deserializer has nothing to unpickle. Anything that is not raw tensor bytes is refused.
-- The deserializer evaluates some strings of the JSON: symbolic shapes go through
-  `sympy.sympify` (which is `eval`), and input/output tree specs may name modules to import.
-  Both are checked first against what they may contain (arithmetic on symbols and a list of
-  shape functions; plain containers), so no string of the archive is evaluated as code.
-- The built program is walked: every call is to an ATen operator, a listed control-flow
-  operator or a listed arithmetic builtin, and no argument is a callable. Running it can
-  only compute (no ATen operator that takes a file name is allowed).
-- The program is built without example inputs: `ExportedProgram.module()` compiles the
-  archive's guard code (Python source) only when the program has them. The example inputs
-  live beside it (`Pt2Contents.examples`) and are attached only to a program being saved.
+- `torch.export.load` → `pt2_archive._package.load_pt2` unpickles weights and constants
+  marked `use_pickle` (`torch.load(weights_only=False)`), `custom_obj_*` constants
+  (TorchScript's `_pickle_load_obj`), `opaque_obj_*` constants (`pickle.loads`), a legacy
+  `data/{weights,constants}/<model>.pt` that it reads instead of the configs, and the
+  example inputs (`serialize.deserialize_torch_artifact`, which retries with
+  `weights_only=False`); it loads AOTInductor libraries (`data/aotinductor/`), and falls back
+  to an older format of pickled members. This module never calls any of it: it reads the
+  program's JSON and the raw bytes of every tensor itself (`pt2_archive`), refuses every
+  entry that is not raw tensor bytes, and loads the example inputs only with
+  `torch.load(weights_only=True)`.
+- `ExportedProgramDeserializer.deserialize` unpickles its state dict, constants and example
+  inputs only when they are bytes (`deserialize_torch_artifact` returns a dict or tuple as
+  it is). It is given dicts of tensors weissi built, and no example inputs.
+- The deserializer evaluates strings of the JSON: symbolic shapes go through
+  `sympy.sympify` (which is `eval`), tree specs may name modules to import (enum and
+  default-factory contexts), and a node's target may resolve to any callable reachable from
+  `torch`, `operator` or `math`. `pt2_strings` checks every symbolic shape and tree spec
+  first against a language that cannot name, import or call anything but arithmetic and
+  shape functions; `_check_calls` then walks the built program: every call is an ATen
+  operator that opens no file, a listed control-flow operator or a listed arithmetic
+  builtin, and no argument is a function. Running it (verification does) only computes.
+- `ExportedProgram.module()` compiles the archive's guard code, with string inputs spliced
+  in, when the program has example inputs. The program is built without them (they live
+  beside it in `Pt2Contents.examples`), so it never does; the guard code and string inputs
+  are checked all the same (`pt2_strings`), so that a program weissi writes back holds none.
 """
 
 from __future__ import annotations
@@ -113,8 +118,9 @@ def _check_layout(archive: Pt2Archive, path: Path) -> None:
     version = archive.read_text("archive_version", cap=64).strip()
     if version != "0":
         raise InputError(f"{path}: torch.export archive version {version!r}; weissi reads 0")
-    if archive.has("byteorder") and archive.read_text("byteorder", cap=64).strip() != "little":
-        raise InputError(f"{path}: tensors stored big-endian; weissi reads little-endian ones")
+    order = archive.read_text("byteorder", cap=64).strip() if archive.has("byteorder") else None
+    if order not in (None, "little"):
+        raise InputError(f"{path}: byte order {order!r}; weissi reads little-endian tensors")
     for name in LEGACY:
         if archive.has(name):
             raise UnsafePickleError(
