@@ -179,6 +179,91 @@ def test_zip_bomb_is_refused_fast_in_little_memory(
     assert not (tmp_path / "out.pt2").exists()
 
 
+@pytest.fixture
+def tripwires(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every way torch runs code from an archive, replaced by a recorder: the list of what
+    was called (exceptions would be turned into refusals and hide the call)."""
+    import pickle
+
+    import torch._export.serde.serialize as serialize
+    import torch.export._unlift as unlift
+    import torch.export.pt2_archive._package as package
+
+    calls: list[str] = []
+
+    def forbidden(name: str) -> Callable[..., object]:
+        def record(*args: object, **kwargs: object) -> object:
+            calls.append(name)
+            raise RuntimeError(f"{name} called")
+
+        return record
+
+    for owner, name in (
+        (torch.export, "load"),
+        (package, "load_pt2"),
+        (pickle, "loads"),
+        (pickle, "load"),
+        (torch._C, "_pickle_load_obj"),
+        (unlift, "_convert_guards_code_to_fn"),
+    ):
+        monkeypatch.setattr(owner, name, forbidden(f"{getattr(owner, '__name__', owner)}.{name}"))
+    load, artifact = torch.load, serialize.deserialize_torch_artifact
+
+    def safe_load(*args: object, **kwargs: object) -> object:
+        if kwargs.get("weights_only") is not True:
+            calls.append("torch.load without weights_only=True")
+        return load(*args, **kwargs)  # type: ignore[arg-type]
+
+    def no_bytes(serialized: object) -> object:
+        if isinstance(serialized, bytes | bytearray) and serialized:
+            calls.append("deserialize_torch_artifact on bytes")
+        return artifact(serialized)
+
+    monkeypatch.setattr(torch, "load", safe_load)
+    monkeypatch.setattr(serialize, "deserialize_torch_artifact", no_bytes)
+    return calls
+
+
+def test_the_tripwires_record_what_torch_export_load_reaches(
+    pt2_corpus: Corpus, tripwires: list[str]
+) -> None:
+    import torch.export.pt2_archive._package as package
+
+    with contextlib.suppress(Exception):
+        torch.export.load(pt2_corpus.valid)
+    with contextlib.suppress(Exception):
+        torch.load(pt2_corpus.valid)  # weights_only left to its default
+    archive = pt2_corpus.hostile["opaque_obj"].path
+    with contextlib.suppress(Exception), package.PT2ArchiveReader(str(archive)) as reader:
+        package._load_constants(reader, "model")
+    assert tripwires == [
+        "torch.export.load",
+        "torch.load without weights_only=True",
+        "pickle.loads",
+    ]
+
+
+@pytest.mark.parametrize("command", ["inspect", "rebalance"])
+def test_no_unsafe_loader_is_ever_called(
+    command: str,
+    armed: Corpus,
+    programs: dict[str, Path],
+    tripwires: list[str],
+    run: Callable[..., Result],
+    tmp_path: Path,
+) -> None:
+    """The safety does not rest on refusing the right archives: on every archive, hostile
+    or legitimate, none of torch's unsafe loaders is reached at all."""
+    paths = [h.path for h in armed.hostile.values()] + list(programs.values())
+    for path in paths:
+        output = tmp_path / "out.pt2"
+        result = run(*arguments(command, path, armed.valid, tmp_path))
+        assert result.exit_code in (0, 2), result.output
+        assert tripwires == [], path
+        output.unlink(missing_ok=True)
+    assert not armed.marker.exists()
+
+
 # legitimate programs ------------------------------------------------------------------------
 
 
