@@ -19,7 +19,7 @@ import struct
 import zipfile
 import zlib
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from weissi_cli.errors import InputError, UnsafePickleError
 
@@ -38,7 +38,7 @@ class Pt2Archive:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self._file: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed in close()
+            self._file: io.BufferedReader = open(path, "rb")  # noqa: SIM115 - closed in close()
         except OSError as error:
             raise InputError(f"{path}: cannot read ({error.strerror})") from None
         try:
@@ -147,6 +147,9 @@ class Pt2Archive:
             )
         data = bytearray(declared)
         view = memoryview(data)
+        if info.compress_type == zipfile.ZIP_STORED:
+            self._read_stored(info, view)
+            return data
         filled = 0
         try:
             with self._zip.open(info) as stream:
@@ -168,6 +171,27 @@ class Pt2Archive:
                 f"{'more' if extra else 'fewer'} bytes than the {declared:,} it declares"
             )
         return data
+
+    def _read_stored(self, info: zipfile.ZipInfo, view: memoryview) -> None:
+        """A stored member straight from the file into `view`: one copy, and no CRC (torch
+        does not check it either; the CRC pass would double the time to read a model)."""
+        where = f"{self.path}: corrupt torch.export archive: {info.filename}"
+        self._file.seek(info.header_offset)
+        header = self._file.read(LOCAL_HEADER)
+        if len(header) < LOCAL_HEADER or header[:4] != b"PK\x03\x04":
+            raise InputError(f"{where} has no local header where the directory says")
+        name_length, extra_length = struct.unpack("<HH", header[26:30])
+        name = self._file.read(name_length)
+        encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
+        if name != info.orig_filename.encode(encoding, "replace"):
+            raise InputError(f"{where} is named differently in its local header")
+        self._file.seek(info.header_offset + LOCAL_HEADER + name_length + extra_length)
+        filled = 0
+        while filled < len(view):
+            got = self._file.readinto(view[filled : filled + CHUNK])
+            if not got:
+                raise InputError(f"{where} ends early (truncated?)")
+            filled += got
 
     def read_text(self, name: str, cap: int = JSON_CAP) -> str:
         try:
