@@ -178,8 +178,9 @@ def _pt2_cases(corpus: Corpus, folder: Path, examples: int) -> None:
         mutant = mutate_archive(seed, folder / "mutant.pt2", rng)
         with warnings.catch_warnings():
             # as on the command line, where a warning (numpy's overflow on absurd weights,
-            # say) is printed, not raised as this test run's settings would
-            warnings.simplefilter("default")
+            # torch's on odd storage sharing) is printed, not raised as this run's settings
+            # would: what is asserted is the exit code, the error line and the marker
+            warnings.simplefilter("ignore")
             result = runner.invoke(app, arguments(command, mutant, corpus.valid, folder))
         assert result.exit_code in (0, 1, 2), result.output
         assert "Traceback" not in result.stderr
