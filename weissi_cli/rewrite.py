@@ -888,11 +888,12 @@ def _write_exported(
     output: Path,
     record: Mapping[str, Any],
 ) -> PendingOutput:
-    """The same program with rescaled parameters: a fresh load of the (already checked)
-    archive, its tensors overwritten in place, saved with the record as an extra file."""
+    """The same program with rescaled parameters: a fresh copy read the way the input was
+    (nothing from the archive unpickled or run), its tensors overwritten in place, saved with
+    the record as an extra file."""
     import torch
 
-    program = torch.export.load(checkpoint.path)
+    program = checkpoint.program_to_save()
     with torch.no_grad():
         for name, scale in factors.items():
             target = (

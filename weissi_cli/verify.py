@@ -1114,17 +1114,22 @@ RUN_TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "float16": 3e-2, "bfloat16":
 
 
 def run_programs(
-    original: Any, rewritten: Any, label: str, probes: int = 4, power_of_two: bool = False
+    original: Any,
+    rewritten: Any,
+    label: str,
+    examples: tuple[tuple[Any, ...], dict[str, Any]] | None,
+    probes: int = 4,
+    power_of_two: bool = False,
 ) -> ChainVerification:
-    """Run both exported programs on the recorded example inputs and on random inputs
-    shaped like them; a float16 program also on those inputs scaled down to 2^-20, whose
-    activations reach float16's subnormal range. `power_of_two`: every factor was one (the
-    caveat on float16 subnormals then applies)."""
+    """Run both exported programs on the recorded `examples` (kept apart from the programs,
+    which are built without them: see io/pt2_program.py) and on random inputs shaped like
+    them; a float16 program also on those inputs scaled down to 2^-20, whose activations
+    reach float16's subnormal range. `power_of_two`: every factor was one (the caveat on
+    float16 subnormals then applies)."""
     import torch
 
     from weissi_cli.probes import FLOAT16_INPUT_SCALES
 
-    examples = original.example_inputs
     if examples is None:
         return ChainVerification(
             label,

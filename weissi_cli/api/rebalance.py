@@ -31,6 +31,7 @@ from weissi_cli.headroom import measure_headroom
 from weissi_cli.io import open_checkpoint
 from weissi_cli.io.checkpoint import Checkpoint
 from weissi_cli.io.dtypes import is_16_bit
+from weissi_cli.io.exported import ExportedCheckpoint
 from weissi_cli.io.sharded import ShardedCheckpoint
 from weissi_cli.ir import Chain, Structure
 from weissi_cli.report.common import Source
@@ -591,11 +592,15 @@ def _verify_group(
         if scales
         else []
     )
-    program = getattr(original, "program", None)
-    rewritten_program = getattr(rewritten, "program", None)
-    if program is not None and rewritten_program is not None:
+    if isinstance(original, ExportedCheckpoint) and isinstance(rewritten, ExportedCheckpoint):
         checks.append(
-            run_programs(program, rewritten_program, "program", power_of_two=power_of_two)
+            run_programs(
+                original.program,
+                rewritten.program,
+                "program",
+                original.example_inputs(),
+                power_of_two=power_of_two,
+            )
         )
     after = checks[0].after if checks else {}
     penalised = set(

@@ -1,70 +1,22 @@
 """`torch.export` programs (`.pt2`): their parameters and buffers, and the program itself.
 
-`torch.export.load` unpickles parts of the archive (example inputs, some weights) and falls
-back to `weights_only=False` when a safe load fails, which runs code from the file. So the
-archive is checked first: every pickled member must load with `weights_only=True`, or the
-file is refused before torch sees it.
+The archive is never given to `torch.export.load`, which unpickles parts of it (falling back
+to `weights_only=False`) and runs code from them. `pt2_program` builds the program from the
+archive's JSON and raw tensor bytes instead; its docstring says why nothing from the file
+runs, under any command, including when verification runs the program.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from weissi_cli.errors import InputError, UnsafePickleError
-from weissi_cli.io.torch_pickle import TensorDictCheckpoint, is_zip
+from weissi_cli.io.pt2_program import read_program
+from weissi_cli.io.torch_pickle import TensorDictCheckpoint
 
-
-def check_archive(path: Path) -> None:
-    """Refuse a .pt2 whose pickled parts are not plain tensors and containers.
-
-    What torch unpickles is decided by each member's role, not by its first bytes: example
-    inputs (`data/sample_inputs/`) and every config entry marked `use_pickle` are pickles and
-    must pass a `weights_only` load; entries not marked are raw tensor bytes, never
-    unpickled; any other member under `data/` has no known role and must pass too.
-    """
-    if not is_zip(path):
-        raise InputError(f"{path}: not a torch.export archive (not a zip file); truncated?")
+if TYPE_CHECKING:
     import torch
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            raw: set[str] = set()
-            pickled: set[str] = set()
-            for config_name in (name for name in names if name.endswith("_config.json")):
-                config = json.loads(archive.read(config_name)).get("config", {})
-                folder = config_name.rpartition("/")[0]
-                for fqn, entry in config.items():
-                    if not isinstance(entry, dict):
-                        raise UnsafePickleError(
-                            f"{path}: refused to load: constant {fqn!r} is not a tensor entry"
-                        )
-                    member = f"{folder}/{entry.get('path_name')}"
-                    (pickled if entry.get("use_pickle") else raw).add(member)
-            for name in names:
-                parts = name.split("/")
-                in_data = "data" in parts[:-1]
-                is_config = name.endswith("_config.json")
-                if name in pickled or (in_data and not is_config and name not in raw):
-                    _load_safely(path, name, archive.read(name), torch)
-    except (zipfile.BadZipFile, json.JSONDecodeError, KeyError, OSError, AttributeError) as error:
-        raise InputError(f"{path}: corrupt torch.export archive ({error})") from None
-
-
-def _load_safely(path: Path, member: str, data: bytes, torch: Any) -> None:
-    try:
-        torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise UnsafePickleError(
-            f"{path}: refused to load: {member} inside the archive is a pickle that "
-            f"weights_only loading refuses ({str(error).strip().splitlines()[0][:120]}); "
-            "torch.export.load would run code from it. Nothing in it was run. Re-export the "
-            "model yourself if you trust its source."
-        ) from None
+    from torch.export import ExportedProgram
 
 
 class ExportedCheckpoint(TensorDictCheckpoint):
@@ -73,18 +25,13 @@ class ExportedCheckpoint(TensorDictCheckpoint):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
-        check_archive(path)
-        import torch
-
         self.path = path
         self.format = "torch.export"
-        try:
-            self.program = torch.export.load(path)
-        except Exception as error:  # torch raises many types on a damaged archive
-            detail = (
-                str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            )
-            raise InputError(f"{path}: not a readable torch.export program ({detail})") from None
+        contents = read_program(path)
+        # Built without example inputs, so that `.module()` never compiles the archive's
+        # guard code; they are kept here and given to whoever runs the program.
+        self.program = contents.program
+        self._examples = contents.examples
         signature = self.program.graph_signature
         tensors: dict[str, torch.Tensor] = {}
         self.buffers: set[str] = set()
@@ -100,17 +47,23 @@ class ExportedCheckpoint(TensorDictCheckpoint):
             )
             if kind in ("PARAMETER", "BUFFER", "CONSTANT_TENSOR") and target in source:
                 value = source[target]
-                if isinstance(value, torch.Tensor):
-                    tensors[target] = value.detach()
-                    if kind != "PARAMETER":
-                        self.buffers.add(target)
+                tensors[target] = value.detach()
+                if kind != "PARAMETER":
+                    self.buffers.add(target)
         self._set_tensors(tensors)
         self.file_bytes = path.stat().st_size
         self.metadata = {}
 
     def example_inputs(self) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-        inputs = self.program.example_inputs
-        if inputs is None:
+        """The archive's example inputs (loaded with `weights_only=True`), or None."""
+        if self._examples is None:
             return None
-        args, kwargs = inputs
+        args, kwargs = self._examples
         return tuple(args), dict(kwargs)
+
+    def program_to_save(self) -> ExportedProgram:
+        """A fresh copy of the program with its example inputs, for `torch.export.save`
+        (which writes them back); not to be run: see the note in `__init__`."""
+        contents = read_program(self.path)
+        contents.program.example_inputs = contents.examples
+        return contents.program

@@ -64,7 +64,11 @@ def guarded(rule: Rule) -> Rule:
             return rule(walk, node, arguments)
         except _Unknown as error:
             force_inputs(walk, arguments, str(error))
-            return walk.ones_like_output(node)
+        except (TypeError, ValueError, IndexError, KeyError) as error:
+            # arguments the rule cannot read (symbolic sizes of a dynamic-shape export, odd
+            # values in an untrusted program): stop what reaches the node, say why
+            force_inputs(walk, arguments, f"arguments the rule cannot follow ({error})")
+        return walk.ones_like_output(node)
 
     run.__wrapped__ = rule  # type: ignore[attr-defined]
     return run
