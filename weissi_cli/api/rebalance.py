@@ -31,6 +31,7 @@ from weissi_cli.io import open_checkpoint
 from weissi_cli.io.checkpoint import Checkpoint
 from weissi_cli.io.dtypes import is_16_bit
 from weissi_cli.io.sharded import ShardedCheckpoint
+from weissi_cli.io.torch_pickle import TorchCheckpoint, optimizer_state_message
 from weissi_cli.ir import Chain, Structure
 from weissi_cli.report.common import Source
 from weissi_cli.report.rebalance import ChainResult, ChannelResult, RebalanceReport
@@ -76,6 +77,7 @@ def rebalance_checkpoint(
     output_format: str = "same",
     allow_approximate: bool = False,
     verify_with: str | None = None,
+    drop_optimizer_state: bool = False,
 ) -> RebalanceReport:
     """Write `output`, the rebalanced copy of `path`, only if verification passes.
 
@@ -83,6 +85,7 @@ def rebalance_checkpoint(
     model folder in gives a model folder out (every other file copied). `verify_with=
     "transformers"` also runs both models with the architecture's own code; so does
     rebalancing an approximate symmetry (`allow_approximate`), to measure what it changed.
+    A training checkpoint's optimizer state is refused unless `drop_optimizer_state`.
     """
     if scales not in SCALES_MODES:
         raise UsageError(f"--scales must be one of {', '.join(SCALES_MODES)}, not {scales!r}")
@@ -94,6 +97,7 @@ def rebalance_checkpoint(
     with open_checkpoint(path) as checkpoint:
         written_format = "safetensors" if output_format == "safetensors" else checkpoint.format
         check_output_path(checkpoint, output, force, output_format, folder=folder)
+        drop = _optimizer_state_to_drop(checkpoint, written_format, drop_optimizer_state)
         structure = discover(checkpoint, spec, allow_approximate)
         approximate = [s.id for s in structure.symmetries if is_approximate(s)]
         config = find_config(checkpoint.path)
@@ -157,7 +161,12 @@ def rebalance_checkpoint(
         as_written = _check_as_written(checkpoint, plans, group_scales, tensor_scales)
         with single_threaded_blas():  # the writer's threads run the probes' products
             pending = write_rescaled(
-                checkpoint, tensor_scales, output, record, output_format, folder, as_written
+                checkpoint, tensor_scales, output, record, output_format, folder, as_written, drop
+            )
+        if drop:
+            warnings.append(
+                f"{output}: written without the optimizer state in "
+                f"{', '.join(repr(key) for key in drop)} (--drop-optimizer-state)"
             )
         if pending.left_out:
             warnings.append(
@@ -207,6 +216,19 @@ def rebalance_checkpoint(
             verification=verification,
             warnings=tuple(warnings),
         )
+
+
+def _optimizer_state_to_drop(
+    checkpoint: Checkpoint, written_format: str, drop_optimizer_state: bool
+) -> tuple[str, ...]:
+    """The entries of a training checkpoint holding optimizer state, to leave out of a
+    rewritten pickle; refused without consent (Adam's moments belong to the old weights)."""
+    entries = checkpoint.optimizer_entries if isinstance(checkpoint, TorchCheckpoint) else ()
+    if not entries or written_format != "torch":
+        return ()
+    if not drop_optimizer_state:
+        raise UsageError(optimizer_state_message(checkpoint.path, entries))
+    return entries
 
 
 # The file name transformers looks for, per format, when a folder holds one weights file.

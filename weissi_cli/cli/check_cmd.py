@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -75,8 +76,8 @@ def check(
         ("--max-abs", max_abs),
         ("--max-norm", max_norm),
     ):
-        if value is not None and not value > 0:
-            raise UsageError(f"{name} must be a positive number, not {value}")
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{name} must be a finite positive number, not {value}")
     configured, settings_file = load_check_settings(Path.cwd())
     settings = configured.merged(
         {

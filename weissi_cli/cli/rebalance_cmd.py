@@ -63,6 +63,14 @@ def rebalance(
             "and compare logits on random token ids (needs weissi-cli[hf]).",
         ),
     ] = None,
+    drop_optimizer_state: Annotated[
+        bool,
+        typer.Option(
+            "--drop-optimizer-state",
+            help="A training checkpoint (torch pickle) with optimizer state: write the "
+            "rebalanced weights without it (Adam's moments do not fit rescaled weights).",
+        ),
+    ] = False,
     json_output: Json = False,
 ) -> None:
     """Rescale layers to the L2 optimum without changing the function, then verify.
@@ -88,6 +96,7 @@ def rebalance(
             output_format=output_format,
             allow_approximate=allow_approximate,
             verify_with=verify_with,
+            drop_optimizer_state=drop_optimizer_state,
         )
     if json_output:
         typer.echo(to_json(report.to_dict()))

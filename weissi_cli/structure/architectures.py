@@ -163,13 +163,20 @@ def find_config(checkpoint_path: Path) -> HfConfig | None:
     if not isinstance(raw, dict):
         raise InputError(f"{path}: a Hugging Face config is a JSON object")
     model_type = raw.get("model_type")
-    architectures = raw.get("architectures") or []
-    return HfConfig(
-        path=path,
-        model_type=model_type if isinstance(model_type, str) else None,
-        architectures=tuple(a for a in architectures if isinstance(a, str)),
-        raw=raw,
-    )
+    if model_type is not None and not isinstance(model_type, str):
+        raise InputError(f'{path}: "model_type" must be a string, not {model_type!r:.60}')
+    architectures = raw.get("architectures")
+    if architectures is None:
+        architectures = []
+    # Class names, looked up in transformers by name when a model is loaded.
+    if not isinstance(architectures, list) or not all(
+        isinstance(name, str) and name.isidentifier() for name in architectures
+    ):
+        raise InputError(
+            f'{path}: "architectures" must be a list of model class names such as '
+            f'["LlamaForCausalLM"], not {architectures!r:.60}'
+        )
+    return HfConfig(path=path, model_type=model_type, architectures=tuple(architectures), raw=raw)
 
 
 def family_for(config: HfConfig) -> Family | None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import difflib
 import json
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from weissi_cli.errors import InputError, StructureError
 from weissi_cli.io.checkpoint import Checkpoint
+from weissi_cli.io.documents import read_toml
 from weissi_cli.ir import (
     ACTIVATIONS,
     Activation,
@@ -30,15 +30,7 @@ _MEMBER_KEYS = {"tensor", "axis", "exponent", "block", "offset"}
 
 
 def read_spec(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise InputError(f"{path}: spec file not found") from None
-    except OSError as error:
-        raise InputError(f"{path}: cannot read spec file ({error.strerror})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: not valid TOML ({error})") from None
+    return read_toml(path, "spec file")
 
 
 def structure_from_spec(path: Path, checkpoint: Checkpoint) -> Structure:
