@@ -3,7 +3,7 @@
 Tensor names, metadata and file names come from the file. Shown raw, an escape sequence in
 one could recolour, retitle or rewrite a terminal, a line break could forge a line of the
 report, and a bidirectional override could reorder what is read. Each such character is
-written as its Python escape (`\\x1b`, `\\u202e`) instead.
+written as its Python escape (`\\x1b`, `\\u202e`, `\\n`) instead.
 """
 
 from __future__ import annotations
@@ -23,8 +23,14 @@ _ACROSS_LINES = re.compile(f"[{_ALWAYS}\t\r]")
 _IN_XML = re.compile(f"[{_ALWAYS}]")
 
 
+_SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
 def _escaped(match: re.Match[str]) -> str:
-    code = ord(match.group())
+    character = match.group()
+    code = ord(character)
+    if character in _SHORT:
+        return _SHORT[character]
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 

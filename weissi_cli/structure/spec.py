@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +52,10 @@ def structure_from_spec(path: Path, checkpoint: Checkpoint) -> Structure:
         raise InputError(f"{path}: `chain` and `symmetry` must be arrays of tables ([[chain]])")
     if not tables and not symmetry_tables:
         raise InputError(f"{path}: declares no [[chain]] or [[symmetry]] tables")
-    layer_prefixes = [m.prefix for m in group_modules(checkpoint) if "weight" in m.tensors]
     chains: list[Chain] = []
     owner: dict[str, str] = {}
     for index, table in enumerate(tables):
-        chain = _chain_from_table(path, index, table, checkpoint, layer_prefixes)
+        chain = _chain_from_table(path, index, table, checkpoint)
         for layer in chain.layers:
             if layer.prefix in owner:
                 raise StructureError(
@@ -65,15 +65,14 @@ def structure_from_spec(path: Path, checkpoint: Checkpoint) -> Structure:
             owner[layer.prefix] = chain.id
         chains.append(chain)
     ids = [chain.id for chain in chains]
-    duplicates = sorted({chain_id for chain_id in ids if ids.count(chain_id) > 1})
+    duplicates = _repeated(ids)
     if duplicates:
         raise StructureError(f"{path}: chain id(s) {', '.join(duplicates)} used twice")
     symmetries = [
         _symmetry_from_table(path, index, table, checkpoint)
         for index, table in enumerate(symmetry_tables)
     ]
-    all_ids = ids + [symmetry.id for symmetry in symmetries]
-    repeated = sorted({key for key in all_ids if all_ids.count(key) > 1})
+    repeated = _repeated(ids + [symmetry.id for symmetry in symmetries])
     if repeated:
         raise StructureError(f"{path}: id(s) {', '.join(repeated)} used twice")
     claimed = {name for chain in chains for name in chain.tensor_names()}
@@ -89,9 +88,15 @@ def structure_from_spec(path: Path, checkpoint: Checkpoint) -> Structure:
     return Structure(tuple(chains), unassigned, "spec", symmetries=tuple(symmetries))
 
 
-def _chain_from_table(
-    path: Path, index: int, table: Any, checkpoint: Checkpoint, layer_prefixes: list[str]
-) -> Chain:
+def _repeated(items: list[str]) -> list[str]:
+    """The items that occur more than once, sorted (in linear time: a spec may list
+    hundreds of thousands of layers)."""
+    if len(set(items)) == len(items):
+        return []
+    return sorted(item for item, count in Counter(items).items() if count > 1)
+
+
+def _chain_from_table(path: Path, index: int, table: Any, checkpoint: Checkpoint) -> Chain:
     where = f"{path}: [[chain]] #{index + 1}"
     if not isinstance(table, dict):
         raise InputError(f"{where} is not a table")
@@ -116,10 +121,10 @@ def _chain_from_table(
         or not all(isinstance(p, str) for p in prefixes)
     ):
         raise InputError(f"{where}: `layers` must be a non-empty list of layer names")
-    repeated = sorted({prefix for prefix in prefixes if prefixes.count(prefix) > 1})
+    repeated = _repeated(prefixes)
     if repeated:
         raise StructureError(f"{where}: layer(s) {', '.join(repeated)} appear more than once")
-    layers = [_layer(path, prefix, checkpoint, layer_prefixes) for prefix in prefixes]
+    layers = [_layer(path, prefix, checkpoint) for prefix in prefixes]
     blocks: list[int] = []
     notes: list[str] = []
     for producer, consumer in zip(layers, layers[1:], strict=False):
@@ -212,9 +217,12 @@ def _member(where: str, item: Any, size: int, checkpoint: Checkpoint) -> Member:
     return Member(tensor, axis, exponent, block, offset)
 
 
-def _layer(path: Path, prefix: str, checkpoint: Checkpoint, layer_prefixes: list[str]) -> Layer:
+def _layer(path: Path, prefix: str, checkpoint: Checkpoint) -> Layer:
     weight = f"{prefix}.weight"
     if weight not in checkpoint:
+        # The checkpoint's layers are grouped only here, for the hint: a spec may list
+        # hundreds of thousands of layers, and grouping them costs a pass over every name.
+        layer_prefixes = [m.prefix for m in group_modules(checkpoint) if "weight" in m.tensors]
         close = difflib.get_close_matches(prefix, layer_prefixes, n=3)
         hint = (
             f"; did you mean {' or '.join(close)}?"
