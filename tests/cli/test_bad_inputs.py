@@ -92,6 +92,9 @@ def test_a_malformed_shard_index_is_refused(
         ('{"architectures": [["LlamaForCausalLM"]]}', "architectures"),
         ('{"architectures": [7]}', "architectures"),
         ('{"architectures": ["not a class name"]}', "architectures"),
+        ('{"model_type": "llama", "num_key_value_heads": "two"}', "num_key_value_heads"),
+        ('{"model_type": "llama", "head_dim": Infinity}', "head_dim"),
+        ('{"model_type": "llama", "tie_word_embeddings": "yes"}', "tie_word_embeddings"),
     ],
     ids=[
         "deep",
@@ -102,6 +105,9 @@ def test_a_malformed_shard_index_is_refused(
         "architectures-nested",
         "architectures-number",
         "architectures-not-a-name",
+        "size-not-an-integer",
+        "size-infinite",
+        "flag-not-a-boolean",
     ],
 )
 def test_a_malformed_config_json_is_refused(
