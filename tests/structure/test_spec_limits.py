@@ -53,8 +53,8 @@ def seconds_to_read(folder: Path, layers: int) -> float:
 def test_a_chain_of_200000_layers_is_read_in_linear_time(tmp_path: Path) -> None:
     quarter = seconds_to_read(tmp_path, 50_000)
     full = seconds_to_read(tmp_path, 200_000)
-    # Four times the layers: about four times the time (a quadratic check took 16 times,
-    # 10 s for 20,000 layers); the bound leaves room for a busy machine.
+    # Four times the layers: about four times the time (a quadratic check would take 16
+    # times as long); the bound leaves room for a busy machine.
     assert full < 7 * quarter + 0.5, (quarter, full)
     assert full < 60
 
