@@ -53,12 +53,14 @@ def hostile(workdir: Path) -> Path:
 @pytest.mark.parametrize(
     "command",
     [
+        ("check", "hostile.pt", "--spec", "spec.toml", "--max-abs", "0.5", "--format", "markdown"),
+        ("check", "hostile.pt", "--spec", "spec.toml", "--max-abs", "0.5", "--format", "github"),
         ("inspect", "hostile.pt", "--spec", "spec.toml"),
         ("graph", "hostile.pt", "--spec", "spec.toml"),
         ("check", "hostile.pt", "--spec", "spec.toml", "--max-abs", "0.5"),
         ("rebalance", "hostile.pt", "--spec", "spec.toml", "-o", "out.pt"),
     ],
-    ids=lambda command: command[0],
+    ids=lambda command: "-".join(command[:1] + command[-1:]),
 )
 def test_every_renderer_escapes_names(
     run: Callable[..., Result], hostile: Path, command: tuple[str, ...]

@@ -9,7 +9,7 @@ from typing import Any
 
 from weissi_cli.config import CheckSettings
 from weissi_cli.report.common import TOOL_VERSION, Source, finite_or_none, to_json
-from weissi_cli.report.printable import xml_text
+from weissi_cli.report.printable import printable, xml_text
 
 
 # xml.sax.saxutils' escape and quoteattr, without the 20 ms it takes to import (it pulls in
@@ -154,7 +154,8 @@ class CheckReport:
     def to_markdown(self) -> str:
         mark = {"pass": "✅", "warn": "⚠️", "fail": "❌"}
         lines = [
-            f"### weissi check: {'passed' if self.passed else 'failed'} — `{self.source.path}`",
+            f"### weissi check: {'passed' if self.passed else 'failed'} — "
+            f"`{printable(self.source.path)}`",
             "",
             f"{self.count('fail')} failed · {self.count('warn')} warnings · "
             f"{self.count('pass')} passed",
@@ -178,11 +179,12 @@ def _number(value: float | None) -> str:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return printable(text).replace("|", "\\|")
 
 
 def _github_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    # Control characters escaped (a CI log is a terminal), line breaks encoded as GitHub asks.
+    return xml_text(text).replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
 def _github_property(text: str) -> str:
