@@ -324,3 +324,34 @@ def test_a_long_but_legal_input_name_reads(run: Callable[..., Result], mlp: Path
     name = "a" * (255 - len(".safetensors")) + ".safetensors"
     shutil.copy(mlp, mlp.parent / name)
     assert run("inspect", name, "--json").exit_code == 0
+
+
+# --- found by fuzzing ------------------------------------------------------------------
+
+
+def test_a_name_with_a_digit_run_past_the_int_limit_reads(
+    run: Callable[..., Result], workdir: Path
+) -> None:
+    """Names are sorted in natural order (net.2 before net.10) without converting their
+    digit runs to integers, which Python refuses past 4300 digits."""
+    long_digits = "9" * 5000
+    header = {
+        f"net.{long_digits}.weight": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+        "net.10.weight": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]},
+        "net.2.weight": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]},
+    }
+    write_raw_safetensors(workdir / "digits.safetensors", header, b"\0" * 12)
+    result = run("inspect", "digits.safetensors", "--json")
+    assert result.exit_code == 0, result.stderr
+    names = [tensor["name"] for tensor in json.loads(result.stdout)["tensors"]]
+    assert names == ["net.2.weight", "net.10.weight", f"net.{long_digits}.weight"]
+
+
+def test_a_shard_name_longer_than_the_file_system_allows_is_refused(
+    run: Callable[..., Result], workdir: Path
+) -> None:
+    index_path = write_sharded(workdir / "sharded", {"a.safetensors": mlp_state()})
+    index = json.loads(index_path.read_text())
+    index["weight_map"]["net.0.weight"] = "s" * 300 + ".safetensors"
+    index_path.write_text(json.dumps(index))
+    assert_refused(run("inspect", "sharded"), index_path.name, "too long")

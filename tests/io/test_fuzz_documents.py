@@ -311,8 +311,8 @@ def spec_documents(draw: st.DrawFn) -> bytes:
         else:
             names = ["id", "size", "tie", "exact", "note", "members", "kind", "block", "extra"]
         table[draw(st.sampled_from(names))] = draw(SPEC_VALUES)
-    if draw(st.booleans()):
-        spec["chain"] = spec.get("chain", []) * draw(st.integers(1, 3))  # repeated ids/layers
+    if draw(st.booleans()) and isinstance(spec.get("chain"), list):
+        spec["chain"] = spec["chain"] * draw(st.integers(1, 3))  # repeated ids and layers
     return draw(text_mutations(toml_text(spec)))
 
 

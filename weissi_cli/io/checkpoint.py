@@ -155,9 +155,16 @@ class Checkpoint(ABC):
 
 def natural_key(name: str) -> tuple[Any, ...]:
     """Sort key that orders `net.2` before `net.10`."""
-    # re.split with a group alternates text and digit runs: odd positions are numbers.
+    # re.split with a group alternates text and digit runs: odd positions are numbers,
+    # ordered by value as (length without leading zeros, digits): int() would refuse a run
+    # longer than Python's int-string limit.
     parts = re.split(r"(\d+)", name)
-    return tuple(int(part) if index % 2 else part for index, part in enumerate(parts))
+    return tuple(_number_key(part) if index % 2 else part for index, part in enumerate(parts))
+
+
+def _number_key(digits: str) -> tuple[int, str]:
+    value = digits.lstrip("0")
+    return len(value), value
 
 
 def empty_raw(dtype: str) -> npt.NDArray[np.generic]:
