@@ -1068,8 +1068,13 @@ def _scaled_torch_tensor(checkpoint: TensorDictCheckpoint, name: str, scale: Ten
     )
     tasks = _scale_tasks(info, scale, 0)
     scaler = ChunkScaler(max((task.count for task in tasks), default=1))
+    own_buffer = np.frombuffer(scaler.raw, np.uint8).ctypes.data
     for task in tasks:
-        raw = checkpoint.read_raw(name, task.start, task.count).copy()  # never scale the input
+        # A reader from a file fills the scaler's buffer; one holding the tensor in memory
+        # gives a view of it, which is copied: the input is never scaled in place.
+        raw = checkpoint.read_raw(name, task.start, task.count, scaler.raw)
+        if raw.ctypes.data != own_buffer:
+            raw = raw.copy()
         target[task.start : task.start + task.count] = scaler.scale(
             raw, info.dtype, task.factor, task.power_of_two
         )
