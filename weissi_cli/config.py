@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import tomllib
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from weissi_cli.errors import InputError
+from weissi_cli.io.documents import read_toml
 
 
 @dataclass(frozen=True)
@@ -42,15 +43,14 @@ def load_check_settings(start: Path) -> tuple[CheckSettings, Path | None]:
     path = nearest_pyproject(start)
     if path is None:
         return CheckSettings(), None
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise InputError(f"{path}: cannot read [tool.weissi.check] ({error})") from None
-    table = document.get("tool", {}).get("weissi", {}).get("check")
-    if table is None:
-        return CheckSettings(), path
-    if not isinstance(table, dict):
-        raise InputError(f"{path}: [tool.weissi.check] must be a table")
+    table: Any = read_toml(path, "pyproject.toml")
+    for depth, key in enumerate(("tool", "weissi", "check")):
+        table = table.get(key)
+        if table is None:
+            return CheckSettings(), path
+        if not isinstance(table, dict):
+            name = ".".join(("tool", "weissi", "check")[: depth + 1])
+            raise InputError(f"{path}: [{name}] must be a table, not {type(table).__name__}")
     known = {f.name: f for f in fields(CheckSettings)}
     values: dict[str, Any] = {}
     for key, value in table.items():
@@ -60,12 +60,24 @@ def load_check_settings(start: Path) -> tuple[CheckSettings, Path | None]:
             raise InputError(
                 f"{path}: [tool.weissi.check] has unknown key {key!r} (known: {names})"
             )
-        boolean = name in ("no_dead_units", "fp16_headroom")
-        if boolean and not isinstance(value, bool):
-            raise InputError(f"{path}: [tool.weissi.check] {key} must be true or false")
-        if not boolean and (
-            isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
-        ):
-            raise InputError(f"{path}: [tool.weissi.check] {key} must be a positive number")
-        values[name] = float(value) if not boolean else value
+        if name in ("no_dead_units", "fp16_headroom"):
+            if not isinstance(value, bool):
+                raise InputError(f"{path}: [tool.weissi.check] {key} must be true or false")
+            values[name] = value
+        else:
+            values[name] = _threshold(path, key, value)
     return CheckSettings(**values), path
+
+
+def _threshold(path: Path, key: str, value: Any) -> float:
+    """A threshold as a finite positive float (an integer beyond float's range is refused)."""
+    if not isinstance(value, bool) and isinstance(value, int | float):
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if math.isfinite(number) and number > 0:
+            return number
+    raise InputError(
+        f"{path}: [tool.weissi.check] {key} must be a finite positive number, not {value!r:.40}"
+    )

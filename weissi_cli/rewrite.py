@@ -9,6 +9,7 @@ folder beside the destination (see output_files) and is put in place only by
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import mmap
@@ -28,12 +29,16 @@ import numpy.typing as npt
 from weissi_cli import interrupts, kernel
 from weissi_cli.errors import OutputError, UsageError
 from weissi_cli.io import TORCH_SUFFIXES, Checkpoint, TensorInfo
-from weissi_cli.io.checkpoint import read_buffer
+from weissi_cli.io.checkpoint import read_buffer, read_exact
 from weissi_cli.io.dtypes import decode, encode, raw_numpy_dtype
 from weissi_cli.io.exported import ExportedCheckpoint
-from weissi_cli.io.safetensors_file import SafetensorsCheckpoint, parse_header, read_exact
+from weissi_cli.io.safetensors_file import SafetensorsCheckpoint, parse_header
 from weissi_cli.io.sharded import ShardedCheckpoint
-from weissi_cli.io.torch_pickle import TensorDictCheckpoint, TorchCheckpoint
+from weissi_cli.io.torch_pickle import (
+    TensorDictCheckpoint,
+    TorchCheckpoint,
+    optimizer_state_message,
+)
 from weissi_cli.model_folder import companion_files, copy_companions
 from weissi_cli.output_files import (
     Staging,
@@ -230,6 +235,7 @@ def write_rescaled(
     folder: bool = False,
     check: CheckAsWritten | None = None,
     force: bool = False,
+    drop: tuple[str, ...] = (),
 ) -> PendingOutput:
     """Write `checkpoint` with each named tensor multiplied by its scale, pending commit
     (which replaces what is at `output` only with `force`).
@@ -238,7 +244,8 @@ def write_rescaled(
     program) as a safetensors file instead of the input's own format. `folder`: `output`
     is a model folder: the checkpoint's files keep their names, and every other file of
     the input's folder (config, tokenizer, README) is copied unchanged. A safetensors output
-    is checked as it is written for the tensors `check` covers."""
+    is checked as it is written for the tensors `check` covers. `drop`: top-level entries of
+    a torch pickle to leave out (its optimizer state, which rescaling would make wrong)."""
     factors: dict[str, TensorScale] = {}
     for name, scale in scales.items():
         if name not in checkpoint:
@@ -268,7 +275,7 @@ def write_rescaled(
         elif isinstance(checkpoint, SafetensorsCheckpoint):
             pending = _write_single(checkpoint, factors, output, record, check)
         elif isinstance(checkpoint, TorchCheckpoint):
-            pending = _write_torch(checkpoint, factors, output, record)
+            pending = _write_torch(checkpoint, factors, output, record, drop)
         else:
             raise UsageError(
                 f"{checkpoint.path}: writing {checkpoint.format} checkpoints is not supported"
@@ -794,24 +801,43 @@ def _write_torch(
     factors: Mapping[str, TensorScale],
     output: Path,
     record: Mapping[str, Any],
+    drop: tuple[str, ...],
 ) -> PendingOutput:
+    """The pickle again with the scaled tensors (parameters staying parameters), every other
+    entry as it was, and the top-level entries in `drop` left out. Optimizer state must be
+    among them: moments of the old weights do not fit the rescaled ones."""
     import torch
 
+    kept_optimizer = [key for key in checkpoint.optimizer_entries if key not in drop]
+    if kept_optimizer:
+        raise UsageError(optimizer_state_message(checkpoint.path, tuple(kept_optimizer)))
     # An OrderedDict, like torch's own state dicts, so the record can ride in `_metadata`
     # (which load_state_dict reads per module prefix) instead of adding a key.
     state: Any = OrderedDict()
     for name, value in checkpoint.state_dict.items():
-        state[name] = (
-            _scaled_torch_tensor(checkpoint, name, factors[name]) if name in factors else value
-        )
+        if name in drop and checkpoint.wrapper_key is None:
+            continue
+        if name not in factors:
+            state[name] = checkpoint.real(value)
+            continue
+        scaled = _scaled_torch_tensor(checkpoint, name, factors[name])
+        if isinstance(value, torch.nn.Parameter):
+            scaled = torch.nn.Parameter(scaled, requires_grad=value.requires_grad)
+        elif value.requires_grad:
+            scaled.requires_grad_()
+        state[name] = scaled
     metadata = getattr(checkpoint.state_dict, "_metadata", None)
     state._metadata = OrderedDict(metadata) if metadata is not None else OrderedDict()
     state._metadata["weissi"] = dict(record)
     if checkpoint.wrapper_key is None:
         root: Any = state
     else:
-        root = type(checkpoint.root)(checkpoint.root)
-        root[checkpoint.wrapper_key] = state
+        root = copy.copy(checkpoint.root)  # its own type (e.g. OrderedDict), keys in order
+        for key in list(root):
+            if key in drop:
+                del root[key]
+            else:
+                root[key] = state if key == checkpoint.wrapper_key else checkpoint.real(root[key])
     return _write_with_torch(
         output,
         lambda handle: torch.save(root, handle, _use_new_zipfile_serialization=checkpoint.is_zip),
@@ -947,19 +973,23 @@ def _torch_write_failure(output: Path, error: RuntimeError) -> str:
 def _scaled_torch_tensor(checkpoint: TensorDictCheckpoint, name: str, scale: TensorScale) -> Any:
     import torch
 
-    original = checkpoint.tensor(name)
-    result = torch.empty(original.shape, dtype=original.dtype)
+    info = checkpoint.info(name)
+    result = torch.empty(info.shape, dtype=getattr(torch, info.dtype))
     flat = result.reshape(-1)
     target = (
         flat.view(torch.int16).numpy().view(np.uint16)
-        if original.dtype == torch.bfloat16
+        if result.dtype == torch.bfloat16
         else flat.numpy()
     )
-    info = checkpoint.info(name)
     tasks = _scale_tasks(info, scale, 0)
     scaler = ChunkScaler(max((task.count for task in tasks), default=1))
+    own_buffer = np.frombuffer(scaler.raw, np.uint8).ctypes.data
     for task in tasks:
-        raw = checkpoint.read_raw(name, task.start, task.count).copy()  # never scale the input
+        # A reader from a file fills the scaler's buffer; one holding the tensor in memory
+        # gives a view of it, which is copied: the input is never scaled in place.
+        raw = checkpoint.read_raw(name, task.start, task.count, scaler.raw)
+        if raw.ctypes.data != own_buffer:
+            raw = raw.copy()
         target[task.start : task.start + task.count] = scaler.scale(
             raw, info.dtype, task.factor, task.power_of_two
         )

@@ -164,8 +164,18 @@ def _load(transformers: Any, folder: Path) -> Any:
     transformers.utils.logging.disable_progress_bar()  # stderr is for weissi's own output
     transformers.utils.logging.set_verbosity_error()
     config = transformers.AutoConfig.from_pretrained(folder)
-    classes = [getattr(transformers, name, None) for name in (config.architectures or [])]
-    model_class = next((c for c in classes if c is not None), transformers.AutoModel)
+    names = config.architectures or []
+    classes = [getattr(transformers, name, None) for name in names]
+    models: list[Any] = [
+        c for c in classes if isinstance(c, type) and issubclass(c, transformers.PreTrainedModel)
+    ]
+    if names and not models:
+        raise UsageError(
+            f'{(folder / CONFIG_NAME).resolve()}: "architectures" names {", ".join(names)}, '
+            "which is not a transformers model class; name the model class (e.g. "
+            "LlamaForCausalLM) or remove the entry"
+        )
+    model_class = models[0] if models else transformers.AutoModel
     try:
         model = model_class.from_pretrained(
             folder, dtype="auto", attn_implementation="eager", local_files_only=True

@@ -195,6 +195,17 @@ def test_verify_with_transformers_needs_a_config(tmp_path: Path) -> None:
         rebalance_checkpoint(lonely, tmp_path / "x.safetensors", verify_with="transformers")
 
 
+@pytest.mark.parametrize("name", ["logging", "AutoConfig", "NoSuchModelClass"])
+def test_architectures_naming_no_model_class_is_refused(tmp_path: Path, name: str) -> None:
+    folder = save(build("llama"), tmp_path / "in")
+    config = json.loads((folder / "config.json").read_text())
+    config["architectures"] = [name]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UsageError, match=f'"architectures" names {name}, which is not a'):
+        rebalance_checkpoint(folder, tmp_path / "out", verify_with="transformers")
+    assert not (tmp_path / "out").exists()
+
+
 def test_single_file_beside_a_config_is_verified_under_its_own_name(tmp_path: Path) -> None:
     folder = save(build("mistral"), tmp_path / "in")
     output = tmp_path / "balanced.safetensors"

@@ -456,3 +456,52 @@ def test_a_file_that_shrinks_after_opening_fails_with_an_input_error_on_read(
             handle.truncate(os_size - 200)
         with pytest.raises(InputError, match="ended early"):
             checkpoint.read_raw("w", 0, 100)
+
+
+# --- the format's dtypes ----------------------------------------------------------------
+
+# Every dtype code the format defines, with its size in bits (the reference parser refuses
+# any other code).
+DEFINED_BITS = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8,
+    "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32,
+    "F32": 32, "C64": 64, "F64": 64, "I64": 64, "U64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("code", "bits"), sorted(DEFINED_BITS.items()))
+def test_every_dtype_the_format_defines_is_read_with_its_size(
+    tmp_path: Path, code: str, bits: int
+) -> None:
+    from safetensors import safe_open
+
+    nbytes = 8 * bits // 8  # eight elements end on a byte for every size
+    path = write_raw_safetensors(
+        tmp_path / "m.safetensors", {"t": entry(code, [8], 0, nbytes)}, b"\1" * nbytes
+    )
+    with safe_open(str(path), "np") as reference:  # the reference library reads it too
+        assert list(reference.keys()) == ["t"]
+    with open_file(path) as checkpoint:
+        info = checkpoint.info("t")
+        assert info.nbytes == nbytes
+        assert info.is_supported_float == (code in ("F64", "F32", "F16", "BF16"))
+
+
+@pytest.mark.parametrize(("code", "count"), [("F4", 3), ("F6_E2M3", 5), ("F6_E3M2", 1)])
+def test_a_sub_byte_tensor_that_ends_inside_a_byte_is_refused(
+    tmp_path: Path, code: str, count: int
+) -> None:
+    bits = DEFINED_BITS[code] * count
+    nbytes = -(-bits // 8)
+    path = write_raw_safetensors(
+        tmp_path / "m.safetensors", {"t": entry(code, [count], 0, nbytes)}, b"\0" * nbytes
+    )
+    assert "ends inside a byte" in refused(path)
+
+
+@pytest.mark.parametrize("code", ["C128", "I4", "U4", "Q8", "f32", "F8", "bool", "FOO", ""])
+def test_a_dtype_the_format_does_not_define_is_refused(tmp_path: Path, code: str) -> None:
+    path = write_raw_safetensors(
+        tmp_path / "m.safetensors", {"t": entry(code, [2], 0, 8)}, b"\0" * 8
+    )
+    assert "is not a safetensors dtype" in refused(path)

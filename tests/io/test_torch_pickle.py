@@ -259,6 +259,90 @@ def test_safetensors_checkpoints_report_no_shared_storage(tmp_path: Path) -> Non
         assert checkpoint.shared_storage("a") == ()
 
 
+# --- reading from the file ---------------------------------------------------------------
+
+TRUNCATE_WHILE_READING = """
+import os, sys
+from pathlib import Path
+from weissi_cli.errors import InputError
+from weissi_cli.io import open_checkpoint
+from weissi_cli.stats import compute_stats
+
+path = Path(sys.argv[1])
+with open_checkpoint(path) as checkpoint:
+    os.truncate(path, os.path.getsize(path) // 2)
+    try:
+        compute_stats(checkpoint)
+    except InputError as error:
+        print("refused:", error)
+"""
+
+
+def test_a_file_truncated_while_it_is_read_gives_an_error_not_sigbus(tmp_path: Path) -> None:
+    """A memory map of the file would fault (SIGBUS kills the process) on the pages the
+    truncation removed; reads from the file report the short read."""
+    import subprocess
+    import sys
+
+    state = {"net.0.weight": torch.randn(512, 512), "net.2.weight": torch.randn(10, 512)}
+    path = write_torch(tmp_path / "m.pt", state)
+    result = subprocess.run(
+        [sys.executable, "-c", TRUNCATE_WHILE_READING, str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        timeout=120,
+    )
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert "refused:" in result.stdout
+    assert "ended early" in result.stdout
+
+
+def test_a_zip_pickle_is_read_from_the_file_not_loaded(tmp_path: Path) -> None:
+    state = mlp_state(dtype=torch.float32)
+    with open_torch(write_torch(tmp_path / "m.pt", state)) as checkpoint:
+        assert checkpoint.lazy
+        place = checkpoint.locate("net.0.weight")
+        assert place is not None
+        descriptor, offset, _ = place
+        raw = os.pread(descriptor, state["net.0.weight"].numel() * 4, offset)
+        assert raw == state["net.0.weight"].numpy().tobytes()
+
+
+def test_a_legacy_pickle_is_loaded_into_memory(tmp_path: Path) -> None:
+    with open_torch(write_torch(tmp_path / "m.pt", mlp_state(), legacy=True)) as checkpoint:
+        assert not checkpoint.lazy
+        assert checkpoint.locate("net.0.weight") is None
+
+
+def test_tensors_come_back_with_values_as_parameters_where_saved_as_parameters(
+    tmp_path: Path,
+) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    model[0].weight.requires_grad_(False)
+    state = model.state_dict(keep_vars=True)
+    with open_torch(write_torch(tmp_path / "m.pt", state)) as checkpoint:
+        for name, value in state.items():
+            loaded = checkpoint.tensor(name)
+            assert type(loaded) is torch.nn.Parameter
+            assert loaded.requires_grad == value.requires_grad
+            assert torch.equal(loaded.detach(), value.detach())
+
+
+def test_a_storage_that_the_archive_does_not_hold_whole_is_refused(tmp_path: Path) -> None:
+    """A data record cut short inside the archive (its size no longer matches the storage):
+    torch's reader is left to judge the file, and refuses it."""
+    path = write_torch(tmp_path / "m.pt", {"w": torch.arange(64, dtype=torch.float32)})
+    with zipfile.ZipFile(path) as original:
+        entries = [(entry.filename, original.read(entry)) for entry in original.infolist()]
+    with zipfile.ZipFile(path, "w") as patched:
+        for name, data in entries:
+            if name.endswith("/data/0"):
+                data = data[:100]
+            patched.writestr(name, data, compress_type=zipfile.ZIP_STORED)
+    refused(path)
+
+
 # --- refusing unsafe and broken files -----------------------------------------------------
 
 

@@ -163,6 +163,6 @@ def test_a_broken_config_is_bad_input(folders: dict[str, Path], tmp_path: Path) 
     (folder / "config.json").write_text("{ not json")
     with (
         open_checkpoint(folder) as checkpoint,
-        pytest.raises(InputError, match="valid JSON config"),
+        pytest.raises(InputError, match="malformed config .not valid JSON"),
     ):
         discover(checkpoint)

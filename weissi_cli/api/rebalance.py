@@ -33,6 +33,7 @@ from weissi_cli.io.checkpoint import Checkpoint
 from weissi_cli.io.dtypes import is_16_bit
 from weissi_cli.io.exported import ExportedCheckpoint
 from weissi_cli.io.sharded import ShardedCheckpoint
+from weissi_cli.io.torch_pickle import TorchCheckpoint, optimizer_state_message
 from weissi_cli.ir import Chain, Structure
 from weissi_cli.report.common import Source
 from weissi_cli.report.rebalance import ChainResult, ChannelResult, RebalanceReport
@@ -83,6 +84,7 @@ def rebalance_checkpoint(
     verify_with: str | None = None,
     write_unchanged: bool = False,
     hold_activations: bool = False,
+    drop_optimizer_state: bool = False,
 ) -> RebalanceReport:
     """Write `output`, the rebalanced copy of `path`, only if verification passes.
 
@@ -92,6 +94,7 @@ def rebalance_checkpoint(
     rebalancing an approximate symmetry (`allow_approximate`), to measure what it changed.
     When no scale differs from 1 nothing is written, unless `write_unchanged`.
     `hold_activations`: power-of-two scales never shrink a chain's hidden activations.
+    A training checkpoint's optimizer state is refused unless `drop_optimizer_state`.
     """
     if scales not in SCALES_MODES:
         raise UsageError(f"--scales must be one of {', '.join(SCALES_MODES)}, not {scales!r}")
@@ -103,6 +106,7 @@ def rebalance_checkpoint(
     with open_checkpoint(path) as checkpoint:
         written_format = "safetensors" if output_format == "safetensors" else checkpoint.format
         cleaned = check_output_path(checkpoint, output, force, output_format, folder=folder)
+        drop = _optimizer_state_to_drop(checkpoint, written_format, drop_optimizer_state)
         source = StructureSource.of(spec, allow_approximate)
         structure = discover(checkpoint, source)
         approximate = [s.id for s in structure.symmetries if is_approximate(s)]
@@ -226,7 +230,20 @@ def rebalance_checkpoint(
         as_written = _check_as_written(checkpoint, plans, group_scales, tensor_scales)
         with single_threaded_blas():  # the writer's threads run the probes' products
             pending = write_rescaled(
-                checkpoint, tensor_scales, output, record, output_format, folder, as_written, force
+                checkpoint,
+                tensor_scales,
+                output,
+                record,
+                output_format,
+                folder,
+                as_written,
+                force,
+                drop,
+            )
+        if drop:
+            warnings.append(
+                f"{output}: written without the optimizer state in "
+                f"{', '.join(repr(key) for key in drop)} (--drop-optimizer-state)"
             )
         warnings += pending.notes
         if pending.left_out:
@@ -291,6 +308,19 @@ def rebalance_checkpoint(
             verification=verification,
             warnings=tuple(warnings),
         )
+
+
+def _optimizer_state_to_drop(
+    checkpoint: Checkpoint, written_format: str, drop_optimizer_state: bool
+) -> tuple[str, ...]:
+    """The entries of a training checkpoint holding optimizer state, to leave out of a
+    rewritten pickle; refused without consent (Adam's moments belong to the old weights)."""
+    entries = checkpoint.optimizer_entries if isinstance(checkpoint, TorchCheckpoint) else ()
+    if not entries or written_format != "torch":
+        return ()
+    if not drop_optimizer_state:
+        raise UsageError(optimizer_state_message(checkpoint.path, entries))
+    return entries
 
 
 # The file name transformers looks for, per format, when a folder holds one weights file.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -89,8 +90,8 @@ def check(
         ("--max-abs", max_abs),
         ("--max-norm", max_norm),
     ):
-        if value is not None and not value > 0:
-            raise UsageError(f"{name} must be a positive number, not {value}")
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{name} must be a finite positive number, not {value}")
     if output is not None:  # refused before the pass over the checkpoint, not after it
         check_file_destination(output, force, protect=[checkpoint])
     configured, settings_file = load_check_settings(Path.cwd())

@@ -6,6 +6,7 @@ Width comes from the terminal, or from COLUMNS when output is piped (Rich's rule
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import time
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from weissi_cli.progress import listen
+from weissi_cli.report.printable import printable, printable_lines
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -21,15 +23,33 @@ if TYPE_CHECKING:
 
 
 def stdout_console() -> Console:
-    from rich.console import Console
-
-    return Console(highlight=False, soft_wrap=False)
+    return _escaping_console()(highlight=False, soft_wrap=False)
 
 
 def stderr_console() -> Console:
-    from rich.console import Console
+    return _escaping_console()(stderr=True, highlight=False, soft_wrap=True)
 
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+@functools.cache
+def _escaping_console() -> type[Console]:
+    """A Console that escapes control characters in whatever it renders (Rich passes an
+    escape sequence in a string through as it is), keeping its own styles and controls:
+    the last guard behind the renderers, which escape names where they put them."""
+    from rich.console import Console, ConsoleOptions, RenderableType
+    from rich.segment import Segment
+
+    class EscapingConsole(Console):
+        def render(
+            self, renderable: RenderableType, options: ConsoleOptions | None = None
+        ) -> Iterator[Segment]:
+            for segment in super().render(renderable, options):
+                if segment.control is None and segment.text:
+                    text = printable_lines(segment.text)
+                    if text is not segment.text:
+                        segment = Segment(text, segment.style)
+                yield segment
+
+    return EscapingConsole
 
 
 def print_warnings(warnings: tuple[str, ...] | list[str]) -> None:
@@ -38,14 +58,14 @@ def print_warnings(warnings: tuple[str, ...] | list[str]) -> None:
     sys.stdout.flush()  # keep the result and the warnings in order on a shared terminal
     if not sys.stderr.isatty() and not os.environ.get("FORCE_COLOR"):
         # What Rich prints off a terminal, without loading Rich (60 ms of a CI run).
-        sys.stderr.write("".join(f"warning: {warning}\n" for warning in warnings))
+        sys.stderr.write("".join(f"warning: {printable(warning)}\n" for warning in warnings))
         sys.stderr.flush()
         return
     from rich.markup import escape
 
     console = stderr_console()
     for warning in warnings:
-        console.print(f"[yellow]warning:[/] {escape(warning)}")
+        console.print(f"[yellow]warning:[/] {escape(printable(warning))}")
 
 
 # A pass shorter than this never shows a bar (no flicker on small models).

@@ -86,6 +86,14 @@ def rebalance(
             "none that is a normal float16 becomes subnormal), at some cost in L2.",
         ),
     ] = False,
+    drop_optimizer_state: Annotated[
+        bool,
+        typer.Option(
+            "--drop-optimizer-state",
+            help="A training checkpoint (torch pickle) with optimizer state: write the "
+            "rebalanced weights without it (Adam's moments do not fit rescaled weights).",
+        ),
+    ] = False,
     json_output: Json = False,
 ) -> None:
     """Rescale layers to the L2 optimum without changing the function, then verify.
@@ -117,6 +125,7 @@ def rebalance(
             verify_with=verify_with,
             write_unchanged=write_unchanged,
             hold_activations=hold_activations,
+            drop_optimizer_state=drop_optimizer_state,
         )
     if json_output:
         typer.echo(to_json(report.to_dict()))

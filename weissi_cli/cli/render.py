@@ -14,6 +14,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from weissi_cli.io.dtypes import is_16_bit
+from weissi_cli.report.printable import printable
 
 if TYPE_CHECKING:  # only annotations: a command imports the report modules it produces
     from weissi_cli.balance.analysis import ChainAnalysis
@@ -31,6 +32,12 @@ if TYPE_CHECKING:  # only annotations: a command imports the report modules it p
 BAR_WIDTH = 12
 EIGHTHS = " ▏▎▍▌▋▊▉█"
 UNASSIGNED_SHOWN = 12
+
+
+def escaped(text: str) -> str:
+    """Text from a checkpoint or spec (names, notes, reasons) as Rich markup: every control
+    character escaped (it could drive the terminal or forge a line), markup escaped."""
+    return escape(printable(text))
 
 
 def number(value: float | None, digits: int = 4) -> str:
@@ -61,7 +68,7 @@ def bar(value: float, largest: float) -> str:
 
 def source_line(source: Source) -> Text:
     return Text.assemble(
-        (source.path, "bold"),
+        (printable(source.path), "bold"),
         "\n",
         (
             f"{source.format} · {source.tensors} tensors · {source.parameters:,} parameters · "
@@ -74,7 +81,7 @@ def source_line(source: Source) -> Text:
 def origin_label(origin: str) -> Text:
     if origin == "heuristic":
         return Text("heuristic (assumed)", style="yellow")
-    return Text(origin, style="green")
+    return Text(printable(origin), style="green")
 
 
 def render_inspect(report: InspectReport, console: Console) -> None:
@@ -114,7 +121,7 @@ def _chain_table(analysis: ChainAnalysis, dtypes: dict[str, str]) -> tuple[Text,
     layer_dtypes = [dtypes[layer.layer.weight] for layer in analysis.layers]
     one_dtype = len(set(layer_dtypes)) == 1
     title = Text.assemble(
-        (chain.id, "bold"),
+        (printable(chain.id), "bold"),
         f" · {chain.activation} · {chain.depth} layers · ",
         f"{layer_dtypes[0]} · " if one_dtype else "",
         origin_label(chain.origin),
@@ -140,7 +147,7 @@ def _chain_table(analysis: ChainAnalysis, dtypes: dict[str, str]) -> tuple[Text,
     for layer in analysis.layers:
         share = f"{100 * layer.fro_norm**2 / l2:.1f}%" if l2 and math.isfinite(l2) else "—"
         table.add_row(
-            escape(layer.layer.prefix) + ("" if layer.layer.bias else " (no bias)"),
+            escaped(layer.layer.prefix) + ("" if layer.layer.bias else " (no bias)"),
             "×".join(str(s) for s in layer.layer.shape),
             *([] if one_dtype else [dtypes[layer.layer.weight]]),
             number(layer.fro_norm),
@@ -156,7 +163,7 @@ def _chain_table(analysis: ChainAnalysis, dtypes: dict[str, str]) -> tuple[Text,
 
 def _chain_totals(analysis: ChainAnalysis, sixteen_bit: bool) -> RenderableType:
     if analysis.problem:
-        return Text(f"  degenerate: {analysis.problem}", style="red")
+        return Text(f"  degenerate: {printable(analysis.problem)}", style="red")
     l2, minimum, slack = analysis.l2_penalty, analysis.min_l2_penalty, analysis.l2_slack
     percent = f" ({100 * slack / l2:.1f}% of it)" if l2 and slack is not None else ""
     lines = [
@@ -222,11 +229,11 @@ def _print_symmetries(group: SymmetryGroup, chosen: ChannelSolution, console: Co
         else:
             scales = Text("—")
         table.add_row(
-            escape(symmetry.id),
+            escaped(symmetry.id),
             str(symmetry.size),
             "yes" if symmetry.exact else "to first order",
             scales,
-            escape(symmetry.note),
+            escaped(symmetry.note),
         )
     console.print(table)
 
@@ -239,7 +246,7 @@ def _print_kinds(group: SymmetryGroup, kinds: list[KindRow], console: Console) -
         Text.assemble(
             (f"Scale symmetries ({len(group.symmetries)}", "bold"),
             (f", {len(kinds)} kinds × blocks) ", "bold"),
-            origin_label(origins[0]) if len(origins) == 1 else Text(", ".join(origins)),
+            origin_label(origins[0]) if len(origins) == 1 else Text(printable(", ".join(origins))),
         )
     )
     table = _table()
@@ -265,8 +272,8 @@ def _print_kinds(group: SymmetryGroup, kinds: list[KindRow], console: Console) -
             )
         kind = row.kind if row.exact else f"{row.kind} ≈"
         table.add_row(
-            escape(row.group),
-            escape(kind),
+            escaped(row.group),
+            escaped(kind),
             str(row.symmetries),
             number(row.l2_now),
             *optimum,
@@ -274,7 +281,7 @@ def _print_kinds(group: SymmetryGroup, kinds: list[KindRow], console: Console) -
         )
     console.print(table)
     for note in group.notes:
-        console.print(Text(f"  {note}", style="dim"))
+        console.print(Text(f"  {printable(note)}", style="dim"))
 
 
 def _print_totals(group: SymmetryGroup, chosen: ChannelSolution, console: Console) -> None:
@@ -303,7 +310,9 @@ def _print_totals(group: SymmetryGroup, chosen: ChannelSolution, console: Consol
     for stop in group.stops:
         console.print(
             Text(
-                f"  stopped: {'+'.join(stop.producers)} at {stop.node}: {stop.reason}", style="dim"
+                f"  stopped: {printable('+'.join(stop.producers))} at {printable(stop.node)}: "
+                f"{printable(stop.reason)}",
+                style="dim",
             )
         )
 
@@ -315,7 +324,7 @@ def _channel_line(analysis: ChainAnalysis, solution: ChannelSolution) -> Text:
         notes.append(f"{dead} dead unit(s) left at 1")
     unbounded = [key for key, item in solution.symmetries.items() if item.unbounded]
     if unbounded:
-        notes.append(f"unbounded: {', '.join(unbounded)}")
+        notes.append(f"unbounded: {printable(', '.join(unbounded))}")
     return Text.assemble(
         "  L2 now ",
         (number(analysis.l2_penalty), "bold"),
@@ -336,7 +345,7 @@ def _print_unassigned(unassigned: Sequence[Unassigned], console: Console) -> Non
     table.add_column("tensor")
     table.add_column("reason")
     for entry in unassigned[:UNASSIGNED_SHOWN]:
-        table.add_row(escape(entry.name), escape(entry.reason))
+        table.add_row(escaped(entry.name), escaped(entry.reason))
     console.print(table)
     if len(unassigned) > UNASSIGNED_SHOWN:
         console.print(
@@ -351,7 +360,9 @@ def render_rebalance(report: RebalanceReport, console: Console) -> None:
         console.print()
         console.print(
             Text.assemble(
-                (result.id, "bold"), f" · scales {result.scales} · ", origin_label(result.origin)
+                (printable(result.id), "bold"),
+                f" · scales {result.scales} · ",
+                origin_label(result.origin),
             )
         )
         table = _table()
@@ -362,11 +373,11 @@ def render_rebalance(report: RebalanceReport, console: Console) -> None:
             result.layers, result.gammas, result.bias_scales, strict=True
         ):
             table.add_row(
-                escape(layer), _factor(gamma, result.scales), _factor(bias_scale, result.scales)
+                escaped(layer), _factor(gamma, result.scales), _factor(bias_scale, result.scales)
             )
         console.print(table)
         if result.skipped:
-            console.print(Text(f"  left unchanged: {result.skipped}", style="red"))
+            console.print(Text(f"  left unchanged: {printable(result.skipped)}", style="red"))
             continue
         console.print(
             Text.assemble(
@@ -387,7 +398,7 @@ def render_rebalance(report: RebalanceReport, console: Console) -> None:
             if dead:
                 parts.append(f"{dead} dead unit(s) left at 1")
             if channel.unbounded:
-                parts.append(f"unbounded: {', '.join(channel.unbounded)}")
+                parts.append(f"unbounded: {printable(', '.join(channel.unbounded))}")
             if channel.path_norm_before is not None:
                 parts.append(
                     f"path-norm {number(channel.path_norm_before, 10)} → "
@@ -418,10 +429,12 @@ def render_rebalance(report: RebalanceReport, console: Console) -> None:
     _print_verdict(report.verification, console)
     if report.written:
         console.print(
-            Text.assemble("wrote ", (report.output_path, "bold"), f" ({report.output_format})")
+            Text.assemble(
+                "wrote ", (printable(report.output_path), "bold"), f" ({report.output_format})"
+            )
         )
     else:
-        console.print(Text(f"{report.output_path} was not written", style="bold red"))
+        console.print(Text(f"{printable(report.output_path)} was not written", style="bold red"))
 
 
 def _print_verdict(verification: Verification, console: Console) -> None:
@@ -439,12 +452,12 @@ def _print_verdict(verification: Verification, console: Console) -> None:
     )
     console.print(Text.assemble((f"{mark} {words}", style), f" ({verification.method})"))
     for caveat in verification.caveats if verification.passed else ():
-        console.print(Text.assemble(("  check: ", "yellow"), caveat))
+        console.print(Text.assemble(("  check: ", "yellow"), printable(caveat)))
     for check in verification.chains:
         first, *rest = check.detail.split("; ")
-        console.print(f"  {escape(check.chain_id)}: {escape(first)}")
+        console.print(f"  {escaped(check.chain_id)}: {escaped(first)}")
         for line in rest:
-            console.print(f"    {escape(line)}")
+            console.print(f"    {escaped(line)}")
 
 
 def _factor(value: float, mode: str) -> str:
@@ -461,21 +474,23 @@ def render_graph(report: GraphReport, console: Console) -> None:
     for chain in structure.chains:
         branch = tree.add(
             Text.assemble(
-                (chain.id, "bold"), f" · {chain.activation} · ", origin_label(chain.origin)
+                (printable(chain.id), "bold"),
+                f" · {chain.activation} · ",
+                origin_label(chain.origin),
             )
         )
         for layer in chain.layers:
             shape = "×".join(str(s) for s in layer.shape)
             bias = " + bias" if layer.bias else ""
             branch.add(
-                f"{escape(layer.prefix)}  {layer.kind} {shape} {report.dtypes[layer.weight]}{bias}"
+                f"{escaped(layer.prefix)}  {layer.kind} {shape} {report.dtypes[layer.weight]}{bias}"
             )
         for note in chain.notes:
-            branch.add(Text(f"note: {note}", style="dim"))
+            branch.add(Text(f"note: {printable(note)}", style="dim"))
     for symmetry in structure.symmetries:
         branch = tree.add(
             Text.assemble(
-                (symmetry.id, "bold"),
+                (printable(symmetry.id), "bold"),
                 f" · {symmetry.size} channels · ",
                 origin_label(symmetry.origin),
                 "" if symmetry.exact else " · to first order",
@@ -488,21 +503,20 @@ def render_graph(report: GraphReport, console: Console) -> None:
                 where += f", {member.block} per channel"
             if member.offset:
                 where += f", from {member.offset}"
-            branch.add(f"{escape(member.tensor)}  {sign}  ({where})")
+            branch.add(f"{escaped(member.tensor)}  {sign}  ({where})")
         if symmetry.note:
-            branch.add(Text(symmetry.note, style="dim"))
+            branch.add(Text(printable(symmetry.note), style="dim"))
         if symmetry.guess:
-            branch.add(Text(f"guess: {symmetry.guess}", style="yellow"))
+            branch.add(Text(f"guess: {printable(symmetry.guess)}", style="yellow"))
     if structure.stops:
         stops = tree.add(Text(f"stopped ({len(structure.stops)})", style="bold"))
         for stop in structure.stops:
-            stops.add(
-                f"{escape('+'.join(stop.producers))} at {escape(stop.node)}: {escape(stop.reason)}"
-            )
+            producers = escaped("+".join(stop.producers))
+            stops.add(f"{producers} at {escaped(stop.node)}: {escaped(stop.reason)}")
     if structure.unassigned:
         rest = tree.add(Text(f"not in any chain ({len(structure.unassigned)})", style="bold"))
         for entry in structure.unassigned[:UNASSIGNED_SHOWN]:
-            rest.add(f"{escape(entry.name)}: {escape(entry.reason)}")
+            rest.add(f"{escaped(entry.name)}: {escaped(entry.reason)}")
         if len(structure.unassigned) > UNASSIGNED_SHOWN:
             rest.add(
                 Text(
@@ -511,14 +525,14 @@ def render_graph(report: GraphReport, console: Console) -> None:
                 )
             )
     for note in structure.notes:
-        tree.add(Text(note, style="dim"))
+        tree.add(Text(printable(note), style="dim"))
     console.print(tree)
 
 
 def render_check(report: CheckReport, console: Console) -> None:
     console.print(source_line(report.source))
     settings = report.settings_file or "flags"
-    console.print(f"thresholds from {settings}", style="dim")
+    console.print(f"thresholds from {escaped(settings)}", style="dim")
     table = _table()
     table.add_column("")
     table.add_column("rule")
@@ -536,10 +550,10 @@ def render_check(report: CheckReport, console: Console) -> None:
         table.add_row(
             marks[result.verdict],
             result.rule,
-            escape(result.scope),
+            escaped(result.scope),
             number(result.value),
             number(result.threshold),
-            escape(result.message),
+            escaped(result.message),
         )
     console.print()
     console.print(table)
@@ -573,12 +587,12 @@ def render_diff(report: DiffReport, console: Console) -> None:
             Text(f"  structure: {basis.description} ({basis.level}){compared}", style="dim")
         )
     for reason in report.reasons:
-        console.print(f"  {escape(reason)}", style="red")
+        console.print(f"  {escaped(reason)}", style="red")
     for shift in report.shifts:
         factors = " · ".join(
-            f"{escape(name)} ×{number(value)}" for name, value in shift.factors.items()
+            f"{escaped(name)} ×{number(value)}" for name, value in shift.factors.items()
         )
-        console.print(f"  {escape(shift.scope)}: {factors}")
+        console.print(f"  {escaped(shift.scope)}: {factors}")
     if report.tensors and report.verdict != "identical":
         table = _table()
         table.add_column("tensor", overflow="fold")
@@ -587,7 +601,7 @@ def render_diff(report: DiffReport, console: Console) -> None:
         table.add_column("after rebalancing both", justify="right")
         for item in report.most_different():
             table.add_row(
-                escape(item.name),
+                escaped(item.name),
                 number(item.max_abs_diff),
                 number(item.max_rel_diff),
                 number(item.canonical_rel_diff),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from weissi_cli.errors import InputError
-from weissi_cli.io.checkpoint import Checkpoint, TensorInfo
+from weissi_cli.io.checkpoint import Checkpoint, TensorInfo, check_names
 
 __all__ = ["Checkpoint", "TensorInfo", "detect_format", "open_checkpoint"]
 
@@ -16,7 +16,11 @@ INDEX_SUFFIX = ".safetensors.index.json"
 
 def detect_format(path: Path) -> tuple[str, Path]:
     """The format of `path` and the file to open (a folder resolves to its index or file)."""
-    if not path.exists():
+    try:
+        found = path.exists()
+    except OSError as error:  # a name over the file system's limit (ENAMETOOLONG), ...
+        raise InputError(f"{path}: cannot read ({error.strerror})") from None
+    if not found:
         raise InputError(f"{path}: no such file or folder")
     if path.is_dir():
         indexes = sorted(path.glob(f"*{INDEX_SUFFIX}"))
@@ -50,6 +54,16 @@ def detect_format(path: Path) -> tuple[str, Path]:
 
 def open_checkpoint(path: Path) -> Checkpoint:
     """Open a checkpoint for lazy reading; the caller closes it."""
+    checkpoint = _open(path)
+    try:
+        check_names(checkpoint.path, (info.name for info in checkpoint.tensors))
+    except BaseException:
+        checkpoint.close()
+        raise
+    return checkpoint
+
+
+def _open(path: Path) -> Checkpoint:
     file_format, target = detect_format(path)
     if not target.is_file():  # a FIFO or device would block or mislead the readers
         raise InputError(f"{target}: not a regular file")

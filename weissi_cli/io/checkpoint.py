@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import mmap
+import os
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ import numpy as np
 import numpy.typing as npt
 
 from weissi_cli.errors import InputError
-from weissi_cli.io.dtypes import ITEMSIZE, is_supported_float, raw_numpy_dtype
+from weissi_cli.io.documents import check_nesting, parse_json
+from weissi_cli.io.dtypes import BITS, ITEMSIZE, is_supported_float, raw_numpy_dtype
 
 ReadBuffer = bytearray | mmap.mmap
 
@@ -32,6 +34,29 @@ def read_buffer(nbytes: int) -> mmap.mmap:
 def ended_early(path: Path) -> InputError:
     """The error for a file that ends before the data its header promises."""
     return InputError(f"{path}: file ended early (truncated while reading?)")
+
+
+def read_exact(fd: int, view: memoryview, offset: int, path: Path) -> None:
+    """Fill `view` from `offset`, or fail naming the file if it ends early."""
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got == 0:
+            raise ended_early(path)
+        done += got
+
+
+def check_names(path: Path, names: Iterable[str]) -> None:
+    """Refuse a tensor name that is not Unicode text (a lone surrogate, which a pickle can
+    hold): no output format, spec file or terminal can carry it."""
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(
+                f"{path}: tensor name {name!r} holds a lone surrogate, which is not Unicode "
+                "text; rename the tensor"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -55,7 +80,7 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * self.itemsize
+        return self.numel * BITS.get(self.dtype, 0) // 8
 
     @property
     def is_supported_float(self) -> bool:
@@ -130,9 +155,16 @@ class Checkpoint(ABC):
 
 def natural_key(name: str) -> tuple[Any, ...]:
     """Sort key that orders `net.2` before `net.10`."""
-    # re.split with a group alternates text and digit runs: odd positions are numbers.
+    # re.split with a group alternates text and digit runs: odd positions are numbers,
+    # ordered by value as (length without leading zeros, digits): int() would refuse a run
+    # longer than Python's int-string limit.
     parts = re.split(r"(\d+)", name)
-    return tuple(int(part) if index % 2 else part for index, part in enumerate(parts))
+    return tuple(_number_key(part) if index % 2 else part for index, part in enumerate(parts))
+
+
+def _number_key(digits: str) -> tuple[int, str]:
+    value = digits.lstrip("0")
+    return len(value), value
 
 
 def empty_raw(dtype: str) -> npt.NDArray[np.generic]:
@@ -140,10 +172,12 @@ def empty_raw(dtype: str) -> npt.NDArray[np.generic]:
 
 
 def read_json_file(path: Path, what: str) -> Any:
-    """A JSON file beside a checkpoint (an index, a config), or exit 2 naming it."""
+    """A JSON file beside a checkpoint (an index, a config), or exit 2 naming it; nested at
+    most MAX_NESTING levels deep, as weissi keeps it and may write it back."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except OSError as error:
         raise InputError(f"{path}: cannot read ({error.strerror})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: not a valid JSON {what} ({error})") from None
+    document = parse_json(raw, f"{path}: malformed {what}")
+    check_nesting(document, f"{path}: malformed {what}")
+    return document

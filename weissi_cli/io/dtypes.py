@@ -15,6 +15,10 @@ ITEMSIZE: dict[str, int] = {
     "bfloat16": 2,
     "float8_e4m3fn": 1,
     "float8_e5m2": 1,
+    "float8_e4m3fnuz": 1,
+    "float8_e5m2fnuz": 1,
+    "float8_e8m0fnu": 1,
+    "complex64": 8,
     "int64": 8,
     "int32": 4,
     "int16": 2,
@@ -26,6 +30,16 @@ ITEMSIZE: dict[str, int] = {
     "bool": 1,
 }
 
+# Bits per element, including the packed sub-byte floats that torch has no single dtype for.
+BITS: dict[str, int] = {
+    **{name: 8 * size for name, size in ITEMSIZE.items()},
+    "float4_e2m1": 4,
+    "float6_e2m3": 6,
+    "float6_e3m2": 6,
+}
+
+# Every dtype the safetensors format defines (its reference parser refuses any other code),
+# with weissi's name for it.
 SAFETENSORS_NAMES: dict[str, str] = {
     "F64": "float64",
     "F32": "float32",
@@ -33,6 +47,13 @@ SAFETENSORS_NAMES: dict[str, str] = {
     "BF16": "bfloat16",
     "F8_E4M3": "float8_e4m3fn",
     "F8_E5M2": "float8_e5m2",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz",
+    "F8_E5M2FNUZ": "float8_e5m2fnuz",
+    "F8_E8M0": "float8_e8m0fnu",
+    "F6_E2M3": "float6_e2m3",
+    "F6_E3M2": "float6_e3m2",
+    "F4": "float4_e2m1",
+    "C64": "complex64",
     "I64": "int64",
     "I32": "int32",
     "I16": "int16",
@@ -43,6 +64,7 @@ SAFETENSORS_NAMES: dict[str, str] = {
     "U8": "uint8",
     "BOOL": "bool",
 }
+SAFETENSORS_BITS: dict[str, int] = {code: BITS[name] for code, name in SAFETENSORS_NAMES.items()}
 
 # The float dtypes weissi computes with; everything else is listed and skipped.
 SUPPORTED_FLOATS: tuple[str, ...] = ("float64", "float32", "float16", "bfloat16")

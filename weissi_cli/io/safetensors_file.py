@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 from dataclasses import dataclass
@@ -17,11 +16,12 @@ from weissi_cli.io.checkpoint import (
     Checkpoint,
     ReadBuffer,
     TensorInfo,
-    ended_early,
     natural_key,
     read_buffer,
+    read_exact,
 )
-from weissi_cli.io.dtypes import ITEMSIZE, SAFETENSORS_NAMES, raw_numpy_dtype
+from weissi_cli.io.documents import parse_json
+from weissi_cli.io.dtypes import SAFETENSORS_BITS, SAFETENSORS_NAMES, raw_numpy_dtype
 
 # The reference implementation refuses headers above 100 MB; so do we.
 MAX_HEADER_BYTES = 100_000_000
@@ -63,8 +63,8 @@ def parse_header(path: Path, fd: int) -> SafetensorsHeader:
         )
     raw_header = os.pread(fd, header_length, 8)
     try:
-        header = json.loads(raw_header.decode("utf-8"), object_pairs_hook=_refuse_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError, _DuplicateKeyError) as error:
+        header = parse_json(raw_header, f"{path}: corrupt safetensors header", _refuse_duplicates)
+    except _DuplicateKeyError as error:
         raise InputError(f"{path}: corrupt safetensors header (not valid JSON: {error})") from None
     if not isinstance(header, dict):
         raise InputError(f"{path}: corrupt safetensors header (JSON is not an object)")
@@ -109,6 +109,11 @@ def _parse_entry(path: Path, name: str, value: Any) -> SafetensorsEntry:
     offsets = value.get("data_offsets")
     if not isinstance(code, str):
         raise InputError(f"{where}: header entry has no dtype")
+    if code not in SAFETENSORS_NAMES:
+        raise InputError(
+            f"{where}: dtype {code!r} is not a safetensors dtype (the format defines "
+            f"{', '.join(SAFETENSORS_NAMES)})"
+        )
     if not isinstance(shape, list) or not all(
         isinstance(size, int) and not isinstance(size, bool) and size >= 0 for size in shape
     ):
@@ -120,12 +125,17 @@ def _parse_entry(path: Path, name: str, value: Any) -> SafetensorsEntry:
         or offsets[0] > offsets[1]
     ):
         raise InputError(f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end")
-    dtype = SAFETENSORS_NAMES.get(code, code)
-    info = TensorInfo(name, tuple(shape), dtype)
-    length = offsets[1] - offsets[0]
-    if dtype in ITEMSIZE and length != info.nbytes:
+    info = TensorInfo(name, tuple(shape), SAFETENSORS_NAMES[code])
+    bits = info.numel * SAFETENSORS_BITS[code]
+    if bits % 8:
         raise InputError(
-            f"{where}: shape {tuple(shape)} of {code} needs {info.nbytes} bytes but data_offsets "
+            f"{where}: shape {tuple(shape)} of {code} ends inside a byte ({bits} bits); the "
+            "format stores whole bytes"
+        )
+    length = offsets[1] - offsets[0]
+    if length != bits // 8:
+        raise InputError(
+            f"{where}: shape {tuple(shape)} of {code} needs {bits // 8} bytes but data_offsets "
             f"span {length}"
         )
     return SafetensorsEntry(info, code, offsets[0], offsets[1])
@@ -153,16 +163,6 @@ def _check_layout(path: Path, entries: list[SafetensorsEntry], data_bytes: int) 
             f"{path}: corrupt safetensors file "
             f"({data_bytes - position} bytes after the last tensor)"
         )
-
-
-def read_exact(fd: int, view: memoryview, offset: int, path: Path) -> None:
-    """Fill `view` from `offset`, or fail naming the file if it ends early."""
-    done = 0
-    while done < len(view):
-        got = os.preadv(fd, [view[done:]], offset + done)
-        if got == 0:
-            raise ended_early(path)
-        done += got
 
 
 class SafetensorsCheckpoint(Checkpoint):

@@ -25,7 +25,14 @@ class ShardedCheckpoint(Checkpoint):
         try:
             for shard_name in sorted(set(weight_map.values()), key=natural_key):
                 shard_path = index_path.parent / shard_name
-                if not shard_path.is_file():
+                try:
+                    found = shard_path.is_file()
+                except OSError as error:  # a name over the file system's limit, ...
+                    raise InputError(
+                        f"{index_path}: cannot open shard {shard_name!r} named by the index "
+                        f"({error.strerror})"
+                    ) from None
+                if not found:
                     raise InputError(
                         f"{index_path}: shard {shard_name} named by the index is missing"
                     )

@@ -9,6 +9,7 @@ from typing import Any
 
 from weissi_cli.config import CheckSettings
 from weissi_cli.report.common import TOOL_VERSION, Source, finite_or_none, to_json
+from weissi_cli.report.printable import printable, xml_text
 
 
 # xml.sax.saxutils' escape and quoteattr, without the 20 ms it takes to import (it pulls in
@@ -93,7 +94,8 @@ class CheckReport:
 
     def to_junit(self) -> str:
         """JUnit XML: one testcase per rule per scope; failures as <failure>, warnings as
-        <system-out> (JUnit has no warning state)."""
+        <system-out> (JUnit has no warning state). Characters XML cannot carry (controls in a
+        tensor name) are written as their escapes, so the document always parses."""
         by_rule: dict[str, list[RuleResult]] = {}
         for result in self.results:
             by_rule.setdefault(result.rule, []).append(result)
@@ -106,25 +108,25 @@ class CheckReport:
         for rule, results in by_rule.items():
             failed = sum(1 for r in results if r.verdict == "fail")
             lines.append(
-                f'  <testsuite name={quoteattr(f"weissi.{rule}")} tests="{len(results)}" '
+                f'  <testsuite name={quoteattr(xml_text(f"weissi.{rule}"))} tests="{len(results)}" '
                 f'failures="{failed}" errors="0" skipped="0">'
             )
             for result in results:
                 case = (
-                    f"    <testcase classname={quoteattr(f'weissi.{rule}')} "
-                    f"name={quoteattr(result.scope)}"
+                    f"    <testcase classname={quoteattr(xml_text(f'weissi.{rule}'))} "
+                    f"name={quoteattr(xml_text(result.scope))}"
                 )
                 if result.verdict == "pass":
                     lines.append(case + " />")
                     continue
                 lines.append(case + ">")
                 if result.verdict == "fail":
-                    attributes = f"message={quoteattr(result.message)} type={quoteattr(rule)}"
-                    lines.append(f"      <failure {attributes}>{escape(result.message)}</failure>")
+                    message = xml_text(result.message)
+                    attributes = f"message={quoteattr(message)} type={quoteattr(xml_text(rule))}"
+                    lines.append(f"      <failure {attributes}>{escape(message)}</failure>")
                 else:
-                    lines.append(
-                        f"      <system-out>warning: {escape(result.message)}</system-out>"
-                    )
+                    message = escape(xml_text(result.message))
+                    lines.append(f"      <system-out>warning: {message}</system-out>")
                 lines.append("    </testcase>")
             lines.append("  </testsuite>")
         lines.append("</testsuites>")
@@ -152,7 +154,8 @@ class CheckReport:
     def to_markdown(self) -> str:
         mark = {"pass": "✅", "warn": "⚠️", "fail": "❌"}
         lines = [
-            f"### weissi check: {'passed' if self.passed else 'failed'} — `{self.source.path}`",
+            f"### weissi check: {'passed' if self.passed else 'failed'} — "
+            f"`{printable(self.source.path)}`",
             "",
             f"{self.count('fail')} failed · {self.count('warn')} warnings · "
             f"{self.count('pass')} passed",
@@ -176,11 +179,12 @@ def _number(value: float | None) -> str:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return printable(text).replace("|", "\\|")
 
 
 def _github_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    # Control characters escaped (a CI log is a terminal), line breaks encoded as GitHub asks.
+    return xml_text(text).replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
 def _github_property(text: str) -> str:

@@ -163,13 +163,39 @@ def find_config(checkpoint_path: Path) -> HfConfig | None:
     if not isinstance(raw, dict):
         raise InputError(f"{path}: a Hugging Face config is a JSON object")
     model_type = raw.get("model_type")
-    architectures = raw.get("architectures") or []
-    return HfConfig(
-        path=path,
-        model_type=model_type if isinstance(model_type, str) else None,
-        architectures=tuple(a for a in architectures if isinstance(a, str)),
-        raw=raw,
-    )
+    if model_type is not None and not isinstance(model_type, str):
+        raise InputError(f'{path}: "model_type" must be a string, not {model_type!r:.60}')
+    architectures = raw.get("architectures")
+    if architectures is None:
+        architectures = []
+    # Class names, looked up in transformers by name when a model is loaded.
+    if not isinstance(architectures, list) or not all(
+        isinstance(name, str) and name.isidentifier() for name in architectures
+    ):
+        raise InputError(
+            f'{path}: "architectures" must be a list of model class names such as '
+            f'["LlamaForCausalLM"], not {architectures!r:.60}'
+        )
+    for key in SIZE_KEYS:
+        value = raw.get(key)
+        if value is not None and (type(value) is not int or value <= 0):
+            raise InputError(f"{path}: {key!r} must be a positive integer, not {value!r:.60}")
+    for key, kind in (("tie_word_embeddings", bool), ("position_embedding_type", str)):
+        value = raw.get(key)
+        if value is not None and not isinstance(value, kind):
+            raise InputError(f"{path}: {key!r} must be a {kind.__name__}, not {value!r:.60}")
+    return HfConfig(path=path, model_type=model_type, architectures=tuple(architectures), raw=raw)
+
+
+# The sizes the families' symmetries are built from, wherever a config states them.
+SIZE_KEYS = (
+    "hidden_size",
+    "n_embd",
+    "num_attention_heads",
+    "n_head",
+    "num_key_value_heads",
+    "head_dim",
+)
 
 
 def family_for(config: HfConfig) -> Family | None:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import difflib
 import json
-import tomllib
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from weissi_cli.errors import InputError, StructureError
 from weissi_cli.io.checkpoint import Checkpoint
+from weissi_cli.io.documents import read_toml
 from weissi_cli.ir import (
     ACTIVATIONS,
     FLATTEN_ORDERS,
@@ -46,15 +47,7 @@ _MEMBER_KEYS_2 = {"repeat"}
 
 
 def read_spec(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise InputError(f"{path}: spec file not found") from None
-    except OSError as error:
-        raise InputError(f"{path}: cannot read spec file ({error.strerror})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: not valid TOML ({error})") from None
+    return read_toml(path, "spec file")
 
 
 def structure_from_spec(path: Path, checkpoint: Checkpoint) -> Structure:
@@ -78,11 +71,10 @@ def structure_from_spec(path: Path, checkpoint: Checkpoint) -> Structure:
         raise InputError(f"{path}: `chain` and `symmetry` must be arrays of tables ([[chain]])")
     if not tables and not symmetry_tables:
         raise InputError(f"{path}: declares no [[chain]] or [[symmetry]] tables")
-    layer_prefixes = [m.prefix for m in group_modules(checkpoint) if "weight" in m.tensors]
     chains: list[Chain] = []
     owner: dict[str, str] = {}
     for index, table in enumerate(tables):
-        chain = _chain_from_table(path, index, table, checkpoint, layer_prefixes, version)
+        chain = _chain_from_table(path, index, table, checkpoint, version)
         for layer in chain.layers:
             if layer.prefix in owner:
                 raise StructureError(
@@ -92,15 +84,14 @@ def structure_from_spec(path: Path, checkpoint: Checkpoint) -> Structure:
             owner[layer.prefix] = chain.id
         chains.append(chain)
     ids = [chain.id for chain in chains]
-    duplicates = sorted({chain_id for chain_id in ids if ids.count(chain_id) > 1})
+    duplicates = _repeated(ids)
     if duplicates:
         raise StructureError(f"{path}: chain id(s) {', '.join(duplicates)} used twice")
     symmetries = [
         _symmetry_from_table(path, index, table, checkpoint, version)
         for index, table in enumerate(symmetry_tables)
     ]
-    all_ids = ids + [symmetry.id for symmetry in symmetries]
-    repeated = sorted({key for key in all_ids if all_ids.count(key) > 1})
+    repeated = _repeated(ids + [symmetry.id for symmetry in symmetries])
     if repeated:
         raise StructureError(f"{path}: id(s) {', '.join(repeated)} used twice")
     scaled = {name: chain.id for chain in chains for name in chain.tensor_names()}
@@ -124,12 +115,19 @@ def structure_from_spec(path: Path, checkpoint: Checkpoint) -> Structure:
     return Structure(tuple(chains), unassigned, "spec", symmetries=tuple(symmetries))
 
 
+def _repeated(items: list[str]) -> list[str]:
+    """The items that occur more than once, sorted (in linear time: a spec may list
+    hundreds of thousands of layers)."""
+    if len(set(items)) == len(items):
+        return []
+    return sorted(item for item, count in Counter(items).items() if count > 1)
+
+
 def _chain_from_table(
     path: Path,
     index: int,
     table: Any,
     checkpoint: Checkpoint,
-    layer_prefixes: list[str],
     version: int = SPEC_VERSION,
 ) -> Chain:
     where = f"{path}: [[chain]] #{index + 1}"
@@ -160,10 +158,10 @@ def _chain_from_table(
         or not all(isinstance(p, str) for p in prefixes)
     ):
         raise InputError(f"{where}: `layers` must be a non-empty list of layer names")
-    repeated = sorted({prefix for prefix in prefixes if prefixes.count(prefix) > 1})
+    repeated = _repeated(prefixes)
     if repeated:
         raise StructureError(f"{where}: layer(s) {', '.join(repeated)} appear more than once")
-    layers = [_layer(path, prefix, checkpoint, layer_prefixes) for prefix in prefixes]
+    layers = [_layer(path, prefix, checkpoint) for prefix in prefixes]
     blocks: list[int] = []
     link_notes: list[str] = []
     for producer, consumer in zip(layers, layers[1:], strict=False):
@@ -403,9 +401,12 @@ def _members(
     return tuple(Member(tensor, axis, exponent, block, offset + r * period) for r in range(repeat))
 
 
-def _layer(path: Path, prefix: str, checkpoint: Checkpoint, layer_prefixes: list[str]) -> Layer:
+def _layer(path: Path, prefix: str, checkpoint: Checkpoint) -> Layer:
     weight = f"{prefix}.weight"
     if weight not in checkpoint:
+        # The checkpoint's layers are grouped only here, for the hint: a spec may list
+        # hundreds of thousands of layers, and grouping them costs a pass over every name.
+        layer_prefixes = [m.prefix for m in group_modules(checkpoint) if "weight" in m.tensors]
         close = difflib.get_close_matches(prefix, layer_prefixes, n=3)
         hint = (
             f"; did you mean {' or '.join(close)}?"
