@@ -68,9 +68,10 @@ def test_a_conv_chain_is_exact_for_the_declared_structure_without_probes(
 
 
 def test_values_only(run: Callable[..., Result], workdir: Path, samples: Path) -> None:
-    """A registered architecture's symmetries, values checked, the model not run."""
+    """A registered architecture's symmetries, values checked, the model not run (on
+    request: by default transformers runs it)."""
     shutil.copytree(samples / "tiny_llama_chars", workdir / "tiny_llama_chars")
-    result = run("rebalance", "tiny_llama_chars", "-o", "out")
+    result = run("rebalance", "tiny_llama_chars", "-o", "out", "--verify-with", "none")
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("○"))

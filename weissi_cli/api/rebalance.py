@@ -100,8 +100,8 @@ def rebalance_checkpoint(
         raise UsageError(f"--scales must be one of {', '.join(SCALES_MODES)}, not {scales!r}")
     if granularity not in ("layer", "channel"):
         raise UsageError(f"--granularity must be layer or channel, not {granularity!r}")
-    if verify_with not in (None, "transformers"):
-        raise UsageError(f"--verify-with takes transformers, not {verify_with!r}")
+    if verify_with not in (None, "transformers", "none"):
+        raise UsageError(f"--verify-with takes transformers or none, not {verify_with!r}")
     folder = path.is_dir()
     with open_checkpoint(path) as checkpoint:
         written_format = "safetensors" if output_format == "safetensors" else checkpoint.format
@@ -114,13 +114,21 @@ def rebalance_checkpoint(
         if approximate and verify_with is None:
             verify_with = "transformers"
         not_run: list[str] = []
-        traced = (
-            source.spec is None and source.model is None and structure.origin.startswith("graph:")
+        architecture = (
+            source.spec is None
+            and source.model is None
+            and structure.origin.startswith(("graph:", "config:"))
         )
-        if traced and config is not None and verify_with is None:
-            # the architecture was traced from transformers' code: run that code on both
-            # files, when both models fit in memory beside each other
-            if fits_in_memory(checkpoint.file_bytes, copies=3):
+        if architecture and config is not None and verify_with is None:
+            # the structure is the architecture's (traced from transformers' code, or the
+            # registry entry proven equal to it): run that code on both files, when
+            # transformers is there and both models fit in memory beside each other
+            if not transformers_available():
+                not_run.append(
+                    "transformers is not installed, so the architecture's own code was not run "
+                    "on the files: pip install 'weissi-cli[hf]' for a verdict on the real network"
+                )
+            elif fits_in_memory(checkpoint.file_bytes, copies=3):
                 verify_with = "transformers"
             else:
                 not_run.append(
@@ -128,7 +136,14 @@ def rebalance_checkpoint(
                     "twice in this machine's memory, so the architecture's own code was not run "
                     "on it: pass --verify-with transformers to run it anyway"
                 )
-        if verify_with is not None:
+        if verify_with == "none":
+            if approximate:
+                raise UsageError(
+                    f"{path}: approximate symmetries change the function, so --allow-approximate "
+                    "measures the change by running the model: drop --verify-with none"
+                )
+            verify_with = None
+        elif verify_with is not None:
             require_transformers()
             if config is None:
                 raise UsageError(
@@ -325,6 +340,12 @@ def _optimizer_state_to_drop(
 
 # The file name transformers looks for, per format, when a folder holds one weights file.
 LOADER_NAMES = {"safetensors": "model.safetensors", "torch": "pytorch_model.bin"}
+
+
+def transformers_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("transformers") is not None
 
 
 def fits_in_memory(nbytes: int, copies: int) -> bool:

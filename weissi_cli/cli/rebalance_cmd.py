@@ -66,8 +66,9 @@ def rebalance(
         str | None,
         typer.Option(
             "--verify-with",
-            help="transformers: also load both models with the architecture's own class "
-            "and compare logits on random token ids (needs weissi-cli[hf]).",
+            help="transformers: load both model folders with the architecture's own class and "
+            "compare outputs (the default for a Hugging Face folder when transformers is "
+            "installed and both models fit in memory); none: do not run the model.",
         ),
     ] = None,
     write_unchanged: Annotated[
