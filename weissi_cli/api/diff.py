@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from weissi_cli.api.symmetries import solve_group, statistics_pass
+from weissi_cli.api.plan import PlanSettings, plan_rebalance
+from weissi_cli.api.symmetries import statistics_pass
 from weissi_cli.api.verdict import guess_refusal
-from weissi_cli.balance.analysis import analyse_chain
-from weissi_cli.balance.channelwise import solve
 from weissi_cli.errors import StructureError, UsageError
 from weissi_cli.io import open_checkpoint
 from weissi_cli.io.checkpoint import Checkpoint
@@ -21,7 +20,7 @@ from weissi_cli.io.dtypes import UNIT_ROUNDOFF, decode
 from weissi_cli.ir import Structure
 from weissi_cli.report.common import Source
 from weissi_cli.report.diff import DiffReport, Shift, StructureBasis, TensorDiff
-from weissi_cli.scales import TensorScale, from_symmetries, shift_scales
+from weissi_cli.scales import TensorScale
 from weissi_cli.structure import discover
 from weissi_cli.structure.source import StructureSource
 from weissi_cli.threads import run_round_robin
@@ -161,7 +160,6 @@ def _canonical(
 ) -> tuple[dict[str, TensorScale], dict[str, TensorScale], list[Shift]]:
     """The scales that rebalance each checkpoint to its optimum (a canonical form: the
     optimum is unique), and the layer-wise shifts from A to B."""
-    shapes = {info.name: info.shape for info in a.tensors}
     found: list[dict[str, TensorScale]] = []
     shifts: list[Shift] = []
     stats_pair = []
@@ -172,27 +170,11 @@ def _canonical(
             checkpoint, structure, include_bias, granularity, threads, names
         )
         stats_pair.append(stats)
-        scales: dict[str, TensorScale] = {}
-        if granularity == "channel" and structure.chains:
-            for chain in structure.chains:
-                mine = {n: squares[n] for n in chain.tensor_names() if n in squares}
-                scales.update(
-                    from_symmetries(
-                        chain.symmetries(), solve(chain.symmetries(), mine).scales, shapes
-                    )
-                )
-        else:
-            for chain in structure.chains:
-                analysis = analyse_chain(chain, stats, include_bias=include_bias)
-                if analysis.optimal is not None:
-                    scales.update(shift_scales(chain, analysis.optimal, shapes))
-        solved = solve_group(
-            checkpoint, structure, include_bias, granularity, threads, squares=group_squares
+        settings = PlanSettings("real", include_bias, granularity)
+        plan = plan_rebalance(
+            checkpoint, structure, stats, squares, group_squares, settings, threads
         )
-        if solved is not None and structure.symmetries:
-            group = solved[0]
-            chosen = group.channel or group.layer
-            scales.update(from_symmetries(structure.symmetries, chosen.scales, shapes))
+        scales = dict(plan.tensor_scales)
         found.append(scales)
     for chain in structure.chains:
         before, after = stats_pair

@@ -4,33 +4,23 @@ from __future__ import annotations
 
 import math
 import shlex
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
 from weissi_cli import __version__
+from weissi_cli.api.plan import ChainPlan, PlanSettings, plan_rebalance
 from weissi_cli.api.symmetries import (
     penalised_members,
-    solve_group,
     statistics_pass,
     unbounded_hint,
 )
 from weissi_cli.api.verdict import guess_refusal, level_caveats, refusal_message
-from weissi_cli.balance.analysis import ChainAnalysis, analyse_chain
-from weissi_cli.balance.channelwise import (
-    ChannelSolution,
-    Squares,
-    round_to_powers_of_two,
-    solve,
-)
-from weissi_cli.balance.exact_pow2 import ExactLimits, exact_range
-from weissi_cli.balance.layerwise import Shift, l2_penalty, pow2_shift, weissi_penalty
+from weissi_cli.balance.layerwise import l2_penalty, weissi_penalty
 from weissi_cli.errors import ConsentError, StructureError, UsageError
-from weissi_cli.headroom import measure_headroom
 from weissi_cli.io import open_checkpoint
 from weissi_cli.io.checkpoint import Checkpoint
-from weissi_cli.io.dtypes import is_16_bit
 from weissi_cli.io.exported import ExportedCheckpoint
 from weissi_cli.io.sharded import ShardedCheckpoint
 from weissi_cli.io.torch_pickle import TorchCheckpoint, optimizer_state_message
@@ -41,9 +31,6 @@ from weissi_cli.report.symmetries import SymmetryGroup
 from weissi_cli.rewrite import PendingOutput, check_output_path, input_files, write_rescaled
 from weissi_cli.scales import (
     TensorScale,
-    Vector,
-    chain_channel_scales,
-    from_symmetries,
     scale_record,
 )
 from weissi_cli.stats import TensorStats, compute_stats
@@ -179,44 +166,33 @@ def rebalance_checkpoint(
             checkpoint, structure, include_bias, granularity, threads, names
         )
         warnings = [*cleaned, *checkpoint.notes, *structure.assumptions, *not_run]
-        plans = [
-            _plan(
-                chain,
-                checkpoint,
-                before,
-                squares,
-                scales,
-                include_bias,
-                granularity,
-                hold_activations,
-            )
-            for chain in structure.chains
-        ]
-        if hold_activations and not any(plan.mode == "pow2" for plan in plans):
+        plan = plan_rebalance(
+            checkpoint,
+            structure,
+            before,
+            squares,
+            group_squares,
+            PlanSettings(scales, include_bias, granularity, hold_activations),
+            threads,
+        )
+        plans, group, group_mode = list(plan.chains), plan.group, plan.group_mode
+        if hold_activations and not any(chain.mode == "pow2" for chain in plans):
             raise UsageError(
                 f"{path}: --hold-activations applies to power-of-two scales (16-bit chains "
                 "under --scales auto, or --scales pow2); these chains take real scales"
             )
         warnings += [
-            f"{plan.analysis.chain.id} left unchanged: {plan.analysis.problem}"
-            for plan in plans
-            if plan.channel_scales is None
+            f"{chain.analysis.chain.id} left unchanged: {chain.analysis.problem}"
+            for chain in plans
+            if chain.channel_scales is None
         ]
-        if plans and all(plan.channel_scales is None for plan in plans):
+        if plans and all(chain.channel_scales is None for chain in plans):
             problems = "; ".join(f"{p.analysis.chain.id}: {p.analysis.problem}" for p in plans)
             raise StructureError(f"{path}: nothing can be rebalanced ({problems})")
-        shapes = {info.name: info.shape for info in checkpoint.tensors}
-        group, group_scales, group_mode = _solve_group(
-            checkpoint, structure, include_bias, granularity, scales, threads, group_squares
-        )
-        tensor_scales: dict[str, TensorScale] = dict(group_scales)
+        tensor_scales = dict(plan.tensor_scales)
+        group_scales = plan.group_scales
         warnings += unbounded_hint(group, include_bias)
-        warnings += _held_warnings(plans, group)
-        for plan in plans:
-            if plan.channel_scales is not None:
-                tensor_scales.update(
-                    from_symmetries(plan.analysis.chain.symmetries(), plan.channel_scales, shapes)
-                )
+        warnings += plan.held_warnings()
         if not tensor_scales and not write_unchanged:
             results = [_chain_result(plan, before, before, include_bias) for plan in plans]
             return RebalanceReport(
@@ -390,119 +366,9 @@ def _run_transformers(
         return run_transformers(before, after, exact, power_of_two=power_of_two)
 
 
-def _mode_for(chain: Chain, checkpoint: Checkpoint, scales: str) -> str:
-    if scales != "auto":
-        return scales
-    sixteen_bit = any(is_16_bit(checkpoint.info(name).dtype) for name in chain.tensor_names())
-    return "pow2" if sixteen_bit else "real"
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """What to do with one chain: its analysis, and the scale of every channel of each of
-    its symmetries (None: leave it alone)."""
-
-    analysis: ChainAnalysis
-    channel_scales: dict[str, Vector] | None
-    mode: str  # "real" | "pow2" | "none"
-    shift: Shift | None = None  # layer granularity
-    solution: ChannelSolution | None = None  # channel granularity
-    held: int = 0  # link scales or channels that float16 exactness kept closer to 1
-
-
-def _plan(
-    chain: Chain,
-    checkpoint: Checkpoint,
-    before: dict[str, TensorStats],
-    squares: Mapping[str, Squares],
-    scales: str,
-    include_bias: bool,
-    granularity: str,
-    hold_activations: bool = False,
-) -> _Plan:
-    """`hold_activations`: with power-of-two scales, no hidden activation is scaled down."""
-    analysis = analyse_chain(chain, before, include_bias=include_bias)
-    if analysis.optimal is None:
-        return _Plan(analysis, None, "none")
-    mode = _mode_for(chain, checkpoint, scales)
-    limits = exact_limits(checkpoint, chain.tensor_names()) if mode == "pow2" else None
-    hold = hold_activations and mode == "pow2"
-    if granularity == "channel":
-        symmetries = chain.symmetries()
-        mine = {name: squares[name] for name in chain.tensor_names() if name in squares}
-        solution = solve(symmetries, mine)
-        if mode == "pow2":
-            floors = frozenset(s.id for s in symmetries) if hold else frozenset()
-            solution = round_to_powers_of_two(solution, symmetries, mine, limits, floors)
-        held = sum(solution.held.values())
-        return _Plan(analysis, solution.scales, mode, solution=solution, held=held)
-    shift = analysis.optimal
-    held = 0
-    if mode == "pow2":
-        biases = analysis.bias_norms if include_bias else None
-        if not limits and not hold:
-            shift = pow2_shift(analysis.optimal, analysis.weight_norms, biases)
-        else:
-            bounds = _layer_bounds(chain, limits or ExactLimits({}))
-            if hold:  # Π_l = 2^k_l multiplies layer l's outputs: k_l >= 0
-                bounds = [(weight, (max(bias[0], 0.0), bias[1])) for weight, bias in bounds]
-            shift = pow2_shift(analysis.optimal, analysis.weight_norms, biases, bounds)
-            # Held: links where the same search without the bounds (its candidates are wider
-            # than the unbounded default's) would have chosen differently.
-            unlimited = [((-math.inf, math.inf), (-math.inf, math.inf))] * len(bounds)
-            free = pow2_shift(analysis.optimal, analysis.weight_norms, biases, unlimited)
-            held = sum(a != b for a, b in zip(free.log_links, shift.log_links, strict=True))
-    return _Plan(analysis, chain_channel_scales(chain, shift), mode, shift=shift, held=held)
-
-
-def exact_limits(checkpoint: Checkpoint, names: Iterable[str]) -> ExactLimits:
-    """The float16 headroom of `names` (empty, and free, when none is float16)."""
-    wanted = [name for name in dict.fromkeys(names) if checkpoint.info(name).dtype == "float16"]
-    headroom = measure_headroom(checkpoint, wanted) if wanted else {}
-    return ExactLimits(headroom)
-
-
-def _layer_bounds(
-    chain: Chain, limits: ExactLimits
-) -> list[tuple[tuple[float, float], tuple[float, float]]]:
-    """Per layer, the exponents its weight's and its bias's uniform factor may take."""
-    return [
-        (
-            exact_range(limits.headroom.get(layer.weight)),
-            exact_range(limits.headroom.get(layer.bias) if layer.bias else None),
-        )
-        for layer in chain.layers
-    ]
-
-
-def _held_warnings(plans: list[_Plan], group: SymmetryGroup | None) -> list[str]:
-    """Where float16 exactness kept power-of-two scales short of the L2 optimum."""
-    reason = (
-        "scaling further would push the lowest set bit of some float16 values below 2^-24, "
-        "float16's smallest step, and round them; --scales real moves them fully and rounds "
-        "each value once instead"
-    )
-    found = [
-        f"{plan.analysis.chain.id}: float16 exactness held {plan.held} "
-        f"{'channel' if plan.solution is not None else 'link'} scale(s) closer to 1 ({reason})"
-        for plan in plans
-        if plan.held
-    ]
-    solution = None if group is None else (group.channel or group.layer)
-    if solution is not None and solution.held:
-        of = f"{len(solution.held)} of {len(solution.symmetries)} symmetries"
-        what = (
-            f"{sum(solution.held.values())} channel scale(s) in {of}"
-            if solution.granularity == "channel"
-            else f"the scales of {of}"
-        )
-        found.append(f"float16 exactness held {what} closer to 1 ({reason})")
-    return found
-
-
 def _check_as_written(
     checkpoint: Checkpoint,
-    plans: list[_Plan],
+    plans: list[ChainPlan],
     group_scales: Mapping[str, TensorScale],
     scales: Mapping[str, TensorScale],
 ) -> CheckAsWritten:
@@ -523,7 +389,7 @@ def _check_as_written(
 def _verify_and_measure(
     original: Checkpoint,
     rewritten: Checkpoint,
-    plans: list[_Plan],
+    plans: list[ChainPlan],
     scales: Mapping[str, TensorScale],
     before: dict[str, TensorStats],
     include_bias: bool,
@@ -546,7 +412,7 @@ def _verify_and_measure(
 
 
 def _chain_result(
-    plan: _Plan,
+    plan: ChainPlan,
     before: dict[str, TensorStats],
     after: dict[str, TensorStats],
     include_bias: bool,
@@ -591,33 +457,6 @@ def _chain_result(
             path_norm_after=check.path_norm_after if check else None,
         ),
     )
-
-
-def _solve_group(
-    checkpoint: Checkpoint,
-    structure: Structure,
-    include_bias: bool,
-    granularity: str,
-    scales: str,
-    threads: int,
-    squares: Mapping[str, Squares],
-) -> tuple[SymmetryGroup | None, dict[str, TensorScale], str]:
-    """The free symmetries' scales (graph or spec), solved jointly from their axis squares."""
-    solved = solve_group(checkpoint, structure, include_bias, granularity, threads, squares=squares)
-    if solved is None or not structure.symmetries:
-        return (solved[0] if solved else None), {}, "none"
-    group, squares = solved
-    mode = scales
-    members = {m.tensor for s in structure.symmetries for m in s.members}
-    if scales == "auto":
-        mode = "pow2" if any(is_16_bit(checkpoint.info(n).dtype) for n in members) else "real"
-    chosen = group.channel or group.layer
-    if mode == "pow2":
-        limits = exact_limits(checkpoint, members)
-        chosen = round_to_powers_of_two(chosen, structure.symmetries, squares, limits)
-        group = replace(group, channel=chosen) if group.channel else replace(group, layer=chosen)
-    tensor_scales = from_symmetries(structure.symmetries, chosen.scales, _shapes(checkpoint))
-    return group, tensor_scales, mode
 
 
 def _verify_group(
@@ -667,10 +506,6 @@ def _verify_group(
     stats = compute_stats(original, missing) if missing else {}
     changed += math.fsum(known[n] if n in known else stats[n].fro_norm ** 2 for n in unchanged)
     return replace(group, l2_after=changed), checks
-
-
-def _shapes(checkpoint: Checkpoint) -> dict[str, tuple[int, ...]]:
-    return {info.name: info.shape for info in checkpoint.tensors}
 
 
 def _ratio(after: dict[str, TensorStats], before: dict[str, TensorStats], name: str) -> float:
