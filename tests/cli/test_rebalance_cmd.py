@@ -109,7 +109,7 @@ def test_output_format_must_match(run: Callable[..., Result], workdir: Path) -> 
 def test_unknown_scales_mode(run: Callable[..., Result], workdir: Path) -> None:
     result = run("rebalance", "mlp_digits.pt", "-o", "out.pt", "--assume-relu", "--scales", "fast")
     assert result.exit_code == 2
-    assert "--scales must be one of auto, real, pow2" in result.stderr
+    assert "'fast' is not one of 'auto', 'real', 'pow2'" in result.stderr
 
 
 def test_truncated_input_leaves_no_output(run: Callable[..., Result], workdir: Path) -> None:
@@ -258,7 +258,7 @@ def test_unknown_granularity_is_refused(run: Callable[..., Result], workdir: Pat
         "rebalance", "mlp_digits.pt", "-o", "out.pt", "--assume-relu", "--granularity", "neuron"
     )
     assert result.exit_code == 2
-    assert "--granularity must be layer or channel" in result.stderr
+    assert "'neuron' is not one of 'layer', 'channel'" in result.stderr
     assert not (workdir / "out.pt").exists()
 
 

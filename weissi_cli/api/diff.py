@@ -13,7 +13,8 @@ import numpy as np
 from weissi_cli.api.plan import PlanSettings, plan_rebalance
 from weissi_cli.api.symmetries import statistics_pass
 from weissi_cli.api.verdict import guess_refusal
-from weissi_cli.errors import StructureError, UsageError
+from weissi_cli.choices import Granularity, choose
+from weissi_cli.errors import StructureError
 from weissi_cli.io import open_checkpoint
 from weissi_cli.io.checkpoint import Checkpoint
 from weissi_cli.io.dtypes import UNIT_ROUNDOFF, decode
@@ -42,8 +43,7 @@ def diff_checkpoints(
     """Compare A and B raw, then modulo the scale symmetries of A's structure: both are
     rebalanced to the optimum of the same penalty a rebalance used (`include_bias`), a
     canonical form. The report says which structure that was and how far it is known."""
-    if granularity not in ("layer", "channel"):
-        raise UsageError(f"--granularity must be layer or channel, not {granularity!r}")
+    granularity = choose(Granularity, granularity, "--granularity")
     with open_checkpoint(first) as a, open_checkpoint(second) as b:
         reasons = _layout_differences(a, b)
         names = [

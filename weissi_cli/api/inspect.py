@@ -8,6 +8,7 @@ from pathlib import Path
 from weissi_cli.api.symmetries import solve_group, statistics_pass, unbounded_hint
 from weissi_cli.balance.analysis import analyse_chain
 from weissi_cli.balance.channelwise import ChannelSolution, solve
+from weissi_cli.choices import Granularity, choose
 from weissi_cli.errors import UsageError
 from weissi_cli.io import open_checkpoint
 from weissi_cli.report.common import Source
@@ -28,8 +29,7 @@ def inspect_checkpoint(
 ) -> InspectReport:
     """With `granularity="channel"` the per-channel optimum is reported beside the
     layer-wise one (in the same pass, holding the chains' squared weights in memory)."""
-    if granularity not in ("layer", "channel"):
-        raise UsageError(f"--granularity must be layer or channel, not {granularity!r}")
+    granularity = choose(Granularity, granularity, "--granularity")
     for name, value in (("--lambda1", lambda1), ("--lambda2", lambda2)):
         if not math.isfinite(value):
             raise UsageError(f"{name} must be a finite number, not {value}")

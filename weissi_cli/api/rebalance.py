@@ -7,7 +7,6 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
 from weissi_cli import __version__
 from weissi_cli.api.plan import ChainPlan, PlanSettings, plan_rebalance
@@ -18,6 +17,7 @@ from weissi_cli.api.symmetries import (
 )
 from weissi_cli.api.verdict import guess_refusal, level_caveats, refusal_message
 from weissi_cli.balance.layerwise import l2_penalty, weissi_penalty
+from weissi_cli.choices import Granularity, OutputFormat, Scales, VerifyWith, choose
 from weissi_cli.errors import ConsentError, StructureError, UsageError
 from weissi_cli.io import open_checkpoint
 from weissi_cli.io.checkpoint import Checkpoint
@@ -51,9 +51,6 @@ from weissi_cli.verify import (
 )
 from weissi_cli.verify_transformers import model_folder, require_transformers, run_transformers
 
-ScalesMode = Literal["auto", "real", "pow2"]
-SCALES_MODES: tuple[ScalesMode, ...] = ("auto", "real", "pow2")
-
 
 def rebalance_checkpoint(
     path: Path,
@@ -83,12 +80,11 @@ def rebalance_checkpoint(
     `hold_activations`: power-of-two scales never shrink a chain's hidden activations.
     A training checkpoint's optimizer state is refused unless `drop_optimizer_state`.
     """
-    if scales not in SCALES_MODES:
-        raise UsageError(f"--scales must be one of {', '.join(SCALES_MODES)}, not {scales!r}")
-    if granularity not in ("layer", "channel"):
-        raise UsageError(f"--granularity must be layer or channel, not {granularity!r}")
-    if verify_with not in (None, "transformers", "none"):
-        raise UsageError(f"--verify-with takes transformers or none, not {verify_with!r}")
+    scales = choose(Scales, scales, "--scales")
+    granularity = choose(Granularity, granularity, "--granularity")
+    output_format = choose(OutputFormat, output_format, "--format")
+    if verify_with is not None:
+        verify_with = choose(VerifyWith, verify_with, "--verify-with")
     folder = path.is_dir()
     with open_checkpoint(path) as checkpoint:
         written_format = "safetensors" if output_format == "safetensors" else checkpoint.format

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from weissi_cli.choices import Granularity as GranularityChoice
 from weissi_cli.cli.console import print_warnings, progress_bar, stdout_console
 from weissi_cli.cli.errors import handle_errors
 from weissi_cli.cli.options import (
@@ -29,7 +30,7 @@ def diff(
     model: ModelCode = None,
     example_shape: ExampleShape = None,
     example_dtype: ExampleDtype = "float32",
-    granularity: Granularity = "layer",
+    granularity: Granularity = GranularityChoice.LAYER,
     include_bias: IncludeBias = False,
     json_output: Json = False,
 ) -> None:

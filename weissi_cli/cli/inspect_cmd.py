@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from weissi_cli.choices import Granularity as GranularityChoice
 from weissi_cli.cli.console import print_warnings, progress_bar, stderr_console, stdout_console
 from weissi_cli.cli.errors import handle_errors
 from weissi_cli.cli.options import (
@@ -37,7 +38,7 @@ def inspect(
         float, typer.Option("--lambda2", help="Weight λ2 of Σ ‖W/‖W‖‖₁ in the WEISSI penalty.")
     ] = 1.0,
     include_bias: IncludeBias = False,
-    granularity: Granularity = "layer",
+    granularity: Granularity = GranularityChoice.LAYER,
     allow_approximate: AllowApproximate = False,
     json_output: Json = False,
     output_format: Annotated[

@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
+from weissi_cli import choices
+
 Checkpoint = Annotated[
     Path,
     typer.Argument(
@@ -31,7 +33,7 @@ IncludeBias = Annotated[
     ),
 ]
 Granularity = Annotated[
-    str,
+    choices.Granularity,
     typer.Option(
         "--granularity",
         help="layer: one scale per layer; channel: one scale per hidden unit (per-channel "

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from weissi_cli.choices import Granularity as GranularityChoice
+from weissi_cli.choices import OutputFormat, Scales, VerifyWith
 from weissi_cli.cli.console import print_warnings, progress_bar, stdout_console
 from weissi_cli.cli.errors import handle_errors
 from weissi_cli.cli.options import (
@@ -44,26 +46,26 @@ def rebalance(
         ),
     ] = False,
     scales: Annotated[
-        str,
+        Scales,
         typer.Option(
             "--scales",
             help="real: exact scales; pow2: powers of two (bit-identical outputs); "
             "auto: pow2 for 16-bit tensors.",
         ),
-    ] = "auto",
+    ] = Scales.AUTO,
     include_bias: IncludeBias = False,
-    granularity: Granularity = "layer",
+    granularity: Granularity = GranularityChoice.LAYER,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
     output_format: Annotated[
-        str,
+        OutputFormat,
         typer.Option(
             "--format",
             help="same: the input's format; safetensors: just the tensors of a pickle or .pt2.",
         ),
-    ] = "same",
+    ] = OutputFormat.SAME,
     allow_approximate: AllowApproximate = False,
     verify_with: Annotated[
-        str | None,
+        VerifyWith | None,
         typer.Option(
             "--verify-with",
             help="transformers: load both model folders with the architecture's own class and "
