@@ -392,18 +392,26 @@ def _symmetries_point(group: SymmetryGroup | None) -> SymmetriesPoint | None:
     if group is None or not group.symmetries:
         return None
     solution = group.layer
-    factors = [
-        math.sqrt(solution.tensor_l2_after[name] / before)
-        for name, before in solution.tensor_l2_before.items()
-        if before > 0 and solution.tensor_l2_after.get(name, 0.0) > 0
-    ]
     return SymmetriesPoint(
         count=len(group.symmetries),
         unbounded=sum(1 for item in solution.symmetries.values() if item.unbounded),
         l2_penalty=solution.l2_before,
         min_l2_penalty=min(solution.l2_after, solution.l2_before),
-        spread=max(factors) / min(factors) if factors else None,
+        spread=factor_spread(group),
     )
+
+
+def factor_spread(group: SymmetryGroup) -> float | None:
+    """Largest / smallest factor by which the layer-wise optimum changes the norm of a
+    tensor the symmetries move: a chain's imbalance when they form a chain; None without
+    any tensor of non-zero norm."""
+    solution = group.layer
+    factors = [
+        math.sqrt(solution.tensor_l2_after[name] / before)
+        for name, before in solution.tensor_l2_before.items()
+        if before > 0 and solution.tensor_l2_after.get(name, 0.0) > 0
+    ]
+    return max(factors) / min(factors) if factors else None
 
 
 def _differences(points: Sequence[TrendPoint]) -> list[str]:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
@@ -20,7 +21,7 @@ if TYPE_CHECKING:  # only annotations: a command imports the report modules it p
     from weissi_cli.balance.analysis import ChainAnalysis
     from weissi_cli.balance.channelwise import ChannelSolution
     from weissi_cli.ir import Unassigned
-    from weissi_cli.report.check import CheckReport
+    from weissi_cli.report.check import CheckError, CheckReport, CheckRun
     from weissi_cli.report.common import Source
     from weissi_cli.report.diff import DiffReport
     from weissi_cli.report.graph import GraphReport
@@ -529,47 +530,108 @@ def render_graph(report: GraphReport, console: Console) -> None:
     console.print(tree)
 
 
+CHECK_MARKS = {
+    "pass": ("✓", "green"),
+    "warn": ("!", "yellow"),
+    "fail": ("✗", "bold red"),
+    "skip": ("-", "dim"),
+}
+
+
 def render_check(report: CheckReport, console: Console) -> None:
-    console.print(source_line(report.source))
-    settings = report.settings_file or "flags"
-    console.print(f"thresholds from {escaped(settings)}", style="dim")
+    """One checkpoint's check in full: findings, the table per rule, the verdict."""
+    from weissi_cli.report.check import CheckRun
+
+    render_check_entry(report, console, detailed=True)
+    render_check_summary(CheckRun((report,)), console)
+
+
+def render_check_entry(report: CheckReport | CheckError, console: Console, detailed: bool) -> None:
+    """A checkpoint's findings (failures, warnings, rules not evaluated), each with its fix
+    below it; with `detailed` (one checkpoint), its source and the table of rules too.
+    Among several checkpoints, one without findings shows only its summary line later."""
+    from weissi_cli.report.check import CheckError
+
+    if isinstance(report, CheckError):
+        console.print(Text.assemble(("✗ ", "bold red"), (printable(report.path), "bold")))
+        message = report.message.removeprefix(f"{report.path}: ")
+        console.print(Padding(Text(f"not checked: {printable(message)}", "red"), (0, 0, 0, 2)))
+        console.print()
+        return
+    findings = [r for r in report.results if r.verdict != "pass"]
+    findings.sort(key=lambda r: ("fail", "warn", "skip").index(r.verdict))
+    if not detailed and not findings:
+        return
+    if detailed:
+        console.print(source_line(report.source))
+        console.print(f"thresholds from {escaped(report.settings_file or 'flags')}", style="dim")
+        console.print()
+    else:
+        console.print(Text(printable(report.source.path), style="bold"))
+    if findings:
+        # a grid keeps wrapped lines under the text, not under the mark
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(no_wrap=True)
+        grid.add_column()
+        for result in findings:
+            mark, style = CHECK_MARKS[result.verdict]
+            text = Text.assemble(
+                (result.rule, "bold"), " ", printable(result.scope), ": ", printable(result.message)
+            )
+            if result.fix:
+                text.append(f"\nfix: {printable(result.fix)}", style="dim")
+            grid.add_row(Text(mark, style=style), text)
+        console.print(grid)
+        console.print()
+    if detailed:
+        console.print(_check_rules_table(report))
+
+
+def _check_rules_table(report: CheckReport) -> Table:
     table = _table()
-    table.add_column("")
-    table.add_column("rule")
-    table.add_column("scope", overflow="fold")
-    table.add_column("value", justify="right")
-    table.add_column("threshold", justify="right")
-    table.add_column("message", overflow="fold")
-    marks = {
-        "pass": Text("✓", style="green"),
-        "warn": Text("!", style="yellow"),
-        "fail": Text("✗", style="bold red"),
-    }
-    shown = [r for r in report.results if r.verdict != "pass" or r.rule != "non-finite"]
-    for result in sorted(shown, key=lambda r: ("fail", "warn", "pass").index(r.verdict)):
+    table.add_column("rule", no_wrap=True)
+    table.add_column("checked", justify="right", no_wrap=True)
+    table.add_column("failed", justify="right", no_wrap=True)
+    table.add_column("warn.", justify="right", no_wrap=True)
+    table.add_column("not eval.", justify="right", no_wrap=True)
+    table.add_column("passed", justify="right", no_wrap=True)
+    table.add_column("largest", justify="right", no_wrap=True)
+    table.add_column("limit", justify="right", no_wrap=True)
+    for rule, results in report.by_rule().items():
+        counts = [
+            sum(1 for r in results if r.verdict == v) for v in ("fail", "warn", "skip", "pass")
+        ]
+        values = [r.value for r in results if r.value is not None and math.isfinite(r.value)]
+        limits = {r.threshold for r in results if r.threshold is not None}
         table.add_row(
-            marks[result.verdict],
-            result.rule,
-            escaped(result.scope),
-            number(result.value),
-            number(result.threshold),
-            escaped(result.message),
+            rule,
+            str(len(results)),
+            *(
+                Text(str(c), style=s if c else "")
+                for c, s in zip(counts, ("bold red", "yellow", "dim", "green"), strict=True)
+            ),
+            number(max(values)) if values else "—",
+            number(limits.pop()) if len(limits) == 1 else "—",
         )
-    console.print()
-    console.print(table)
-    finite = sum(1 for r in report.results if r.rule == "non-finite" and r.verdict == "pass")
-    console.print(f"  {finite} tensors with only finite values", style="dim")
-    verdict = (
-        Text("passed", style="bold green") if report.passed else Text("failed", style="bold red")
-    )
-    console.print(
-        Text.assemble(
-            "\nweissi check ",
-            verdict,
-            f": {report.count('fail')} failed · {report.count('warn')} warnings · "
-            f"{report.count('pass')} passed",
-        )
-    )
+    return table
+
+
+def render_check_summary(run: CheckRun, console: Console) -> None:
+    """One line per checkpoint (when there are several), then the verdict of the run."""
+    from weissi_cli.report.check import CheckError
+
+    if len(run.entries) > 1:
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(no_wrap=True)
+        grid.add_column()
+        for entry in run.entries:
+            passed = not isinstance(entry, CheckError) and entry.passed
+            mark, style = CHECK_MARKS["pass" if passed else "fail"]
+            grid.add_row(Text(mark, style=style), Text(entry.summary_line()))
+        console.print(grid)
+    verdict = Text("passed", style="bold green") if run.passed else Text("failed", style="bold red")
+    words = run.verdict_line().split(": ", 1)[1]
+    console.print(Text.assemble("\nweissi check ", verdict, f": {words}"))
 
 
 def render_diff(report: DiffReport, console: Console) -> None:
