@@ -56,8 +56,8 @@ def load_check_settings(start: Path) -> tuple[CheckSettings, Path | None]:
     table: Any = read_toml(path, "pyproject.toml")
     for depth, key in enumerate(("tool", "weissi", "check")):
         table = table.get(key)
-        if table is None:
-            return CheckSettings(), path
+        if table is None:  # a pyproject.toml without settings for weissi: the defaults
+            return CheckSettings(), None
         if not isinstance(table, dict):
             name = ".".join(("tool", "weissi", "check")[: depth + 1])
             raise InputError(f"{path}: [{name}] must be a table, not {type(table).__name__}")

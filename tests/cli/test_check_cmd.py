@@ -157,8 +157,8 @@ def test_markdown_and_output_file(run: Callable[..., Result], broken: Path, work
     assert result.exit_code == 1
     assert result.stdout == ""
     text = (workdir / "report.md").read_text()
-    assert text.startswith("### weissi check: failed")
-    assert "| ❌ | non-finite | `net.0.weight` |" in text
+    assert text.startswith("## ❌ weissi check failed")
+    assert "| non-finite | `net.0.weight` | 1 | 0 |" in text
 
 
 def test_unknown_format_is_refused(run: Callable[..., Result], broken: Path) -> None:

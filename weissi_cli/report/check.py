@@ -317,6 +317,7 @@ class CheckRun:
                     f"{entry.count('pass')} |"
                 )
             lines.append("")
+        lines += _markdown_findings(self.reports, several)
         for entry in self.entries:
             if isinstance(entry, CheckError):
                 lines += [
@@ -389,6 +390,40 @@ def _failure_text(result: RuleResult, first: str = "failed") -> str:
     return xml_text("\n".join(lines))
 
 
+def _markdown_findings(reports: tuple[CheckReport, ...], several: bool) -> list[str]:
+    """Every failure (a table with the fix), then warnings and rules not evaluated, of all
+    checkpoints: what a reader of a job summary looks for first."""
+    lines: list[str] = []
+    where = "| checkpoint " if several else ""
+    failed = [(report, r) for report in reports for r in report.results if r.verdict == "fail"]
+    if failed:
+        lines += [
+            "**Failures**",
+            "",
+            f"{where}| rule | scope | value | threshold | fix |",
+            f"{'|---' if several else ''}|---|---|--:|--:|---|",
+        ]
+        lines += [
+            (f"| {_code(report.source.path)} " if several else "")
+            + f"| {r.rule} | {_code(r.scope)} | {_number(r.value)} | {_number(r.threshold)} | "
+            f"{_cell(r.fix or r.message)} |"
+            for report, r in failed
+        ]
+        lines.append("")
+    for verdict, title in (("warn", "Warnings"), ("skip", "Not evaluated")):
+        found = [(report, r) for report in reports for r in report.results if r.verdict == verdict]
+        if found:
+            lines += [f"**{title}**", ""]
+            lines += [
+                "- "
+                + (f"{_code(report.source.path)} " if several else "")
+                + f"{r.rule} {_code(r.scope)}: {_cell(r.message)}"
+                for report, r in found
+            ]
+            lines.append("")
+    return lines
+
+
 def _markdown_checkpoint(report: CheckReport, heading: bool) -> list[str]:
     source = report.source
     lines: list[str] = []
@@ -396,29 +431,10 @@ def _markdown_checkpoint(report: CheckReport, heading: bool) -> list[str]:
         lines += [f"### {'✅' if report.passed else '❌'} {_code(source.path)}", ""]
     lines += [
         f"{_code(source.path)} · {source.format} · {source.tensors} tensors · "
-        f"{source.parameters:,} parameters · thresholds from {_cell(report.settings_file or 'flags')}",
+        f"{source.parameters:,} parameters · thresholds from "
+        f"{_cell(report.settings_file or 'flags')}",
         "",
     ]
-    failed = [r for r in report.results if r.verdict == "fail"]
-    if failed:
-        lines += [
-            "**Failures**",
-            "",
-            "| rule | scope | value | threshold | fix |",
-            "|---|---|--:|--:|---|",
-        ]
-        lines += [
-            f"| {r.rule} | {_code(r.scope)} | {_number(r.value)} | {_number(r.threshold)} | "
-            f"{_cell(r.fix or r.message)} |"
-            for r in failed
-        ]
-        lines.append("")
-    for verdict, title in (("warn", "Warnings"), ("skip", "Not evaluated")):
-        found = [r for r in report.results if r.verdict == verdict]
-        if found:
-            lines += [f"**{title}**", ""]
-            lines += [f"- {r.rule} {_code(r.scope)}: {_cell(r.message)}" for r in found]
-            lines.append("")
     lines += [
         "| rule | checked | ❌ failed | ⚠️ warnings | ⏭️ not evaluated | ✅ passed | largest value |",
         "|---|--:|--:|--:|--:|--:|---|",
