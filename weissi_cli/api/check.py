@@ -4,7 +4,6 @@ checkpoint, over any number of checkpoints."""
 from __future__ import annotations
 
 import glob
-import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
