@@ -10,7 +10,7 @@ import functools
 import os
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -246,3 +246,36 @@ def check_destinations(
         if key in seen:
             raise UsageError(f"{path}: both {seen[key]} and {option} name this file; name two")
         seen[key] = option
+
+
+# Text reports written to a file are laid out for this width (a terminal's is its own).
+FILE_WIDTH = 100
+
+
+def rendered_text(render: Callable[[Console], None]) -> str:
+    """What `render` prints, as plain text (no colour) laid out FILE_WIDTH wide."""
+    import io
+
+    buffer = io.StringIO()
+    console = _escaping_console()(
+        file=buffer, width=FILE_WIDTH, color_system=None, highlight=False, soft_wrap=False
+    )
+    render(console)
+    return buffer.getvalue()
+
+
+def deliver(
+    text: str | None,
+    render: Callable[[Console], None],
+    output: Path | None,
+    force: bool,
+    protect: Sequence[Path],
+) -> list[str]:
+    """A command's result: `text` (a machine format) or the rendered tables, on stdout or
+    into `output`. Returns the writer's notes."""
+    if text is None and output is None:
+        render(stdout_console())
+        return []
+    if text is None:
+        text = rendered_text(render)
+    return emit(text, output, force, protect)
