@@ -4,6 +4,7 @@ shift (their canonical, rebalanced forms agree)?"""
 from __future__ import annotations
 
 import math
+import os
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -33,9 +34,9 @@ TOLERANCE_UNITS = 16
 
 
 def diff_checkpoints(
-    first: Path,
-    second: Path,
-    spec: Path | StructureSource | None = None,
+    first: str | os.PathLike[str],
+    second: str | os.PathLike[str],
+    spec: str | os.PathLike[str] | StructureSource | None = None,
     granularity: str = "layer",
     threads: int = 2,
     include_bias: bool = False,
@@ -43,6 +44,8 @@ def diff_checkpoints(
     """Compare A and B raw, then modulo the scale symmetries of A's structure: both are
     rebalanced to the optimum of the same penalty a rebalance used (`include_bias`), a
     canonical form. The report says which structure that was and how far it is known."""
+    first, second = Path(first), Path(second)
+    source = StructureSource.of(spec)
     if granularity not in ("layer", "channel"):
         raise UsageError(f"--granularity must be layer or channel, not {granularity!r}")
     with open_checkpoint(first) as a, open_checkpoint(second) as b:
@@ -57,12 +60,12 @@ def diff_checkpoints(
         ]
         dtypes = {a.info(n).dtype for n in names} | {b.info(n).dtype for n in names}
         tolerance = TOLERANCE_UNITS * max((UNIT_ROUNDOFF[d] for d in dtypes), default=2.0**-53)
-        structure = discover(a, spec)
+        structure = discover(a, source)
         warnings = [*a.notes, *b.notes, *structure.assumptions]
         guesses = structure.guesses()
         if granularity == "channel" and guesses:
             raise StructureError(guess_refusal(first, guesses, "comparison"))
-        basis = structure_basis(structure, StructureSource.of(spec).spec)
+        basis = structure_basis(structure, source.spec)
         unplaced = structure.origin == "heuristic" and bool(structure.refusals)
         if unplaced:
             warnings.append(

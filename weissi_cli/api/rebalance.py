@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -69,9 +70,9 @@ SCALES_MODES: tuple[ScalesMode, ...] = ("auto", "real", "pow2")
 
 
 def rebalance_checkpoint(
-    path: Path,
-    output: Path,
-    spec: Path | StructureSource | None = None,
+    path: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    spec: str | os.PathLike[str] | StructureSource | None = None,
     assume_relu: bool = False,
     scales: str = "auto",
     include_bias: bool = False,
@@ -96,6 +97,7 @@ def rebalance_checkpoint(
     `hold_activations`: power-of-two scales never shrink a chain's hidden activations.
     A training checkpoint's optimizer state is refused unless `drop_optimizer_state`.
     """
+    path, output = Path(path), Path(output)
     if scales not in SCALES_MODES:
         raise UsageError(f"--scales must be one of {', '.join(SCALES_MODES)}, not {scales!r}")
     if granularity not in ("layer", "channel"):

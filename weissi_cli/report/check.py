@@ -40,6 +40,9 @@ SHOWN_TENSORS = 8
 
 @dataclass(frozen=True)
 class RuleResult:
+    """One rule on one scope (a tensor, a chain, `symmetries`): its value, threshold, verdict,
+    the tensors involved, a message and the fix."""
+
     rule: str  # "non-finite" | "max-abs" | "max-norm" | "max-imbalance" | ...
     scope: str  # the tensor, chain or group the rule looked at
     value: float | None
@@ -50,6 +53,7 @@ class RuleResult:
     fix: str = ""  # what to do about a failure or warning
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as JSON."""
         return {
             "rule": self.rule,
             "scope": self.scope,
@@ -77,6 +81,7 @@ class CheckReport:
         return not any(result.verdict == "fail" for result in self.results)
 
     def count(self, verdict: str) -> int:
+        """How many results have `verdict` (pass, warn, fail or skip)."""
         return sum(1 for result in self.results if result.verdict == verdict)
 
     def by_rule(self) -> dict[str, list[RuleResult]]:
@@ -106,6 +111,7 @@ class CheckReport:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The weissi.check/1 JSON payload."""
         settings = {
             "max_imbalance": self.settings.max_imbalance,
             "max_l2_ratio": self.settings.max_l2_ratio,
@@ -128,15 +134,19 @@ class CheckReport:
         }
 
     def to_json(self) -> str:
+        """The weissi.check/1 payload as one line of JSON."""
         return to_json(self.to_dict())
 
     def to_junit(self) -> str:
+        """JUnit XML of this checkpoint (see `CheckRun.to_junit`)."""
         return CheckRun((self,)).to_junit()
 
     def to_github(self) -> str:
+        """GitHub workflow commands for this checkpoint (see `CheckRun.to_github`)."""
         return CheckRun((self,)).to_github()
 
     def to_markdown(self) -> str:
+        """A Markdown summary of this checkpoint (see `CheckRun.to_markdown`)."""
         return CheckRun((self,)).to_markdown()
 
 
@@ -150,10 +160,12 @@ class CheckError:
     exit_code: int = 2
 
     def summary_line(self) -> str:
+        """One line for a log: the checkpoint and why it was not checked."""
         message = self.message.removeprefix(f"{self.path}: ")
         return f"{printable(self.path)}: not checked · {printable(message)}"
 
     def to_dict(self) -> dict[str, Any]:
+        """The error as JSON."""
         return {"path": self.path, "message": self.message, "exit_code": self.exit_code}
 
 
@@ -184,6 +196,7 @@ class CheckRun:
         return 0 if self.passed else 1
 
     def count(self, verdict: str) -> int:
+        """How many results of all checkpoints have `verdict`."""
         return sum(report.count(verdict) for report in self.reports)
 
     def verdict_line(self) -> str:
@@ -224,6 +237,7 @@ class CheckRun:
         }
 
     def to_json(self) -> str:
+        """`to_dict()` as one line of JSON."""
         return to_json(self.to_dict())
 
     # --- JUnit ---------------------------------------------------------------------------
