@@ -15,13 +15,23 @@ from typing import Any
 from weissi_cli.errors import UsageError
 from weissi_cli.output_files import write_report_file
 from weissi_cli.report.inspect import InspectReport
+from weissi_cli.report.printable import printable as _printable
 from weissi_cli.report.symmetries import SymmetryGroup
 
 PLOT_FORMATS = (".png", ".svg")
 # At most this many tick labels on an axis: more would overlap at the font sizes used.
 MAX_ROW_LABELS = 40
 MAX_BAR_LABELS = 40
+SLANTED_LABELS = 12  # more bar labels than this stand upright
 BLUE, GREEN, RED = "#4c72b0", "#55a868", "#c44e52"
+DPI = 110
+MISSING = "#eeeeee"  # a block without that projection
+
+
+def printable(text: str) -> str:
+    """A name from the file as matplotlib shows it: control characters escaped, and `$`
+    escaped too (matplotlib reads text between two as mathematics)."""
+    return _printable(text).replace("$", r"\$")
 
 
 def pyplot_or_error() -> Any:
@@ -79,8 +89,8 @@ def block_grid(report: InspectReport) -> BlockGrid | None:
         after.append(
             tuple(_norm(after_norms.get(n, now_norms.get(n))) if n else math.nan for n in names)
         )
-    short = _short_names(projections)
-    return BlockGrid(tuple(tensors), short, tuple(now), tuple(after))
+    short = tuple(printable(name) for name in _short_names(projections))
+    return BlockGrid(tuple(printable(b) for b in tensors), short, tuple(now), tuple(after))
 
 
 def _projection(block: str, tensor: str) -> str:
@@ -124,7 +134,7 @@ def _block_labels(blocks: tuple[str, ...]) -> list[str]:
     return [b[len(prefix) + 1 :] if b.startswith(prefix + ".") else b for b in blocks]
 
 
-def render_heatmap(report: InspectReport, grid: BlockGrid, fmt: str = "png") -> bytes:
+def heatmap_figure(report: InspectReport, grid: BlockGrid) -> Any:
     """Blocks down; across: log10 ‖W‖ now and after rebalancing (one colour scale), γ* =
     after/now (log2, white at 1), and each block's imbalance now and after."""
     pyplot = pyplot_or_error()
@@ -148,10 +158,8 @@ def render_heatmap(report: InspectReport, grid: BlockGrid, fmt: str = "png") -> 
         1, 4, figsize=(width, height), sharey=True, layout="constrained",
         gridspec_kw={"width_ratios": [columns, columns, columns, max(columns * 0.7, 2.5)]},
     )  # fmt: skip
-    colormap = pyplot.get_cmap("viridis").copy()
-    colormap.set_bad("#eeeeee")
-    diverging = pyplot.get_cmap("RdBu_r").copy()
-    diverging.set_bad("#eeeeee")
+    colormap = pyplot.get_cmap("viridis").with_extremes(bad=MISSING)
+    diverging = pyplot.get_cmap("RdBu_r").with_extremes(bad=MISSING)
     panels = (
         (axes[0], log_now, colormap, {"vmin": low, "vmax": high}, "‖W‖ now", "log10 ‖W‖"),
         (axes[1], log_after, colormap, {"vmin": low, "vmax": high}, "‖W‖ after", "log10 ‖W‖"),
@@ -168,7 +176,7 @@ def render_heatmap(report: InspectReport, grid: BlockGrid, fmt: str = "png") -> 
         masked = np.ma.masked_invalid(values)
         image = axis.imshow(masked, aspect="auto", cmap=cmap, interpolation="nearest", **scale)
         axis.set_title(title, fontsize=10)
-        axis.set_xticks(range(columns), grid.projections, rotation=60, ha="right", fontsize=8)
+        axis.set_xticks(range(columns), grid.projections, rotation=90, fontsize=8)
         bar = figure.colorbar(image, ax=axis, orientation="horizontal", fraction=0.05, pad=0.01)
         bar.set_label(unit, fontsize=8)
         bar.ax.tick_params(labelsize=7)
@@ -199,11 +207,11 @@ def render_heatmap(report: InspectReport, grid: BlockGrid, fmt: str = "png") -> 
     others = [label for label in labels if not label.isdigit()]
     blocks = f"{numbered} blocks" + "".join(f" + {label}" for label in others[:2])
     figure.suptitle(
-        f"{Path(report.source.path).name}: {blocks} · {columns} projections · "
+        f"{printable(Path(report.source.path).name)}: {blocks} · {columns} projections · "
         f"L2 {group.l2_penalty:.4g} → {optimum:.4g} after rebalancing",
         fontsize=11,
     )
-    return _save(pyplot, figure, fmt)
+    return figure
 
 
 def _thinned(count: int, most: int) -> list[int]:
@@ -228,12 +236,26 @@ def _common_prefix(blocks: tuple[str, ...]) -> str:
 
 
 def render_plot(report: InspectReport, fmt: str = "png") -> bytes:
-    """The heatmap for a model of repeated blocks; otherwise one panel per chain with each
-    layer's norm now and after rebalancing (log scale) and the geometric mean G as a line;
-    without chains, one panel of every weight's norm."""
+    """The report's picture as PNG or SVG bytes (see `report_figure`)."""
+    pyplot = pyplot_or_error()
+    buffer = io.BytesIO()
+    drawn = report_figure(report)
+    drawn.savefig(buffer, format=fmt, dpi=DPI)
+    pyplot.close(drawn)
+    return buffer.getvalue()
+
+
+def report_figure(report: InspectReport) -> Any:
+    """The heatmap for a model of repeated blocks; otherwise the bars of its chains."""
     grid = block_grid(report)
     if grid is not None:
-        return render_heatmap(report, grid, fmt)
+        return heatmap_figure(report, grid)
+    return bars_figure(report)
+
+
+def bars_figure(report: InspectReport) -> Any:
+    """One panel per chain with each layer's norm now and after rebalancing (log scale) and
+    the geometric mean G as a line; without chains, one panel of every weight's norm."""
     pyplot = pyplot_or_error()
     chains = [a for a in report.chains if a.problem is None]
     panels = max(len(chains), 1)
@@ -244,7 +266,7 @@ def render_plot(report: InspectReport, fmt: str = "png") -> bytes:
     )
     if chains:
         for axis, analysis in zip(axes[:, 0], chains, strict=True):
-            names = [layer.layer.prefix for layer in analysis.layers]
+            names = [printable(layer.layer.prefix) for layer in analysis.layers]
             now = [layer.fro_norm for layer in analysis.layers]
             after = [layer.rebalanced_norm or math.nan for layer in analysis.layers]
             positions = range(len(names))
@@ -261,7 +283,7 @@ def render_plot(report: InspectReport, fmt: str = "png") -> bytes:
             _bar_labels(axis, names, rotation=30, fontsize=8)
             axis.set_ylabel("‖W‖ (Frobenius)")
             axis.set_title(
-                f"{analysis.chain.id}: L2 {analysis.l2_penalty:.4g} → "
+                f"{printable(analysis.chain.id)}: L2 {analysis.l2_penalty:.4g} → "
                 f"{analysis.min_l2_penalty:.4g}, imbalance {analysis.imbalance:.3g}×",
                 fontsize=10,
             )
@@ -271,7 +293,7 @@ def render_plot(report: InspectReport, fmt: str = "png") -> bytes:
         rows = [row for row in report.tensors if row.fro_norm and len(row.shape) >= 2]
         axis.bar(range(len(rows)), [row.fro_norm for row in rows], color=BLUE)
         axis.set_yscale("log")
-        _bar_labels(axis, [row.name for row in rows], rotation=60, fontsize=7)
+        _bar_labels(axis, [printable(row.name) for row in rows], rotation=60, fontsize=7)
         axis.set_ylabel("‖W‖ (Frobenius)")
         axis.set_title("weight norms (no chains: see the report's symmetry table)", fontsize=10)
     from matplotlib.ticker import FormatStrFormatter, NullFormatter
@@ -283,22 +305,17 @@ def render_plot(report: InspectReport, fmt: str = "png") -> bytes:
         minor = FormatStrFormatter("%g") if high < 10 * low else NullFormatter()
         axis.yaxis.set_minor_formatter(minor)
         axis.tick_params(axis="y", which="minor", labelsize=7)
-    figure.suptitle(Path(report.source.path).name, fontsize=11)
-    return _save(pyplot, figure, fmt)
+    figure.suptitle(printable(Path(report.source.path).name), fontsize=11)
+    return figure
 
 
 def _bar_labels(axis: Any, names: list[str], rotation: int, fontsize: int) -> None:
     """Every bar's name, or every k-th one where all of them would overlap."""
     shown = _thinned(len(names), MAX_BAR_LABELS)
+    if len(shown) > SLANTED_LABELS:
+        rotation = 90  # upright labels take the least room along the axis
     axis.set_xticks(shown, [names[i] for i in shown], rotation=rotation, ha="right",
                     fontsize=fontsize)  # fmt: skip
-
-
-def _save(pyplot: Any, figure: Any, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format=fmt, dpi=110)
-    pyplot.close(figure)
-    return buffer.getvalue()
 
 
 def write_plot(
