@@ -191,7 +191,7 @@ def check(
         for entry in iter_checks(found, settings, settings_file, source):
             entries.append(entry)
             if console is not None:
-                from weissi_cli.cli.render import render_check_entry
+                from weissi_cli.cli.render_check import render_check_entry
 
                 render_check_entry(entry, console, detailed=len(found) == 1)
             elif not quiet:
@@ -199,7 +199,7 @@ def check(
     run = CheckRun(tuple(entries))
     notes: list[str] = []
     if console is not None:
-        from weissi_cli.cli.render import render_check_summary
+        from weissi_cli.cli.render_check import render_check_summary
 
         render_check_summary(run, console)
     elif output_format != "github" or output is not None:
@@ -236,7 +236,7 @@ def _formatted(run: CheckRun, output_format: str, console_width: int) -> str:
 
         from rich.console import Console
 
-        from weissi_cli.cli.render import render_check_entry, render_check_summary
+        from weissi_cli.cli.render_check import render_check_entry, render_check_summary
 
         buffer = io.StringIO()
         console = Console(file=buffer, width=console_width, color_system=None)
