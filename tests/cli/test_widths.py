@@ -75,7 +75,8 @@ def test_tables_fit_the_terminal(folder: Path, case: str, width: int) -> None:
 def test_a_long_note_wraps_under_its_indent(folder: Path) -> None:
     lines = runner_at(80)("rebalance", "tiny_llama_chars", "-o", "out").stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("  check: "))
-    assert lines[start + 1].startswith("  ") and not lines[start + 1].startswith("   ")
+    assert lines[start + 1].startswith("  ")
+    assert not lines[start + 1].startswith("   ")
     assert all(line == line.rstrip() for line in lines[start : start + 3])
 
 
