@@ -20,6 +20,7 @@ from weissi_cli.io import open_checkpoint
 from weissi_cli.io.checkpoint import Checkpoint
 from weissi_cli.io.dtypes import UNIT_ROUNDOFF, decode
 from weissi_cli.ir import Structure
+from weissi_cli.progress import Stage
 from weissi_cli.report.common import Source
 from weissi_cli.report.diff import DiffReport, Shift, StructureBasis, TensorDiff
 from weissi_cli.scales import TensorScale, from_symmetries, shift_scales
@@ -221,23 +222,37 @@ def _compare(
     threads: int = 2,
 ) -> list[TensorDiff]:
     results = []
-    for name in names:
-        shape = a.info(name).shape
-        scale_a = scales_a.get(name) or TensorScale(shape)
-        scale_b = scales_b.get(name) or TensorScale(shape)
-        totals = _compare_tensor(a, b, name, scale_a, scale_b, threads)
-        results.append(
-            TensorDiff(
-                name=name,
-                max_abs_diff=totals.difference,
-                max_rel_diff=_relative(totals.difference, totals.largest),
-                canonical_rel_diff=_relative(totals.canonical, totals.canonical_largest)
-                if name in in_symmetry
-                else None,
-                bitwise_equal=totals.bitwise,
-            )
-        )
+    total = sum(a.info(name).nbytes + b.info(name).nbytes for name in names)
+    with Stage("comparing", total) as stage:
+        for name in names:
+            results.append(_compared(a, b, name, scales_a, scales_b, name in in_symmetry, threads))
+            stage.advance(a.info(name).nbytes + b.info(name).nbytes)
     return results
+
+
+def _compared(
+    a: Checkpoint,
+    b: Checkpoint,
+    name: str,
+    scales_a: dict[str, TensorScale],
+    scales_b: dict[str, TensorScale],
+    in_symmetry: bool,
+    threads: int,
+) -> TensorDiff:
+    """One tensor of A against B, raw and after rebalancing both."""
+    shape = a.info(name).shape
+    scale_a = scales_a.get(name) or TensorScale(shape)
+    scale_b = scales_b.get(name) or TensorScale(shape)
+    totals = _compare_tensor(a, b, name, scale_a, scale_b, threads)
+    return TensorDiff(
+        name=name,
+        max_abs_diff=totals.difference,
+        max_rel_diff=_relative(totals.difference, totals.largest),
+        canonical_rel_diff=_relative(totals.canonical, totals.canonical_largest)
+        if in_symmetry
+        else None,
+        bitwise_equal=totals.bitwise,
+    )
 
 
 class _Totals:

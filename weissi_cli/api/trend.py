@@ -17,6 +17,7 @@ from weissi_cli.errors import InputError, UsageError
 from weissi_cli.io import open_checkpoint
 from weissi_cli.io.checkpoint import Checkpoint, natural_key
 from weissi_cli.ir import Structure
+from weissi_cli.progress import phase
 from weissi_cli.report.common import Source
 from weissi_cli.report.symmetries import SymmetryGroup
 from weissi_cli.report.trend import (
@@ -251,7 +252,7 @@ def measure_checkpoint(
     threads: int = 2,
 ) -> tuple[TrendPoint, list[str]]:
     """One pass over `path`: its point, and what a user should know (assumptions, notes)."""
-    with open_checkpoint(path) as checkpoint:
+    with phase(f"reading {path.name}"), open_checkpoint(path) as checkpoint:
         structure = discover(checkpoint, spec)
         penalised = penalised_weights(checkpoint)
         in_chains = [name for chain in structure.chains for name in chain.tensor_names()]
