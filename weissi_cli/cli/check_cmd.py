@@ -136,7 +136,7 @@ def check(
     cannot be read (the others are still checked and reported).
 
     Example: weissi check 'models/*.safetensors' --max-imbalance 10 --junit weissi.xml
-    --markdown "$GITHUB_STEP_SUMMARY" --force --github
+    --markdown summary.md --github
     """
     from weissi_cli.api.check import expand_checkpoints, iter_checks
     from weissi_cli.config import load_check_settings, parse_tolerance
