@@ -35,3 +35,12 @@ def _one_torch_thread() -> None:
 @pytest.fixture
 def samples() -> Path:
     return SAMPLES
+
+
+@pytest.fixture(scope="session")
+def llama_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """LLaMA model folders of 2, 32 and 100 layers (tiny hidden sizes), built once."""
+    from tests.llama_models import save_llama
+
+    root = tmp_path_factory.mktemp("llama")
+    return {layers: save_llama(root / f"llama{layers}", layers) for layers in (2, 32, 100)}

@@ -21,6 +21,16 @@ class CheckSettings:
     max_norm: float | None = None
     no_dead_units: bool = False
     fp16_headroom: bool = False
+    # With fp16_headroom: how many non-zero values of a tensor may flush to zero in a 16-bit
+    # dtype and still pass. Below 1, a fraction of the tensor's values; from 1 on, a count.
+    # Overflow never passes.
+    fp16_tolerance: float = 0.0
+
+    def allowed_flushes(self, values: int) -> int:
+        """How many of a tensor's `values` may flush to zero under `fp16_tolerance`."""
+        if self.fp16_tolerance >= 1:
+            return int(self.fp16_tolerance)
+        return math.floor(self.fp16_tolerance * values)
 
     def merged(self, flags: dict[str, Any]) -> CheckSettings:
         """These settings with every flag that was given (not None) taking precedence."""
@@ -46,8 +56,8 @@ def load_check_settings(start: Path) -> tuple[CheckSettings, Path | None]:
     table: Any = read_toml(path, "pyproject.toml")
     for depth, key in enumerate(("tool", "weissi", "check")):
         table = table.get(key)
-        if table is None:
-            return CheckSettings(), path
+        if table is None:  # a pyproject.toml without settings for weissi: the defaults
+            return CheckSettings(), None
         if not isinstance(table, dict):
             name = ".".join(("tool", "weissi", "check")[: depth + 1])
             raise InputError(f"{path}: [{name}] must be a table, not {type(table).__name__}")
@@ -64,9 +74,44 @@ def load_check_settings(start: Path) -> tuple[CheckSettings, Path | None]:
             if not isinstance(value, bool):
                 raise InputError(f"{path}: [tool.weissi.check] {key} must be true or false")
             values[name] = value
+        elif name == "fp16_tolerance":
+            try:
+                values[name] = parse_tolerance(value)
+            except ValueError as error:
+                raise InputError(f"{path}: [tool.weissi.check] {key}: {error}") from None
         else:
             values[name] = _threshold(path, key, value)
     return CheckSettings(**values), path
+
+
+def parse_tolerance(value: object) -> float:
+    """A flush tolerance: a fraction below 1 (0.0001, or "0.01%"), or a whole count from 1
+    on (10); ValueError saying what is accepted otherwise."""
+    accepted = (
+        'a fraction below 1 (0.0001, or "0.01%") or a whole count of values (10), '
+        f"not {value!r:.40}"
+    )
+    number: float
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            raise ValueError(f"the tolerance must be {accepted}") from None
+        if text.endswith("%") and not number < 1:
+            raise ValueError(f"a percentage must be below 100%: {accepted}")
+    elif not isinstance(value, bool) and isinstance(value, int | float):
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+    else:
+        raise ValueError(f"the tolerance must be {accepted}")
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"the tolerance must be {accepted}")
+    if number >= 1 and not number.is_integer():
+        raise ValueError(f"a tolerance from 1 on counts values, so it must be whole: {accepted}")
+    return number
 
 
 def _threshold(path: Path, key: str, value: Any) -> float:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from weissi_cli.errors import InputError
+from weissi_cli.progress import phase
 from weissi_cli.structure.source import StructureSource
 from weissi_cli.verify import SEED, ChainVerification
 
@@ -34,6 +35,7 @@ def load_state(path: Path) -> dict[str, Any]:
         return state
 
 
+@phase("verifying: running the model's code on both checkpoints")
 def run_module(source: StructureSource, original: Path, rewritten: Path) -> ChainVerification:
     """Build the module on the CPU, load each checkpoint into it and compare every floating
     output on PROBES random inputs of the example shapes."""

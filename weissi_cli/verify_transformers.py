@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from weissi_cli.errors import UsageError
+from weissi_cli.progress import phase
 from weissi_cli.structure.architectures import CONFIG_NAME
 from weissi_cli.verify import SEED, ChainVerification, _tensors, float16_caveat
 
@@ -48,6 +49,7 @@ def model_folder(config: Path, weights: Mapping[str, Path]) -> Iterator[Path]:
         yield Path(folder)
 
 
+@phase("verifying: running both models with transformers")
 def run_transformers(
     original: Path,
     rewritten: Path,

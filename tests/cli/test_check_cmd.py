@@ -128,7 +128,10 @@ def test_junit_has_the_schema_shape(run: Callable[..., Result], broken: Path) ->
     failing = [c for s in suites for c in s.findall("testcase") if c.find("failure") is not None]
     assert {c.get("name") for c in failing} == {"net.0.weight"}
     warned = [c for s in suites for c in s.findall("testcase") if c.find("system-out") is not None]
-    assert {c.get("name") for c in warned} == {"chain0", "net.2.weight"}  # no eval; dead unit
+    assert {c.get("name") for c in warned} == {"net.2.weight"}  # the dead unit
+    skipped = [c for s in suites for c in s.findall("testcase") if c.find("skipped") is not None]
+    assert {c.get("name") for c in skipped} == {"chain0"}  # NaN in its weights: not evaluated
+    assert [s.get("name") for s in suites] == [broken.name]
     assert all(
         c.get("classname", "").startswith("weissi.") for s in suites for c in s.findall("testcase")
     )
@@ -154,8 +157,8 @@ def test_markdown_and_output_file(run: Callable[..., Result], broken: Path, work
     assert result.exit_code == 1
     assert result.stdout == ""
     text = (workdir / "report.md").read_text()
-    assert text.startswith("### weissi check: failed")
-    assert "| ❌ | non-finite | `net.0.weight` |" in text
+    assert text.startswith("## ❌ weissi check failed")
+    assert "| non-finite | `net.0.weight` | 1 | 0 |" in text
 
 
 def test_unknown_format_is_refused(run: Callable[..., Result], broken: Path) -> None:

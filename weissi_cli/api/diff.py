@@ -4,6 +4,7 @@ shift (their canonical, rebalanced forms agree)?"""
 from __future__ import annotations
 
 import math
+import os
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from weissi_cli.io import open_checkpoint
 from weissi_cli.io.checkpoint import Checkpoint
 from weissi_cli.io.dtypes import UNIT_ROUNDOFF, decode
 from weissi_cli.ir import Structure
+from weissi_cli.progress import Stage
 from weissi_cli.report.common import Source
 from weissi_cli.report.diff import DiffReport, Shift, StructureBasis, TensorDiff
 from weissi_cli.scales import TensorScale
@@ -33,9 +35,9 @@ TOLERANCE_UNITS = 16
 
 
 def diff_checkpoints(
-    first: Path,
-    second: Path,
-    spec: Path | StructureSource | None = None,
+    first: str | os.PathLike[str],
+    second: str | os.PathLike[str],
+    spec: str | os.PathLike[str] | StructureSource | None = None,
     granularity: str = "layer",
     threads: int = 2,
     include_bias: bool = False,
@@ -43,6 +45,8 @@ def diff_checkpoints(
     """Compare A and B raw, then modulo the scale symmetries of A's structure: both are
     rebalanced to the optimum of the same penalty a rebalance used (`include_bias`), a
     canonical form. The report says which structure that was and how far it is known."""
+    first, second = Path(first), Path(second)
+    source = StructureSource.of(spec)
     granularity = choose(Granularity, granularity, "--granularity")
     with open_checkpoint(first) as a, open_checkpoint(second) as b:
         reasons = _layout_differences(a, b)
@@ -56,12 +60,12 @@ def diff_checkpoints(
         ]
         dtypes = {a.info(n).dtype for n in names} | {b.info(n).dtype for n in names}
         tolerance = TOLERANCE_UNITS * max((UNIT_ROUNDOFF[d] for d in dtypes), default=2.0**-53)
-        structure = discover(a, spec)
+        structure = discover(a, source)
         warnings = [*a.notes, *b.notes, *structure.assumptions]
         guesses = structure.guesses()
         if granularity == "channel" and guesses:
             raise StructureError(guess_refusal(first, guesses, "comparison"))
-        basis = structure_basis(structure, StructureSource.of(spec).spec)
+        basis = structure_basis(structure, source.spec)
         unplaced = structure.origin == "heuristic" and bool(structure.refusals)
         if unplaced:
             warnings.append(
@@ -200,23 +204,37 @@ def _compare(
     threads: int = 2,
 ) -> list[TensorDiff]:
     results = []
-    for name in names:
-        shape = a.info(name).shape
-        scale_a = scales_a.get(name) or TensorScale(shape)
-        scale_b = scales_b.get(name) or TensorScale(shape)
-        totals = _compare_tensor(a, b, name, scale_a, scale_b, threads)
-        results.append(
-            TensorDiff(
-                name=name,
-                max_abs_diff=totals.difference,
-                max_rel_diff=_relative(totals.difference, totals.largest),
-                canonical_rel_diff=_relative(totals.canonical, totals.canonical_largest)
-                if name in in_symmetry
-                else None,
-                bitwise_equal=totals.bitwise,
-            )
-        )
+    total = sum(a.info(name).nbytes + b.info(name).nbytes for name in names)
+    with Stage("comparing", total) as stage:
+        for name in names:
+            results.append(_compared(a, b, name, scales_a, scales_b, name in in_symmetry, threads))
+            stage.advance(a.info(name).nbytes + b.info(name).nbytes)
     return results
+
+
+def _compared(
+    a: Checkpoint,
+    b: Checkpoint,
+    name: str,
+    scales_a: dict[str, TensorScale],
+    scales_b: dict[str, TensorScale],
+    in_symmetry: bool,
+    threads: int,
+) -> TensorDiff:
+    """One tensor of A against B, raw and after rebalancing both."""
+    shape = a.info(name).shape
+    scale_a = scales_a.get(name) or TensorScale(shape)
+    scale_b = scales_b.get(name) or TensorScale(shape)
+    totals = _compare_tensor(a, b, name, scale_a, scale_b, threads)
+    return TensorDiff(
+        name=name,
+        max_abs_diff=totals.difference,
+        max_rel_diff=_relative(totals.difference, totals.largest),
+        canonical_rel_diff=_relative(totals.canonical, totals.canonical_largest)
+        if in_symmetry
+        else None,
+        bitwise_equal=totals.bitwise,
+    )
 
 
 class _Totals:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 from weissi_cli.api.symmetries import solve_group, statistics_pass, unbounded_hint
@@ -18,8 +19,8 @@ from weissi_cli.structure.source import StructureSource
 
 
 def inspect_checkpoint(
-    path: Path,
-    spec: Path | StructureSource | None = None,
+    path: str | os.PathLike[str],
+    spec: str | os.PathLike[str] | StructureSource | None = None,
     lambda1: float = 1.0,
     lambda2: float = 1.0,
     include_bias: bool = False,
@@ -27,14 +28,20 @@ def inspect_checkpoint(
     granularity: str = "layer",
     allow_approximate: bool = False,
 ) -> InspectReport:
-    """With `granularity="channel"` the per-channel optimum is reported beside the
-    layer-wise one (in the same pass, holding the chains' squared weights in memory)."""
+    """Every tensor's statistics and every chain's (or scale symmetry's) penalties in one
+    streaming pass over the checkpoint at `path`: L2, its minimum over function-preserving
+    scale shifts, the WEISSI penalty with weights `lambda1` and `lambda2`, the imbalance and
+    the optimal factors γ*. `spec`: a structure spec file, or a `StructureSource`.
+    `include_bias` penalises 1-D parameters too. With `granularity="channel"` the
+    per-channel optimum is reported beside the layer-wise one (in the same pass, holding the
+    chains' squared weights in memory). `report.to_dict()` is the weissi.inspect/1 payload."""
+    path = Path(path)
     granularity = choose(Granularity, granularity, "--granularity")
     for name, value in (("--lambda1", lambda1), ("--lambda2", lambda2)):
         if not math.isfinite(value):
             raise UsageError(f"{name} must be a finite number, not {value}")
     with open_checkpoint(path) as checkpoint:
-        structure = discover(checkpoint, spec, allow_approximate)
+        structure = discover(checkpoint, StructureSource.of(spec), allow_approximate)
         # One pass: the statistics of every tensor and the squares the solvers need.
         stats, chain_squares, group_squares = statistics_pass(
             checkpoint, structure, include_bias, granularity, threads

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import shlex
 from collections.abc import Mapping
 from dataclasses import replace
@@ -53,9 +54,9 @@ from weissi_cli.verify_transformers import model_folder, require_transformers, r
 
 
 def rebalance_checkpoint(
-    path: Path,
-    output: Path,
-    spec: Path | StructureSource | None = None,
+    path: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    spec: str | os.PathLike[str] | StructureSource | None = None,
     assume_relu: bool = False,
     scales: str = "auto",
     include_bias: bool = False,
@@ -80,6 +81,7 @@ def rebalance_checkpoint(
     `hold_activations`: power-of-two scales never shrink a chain's hidden activations.
     A training checkpoint's optimizer state is refused unless `drop_optimizer_state`.
     """
+    path, output = Path(path), Path(output)
     scales = choose(Scales, scales, "--scales")
     granularity = choose(Granularity, granularity, "--granularity")
     output_format = choose(OutputFormat, output_format, "--format")

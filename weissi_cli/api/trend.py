@@ -17,6 +17,7 @@ from weissi_cli.errors import InputError, UsageError
 from weissi_cli.io import open_checkpoint
 from weissi_cli.io.checkpoint import Checkpoint, natural_key
 from weissi_cli.ir import Structure
+from weissi_cli.progress import phase
 from weissi_cli.report.common import Source
 from weissi_cli.report.symmetries import SymmetryGroup
 from weissi_cli.report.trend import (
@@ -251,7 +252,7 @@ def measure_checkpoint(
     threads: int = 2,
 ) -> tuple[TrendPoint, list[str]]:
     """One pass over `path`: its point, and what a user should know (assumptions, notes)."""
-    with open_checkpoint(path) as checkpoint:
+    with phase(f"reading {path.name}"), open_checkpoint(path) as checkpoint:
         structure = discover(checkpoint, spec)
         penalised = penalised_weights(checkpoint)
         in_chains = [name for chain in structure.chains for name in chain.tensor_names()]
@@ -392,18 +393,26 @@ def _symmetries_point(group: SymmetryGroup | None) -> SymmetriesPoint | None:
     if group is None or not group.symmetries:
         return None
     solution = group.layer
-    factors = [
-        math.sqrt(solution.tensor_l2_after[name] / before)
-        for name, before in solution.tensor_l2_before.items()
-        if before > 0 and solution.tensor_l2_after.get(name, 0.0) > 0
-    ]
     return SymmetriesPoint(
         count=len(group.symmetries),
         unbounded=sum(1 for item in solution.symmetries.values() if item.unbounded),
         l2_penalty=solution.l2_before,
         min_l2_penalty=min(solution.l2_after, solution.l2_before),
-        spread=max(factors) / min(factors) if factors else None,
+        spread=factor_spread(group),
     )
+
+
+def factor_spread(group: SymmetryGroup) -> float | None:
+    """Largest / smallest factor by which the layer-wise optimum changes the norm of a
+    tensor the symmetries move: a chain's imbalance when they form a chain; None without
+    any tensor of non-zero norm."""
+    solution = group.layer
+    factors = [
+        math.sqrt(solution.tensor_l2_after[name] / before)
+        for name, before in solution.tensor_l2_before.items()
+        if before > 0 and solution.tensor_l2_after.get(name, 0.0) > 0
+    ]
+    return max(factors) / min(factors) if factors else None
 
 
 def _differences(points: Sequence[TrendPoint]) -> list[str]:

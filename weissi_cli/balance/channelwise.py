@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from weissi_cli.errors import StructureError
 from weissi_cli.ir import Chain, Member, Symmetry
+from weissi_cli.progress import phase
 
 if TYPE_CHECKING:
     from weissi_cli.balance.exact_pow2 import ExactLimits
@@ -161,6 +162,7 @@ def _along(per_channel: Vector, block: int) -> Vector:
     return per_channel if block == 1 else np.repeat(per_channel, block)
 
 
+@phase("solving for the optimal scales")
 def solve(
     symmetries: Iterable[Symmetry],
     squares: Mapping[str, Squares],

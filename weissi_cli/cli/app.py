@@ -58,7 +58,7 @@ def build_app(only: str | None = None) -> typer.Typer:
         "norms, L2 vs the scale-shift-invariant WEISSI penalty, and functionally identical "
         "rebalancing.",
         no_args_is_help=True,
-        add_completion=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
         pretty_exceptions_enable=False,
         # Plain click help: Rich-formatted help imports rich.markdown and markdown-it, which
         # alone cost ~0.15 s of every `weissi --help` (the start-up budget is 0.3 s).

@@ -3,23 +3,35 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from weissi_cli.choices import Granularity as GranularityChoice
-from weissi_cli.cli.console import print_warnings, progress_bar, stdout_console
+from weissi_cli.cli.console import (
+    check_destinations,
+    deliver,
+    print_warnings,
+    progress_bar,
+    set_quiet,
+)
 from weissi_cli.cli.errors import handle_errors
 from weissi_cli.cli.options import (
     ExampleDtype,
     ExampleShape,
+    Force,
     Granularity,
     IncludeBias,
     Json,
     ModelCode,
+    Output,
+    Quiet,
     Spec,
     structure_source,
 )
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @handle_errors
@@ -33,6 +45,9 @@ def diff(
     granularity: Granularity = GranularityChoice.LAYER,
     include_bias: IncludeBias = False,
     json_output: Json = False,
+    output: Output = None,
+    force: Force = False,
+    quiet: Quiet = False,
 ) -> None:
     """Compare two checkpoints raw and modulo scale symmetries.
 
@@ -47,7 +62,9 @@ def diff(
     from weissi_cli.api.diff import diff_checkpoints
     from weissi_cli.report.common import to_json
 
-    with progress_bar(not json_output):
+    set_quiet(quiet)
+    check_destinations([("--output", output)], force, protect=[first, second])
+    with progress_bar():
         report = diff_checkpoints(
             first,
             second,
@@ -55,12 +72,14 @@ def diff(
             granularity,
             include_bias=include_bias,
         )
-    if json_output:
-        typer.echo(to_json(report.to_dict()))
-    else:
+    text = to_json(report.to_dict()) if json_output else None
+
+    def render(console: Console) -> None:
         from weissi_cli.cli.render import render_diff
 
-        render_diff(report, stdout_console())
-    print_warnings(report.warnings)
+        render_diff(report, console)
+
+    notes = deliver(text, render, output, force, [first, second])
+    print_warnings([*notes, *report.warnings])
     if not report.same_function:
         raise typer.Exit(1)

@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from weissi_cli.choices import Granularity as GranularityChoice
-from weissi_cli.cli.console import print_warnings, progress_bar, stderr_console, stdout_console
+from weissi_cli.cli.console import (
+    check_destinations,
+    deliver,
+    print_note,
+    print_warnings,
+    progress_bar,
+    set_quiet,
+)
 from weissi_cli.cli.errors import handle_errors
 from weissi_cli.cli.options import (
     AllowApproximate,
     Checkpoint,
     ExampleDtype,
     ExampleShape,
+    Force,
     Granularity,
     IncludeBias,
     Json,
     ModelCode,
+    Output,
+    Plot,
+    Quiet,
     Spec,
     structure_source,
 )
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @handle_errors
@@ -48,17 +61,15 @@ def inspect(
             help="text (default), json, markdown, or html (self-contained, plot inlined).",
         ),
     ] = "text",
-    plot: Annotated[
-        Path | None,
-        typer.Option(
-            "--plot", help="Draw layer norms before/after rebalancing to FILE.png or .svg."
-        ),
-    ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Overwrite an existing --plot file.")
-    ] = False,
+    output: Output = None,
+    plot: Plot = None,
+    force: Force = False,
+    quiet: Quiet = False,
 ) -> None:
     """Report how the weight scale is spread across layers.
+
+    --plot draws each chain's layer norms before and after rebalancing, or for a model of
+    repeated blocks (a transformer) a heatmap of blocks by projection.
 
     Example: weissi inspect model.safetensors --json | jq '.chains[0].l2_slack'
     """
@@ -66,22 +77,21 @@ def inspect(
     from weissi_cli.errors import UsageError
     from weissi_cli.report.common import to_json
 
+    set_quiet(quiet)
     formats = ("text", "json", "markdown", "html")
     if output_format not in formats:
         raise UsageError(f"--format must be one of {', '.join(formats)}, not {output_format!r}")
     if json_output:
         output_format = "json"
     if plot is not None:
-        from weissi_cli.output_files import check_file_destination
         from weissi_cli.report.plot import PLOT_FORMATS, pyplot_or_error
 
         if plot.suffix.lower() not in PLOT_FORMATS:
             raise UsageError(f"{plot}: --plot writes .png or .svg files")
-        # Fail before the pass over the checkpoint when matplotlib is missing or the file
-        # cannot be written.
+        # Fail before the pass over the checkpoint when matplotlib is missing.
         pyplot_or_error()
-        check_file_destination(plot, force, protect=[checkpoint])
-    with progress_bar(output_format == "text"):
+    check_destinations([("--output", output), ("--plot", plot)], force, protect=[checkpoint])
+    with progress_bar():
         report = inspect_checkpoint(
             checkpoint,
             structure_source(spec, model, example_shape, example_dtype, allow_approximate),
@@ -91,21 +101,23 @@ def inspect(
             granularity=granularity,
             allow_approximate=allow_approximate,
         )
+    text: str | None = None
     if output_format == "json":
-        typer.echo(to_json(report.to_dict()))
+        text = to_json(report.to_dict())
     elif output_format in ("markdown", "html"):
         from weissi_cli.report.documents import to_html, to_markdown
 
         text = to_markdown(report) if output_format == "markdown" else to_html(report)
-        typer.echo(text, nl=False)
-    else:
+
+    def render(console: Console) -> None:
         from weissi_cli.cli.render import render_inspect
 
-        render_inspect(report, stdout_console())
-    notes: list[str] = []
+        render_inspect(report, console)
+
+    notes = deliver(text, render, output, force, [checkpoint])
     if plot is not None:
         from weissi_cli.report.plot import write_plot
 
-        notes = write_plot(report, plot, force, protect=[checkpoint])
-        stderr_console().print(f"wrote {plot}")
+        notes += write_plot(report, plot, force, protect=[checkpoint])
+        print_note(f"wrote {plot}")
     print_warnings([*notes, *report.warnings])

@@ -1,4 +1,11 @@
-"""Option and argument aliases shared by the commands."""
+"""Option and argument aliases shared by the commands.
+
+Output options have one spelling everywhere: `--format` chooses what stdout carries (`--json`
+is `--format json`), `-o/--output FILE` sends that to a file instead (for `rebalance`, the
+rebalanced checkpoint), a report with its own option names its file (`--plot FILE`;
+`check --junit/--markdown/--json FILE`), and `--force` lets any of them replace a file.
+Every file is written atomically and never through a link.
+"""
 
 from __future__ import annotations
 
@@ -62,6 +69,32 @@ ExampleShape = Annotated[
     typer.Option(
         "--example-shape",
         help="With --model: the shape of one input, like 1x3x48x48 (repeat for several inputs).",
+    ),
+]
+Quiet = Annotated[
+    bool,
+    typer.Option(
+        "--quiet", "-q", help="No progress, warnings or notes on stderr (errors still show)."
+    ),
+]
+Force = Annotated[
+    bool, typer.Option("--force", help="Replace existing output files (never the input).")
+]
+Output = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Write what stdout would show (in --format) to FILE instead, atomically.",
+        show_default=False,
+    ),
+]
+Plot = Annotated[
+    Path | None,
+    typer.Option(
+        "--plot",
+        help="Also draw the report to FILE.png or .svg (needs matplotlib).",
+        show_default=False,
     ),
 ]
 ExampleDtype = Annotated[

@@ -9,7 +9,7 @@ import typer
 
 from weissi_cli.choices import Granularity as GranularityChoice
 from weissi_cli.choices import OutputFormat, Scales, VerifyWith
-from weissi_cli.cli.console import print_warnings, progress_bar, stdout_console
+from weissi_cli.cli.console import print_warnings, progress_bar, set_quiet, stdout_console
 from weissi_cli.cli.errors import handle_errors
 from weissi_cli.cli.options import (
     AllowApproximate,
@@ -20,6 +20,7 @@ from weissi_cli.cli.options import (
     IncludeBias,
     Json,
     ModelCode,
+    Quiet,
     Spec,
     structure_source,
 )
@@ -55,7 +56,9 @@ def rebalance(
     ] = Scales.AUTO,
     include_bias: IncludeBias = False,
     granularity: Granularity = GranularityChoice.LAYER,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing output (never the input).")
+    ] = False,
     output_format: Annotated[
         OutputFormat,
         typer.Option(
@@ -98,6 +101,7 @@ def rebalance(
         ),
     ] = False,
     json_output: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """Rescale layers to the L2 optimum without changing the function, then verify.
 
@@ -112,7 +116,8 @@ def rebalance(
     from weissi_cli.api.rebalance import rebalance_checkpoint
     from weissi_cli.report.common import to_json
 
-    with progress_bar(not json_output):
+    set_quiet(quiet)
+    with progress_bar():
         report = rebalance_checkpoint(
             checkpoint,
             output,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rich import box
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -20,18 +20,17 @@ if TYPE_CHECKING:  # only annotations: a command imports the report modules it p
     from weissi_cli.balance.analysis import ChainAnalysis
     from weissi_cli.balance.channelwise import ChannelSolution
     from weissi_cli.ir import Unassigned
-    from weissi_cli.report.check import CheckReport
     from weissi_cli.report.common import Source
     from weissi_cli.report.diff import DiffReport
     from weissi_cli.report.graph import GraphReport
     from weissi_cli.report.inspect import InspectReport
     from weissi_cli.report.rebalance import RebalanceReport
-    from weissi_cli.report.symmetries import KindRow, SymmetryGroup
     from weissi_cli.verify import Verification
 
 BAR_WIDTH = 12
 EIGHTHS = " ▏▎▍▌▋▊▉█"
-UNASSIGNED_SHOWN = 12
+UNASSIGNED_SHOWN = 12  # reasons
+UNASSIGNED_NAMES = 6  # tensors per reason
 
 
 def escaped(text: str) -> str:
@@ -66,6 +65,16 @@ def bar(value: float, largest: float) -> str:
     return "█" * full + (EIGHTHS[part] if part else "")
 
 
+def say(console: Console, content: Text | str, style: str = "") -> None:
+    """A line that may wrap: its leading spaces become an indent that every wrapped line
+    keeps (a string is Rich markup, as console.print takes it)."""
+    text = content if isinstance(content, Text) else Text.from_markup(content, style=style)
+    indent = len(text.plain) - len(text.plain.lstrip(" "))
+    for line in text[indent:].wrap(console, max(console.width - indent, 20)):
+        line.rstrip()
+        console.print(Text.assemble(" " * indent, line))
+
+
 def source_line(source: Source) -> Text:
     return Text.assemble(
         (printable(source.path), "bold"),
@@ -93,7 +102,9 @@ def render_inspect(report: InspectReport, console: Console) -> None:
         style="dim",
     )
     if report.group is not None:
-        _print_group(report.group, console)
+        from weissi_cli.cli.render_symmetries import print_group
+
+        print_group(report.group, console)
     elif not report.chains:
         console.print(
             "\nNo chains found (see `weissi graph` and the unassigned tensors below). Export the "
@@ -102,21 +113,34 @@ def render_inspect(report: InspectReport, console: Console) -> None:
     for analysis in report.chains:
         console.print()
         title, table = _chain_table(analysis, report.dtypes)
+        if _width(console, table) > console.width:  # the bars are the first to go
+            title, table = _chain_table(analysis, report.dtypes, bars=False)
         console.print(title)
         console.print(table)
         sixteen_bit = any(is_16_bit(report.dtypes[name]) for name in analysis.chain.tensor_names())
-        console.print(_chain_totals(analysis, sixteen_bit))
+        for line in _chain_totals(analysis, sixteen_bit):
+            say(console, line)
         channel = report.channel.get(analysis.chain.id)
         if channel is not None:
-            console.print(_channel_line(analysis, channel))
+            say(console, _channel_line(analysis, channel))
     _print_unassigned(report.unassigned, console)
 
 
-def _table() -> Table:
+def plain_table() -> Table:
+    """The tables of every report: a rule under the header, no frame."""
     return Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
 
 
-def _chain_table(analysis: ChainAnalysis, dtypes: dict[str, str]) -> tuple[Text, Table]:
+def _width(console: Console, renderable: RenderableType) -> int:
+    """The width `renderable` takes when nothing wraps."""
+    from rich.measure import Measurement
+
+    return Measurement.get(console, console.options.update_width(10_000), renderable).maximum
+
+
+def _chain_table(
+    analysis: ChainAnalysis, dtypes: dict[str, str], bars: bool = True
+) -> tuple[Text, Table]:
     chain = analysis.chain
     layer_dtypes = [dtypes[layer.layer.weight] for layer in analysis.layers]
     one_dtype = len(set(layer_dtypes)) == 1
@@ -126,20 +150,21 @@ def _chain_table(analysis: ChainAnalysis, dtypes: dict[str, str]) -> tuple[Text,
         f"{layer_dtypes[0]} · " if one_dtype else "",
         origin_label(chain.origin),
     )
-    table = _table()
+    table = plain_table()
     table.add_column("layer", overflow="fold")
     table.add_column("shape", no_wrap=True)
     if not one_dtype:
         table.add_column("dtype", no_wrap=True)
-    table.add_column("‖W‖", justify="right")
+    table.add_column("‖W‖", justify="right", no_wrap=True)
     if analysis.include_bias:
-        table.add_column("‖b‖", justify="right")
+        table.add_column("‖b‖", justify="right", no_wrap=True)
     table.add_column("share", justify="right", no_wrap=True)
     table.add_column("γ*", justify="right", no_wrap=True)
     table.add_column("after", justify="right", no_wrap=True)
     if analysis.include_bias:
         table.add_column("‖b‖ after", justify="right", no_wrap=True)
-    table.add_column("", no_wrap=True, min_width=BAR_WIDTH)
+    if bars:
+        table.add_column("", no_wrap=True, min_width=BAR_WIDTH)
     largest = max(
         (n for layer in analysis.layers if math.isfinite(n := layer.fro_norm)), default=0.0
     )
@@ -156,14 +181,14 @@ def _chain_table(analysis: ChainAnalysis, dtypes: dict[str, str]) -> tuple[Text,
             number(layer.gamma),
             number(layer.rebalanced_norm),
             *([number(layer.rebalanced_bias_norm)] if analysis.include_bias else []),
-            Text(bar(layer.fro_norm, largest), style="cyan"),
+            *([Text(bar(layer.fro_norm, largest), style="cyan")] if bars else []),
         )
     return title, table
 
 
-def _chain_totals(analysis: ChainAnalysis, sixteen_bit: bool) -> RenderableType:
+def _chain_totals(analysis: ChainAnalysis, sixteen_bit: bool) -> list[Text]:
     if analysis.problem:
-        return Text(f"  degenerate: {printable(analysis.problem)}", style="red")
+        return [Text(f"  degenerate: {printable(analysis.problem)}", style="red")]
     l2, minimum, slack = analysis.l2_penalty, analysis.min_l2_penalty, analysis.l2_slack
     percent = f" ({100 * slack / l2:.1f}% of it)" if l2 and slack is not None else ""
     lines = [
@@ -197,124 +222,7 @@ def _chain_totals(analysis: ChainAnalysis, sixteen_bit: bool) -> RenderableType:
             f"{number(analysis.l1_direction_sum)} (invariant)",
         ),
     ]
-    return Group(*lines)
-
-
-def _print_group(group: SymmetryGroup, console: Console) -> None:
-    chosen = group.channel or group.layer
-    console.print()
-    kinds = group.kinds()
-    if kinds:
-        _print_kinds(group, kinds, console)
-    else:
-        _print_symmetries(group, chosen, console)
-    _print_totals(group, chosen, console)
-
-
-def _print_symmetries(group: SymmetryGroup, chosen: ChannelSolution, console: Console) -> None:
-    console.print(Text(f"Scale symmetries ({len(group.symmetries)})", style="bold"))
-    table = _table()
-    table.add_column("symmetry", overflow="fold")
-    table.add_column("channels", justify="right")
-    table.add_column("exact")
-    table.add_column("scales at the optimum", no_wrap=True)
-    table.add_column("note", overflow="fold")
-    for symmetry in group.symmetries:
-        found = chosen.symmetries.get(symmetry.id)
-        if found is not None and found.unbounded:
-            scales = Text("unbounded", style="yellow")
-        elif found is not None:
-            low, high = float(found.scales.min()), float(found.scales.max())
-            scales = Text(number(low) if low == high else f"{number(low)} … {number(high)}")
-        else:
-            scales = Text("—")
-        table.add_row(
-            escaped(symmetry.id),
-            str(symmetry.size),
-            "yes" if symmetry.exact else "to first order",
-            scales,
-            escaped(symmetry.note),
-        )
-    console.print(table)
-
-
-def _print_kinds(group: SymmetryGroup, kinds: list[KindRow], console: Console) -> None:
-    """A transformer's symmetries, one row per block and kind (per-symmetry scales, and the
-    two sums of each WEISSI value, are in --json)."""
-    origins = sorted({s.origin for s in group.symmetries})
-    console.print(
-        Text.assemble(
-            (f"Scale symmetries ({len(group.symmetries)}", "bold"),
-            (f", {len(kinds)} kinds × blocks) ", "bold"),
-            origin_label(origins[0]) if len(origins) == 1 else Text(printable(", ".join(origins))),
-        )
-    )
-    table = _table()
-    table.add_column("block", no_wrap=True)
-    table.add_column("kind", no_wrap=True)
-    table.add_column("sym", justify="right")
-    table.add_column("L2 now", justify="right", no_wrap=True)
-    table.add_column("layer opt.", justify="right", no_wrap=True)
-    if group.channel is not None:
-        table.add_column("chan. opt.", justify="right", no_wrap=True)
-    table.add_column("WEISSI", justify="right", no_wrap=True)
-    for row in kinds:
-        optimum: list[RenderableType] = (
-            [Text("unbounded", style="yellow")]
-            if row.unbounded
-            else [Text(number(row.l2_layer), style="green" if group.channel is None else "")]
-        )
-        if group.channel is not None:
-            optimum.append(
-                Text("unbounded", style="yellow")
-                if row.unbounded
-                else Text(number(row.l2_channel), style="green")
-            )
-        kind = row.kind if row.exact else f"{row.kind} ≈"
-        table.add_row(
-            escaped(row.group),
-            escaped(kind),
-            str(row.symmetries),
-            number(row.l2_now),
-            *optimum,
-            number(row.weissi_penalty),
-        )
-    console.print(table)
-    for note in group.notes:
-        console.print(Text(f"  {printable(note)}", style="dim"))
-
-
-def _print_totals(group: SymmetryGroup, chosen: ChannelSolution, console: Console) -> None:
-    line = Text.assemble(
-        "  L2 now ",
-        (number(group.l2_penalty), "bold"),
-        " · layer-wise optimum ",
-        (number(group.layer.l2_after), "bold green" if group.channel is None else "bold"),
-    )
-    if group.channel is not None:
-        line.append_text(
-            Text.assemble(
-                " · channel-wise optimum ", (number(group.channel.l2_after), "bold green")
-            )
-        )
-    console.print(line)
-    unbounded = [key for key, item in chosen.symmetries.items() if item.unbounded]
-    if unbounded:
-        console.print(
-            Text(
-                f"  unbounded ({len(unbounded)}): their penalised weights can shrink without limit "
-                "into unpenalised tensors (norm gains, running statistics): L2 says nothing there",
-                style="yellow",
-            )
-        )
-    for stop in group.stops:
-        console.print(
-            Text(
-                f"  stopped: {printable('+'.join(stop.producers))} at {printable(stop.node)}: "
-                f"{printable(stop.reason)}",
-                style="dim",
-            )
-        )
+    return lines
 
 
 def _channel_line(analysis: ChainAnalysis, solution: ChannelSolution) -> Text:
@@ -337,21 +245,23 @@ def _channel_line(analysis: ChainAnalysis, solution: ChannelSolution) -> Text:
 
 
 def _print_unassigned(unassigned: Sequence[Unassigned], console: Console) -> None:
+    """The tensors in no chain, grouped by the reason, each reason below its tensors."""
     if not unassigned:
         return
     console.print()
     console.print(Text(f"Not in any chain ({len(unassigned)})", style="bold"))
-    table = _table()
-    table.add_column("tensor")
-    table.add_column("reason")
-    for entry in unassigned[:UNASSIGNED_SHOWN]:
-        table.add_row(escaped(entry.name), escaped(entry.reason))
-    console.print(table)
-    if len(unassigned) > UNASSIGNED_SHOWN:
-        console.print(
-            f"  … and {len(unassigned) - UNASSIGNED_SHOWN} more (all of them in --json)",
-            style="dim",
-        )
+    by_reason: dict[str, list[str]] = {}
+    for entry in unassigned:
+        by_reason.setdefault(entry.reason, []).append(entry.name)
+    for reason, names in list(by_reason.items())[:UNASSIGNED_SHOWN]:
+        shown = ", ".join(printable(name) for name in names[:UNASSIGNED_NAMES])
+        if len(names) > UNASSIGNED_NAMES:
+            shown += f" and {len(names) - UNASSIGNED_NAMES} more"
+        say(console, Text(f"  {shown}"))
+        say(console, Text(f"    {printable(reason)}", style="dim"))
+    if len(by_reason) > UNASSIGNED_SHOWN:
+        hidden = sum(len(names) for names in list(by_reason.values())[UNASSIGNED_SHOWN:])
+        say(console, f"  … and {hidden} more (all of them in --json)", style="dim")
 
 
 def render_rebalance(report: RebalanceReport, console: Console) -> None:
@@ -365,7 +275,7 @@ def render_rebalance(report: RebalanceReport, console: Console) -> None:
                 origin_label(result.origin),
             )
         )
-        table = _table()
+        table = plain_table()
         table.add_column("layer")
         table.add_column("γ (weight)" if result.channel is None else "‖W‖ ratio", justify="right")
         table.add_column("Π (bias)" if result.channel is None else "‖b‖ ratio", justify="right")
@@ -377,9 +287,10 @@ def render_rebalance(report: RebalanceReport, console: Console) -> None:
             )
         console.print(table)
         if result.skipped:
-            console.print(Text(f"  left unchanged: {printable(result.skipped)}", style="red"))
+            say(console, Text(f"  left unchanged: {printable(result.skipped)}", style="red"))
             continue
-        console.print(
+        say(
+            console,
             Text.assemble(
                 "  L2 ",
                 (number(result.l2_before), "bold"),
@@ -389,7 +300,7 @@ def render_rebalance(report: RebalanceReport, console: Console) -> None:
                 f"{number(result.min_l2_penalty)}) · "
                 f"WEISSI {number(result.weissi_before)} → "
                 f"{number(result.weissi_after)}",
-            )
+            ),
         )
         if result.channel is not None:
             channel = result.channel
@@ -404,17 +315,20 @@ def render_rebalance(report: RebalanceReport, console: Console) -> None:
                     f"path-norm {number(channel.path_norm_before, 10)} → "
                     f"{number(channel.path_norm_after, 10)}"
                 )
-            console.print(Text("  " + " · ".join(parts), style="dim"))
+            say(console, Text("  " + " · ".join(parts), style="dim"))
     if report.group is not None:
-        _print_group(report.group, console)
-        console.print(
+        from weissi_cli.cli.render_symmetries import print_group
+
+        print_group(report.group, console)
+        say(
+            console,
             Text.assemble(
                 f"  scales {report.group_scales} · L2 ",
                 (number(report.group.l2_penalty), "bold"),
                 " → ",
                 (number(report.group.l2_after), "bold green"),
                 " (measured in the written file)",
-            )
+            ),
         )
     console.print()
     if report.nothing_to_do:
@@ -452,12 +366,12 @@ def _print_verdict(verification: Verification, console: Console) -> None:
     )
     console.print(Text.assemble((f"{mark} {words}", style), f" ({verification.method})"))
     for caveat in verification.caveats if verification.passed else ():
-        console.print(Text.assemble(("  check: ", "yellow"), printable(caveat)))
+        say(console, Text.assemble(("  check: ", "yellow"), printable(caveat)))
     for check in verification.chains:
         first, *rest = check.detail.split("; ")
-        console.print(f"  {escaped(check.chain_id)}: {escaped(first)}")
+        say(console, f"  {escaped(check.chain_id)}: {escaped(first)}")
         for line in rest:
-            console.print(f"    {escaped(line)}")
+            say(console, f"    {escaped(line)}")
 
 
 def _factor(value: float, mode: str) -> str:
@@ -529,49 +443,6 @@ def render_graph(report: GraphReport, console: Console) -> None:
     console.print(tree)
 
 
-def render_check(report: CheckReport, console: Console) -> None:
-    console.print(source_line(report.source))
-    settings = report.settings_file or "flags"
-    console.print(f"thresholds from {escaped(settings)}", style="dim")
-    table = _table()
-    table.add_column("")
-    table.add_column("rule")
-    table.add_column("scope", overflow="fold")
-    table.add_column("value", justify="right")
-    table.add_column("threshold", justify="right")
-    table.add_column("message", overflow="fold")
-    marks = {
-        "pass": Text("✓", style="green"),
-        "warn": Text("!", style="yellow"),
-        "fail": Text("✗", style="bold red"),
-    }
-    shown = [r for r in report.results if r.verdict != "pass" or r.rule != "non-finite"]
-    for result in sorted(shown, key=lambda r: ("fail", "warn", "pass").index(r.verdict)):
-        table.add_row(
-            marks[result.verdict],
-            result.rule,
-            escaped(result.scope),
-            number(result.value),
-            number(result.threshold),
-            escaped(result.message),
-        )
-    console.print()
-    console.print(table)
-    finite = sum(1 for r in report.results if r.rule == "non-finite" and r.verdict == "pass")
-    console.print(f"  {finite} tensors with only finite values", style="dim")
-    verdict = (
-        Text("passed", style="bold green") if report.passed else Text("failed", style="bold red")
-    )
-    console.print(
-        Text.assemble(
-            "\nweissi check ",
-            verdict,
-            f": {report.count('fail')} failed · {report.count('warn')} warnings · "
-            f"{report.count('pass')} passed",
-        )
-    )
-
-
 def render_diff(report: DiffReport, console: Console) -> None:
     console.print(Text.assemble("A ", source_line(report.first)))
     console.print(Text.assemble("B ", source_line(report.second)))
@@ -580,21 +451,22 @@ def render_diff(report: DiffReport, console: Console) -> None:
     console.print(Text.assemble("verdict: ", (report.verdict, style)))
     basis = report.structure
     if report.qualifier:
-        console.print(Text(f"  {report.qualifier}", style="yellow"))
+        say(console, Text(f"  {report.qualifier}", style="yellow"))
     elif basis.level != "none":
         compared = "" if basis.compared else "; not used: it cannot place every tensor"
-        console.print(
-            Text(f"  structure: {basis.description} ({basis.level}){compared}", style="dim")
+        say(
+            console,
+            Text(f"  structure: {basis.description} ({basis.level}){compared}", style="dim"),
         )
     for reason in report.reasons:
-        console.print(f"  {escaped(reason)}", style="red")
+        say(console, f"  {escaped(reason)}", style="red")
     for shift in report.shifts:
         factors = " · ".join(
             f"{escaped(name)} ×{number(value)}" for name, value in shift.factors.items()
         )
-        console.print(f"  {escaped(shift.scope)}: {factors}")
+        say(console, f"  {escaped(shift.scope)}: {factors}")
     if report.tensors and report.verdict != "identical":
-        table = _table()
+        table = plain_table()
         table.add_column("tensor", overflow="fold")
         table.add_column("max |A−B|", justify="right")
         table.add_column("relative", justify="right")
@@ -609,4 +481,4 @@ def render_diff(report: DiffReport, console: Console) -> None:
         console.print()
         console.print(Text("Largest differences", style="bold"))
         console.print(table)
-        console.print(f"  tolerance {number(report.tolerance)} relative", style="dim")
+        say(console, f"  tolerance {number(report.tolerance)} relative", style="dim")

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from weissi_cli.cli.console import print_warnings, progress_bar, stderr_console, stdout_console
+from weissi_cli.cli.console import (
+    check_destinations,
+    deliver,
+    print_note,
+    print_warnings,
+    progress_bar,
+    set_quiet,
+)
 from weissi_cli.cli.errors import handle_errors
-from weissi_cli.cli.options import Json, Spec
+from weissi_cli.cli.options import Force, Json, Output, Plot, Quiet, Spec
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 FORMATS = ("text", "json", "csv")
 
@@ -43,10 +53,10 @@ def trend(
     output_format: Annotated[
         str, typer.Option("--format", help="text (default), json (weissi.trend/1) or csv.")
     ] = "text",
-    plot: Annotated[
-        Path | None,
-        typer.Option("--plot", help="Draw the series over the steps to FILE.png or .svg."),
-    ] = None,
+    output: Output = None,
+    plot: Plot = None,
+    force: Force = False,
+    quiet: Quiet = False,
 ) -> None:
     """One row per checkpoint of a training run: L2, its minimum over scale shifts, the
     slack between them, WEISSI, the imbalance and the largest layer norm.
@@ -57,6 +67,7 @@ def trend(
     from weissi_cli.errors import UsageError
     from weissi_cli.report.common import to_json
 
+    set_quiet(quiet)
     if output_format not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {output_format!r}")
     if json_output:
@@ -67,21 +78,29 @@ def trend(
         if plot.suffix.lower() not in PLOT_FORMATS:
             raise UsageError(f"{plot}: --plot writes .png or .svg files")
         pyplot_or_error()  # fail before reading the checkpoints when matplotlib is missing
-    with progress_bar(output_format == "text"):
+    from weissi_cli.api.trend import expand_paths
+
+    inputs = expand_paths(checkpoints)
+    check_destinations([("--output", output), ("--plot", plot)], force, protect=inputs)
+    with progress_bar():
         report = trend_checkpoints(checkpoints, spec, lambda1, lambda2, order)
+    text: str | None = None
     if output_format == "json":
-        typer.echo(to_json(report.to_dict()))
+        text = to_json(report.to_dict())
     elif output_format == "csv":
         from weissi_cli.report.trend import to_csv
 
-        typer.echo(to_csv(report), nl=False)
-    else:
+        text = to_csv(report)
+
+    def render(console: Console) -> None:
         from weissi_cli.cli.render_trend import render_trend
 
-        render_trend(report, stdout_console())
+        render_trend(report, console)
+
+    notes = deliver(text, render, output, force, inputs)
     if plot is not None:
         from weissi_cli.report.trend_plot import write_trend_plot
 
-        write_trend_plot(report, plot)
-        stderr_console().print(f"wrote {plot}")
-    print_warnings(report.warnings)
+        notes += write_trend_plot(report, plot, force, inputs)
+        print_note(f"wrote {plot}")
+    print_warnings([*notes, *report.warnings])

@@ -70,6 +70,9 @@ class StructureBasis:
 
 @dataclass(frozen=True)
 class DiffReport:
+    """What `diff` found: the verdict on A and B, the structure it stands on, the shifts found
+    and the tensors that differ most (weissi.diff/1)."""
+
     first: Source
     second: Source
     verdict: str
@@ -97,6 +100,8 @@ class DiffReport:
         )
 
     def most_different(self, count: int = 5) -> list[TensorDiff]:
+        """The `count` tensors that differ most, largest difference first."""
+
         def key(item: TensorDiff) -> float:
             # A tensor in a symmetry differs by its canonical form: raw differences there
             # include the shift itself.
@@ -107,6 +112,7 @@ class DiffReport:
         return sorted(self.tensors, key=key, reverse=True)[:count]
 
     def to_dict(self) -> dict[str, Any]:
+        """The weissi.diff/1 JSON payload."""
         return {
             "schema": SCHEMA,
             "tool_version": TOOL_VERSION,

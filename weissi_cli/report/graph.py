@@ -13,6 +13,9 @@ SCHEMA = "weissi.graph/1"
 
 @dataclass(frozen=True)
 class GraphReport:
+    """The structure `graph` found: chains, scale symmetries, tensors left out, and the spec
+    file that pins it (weissi.graph/1)."""
+
     source: Source
     structure: Structure
     dtypes: dict[str, str]
@@ -20,6 +23,7 @@ class GraphReport:
     warnings: tuple[str, ...]
 
     def to_dict(self) -> dict[str, Any]:
+        """The weissi.graph/1 JSON payload."""
         return {
             "schema": SCHEMA,
             "tool_version": TOOL_VERSION,

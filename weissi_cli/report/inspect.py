@@ -40,12 +40,16 @@ class TensorRow:
 
 @dataclass(frozen=True)
 class InspectSettings:
+    """The penalty `inspect` reports: its weights λ1 and λ2, whether biases count, the
+    granularity of the optimum."""
+
     lambda1: float
     lambda2: float
     include_bias: bool
     granularity: str = "layer"
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON."""
         return {
             "lambda1": self.lambda1,
             "lambda2": self.lambda2,
@@ -56,6 +60,9 @@ class InspectSettings:
 
 @dataclass(frozen=True)
 class InspectReport:
+    """What `inspect` found: every tensor's statistics, every chain's penalties and optimum,
+    the free symmetries solved together (weissi.inspect/1)."""
+
     source: Source
     settings: InspectSettings
     tensors: tuple[TensorRow, ...]
@@ -67,6 +74,8 @@ class InspectReport:
     warnings: tuple[str, ...]
 
     def to_dict(self) -> dict[str, Any]:
+        """The weissi.inspect/1 JSON payload (a dict;
+        `pandas.DataFrame(report.to_dict()["tensors"])` is the per-tensor table)."""
         return {
             "schema": SCHEMA,
             "tool_version": TOOL_VERSION,

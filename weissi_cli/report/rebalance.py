@@ -91,6 +91,9 @@ class ChainResult:
 
 @dataclass(frozen=True)
 class RebalanceReport:
+    """What `rebalance` did: the scales per chain or symmetry, L2 and WEISSI before and after,
+    the verification and whether the output was written (weissi.rebalance/1)."""
+
     source: Source
     output_path: str
     output_format: str
@@ -106,6 +109,7 @@ class RebalanceReport:
     nothing_to_do: bool = False  # every scale was 1: nothing rewritten
 
     def to_dict(self) -> dict[str, Any]:
+        """The weissi.rebalance/1 JSON payload."""
         return {
             "schema": SCHEMA,
             "tool_version": TOOL_VERSION,

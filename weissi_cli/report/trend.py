@@ -128,12 +128,16 @@ class TrendPoint:
 
 @dataclass(frozen=True)
 class TrendSettings:
+    """The penalty and order `trend` used: λ1, λ2, how the checkpoints were ordered, the spec
+    file."""
+
     lambda1: float
     lambda2: float
     order: str  # "step" | "given"
     spec: str | None
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON."""
         return {
             "lambda1": self.lambda1,
             "lambda2": self.lambda2,
@@ -154,11 +158,14 @@ class TrendReport:
     warnings: tuple[str, ...]
 
     def x_values(self) -> list[int]:
+        """The x axis of the series: the steps, or the positions when the steps cannot order
+        them."""
         if self.x_axis == "index":
             return list(range(len(self.points)))
         return [point.step.value for point in self.points if point.step is not None]
 
     def to_dict(self) -> dict[str, Any]:
+        """The weissi.trend/1 JSON payload."""
         return {
             "schema": SCHEMA,
             "tool_version": TOOL_VERSION,

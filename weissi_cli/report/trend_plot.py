@@ -6,10 +6,12 @@ from __future__ import annotations
 import io
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from weissi_cli.errors import UsageError
+from weissi_cli.output_files import write_report_file
 from weissi_cli.report.plot import PLOT_FORMATS, pyplot_or_error
 from weissi_cli.report.trend import TrendReport
 
@@ -147,13 +149,14 @@ def _maybe_log(axis: Any, values: list[float], force: bool = False) -> None:
         axis.set_yscale("log")
 
 
-def write_trend_plot(report: TrendReport, path: Path) -> None:
-    """Render to `path` (.png or .svg); the one place the trend plot touches the disk."""
+def write_trend_plot(
+    report: TrendReport, path: Path, force: bool = False, protect: Iterable[Path] = ()
+) -> list[str]:
+    """Render to `path` (.png or .svg), written as every report file is (atomically, never
+    through a link, an existing file only with `force`, never one of `protect`); returns
+    the writer's notes."""
     suffix = path.suffix.lower()
     if suffix not in PLOT_FORMATS:
         raise UsageError(f"{path}: --plot writes .png or .svg files")
     data = render_trend_plot(report, suffix.lstrip("."))
-    try:
-        path.write_bytes(data)
-    except OSError as error:
-        raise UsageError(f"{path}: cannot write the plot ({error.strerror})") from None
+    return write_report_file(path, data, force, protect)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +24,13 @@ class StructureSource:
     allow_approximate: bool = False
 
     @staticmethod
-    def of(spec: Path | StructureSource | None, allow_approximate: bool = False) -> StructureSource:
-        """A source from the older `spec` argument of the library functions."""
+    def of(
+        spec: str | os.PathLike[str] | StructureSource | None, allow_approximate: bool = False
+    ) -> StructureSource:
+        """A source from the `spec` argument of the library functions: a spec file's path, or
+        a source as it is."""
         if isinstance(spec, StructureSource):
             return spec
-        return StructureSource(spec=spec, allow_approximate=allow_approximate)
+        return StructureSource(
+            spec=Path(spec) if spec is not None else None, allow_approximate=allow_approximate
+        )

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from weissi_cli.errors import InputError, UsageError
+from weissi_cli.progress import phase
 
 EXAMPLE_TOKENS = 4  # sequence length of the example input for language models
 
@@ -65,6 +66,7 @@ def from_program(program: Any, tensor_names: Sequence[str]) -> TracedGraph:
 # -- Hugging Face folders ------------------------------------------------------------------
 
 
+@phase("tracing the architecture with transformers")
 def from_transformers(config_path: Path, tensor_names: Sequence[str]) -> TracedGraph:
     """Build the architecture `config.json` names on the meta device and export it."""
     torch, transformers = _import_transformers(config_path)
@@ -387,6 +389,7 @@ def build_module(spec: str, device: str = "meta") -> Any:
     return module.eval()
 
 
+@phase("tracing the model's code (--model)")
 def from_module(
     spec: str,
     shapes: Sequence[tuple[int, ...]],
