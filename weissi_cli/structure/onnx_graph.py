@@ -176,9 +176,19 @@ class Builder:
 
     def ints(self, value: Any) -> list[int]:
         """A known integer tensor as a list (shapes, axes, pads)."""
-        if value is None or self.is_node(value):
-            raise Unsupported("sizes or axes computed from the data")
+        value = self.known_of(value)
         return [int(x) for x in value.reshape(-1).tolist()]
+
+    def known_of(self, value: Any) -> Any:
+        """The values of a known tensor, or of an initializer read as a placeholder (a
+        resize's scales are floats like weights)."""
+        if value is not None and not self.is_node(value) and not isinstance(value, _Unknown):
+            return value
+        name = self.placeholders.get(getattr(value, "name", ""))
+        initializer = self.initializers.get(name) if name is not None else None
+        if initializer is None or initializer.numel > KNOWN_ELEMENTS:
+            raise Unsupported("sizes or axes computed from the data")
+        return self.known(tensor_array(self.model, initializer.message, KNOWN_ELEMENTS))
 
     # calls ------------------------------------------------------------------------------
     def call(self, op: Any, *args: Any, **kwargs: Any) -> Any:

@@ -196,9 +196,16 @@ def _scalar_or_tensor(b: Builder, value: Any) -> Any:
 
 
 def variadic(name: str) -> RowFunction:
-    """Sum/Max/Min of any number of inputs: a chain of two-input ops."""
+    """Sum/Max/Min of any number of inputs: a chain of two-input ops; Max or Min of a value
+    and a known number is a clamp (`max(x, 0)` is a ReLU)."""
 
     def row(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
+        nodes = [v for v in inputs if b.is_node(v)]
+        numbers = [b.scalar(v) for v in inputs if not b.is_node(v) and v.numel() == 1]
+        if name in ("maximum", "minimum") and len(nodes) == 1 and len(numbers) == len(inputs) - 1:
+            bound = (max if name == "maximum" else min)(numbers)
+            low, high = (bound, None) if name == "maximum" else (None, bound)
+            return [b.call(_aten().clamp.default, nodes[0], low, high)]
         result = inputs[0]
         for other in inputs[1:]:
             result = b.call(_overload(name, "Tensor"), result, other)
@@ -228,8 +235,7 @@ def gemm(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
     alpha, beta = float(_attr(node, "alpha", 1.0)), float(_attr(node, "beta", 1.0))
     if _attr(node, "transA", 0):
         a = b.call(aten.t.default, a)
-    if bias is not None and not b.is_node(bias) and not bias.any():
-        bias = None  # a zero bias (some exporters write one)
+    bias = _unless_zero(b, bias)
     vector_bias = bias is None or len(b.shape(bias)) == 1
     if _attr(node, "transB", 0) and vector_bias and beta == 1.0:
         out = b.call(aten.linear.default, a, weight, bias)
@@ -240,6 +246,13 @@ def gemm(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
         out = b.call(aten.mm.default, a, weight)
         return [out if alpha == 1.0 else b.call(aten.mul.Tensor, out, alpha)]
     return [b.call(aten.addmm.default, bias, a, weight, beta=beta, alpha=alpha)]
+
+
+def _unless_zero(b: Builder, bias: Any) -> Any:
+    """A known all-zero bias (exporters write one for layers without) is no bias."""
+    if bias is not None and not b.is_node(bias) and not bias.any():
+        return None
+    return bias
 
 
 def einsum(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
@@ -284,7 +297,7 @@ def _pad_first(b: Builder, x: Any, pads: list[int], value: float) -> tuple[Any, 
 
 def conv(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
     x, weight = inputs[0], inputs[1]
-    bias = inputs[2] if len(inputs) > 2 else None
+    bias = _unless_zero(b, inputs[2] if len(inputs) > 2 else None)
     shape, kernel_shape = b.shape(x), b.shape(weight)
     count = len(kernel_shape) - 2
     kernel = list(_attr(node, "kernel_shape", kernel_shape[2:]))
@@ -311,7 +324,7 @@ def conv(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
 
 def conv_transpose(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
     x, weight = inputs[0], inputs[1]
-    bias = inputs[2] if len(inputs) > 2 else None
+    bias = _unless_zero(b, inputs[2] if len(inputs) > 2 else None)
     count = len(b.shape(weight)) - 2
     if _attr(node, "output_shape") is not None or _attr(node, "auto_pad", b"NOTSET") not in (
         b"NOTSET",

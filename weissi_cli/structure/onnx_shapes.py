@@ -187,12 +187,18 @@ def slice_of(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
     result = x
     for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
         dim = _axis(axis, len(sizes))
-        if step <= 0:
-            raise Unsupported("a slice with a negative step")
-        low, high, _ = _clamp(start, end, step, sizes[dim])
+        positions = np.arange(sizes[dim])[slice(*_clamp(start, end, step, sizes[dim]))]
+        if step < 0:  # backwards: reverse the axis, then take the positions forwards
+            if not positions.size:
+                raise Unsupported("an empty backward slice")
+            result = b.call(_aten().flip.default, result, [dim])
+            positions = sizes[dim] - 1 - positions
+            step = -step
+        low = int(positions[0]) if positions.size else 0
+        high = int(positions[-1]) + 1 if positions.size else 0
         if (low, high, step) == (0, sizes[dim], 1):
             continue
-        result = b.call(_aten().slice.Tensor, result, dim, low, max(high, low), step)
+        result = b.call(_aten().slice.Tensor, result, dim, low, high, step)
     return [result]
 
 
@@ -285,8 +291,9 @@ def resize(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
         scales_input = inputs[2] if node.op_type == "Resize" and len(inputs) > 2 else (
             inputs[1] if len(inputs) > 1 else None
         )
-        if scales_input is None or b.is_node(scales_input):
-            raise Unsupported("a resize to sizes computed from the data")
+        if scales_input is None:
+            raise Unsupported("a resize without sizes or scales")
+        scales_input = b.known_of(scales_input)
         factors = [float(f) for f in scales_input.reshape(-1).tolist()]
         if not factors:
             raise Unsupported("a resize without sizes or scales")
@@ -352,7 +359,7 @@ SHAPE_ROWS: dict[str, tuple[RowFunction, str, str]] = {
     "Tile": (tile, "repeat", "known repeats"),
     "Concat": (concat, "cat", ""),
     "Split": (split, "split_with_sizes", "known sizes"),
-    "Slice": (slice_of, "slice", "known bounds, positive steps"),
+    "Slice": (slice_of, "slice | flip, slice", "known bounds; a negative step reverses first"),
     "Gather": (
         gather,
         "embedding | select | index",
