@@ -27,15 +27,21 @@ from weissi_cli.structure import discover
 EXPORTERS = ("torchscript", "dynamo")
 
 
-def randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+def randomize(module: torch.nn.Module, seed: int = 0, spread: bool = False) -> torch.nn.Module:
     """Distinct random parameters (exporters share equal initializers, such as the zero
-    biases of a fresh model), positive running variances."""
+    biases of a fresh model), positive running variances; with `spread`, the scales of
+    successive weight matrices alternate between 0.25 and 4 (an imbalance to remove)."""
     generator = torch.Generator().manual_seed(seed)
+    weights = 0
     with torch.no_grad():
         for name, value in module.state_dict().items():
             if not value.is_floating_point():
                 continue
-            fresh = torch.randn(value.shape, generator=generator, dtype=torch.float64) * 0.5
+            size = 0.5
+            if spread and value.dim() >= 2:
+                size = 4.0 if weights % 2 else 0.25
+                weights += 1
+            fresh = torch.randn(value.shape, generator=generator, dtype=torch.float64) * size
             if name.endswith("running_var"):
                 fresh = fresh.abs() + 0.5
             value.copy_(fresh.to(value.dtype))
