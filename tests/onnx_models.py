@@ -95,7 +95,9 @@ def _same(a: np.ndarray, b: np.ndarray, rtol: float) -> bool:
     return bool(np.array_equal(a, b) if rtol == 0 else np.allclose(a, b, rtol=rtol, atol=1e-7))
 
 
-def renamed(symmetries: Iterable[Symmetry], names: Mapping[str, tuple[str, bool]]) -> list[Symmetry]:
+def renamed(
+    symmetries: Iterable[Symmetry], names: Mapping[str, tuple[str, bool]]
+) -> list[Symmetry]:
     """Symmetries of the ONNX file with members named by the module's tensors."""
     result = []
     for symmetry in symmetries:
@@ -173,3 +175,65 @@ def rescaled_change(path: Path, symmetries: Iterable[Symmetry], seed: int = 0) -
     feeds = random_feeds(path)
     before, after = run(model, feeds), run(scaled, feeds)
     return float(np.max(np.abs(after - before)) / np.max(np.abs(before)))
+
+
+def large_mlp(
+    folder: Path, hidden: int = 32768, width: int = 8192, seed: int = 0, wide: bool = False
+) -> Path:
+    """A ReLU MLP `width → hidden → width → 16` whose two large matrices (1 GiB each at the
+    default sizes, 2.1 GB in all) are external data in one file, written in pieces so that
+    the generator never holds a matrix; the layers' scales differ by 16x. `wide`: one
+    hidden layer twice as wide instead, `width → 2·hidden → 16` (each matrix then scales
+    along one axis only)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = np.random.default_rng(seed)
+    shapes = {"w1": (width, hidden), "w2": (hidden, width), "w3": (width, 16)}
+    if wide:
+        shapes = {"w1": (width, 2 * hidden), "w3": (2 * hidden, 16)}
+    sizes = {"w1": 0.01, "w2": 0.16, "w3": 0.01}
+    initializers = []
+    offset = 0
+    with open(folder / "model.onnx.data", "wb") as data:
+        for name, shape in shapes.items():
+            rows_per_piece = max(1, (1 << 24) // shape[1])
+            for row in range(0, shape[0], rows_per_piece):
+                rows = min(rows_per_piece, shape[0] - row)
+                piece = generator.standard_normal((rows, shape[1]), dtype=np.float32)
+                piece *= np.float32(sizes[name])
+                data.write(piece.tobytes())
+            length = shape[0] * shape[1] * 4
+            tensor = onnx.TensorProto(name=name, dims=list(shape), data_type=TensorProto_FLOAT)
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (
+                ("location", "model.onnx.data"),
+                ("offset", offset),
+                ("length", length),
+            ):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, str(value)
+            initializers.append(tensor)
+            offset += length
+    helper = onnx.helper
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["r1"]),
+        helper.make_node("MatMul", ["r1", "w2"], ["h2"]),
+        helper.make_node("Relu", ["h2"], ["r2"]),
+        helper.make_node("MatMul", ["r2", "w3"], ["y"]),
+    ]
+    if wide:
+        nodes = [nodes[0], nodes[1], helper.make_node("MatMul", ["r1", "w3"], ["y"])]
+    graph = helper.make_graph(
+        nodes,
+        "large",
+        [helper.make_tensor_value_info("x", TensorProto_FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto_FLOAT, ["batch", 16])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = folder / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+TensorProto_FLOAT = onnx.TensorProto.FLOAT

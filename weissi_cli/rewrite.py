@@ -155,10 +155,12 @@ def check_output_path(
     for source in inputs:
         if target == source.resolve() or (target.exists() and target.samefile(source)):
             raise OutputError(f"{output}: is the input checkpoint; write the result to a new file")
-    if folder and not isinstance(checkpoint, (SafetensorsCheckpoint, ShardedCheckpoint, OnnxCheckpoint)):
+    if folder and not isinstance(
+        checkpoint, (SafetensorsCheckpoint, ShardedCheckpoint, OnnxCheckpoint)
+    ):
         raise UsageError(
-            f"{checkpoint.path.parent}: weissi writes model folders of safetensors checkpoints; "
-            f"name the file ({checkpoint.path.name}) to rebalance it alone"
+            f"{checkpoint.path.parent}: weissi writes model folders of safetensors checkpoints "
+            f"and ONNX models; name the file ({checkpoint.path.name}) to rebalance it alone"
         )
     writes_folder = folder or checkpoint.format == "safetensors-sharded"
     if folder:

@@ -29,7 +29,10 @@ ORT_TYPES = {
 def onnxruntime_available() -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("onnxruntime") is not None
+    try:
+        return importlib.util.find_spec("onnxruntime") is not None
+    except ValueError:  # a module entry set to None: imports of it are blocked
+        return False
 
 
 def not_run(reason: str) -> ChainVerification:
@@ -47,11 +50,21 @@ def not_run(reason: str) -> ChainVerification:
     )
 
 
-def run_onnx(original: Path, rewritten: Path, power_of_two: bool = False) -> ChainVerification:
+def run_onnx(
+    original: Path, rewritten: Path, power_of_two: bool = False, nbytes: int = 0
+) -> ChainVerification:
     """Run both models in ONNX Runtime on PROBES random inputs and compare every output
-    (ints in {0, 1} for integer inputs, such as token ids and masks)."""
+    (ints in {0, 1} for integer inputs, such as token ids and masks). `nbytes`: the model's
+    size; both models must fit in memory beside each other."""
     if not onnxruntime_available():
         return not_run("onnxruntime is not installed")
+    from weissi_cli.api.rebalance import fits_in_memory
+
+    if not fits_in_memory(nbytes, copies=3):
+        return not_run(
+            f"{original.name} ({nbytes / 2**30:.1f} GiB) is too large to load twice in this "
+            "machine's memory"
+        )
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -130,7 +143,7 @@ def run_onnx(original: Path, rewritten: Path, power_of_two: bool = False) -> Cha
 def _inputs(session: Any, generator: np.random.Generator, sizes: dict[str, int]) -> dict[str, Any]:
     """Random inputs of the session's input types; a symbolic dimension gets the size the
     structure front-end gave it (the same name, the same size in every input)."""
-    feed = {}
+    feed: dict[str, Any] = {}
     for argument in session.get_inputs():
         dtype = ORT_TYPES.get(argument.type)
         if dtype is None:

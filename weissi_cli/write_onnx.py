@@ -122,9 +122,7 @@ def write_onnx(
     inputs = [checkpoint.path, *checkpoint.data_files]
     if folder:
         staging = Staging(output, folder=True)
-        pending: PendingOutput = PendingOutput(
-            output, staging.item / checkpoint.path.name, staging
-        )
+        pending: PendingOutput = PendingOutput(output, staging.item / checkpoint.path.name, staging)
         locations: dict[Path, str] = {}
     else:
         staging = Staging(output, folder=False)
@@ -238,7 +236,9 @@ def _emit(message: Message, replaced: Mapping[int, bytes | None]) -> list[Segmen
     return _payload(message, replaced, dirty)
 
 
-def _payload(message: Message, replaced: Mapping[int, bytes | None], dirty: set[int]) -> list[Segment]:
+def _payload(
+    message: Message, replaced: Mapping[int, bytes | None], dirty: set[int]
+) -> list[Segment]:
     segments: list[Segment] = []
     position = message.start
     changed = sorted(

@@ -169,10 +169,12 @@ def test_rebalance_lowers_l2_and_keeps_the_outputs(
     # a batch norm's gain moves L2 into unpenalised tensors unless 1-D tensors count
     report = rebalance_checkpoint(path, output, scales=scales, include_bias=name == "resnet_bn")
     assert report.written, report.warnings
-    assert report.group is not None and report.group.l2_after is not None
+    assert report.group is not None
+    assert report.group.l2_after is not None
     assert report.group.l2_after < report.group.l2_penalty
     verification = report.verification
-    assert verification.passed and verification.level == "real_network"
+    assert verification.passed
+    assert verification.level == "real_network"
     assert "onnxruntime" in verification.method
     feeds = random_feeds(path, seed=7)
     before, after = run(path, feeds), run(output, feeds)
@@ -208,7 +210,11 @@ def assert_untouched(source: Path, written: Path, scaled: set[str]) -> None:
     assert set(changed) <= scaled
     locations = {}
     for old, new in zip(before.graph.initializer, after.graph.initializer, strict=True):
-        assert (old.name, list(old.dims), old.data_type) == (new.name, list(new.dims), new.data_type)
+        assert (old.name, list(old.dims), old.data_type) == (
+            new.name,
+            list(new.dims),
+            new.data_type,
+        )
         assert old.data_location == new.data_location
         if old.name in changed:
             assert len(old.raw_data) == len(new.raw_data)
@@ -229,7 +235,12 @@ def assert_untouched(source: Path, written: Path, scaled: set[str]) -> None:
         for location, new_location in locations.items():
             files[(source.parent / location).resolve()] = written.parent / new_location
         for old_file, new_file in files.items():
-            _same_but(old_file, new_file, spans.get(old_file, []), old_file == source.resolve() and not locations)
+            _same_but(
+                old_file,
+                new_file,
+                spans.get(old_file, []),
+                old_file == source.resolve() and not locations,
+            )
 
 
 def _same_but(old_file: Path, new_file: Path, spans: list[tuple[int, int]], prefix: bool) -> None:
@@ -262,7 +273,8 @@ def test_inspect_reads_every_initializer(models: dict[tuple[str, str], Any]) -> 
     assert set(rows) == {i.name for i in model.graph.initializer}
     for name, norm in norms.items():
         assert rows[name].fro_norm == pytest.approx(norm, rel=1e-6, abs=1e-12)
-    assert report.group is not None and report.group.symmetries
+    assert report.group is not None
+    assert report.group.symmetries
 
 
 def test_external_data_in_several_files(models: dict[tuple[str, str], Any], tmp_path: Path) -> None:
@@ -286,7 +298,8 @@ def test_external_data_in_several_files(models: dict[tuple[str, str], Any], tmp_
     as_file = tmp_path / "out" / "balanced.onnx"
     as_file.parent.mkdir()
     report = rebalance_checkpoint(folder / "model.onnx", as_file, scales="pow2")
-    assert report.written and report.verification.level == "real_network"
+    assert report.written
+    assert report.verification.level == "real_network"
     written = {p.name for p in as_file.parent.iterdir()}
     assert written == {"balanced.onnx"} | {
         f"balanced.onnx.data{'.' + str(i) if i else ''}" for i in range(len(data_files))

@@ -66,7 +66,9 @@ def test_check_and_diff(run: Callable[..., Result], model: Path, tmp_path: Path)
     assert trend.exit_code == 0, trend.output
 
 
-def test_rebalance_names_the_output_onnx(run: Callable[..., Result], model: Path, tmp_path: Path) -> None:
+def test_rebalance_names_the_output_onnx(
+    run: Callable[..., Result], model: Path, tmp_path: Path
+) -> None:
     result = run("rebalance", str(model), "-o", str(tmp_path / "out.safetensors"))
     assert result.exit_code == 2
     assert "*.onnx" in result.stderr

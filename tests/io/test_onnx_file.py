@@ -18,7 +18,9 @@ from weissi_cli.io.dtypes import decode
 from weissi_cli.stats import compute_stats
 
 
-def _model(initializers: list[onnx.TensorProto], nodes: list[onnx.NodeProto] | None = None) -> onnx.ModelProto:
+def _model(
+    initializers: list[onnx.TensorProto], nodes: list[onnx.NodeProto] | None = None
+) -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes or [helper.make_node("MatMul", ["x", initializers[0].name], ["y"])],
         "g",
@@ -48,8 +50,12 @@ def _check_values(path: Path, expected: dict[str, np.ndarray]) -> None:
             assert np.array_equal(got.reshape(value.shape), value.astype(got.dtype)), name
             half = value.size // 2
             part = checkpoint.read_raw(name, half, value.size - half)
-            assert np.array_equal(decode(part, checkpoint.info(name).dtype), value.reshape(-1)[half:])
-            assert stats[name].fro_norm == pytest.approx(np.linalg.norm(value.astype(np.float64)), rel=1e-6)
+            assert np.array_equal(
+                decode(part, checkpoint.info(name).dtype), value.reshape(-1)[half:]
+            )
+            assert stats[name].fro_norm == pytest.approx(
+                np.linalg.norm(value.astype(np.float64)), rel=1e-6
+            )
 
 
 def test_raw_data_is_streamed_from_the_model_file(tmp_path: Path) -> None:
@@ -69,8 +75,11 @@ def test_typed_fields_are_read(tmp_path: Path) -> None:
     values = generator.standard_normal((3, 5)).astype(np.float32)
     halves = generator.standard_normal((2, 4)).astype(np.float16)
     typed = helper.make_tensor("w", TensorProto.FLOAT, values.shape, values.reshape(-1).tolist())
-    half = helper.make_tensor("h", TensorProto.FLOAT16, halves.shape, halves.astype(np.float32).reshape(-1).tolist())
-    assert not typed.raw_data and not half.raw_data
+    half = helper.make_tensor(
+        "h", TensorProto.FLOAT16, halves.shape, halves.astype(np.float32).reshape(-1).tolist()
+    )
+    assert not typed.raw_data
+    assert not half.raw_data
     path = tmp_path / "typed.onnx"
     onnx.save(_model([typed, half], [helper.make_node("Identity", ["x"], ["y"])]), str(path))
     _check_values(path, {"w": values, "h": halves})
@@ -84,7 +93,9 @@ def test_bfloat16_raw_data(tmp_path: Path) -> None:
     import torch
 
     values = torch.randn(4, 6).to(torch.bfloat16)
-    tensor = helper.make_tensor("w", TensorProto.BFLOAT16, [4, 6], values.view(torch.int16).numpy().tobytes(), raw=True)
+    tensor = helper.make_tensor(
+        "w", TensorProto.BFLOAT16, [4, 6], values.view(torch.int16).numpy().tobytes(), raw=True
+    )
     path = tmp_path / "bf16.onnx"
     onnx.save(_model([tensor]), str(path))
     with open_checkpoint(path) as checkpoint:
@@ -145,7 +156,9 @@ def _set_location(path: Path, name: str, location: str, **entries: str) -> None:
         ("", "without a location"),
     ],
 )
-def test_locations_outside_the_folder_are_refused(tmp_path: Path, location: str, message: str) -> None:
+def test_locations_outside_the_folder_are_refused(
+    tmp_path: Path, location: str, message: str
+) -> None:
     path, _ = _external(tmp_path, one_file=True)
     (tmp_path / "outside.bin").write_bytes(b"\0" * 4096)
     _set_location(path, "big", location)
@@ -251,7 +264,8 @@ def test_malformed_protobuf_is_refused_or_read(tmp_path: Path, data: bytes) -> N
         with open_checkpoint(path) as checkpoint:
             assert checkpoint.tensors == ()
     except InputError as error:
-        assert str(error).startswith(str(path))
+        if not str(error).startswith(str(path)):
+            raise
 
 
 def test_deep_nesting_is_refused(tmp_path: Path) -> None:
@@ -281,7 +295,9 @@ def test_varint_typed_tensors_are_not_rescaled(tmp_path: Path) -> None:
     from weissi_cli.write_onnx import write_onnx
 
     halves = np.ones((2, 4), np.float16)
-    tensor = helper.make_tensor("h", TensorProto.FLOAT16, [2, 4], halves.astype(np.float32).reshape(-1).tolist())
+    tensor = helper.make_tensor(
+        "h", TensorProto.FLOAT16, [2, 4], halves.astype(np.float32).reshape(-1).tolist()
+    )
     path = tmp_path / "typed.onnx"
     onnx.save(_model([tensor], [helper.make_node("Identity", ["x"], ["y"])]), str(path))
     with open_checkpoint(path) as checkpoint, pytest.raises(UsageError, match="varints"):

@@ -355,7 +355,11 @@ def _linear_graph(
     a = module.a.weight.detach().numpy().T.copy()
     b = module.b.weight.detach().numpy().T.copy()
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "a"], ["h"]), *nodes, helper.make_node("MatMul", ["y", "b"], ["out"])],
+        [
+            helper.make_node("MatMul", ["x", "a"], ["h"]),
+            *nodes,
+            helper.make_node("MatMul", ["y", "b"], ["out"]),
+        ],
         "built",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 5])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [4, 3])],

@@ -44,9 +44,7 @@ class OnnxCheckpoint(Checkpoint):
             raise
         self._initializers = {i.name: i for i in self.model.initializers}
         self._decoded: dict[str, npt.NDArray[np.generic]] = {}
-        self.tensors = tuple(
-            TensorInfo(i.name, i.dims, i.dtype) for i in self.model.initializers
-        )
+        self.tensors = tuple(TensorInfo(i.name, i.dims, i.dtype) for i in self.model.initializers)
         self.metadata = dict(self.model.metadata)
         self.file_bytes = self.model.size + sum(
             os.fstat(fd).st_size for file, fd in self._fds.items() if file != path

@@ -178,18 +178,18 @@ def _model(path: Path, size: int, root: Message, data: FileBytes) -> OnnxModel:
     if sparse:
         notes.append(f"{len(sparse)} sparse initializer(s) are not read (dense tensors only)")
     nodes = [_node(path, message, data) for message in graph.all("node")]
-    value_types = {}
+    value_types: dict[str, ValueType] = {}
     for info in [*graph.all("input"), *graph.all("output"), *graph.all("value_info")]:
-        value_types[str(info.one("name", ""))] = _value_type(info)
+        kind = _value_type(info)
+        if kind is not None:
+            value_types[str(info.one("name", ""))] = kind
     inputs = [
         (str(info.one("name", "")), value_types.get(str(info.one("name", ""))))
         for info in graph.all("input")
         if str(info.one("name", "")) not in names
     ]
     outputs = [str(info.one("name", "")) for info in graph.all("output")]
-    functions = {
-        (str(f.one("domain", "")), str(f.one("name", ""))) for f in root.all("functions")
-    }
+    functions = {(str(f.one("domain", "")), str(f.one("name", ""))) for f in root.all("functions")}
     # every external tensor anywhere (subgraphs, constants, functions) must resolve too
     known = {id(i.message) for i in initializers}
     for message in _tensors_below(root):
@@ -276,8 +276,7 @@ def _initializer(
         total = sum(span.length for span in spans)
         if total != nbytes:
             raise InputError(
-                f"{path}: {what} of shape {dims} needs {numel} values but holds "
-                f"{total // fixed[1]}"
+                f"{path}: {what} of shape {dims} needs {numel} values but holds {total // fixed[1]}"
             )
         if len(spans) <= 1:
             offset = spans[0].offset if spans else 0

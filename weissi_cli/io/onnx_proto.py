@@ -330,7 +330,9 @@ def read_string(data: FileBytes, span: Span) -> bytes:
     return data.read(span.offset, span.length)
 
 
-def packed_ints(data: FileBytes, runs: list[Packed], signed: bool = True, limit: int = 1 << 24) -> list[int]:
+def packed_ints(
+    data: FileBytes, runs: list[Packed], signed: bool = True, limit: int = 1 << 24
+) -> list[int]:
     """The values of a repeated varint field (int64, int32, uint64), at most `limit`."""
     values: list[int] = []
     for run in runs:
@@ -347,7 +349,9 @@ def packed_ints(data: FileBytes, runs: list[Packed], signed: bool = True, limit:
             shift = 0
             while True:
                 if index >= len(chunk) or shift > 63:
-                    raise ProtoError(f"a packed varint runs past its field (bytes {position}..{end})")
+                    raise ProtoError(
+                        f"a packed varint runs past its field (bytes {position}..{end})"
+                    )
                 byte = chunk[index]
                 index += 1
                 value |= (byte & 0x7F) << shift

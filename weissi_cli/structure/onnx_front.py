@@ -11,8 +11,17 @@ from weissi_cli.structure.trace import TracedGraph
 
 # What a row may raise on a graph it cannot follow (odd attributes, hostile files): the
 # node then becomes one the engine stops at.
-FAILURES = (Unsupported, ValueError, TypeError, IndexError, KeyError, RuntimeError,
-            ZeroDivisionError, OverflowError, AttributeError)
+FAILURES = (
+    Unsupported,
+    ValueError,
+    TypeError,
+    IndexError,
+    KeyError,
+    RuntimeError,
+    ZeroDivisionError,
+    OverflowError,
+    AttributeError,
+)
 
 
 def from_onnx(checkpoint: OnnxCheckpoint) -> TracedGraph:
@@ -34,7 +43,9 @@ def from_onnx(checkpoint: OnnxCheckpoint) -> TracedGraph:
     unsupported: dict[str, int] = {}
     for node in model.nodes:
         builder.node = node
-        builder.label = _identifier(node.name or (node.outputs[0] if node.outputs else node.op_type))
+        builder.label = _identifier(
+            node.name or (node.outputs[0] if node.outputs else node.op_type)
+        )
         row = OPS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if row is not None:
             before = len(builder.graph.nodes)

@@ -207,20 +207,22 @@ class Builder:
         kwargs = _map(kwargs, self._as_graph_value)
         meta_args = _map(args, lambda a: a.meta["val"] if self.is_node(a) else a)
         meta_kwargs = _map(kwargs, lambda a: a.meta["val"] if self.is_node(a) else a)
-        try:
-            result = op(*meta_args, **meta_kwargs)
-        except Unsupported:
-            raise
-        except Exception as error:  # the meta kernel refuses these shapes or arguments
-            raise Unsupported(_first_line(error)) from None
-        target = op
         from weissi_cli.structure.engine.rules import RULES
         from weissi_cli.structure.engine.walk import _op_name
+        from weissi_cli.structure.onnx_meta import meta_output
 
+        try:
+            result = meta_output(self.torch, _op_name(op), meta_args, meta_kwargs)
+            if result is None:
+                result = op(*meta_args, **meta_kwargs)
+        except Exception as error:  # the op refuses these shapes or arguments
+            raise Unsupported(_first_line(error)) from None
+        target = op
         if _op_name(op) not in RULES:
             target = OpaqueOp(f"onnx::{self.node.op_type if self.node else _op_name(op)}")
-        node = self.graph.call_function(target, tuple(args), dict(kwargs))
-        node.name = self.graph._graph_namespace.create_name(self.label or node.name, None)
+        node = self.graph.create_node(
+            "call_function", target, tuple(args), dict(kwargs), name=self.label or None
+        )
         node.meta["val"] = result
         if isinstance(result, list | tuple):
             return [self._item(node, i, r) for i, r in enumerate(result)]
@@ -260,9 +262,12 @@ class Builder:
                 if shape is not None
                 else None
             )
-        target = OpaqueOp(f"onnx::{node.op_type}" if not node.domain else f"{node.domain}::{node.op_type}")
-        fx_node = self.graph.call_function(target, tuple(inputs))
-        fx_node.name = self.graph._graph_namespace.create_name(self.label or fx_node.name, None)
+        target = OpaqueOp(
+            f"onnx::{node.op_type}" if not node.domain else f"{node.domain}::{node.op_type}"
+        )
+        fx_node = self.graph.create_node(
+            "call_function", target, tuple(inputs), {}, name=self.label or None
+        )
         if len(node.outputs) == 1:
             fx_node.meta["val"] = metas[0]
             self.values[node.outputs[0]] = fx_node if metas[0] is not None else _Unknown(fx_node)

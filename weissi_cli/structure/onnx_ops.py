@@ -133,7 +133,7 @@ COMPARISONS = {"eq", "gt", "lt", "ge", "le"}
 def binary(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
     """Broadcasting elementwise ops; a known one-element operand is passed as a number (as
     torch.export records `x * 0.5`)."""
-    aten = _aten()
+    _aten()
     name = BINARY[node.op_type]
     if node.op_type == "Mod" and not _attr(node, "fmod", 0):
         name = "remainder"
@@ -376,7 +376,9 @@ def batch_norm(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
 def instance_norm(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
     x, weight, bias = inputs[:3]
     eps = float(_attr(node, "epsilon", 1e-5))
-    return [b.call(_aten().instance_norm.default, x, weight, bias, None, None, True, 0.1, eps, False)]
+    return [
+        b.call(_aten().instance_norm.default, x, weight, bias, None, None, True, 0.1, eps, False)
+    ]
 
 
 def layer_norm(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
@@ -635,9 +637,7 @@ def _table() -> dict[str, Row]:
     rows["Min"] = Row(variadic("minimum"), "minimum (chained)")
     rows["Mean"] = Row(mean_of, "add, div")
     rows["MatMul"] = Row(matmul, "matmul")
-    rows["Gemm"] = Row(
-        gemm, "linear | t, mm, addmm", "transB with a vector bias is a linear layer"
-    )
+    rows["Gemm"] = Row(gemm, "linear | t, mm, addmm", "transB with a vector bias is a linear layer")
     rows["Einsum"] = Row(einsum, "einsum")
     rows["Conv"] = Row(conv, "convolution", "asymmetric pads: constant_pad_nd first")
     rows["ConvTranspose"] = Row(conv_transpose, "convolution (transposed)")
@@ -669,10 +669,11 @@ OPS: dict[str, Row] = _table()
 
 def op_table() -> str:
     """The ONNX op table as Markdown (the documentation's table is this text)."""
-    lines = ["| ONNX op | ATen | note |", "|---|---|---|"]
+    lines = ["| ONNX op | ATen ops | note |", "|---|---|---|"]
     for name in sorted(OPS):
         row = OPS[name]
-        lines.append(f"| `{name}` | {row.aten} | {row.note} |")
+        aten = row.aten if row.aten.startswith("(") else f"`{row.aten}`"
+        lines.append(f"| `{name}` | {aten} | {row.note} |")
     return "\n".join(lines) + "\n"
 
 

@@ -49,7 +49,9 @@ def constant(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
         if name == "value" and value is not None:
             return [b.known(tensor_array(b.model, value))]
         if name in ("value_float", "value_int"):
-            return [b.known(np.array(value, dtype=np.float32 if name == "value_float" else np.int64))]
+            return [
+                b.known(np.array(value, dtype=np.float32 if name == "value_float" else np.int64))
+            ]
         if name in ("value_floats", "value_ints"):
             dtype = np.float32 if name == "value_floats" else np.int64
             return [b.known(np.array(value, dtype=dtype))]
@@ -69,7 +71,9 @@ def size(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
 def constant_of_shape(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
     sizes = b.ints(inputs[0])
     value = _attr(node, "value")
-    fill = tensor_array(b.model, value).reshape(-1) if value is not None else np.zeros(1, np.float32)
+    fill = (
+        tensor_array(b.model, value).reshape(-1) if value is not None else np.zeros(1, np.float32)
+    )
     return [b.known(np.full(sizes, fill[0], dtype=fill.dtype))]
 
 
@@ -88,7 +92,10 @@ def reshape(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
     source = list(b.shape(x))
     target = b.ints(inputs[1]) if b.opset >= 5 else list(_attr(node, "shape", []))
     allow_zero = bool(_attr(node, "allowzero", 0))
-    sizes = [source[i] if (s == 0 and not allow_zero and i < len(source)) else s for i, s in enumerate(target)]
+    sizes = [
+        source[i] if (s == 0 and not allow_zero and i < len(source)) else s
+        for i, s in enumerate(target)
+    ]
     return [b.call(_aten().reshape.default, x, sizes)]
 
 
@@ -288,8 +295,10 @@ def resize(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
     if node.op_type == "Resize" and len(inputs) > 3 and inputs[3] is not None:
         target = b.ints(inputs[3])
     else:
-        scales_input = inputs[2] if node.op_type == "Resize" and len(inputs) > 2 else (
-            inputs[1] if len(inputs) > 1 else None
+        scales_input = (
+            inputs[2]
+            if node.op_type == "Resize" and len(inputs) > 2
+            else (inputs[1] if len(inputs) > 1 else None)
         )
         if scales_input is None:
             raise Unsupported("a resize without sizes or scales")
@@ -308,7 +317,9 @@ def resize(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
         return [b.call(op[count].vec, x, out, None)]
     if mode == "linear":
         corners = _attr(node, "coordinate_transformation_mode", b"half_pixel")
-        align = (corners.decode() if isinstance(corners, bytes) else str(corners)) == "align_corners"
+        align = (
+            corners.decode() if isinstance(corners, bytes) else str(corners)
+        ) == "align_corners"
         op = {1: aten.upsample_linear1d, 2: aten.upsample_bilinear2d, 3: aten.upsample_trilinear3d}
         return [b.call(op[count].vec, x, out, align, None)]
     raise Unsupported(f"{mode} resizing")
