@@ -272,7 +272,7 @@ def write_rescaled(
         elif isinstance(checkpoint, OnnxCheckpoint):
             from weissi_cli.write_onnx import write_onnx
 
-            pending = write_onnx(checkpoint, factors, output, record, folder, force)
+            pending = write_onnx(checkpoint, factors, output, record, folder, force, check)
         elif isinstance(checkpoint, (SafetensorsCheckpoint, ShardedCheckpoint)) and (
             folder or isinstance(checkpoint, ShardedCheckpoint)
         ):

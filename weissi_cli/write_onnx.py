@@ -16,12 +16,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from weissi_cli.errors import UsageError
 from weissi_cli.io.checkpoint import read_buffer
 from weissi_cli.io.onnx_file import OnnxCheckpoint
 from weissi_cli.io.onnx_proto import Message, encode_entry, encode_varint
+from weissi_cli.io.safetensors_file import read_exact
 from weissi_cli.model_folder import companion_files, copy_companions
 from weissi_cli.output_files import (
     Staging,
@@ -44,6 +47,9 @@ from weissi_cli.rewrite import (
 )
 from weissi_cli.scales import TensorScale
 from weissi_cli.threads import run_round_robin
+
+if TYPE_CHECKING:
+    from weissi_cli.verify import CheckAsWritten
 
 RECORD_KEY = "weissi"
 METADATA_FIELD = 14  # ModelProto.metadata_props
@@ -110,8 +116,10 @@ def write_onnx(
     record: Mapping[str, Any],
     folder: bool,
     force: bool,
+    check: CheckAsWritten | None = None,
 ) -> PendingOutput:
-    """Write the rescaled model to `output` (a file, or a folder when `folder`)."""
+    """Write the rescaled model to `output` (a file, or a folder when `folder`); the
+    tensors `check` covers are checked chunk by chunk as they are written."""
     for name in factors:
         if checkpoint.initializer(name).storage == "decoded":
             raise UsageError(
@@ -142,7 +150,10 @@ def write_onnx(
                     f"({', '.join(found.special)})"
                 )
             copy_companions(found.copied, staging.item)
-        _write_model(checkpoint, factors, pending.readable_path, record, locations, pending)
+        inline = _write_model(
+            checkpoint, factors, pending.readable_path, record, locations, pending, check
+        )
+        placed: dict[str, tuple[Path, int]] = {}
         for file in checkpoint.data_files:
             if folder:
                 target = staging.item / file.relative_to(checkpoint.path.parent.resolve())
@@ -150,7 +161,12 @@ def write_onnx(
             else:
                 target = staging.item.parent / locations[file]
             segments = _scaled_spans(checkpoint, factors, file, [Copy(0, os.path.getsize(file))])
-            _write_segments(checkpoint, factors, file, segments, target, pending)
+            for name, offset in _write_segments(
+                checkpoint, factors, file, segments, target, pending, check
+            ).items():
+                placed[name] = (target, offset)
+        placed.update({name: (pending.readable_path, offset) for name, offset in inline.items()})
+        _check_places(pending.readable_path, placed)
     except OSError as error:
         pending.discard()
         raise output_error(output, error) from None
@@ -167,7 +183,9 @@ def _write_model(
     record: Mapping[str, Any],
     locations: Mapping[Path, str],
     pending: PendingOutput,
-) -> None:
+    check: CheckAsWritten | None,
+) -> dict[str, int]:
+    """Write the model file; where each rescaled tensor it holds went."""
     model = checkpoint.model
     replaced: dict[int, bytes | None] = {}
     for entry in model.root.all("metadata_props"):
@@ -183,7 +201,24 @@ def _write_model(
     segments = _emit(model.root, replaced)
     segments.append(Literal(encode_entry(METADATA_FIELD, RECORD_KEY, json.dumps(record))))
     segments = _scaled_spans(checkpoint, factors, checkpoint.path, segments)
-    _write_segments(checkpoint, factors, checkpoint.path, segments, destination, pending)
+    return _write_segments(
+        checkpoint, factors, checkpoint.path, segments, destination, pending, check
+    )
+
+
+def _check_places(model: Path, placed: Mapping[str, tuple[Path, int]]) -> None:
+    """The written model, read as any reader reads it, finds each rescaled tensor where it
+    was written (so the values checked as written are the ones it reads)."""
+    from weissi_cli.io.onnx_file import OnnxCheckpoint
+
+    with OnnxCheckpoint(model) as written:
+        for name, (file, offset) in placed.items():
+            found = written.initializer(name)  # type: ignore[attr-defined]
+            if (found.file.resolve(), found.offset) != (file.resolve(), offset):
+                raise RuntimeError(
+                    f"{model}: {name} was written at {file.name}:{offset}, but the model "
+                    f"places it at {found.file.name}:{found.offset}"
+                )
 
 
 def _entry_payload(key: str, value: str) -> bytes:
@@ -304,33 +339,57 @@ def _write_segments(
     segments: list[Segment],
     destination: Path,
     pending: PendingOutput,
-) -> None:
+    check: CheckAsWritten | None = None,
+) -> dict[str, int]:
     """Write `segments` into a new file: copies and literals on this thread, scaled
-    tensors chunk by chunk on the writer threads."""
+    tensors chunk by chunk on the writer threads (checked as written where `check` covers
+    them: read back from the file and compared with the originals still in memory).
+    Where each scaled tensor went."""
     size = sum(segment.length for segment in segments)
     descriptor = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    reader = -1
     try:
         spans: list[tuple[int, int]] = []
         tasks: list[_ScaleTask] = []
         plain: list[tuple[int, Segment]] = []
+        places: dict[str, int] = {}
         offset = 0
         for segment in segments:
             if isinstance(segment, Scaled):
                 info = checkpoint.info(segment.name)
                 tasks += _scale_tasks(info, factors[segment.name], offset)
+                places[segment.name] = offset
             else:
                 plain.append((offset, segment))
             offset += segment.length
+        checking = check is not None and any(check.covers(t.name) for t in tasks)
+        if checking:
+            os.ftruncate(descriptor, size)
+            reader = os.open(destination, os.O_RDONLY | os.O_CLOEXEC)
+        status = os.fstat(descriptor)
+        identity = (status.st_dev, status.st_ino)
         source_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
         stage = Stage("writing", size)
 
         def write_chunk(task: _ScaleTask, scaler: ChunkScaler) -> None:
             raw = checkpoint.read_raw(task.name, task.start, task.count, scaler.raw)
-            if not _scale_in_kernel(raw, task):
-                raw = scaler.scale(raw, task.dtype, task.factor, task.power_of_two)
-            _write_all(descriptor, raw.data.cast("B"), task.offset)
-            spans.append((task.offset, raw.nbytes))
-            stage.advance(raw.nbytes)
+            if check is not None and checking and check.covers(task.name):
+                scaled = np.frombuffer(scaler.scaled, raw.dtype, task.count)
+                _scale_in_kernel(raw, task, scaled)  # covers(): the kernel takes this dtype
+                _write_all(descriptor, scaled.data.cast("B"), task.offset)
+                back = memoryview(scaler.back)[: raw.nbytes]
+                read_exact(reader, back, task.offset, destination)
+                check.check(
+                    task.name, identity, task.dtype, task.start, task.count, scaler.raw, scaler.back
+                )
+                written = raw.nbytes
+            else:
+                if not _scale_in_kernel(raw, task):
+                    raw = scaler.scale(raw, task.dtype, task.factor, task.power_of_two)
+                _write_all(descriptor, raw.data.cast("B"), task.offset)
+                written = raw.nbytes
+            spans.append((task.offset, written))
+            stage.advance(written)
 
         def write_plain() -> None:
             buffer = read_buffer(COPY_CHUNK_BYTES)
@@ -356,7 +415,7 @@ def _write_segments(
                 capacity = max((task.count for task in tasks), default=1)
                 run_round_robin(
                     tasks,
-                    lambda: ChunkScaler(capacity),
+                    lambda: ChunkScaler(capacity, checking=checking),
                     write_chunk,
                     WRITER_THREADS,
                     alongside=write_plain,
@@ -367,4 +426,8 @@ def _write_segments(
     except BaseException:
         os.close(descriptor)
         raise
+    finally:
+        if reader >= 0:
+            os.close(reader)
     pending.syncs.append(BackgroundSync(descriptor))
+    return places
