@@ -63,19 +63,6 @@ class ChannelSolution:
         return {key: solution.scales for key, solution in self.symmetries.items()}
 
 
-def _times(q: Squares, vector: Vector) -> Vector:
-    """`q @ vector` in float64. A float64 vector makes numpy copy the whole float32 matrix
-    to float64 first (2 GiB and 0.7 s for a 1 GiB matrix), so a vector whose range float32
-    holds is scaled into it and multiplied in float32 (as `weights` does); others take the
-    float64 route."""
-    top = float(np.max(vector)) if vector.size else 0.0
-    low = float(np.min(vector)) if vector.size else 0.0
-    if not (0.0 < low and top < math.inf and top / low < 1e30):
-        return (q @ vector).astype(np.float64)
-    scaled = (vector / top).astype(np.float32)
-    return (q @ scaled).astype(np.float64) * top
-
-
 class _Factors:
     """The current factor vectors of every penalised tensor along axes 0 and 1."""
 
@@ -92,7 +79,7 @@ class _Factors:
 
     def per_tensor(self) -> dict[str, float]:
         return {
-            name: float(self.rows[name] ** 2 @ _times(q, self.columns[name] ** 2))
+            name: float(self.rows[name] ** 2 @ (q @ (self.columns[name] ** 2)).astype(np.float64))
             for name, q in self.squares.items()
         }
 
