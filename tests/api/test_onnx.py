@@ -320,3 +320,17 @@ def test_external_data_in_several_files(models: dict[tuple[str, str], Any], tmp_
                 continue
             same = (as_folder / initializer.file.name).read_bytes() == initializer.file.read_bytes()
             assert same is (initializer.name not in scaled)
+
+
+def test_without_onnxruntime_the_verdict_is_values_only(
+    models: dict[tuple[str, str], Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import weissi_cli.verify_onnx
+
+    monkeypatch.setattr(weissi_cli.verify_onnx, "onnxruntime_available", lambda: False)
+    _, _, path = models[("mlp", "torchscript")]
+    report = rebalance_checkpoint(path, tmp_path / "balanced.onnx")
+    assert report.written
+    assert report.verification.level == "values_only"
+    assert any("weissi-cli[onnx]" in caveat for caveat in report.verification.caveats)
+    assert not any("example inputs" in caveat for caveat in report.verification.caveats)
