@@ -302,3 +302,14 @@ def test_varint_typed_tensors_are_not_rescaled(tmp_path: Path) -> None:
     onnx.save(_model([tensor], [helper.make_node("Identity", ["x"], ["y"])]), str(path))
     with open_checkpoint(path) as checkpoint, pytest.raises(UsageError, match="varints"):
         write_onnx(checkpoint, {"h": uniform((2, 4), 2.0)}, tmp_path / "o.onnx", {}, False, False)  # type: ignore[arg-type]
+
+
+def test_an_external_tensor_without_a_length_takes_what_its_shape_needs(tmp_path: Path) -> None:
+    path, weights = _external(tmp_path, one_file=True)
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        kept = [e for e in tensor.external_data if e.key != "length"]
+        del tensor.external_data[:]
+        tensor.external_data.extend(kept)
+    path.write_bytes(model.SerializeToString())
+    _check_values(path, weights)

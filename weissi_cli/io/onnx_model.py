@@ -254,7 +254,7 @@ def _initializer(
     nbytes = numel * itemsize
     external = int(message.one("data_location", 0)) == 1
     if external:
-        file, offset, length = _external_file(path, message, folder, data_files)
+        file, offset, length = _external_file(path, message, folder, data_files, nbytes)
         if itemsize and length != nbytes:
             raise InputError(
                 f"{path}: {what} of shape {dims} needs {nbytes} bytes but its external data "
@@ -285,9 +285,14 @@ def _initializer(
 
 
 def _external_file(
-    path: Path, message: Message, folder: Path, data_files: dict[str, Path]
+    path: Path,
+    message: Message,
+    folder: Path,
+    data_files: dict[str, Path],
+    nbytes: int | None = None,
 ) -> tuple[Path, int, int]:
-    """(file, offset, length) of a tensor's external data, checked."""
+    """(file, offset, length) of a tensor's external data, checked; without a `length`
+    entry the tensor takes `nbytes` (what its shape needs), or the rest of the file."""
     name = str(message.one("name", ""))
     entries = {str(e.one("key", "")): str(e.one("value", "")) for e in message.all("external_data")}
     location = entries.get("location")
@@ -304,7 +309,10 @@ def _external_file(
     try:
         offset = int(entries.get("offset", "0"))
         size = file.stat().st_size
-        length = int(entries["length"]) if "length" in entries else size - offset
+        if "length" in entries:
+            length = int(entries["length"])
+        else:
+            length = nbytes if nbytes else size - offset
     except ValueError:
         raise InputError(
             f"{path}: tensor {name!r} has a non-numeric external data offset or length"
