@@ -431,6 +431,19 @@ BUILT: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], list[Any], list[A
         13,
     ),
     "softsign": (lambda h: h, [helper.make_node("Softsign", ["h"], ["y"])], [], 13),
+    # one initializer read by two nodes: the hidden spaces it joins share one scale
+    "shared_initializer": (
+        lambda h: h,
+        [
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "mid"], ["m"]),
+            helper.make_node("Relu", ["m"], ["r2"]),
+            helper.make_node("MatMul", ["r2", "mid"], ["m2"]),
+            helper.make_node("Relu", ["m2"], ["y"]),
+        ],
+        [_constant("mid", np.random.default_rng(0).standard_normal((6, 6)).astype(np.float32))],
+        13,
+    ),
     "group_normalization": (
         lambda h: h,
         [
@@ -481,6 +494,7 @@ BUILT_MEMBERS: dict[str, set[str]] = {
     "upsample": FREE,
     "global_pools": FREE,
     "softsign": set(),
+    "shared_initializer": {"a", "mid", "b"},
     "group_normalization": {"gain", "shift", "b"},
     "attention": set(),
     "rms_normalization": {"gain", "b"},
