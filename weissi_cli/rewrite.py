@@ -28,10 +28,11 @@ import numpy.typing as npt
 
 from weissi_cli import interrupts, kernel
 from weissi_cli.errors import OutputError, UsageError
-from weissi_cli.io import TORCH_SUFFIXES, Checkpoint, TensorInfo
+from weissi_cli.io import ONNX_SUFFIX, TORCH_SUFFIXES, Checkpoint, TensorInfo
 from weissi_cli.io.checkpoint import read_buffer, read_exact
 from weissi_cli.io.dtypes import decode, encode, raw_numpy_dtype
 from weissi_cli.io.exported import ExportedCheckpoint
+from weissi_cli.io.onnx_file import OnnxCheckpoint
 from weissi_cli.io.safetensors_file import SafetensorsCheckpoint, parse_header
 from weissi_cli.io.sharded import ShardedCheckpoint
 from weissi_cli.io.torch_pickle import (
@@ -159,10 +160,12 @@ def check_output_path(
     for source in inputs:
         if target == source.resolve() or (target.exists() and target.samefile(source)):
             raise OutputError(f"{output}: is the input checkpoint; write the result to a new file")
-    if folder and not isinstance(checkpoint, (SafetensorsCheckpoint, ShardedCheckpoint)):
+    if folder and not isinstance(
+        checkpoint, (SafetensorsCheckpoint, ShardedCheckpoint, OnnxCheckpoint)
+    ):
         raise UsageError(
-            f"{checkpoint.path.parent}: weissi writes model folders of safetensors checkpoints; "
-            f"name the file ({checkpoint.path.name}) to rebalance it alone"
+            f"{checkpoint.path.parent}: weissi writes model folders of safetensors checkpoints "
+            f"and ONNX models; name the file ({checkpoint.path.name}) to rebalance it alone"
         )
     writes_folder = folder or checkpoint.format == "safetensors-sharded"
     if folder:
@@ -200,6 +203,11 @@ def check_output_path(
         raise UsageError(
             f"{output}: the input is a torch.export program and weissi writes the input's "
             "format; name the output *.pt2, or pass --format safetensors for just the tensors"
+        )
+    if expected == "onnx" and not name.endswith(ONNX_SUFFIX):
+        raise UsageError(
+            f"{output}: the input is an ONNX model and weissi writes the input's format; name "
+            f"the output *{ONNX_SUFFIX}"
         )
     if expected == "torch" and not name.endswith(TORCH_SUFFIXES):
         raise UsageError(
@@ -268,6 +276,10 @@ def write_rescaled(
             pending = _write_state_dict_as_safetensors(checkpoint, factors, output, record)
         elif isinstance(checkpoint, ExportedCheckpoint):
             pending = _write_exported(checkpoint, factors, output, record)
+        elif isinstance(checkpoint, OnnxCheckpoint):
+            from weissi_cli.write_onnx import write_onnx
+
+            pending = write_onnx(checkpoint, factors, output, record, folder, force, check)
         elif isinstance(checkpoint, (SafetensorsCheckpoint, ShardedCheckpoint)) and (
             folder or isinstance(checkpoint, ShardedCheckpoint)
         ):
@@ -1006,4 +1018,6 @@ def _write_file(path: Path, data: bytes) -> None:
 def input_files(checkpoint: Checkpoint) -> list[Path]:
     if isinstance(checkpoint, ShardedCheckpoint):
         return [checkpoint.path, *(shard.path for shard in checkpoint.shards.values())]
+    if isinstance(checkpoint, OnnxCheckpoint):
+        return [checkpoint.path, *checkpoint.data_files]
     return [checkpoint.path]

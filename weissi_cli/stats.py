@@ -124,7 +124,9 @@ class ChunkReducer:
         self.last_magnitudes = None
         self.last_row_max = None
         if exact or count < ROW:
-            return reduce_float64(values.astype(np.float64))
+            with np.errstate(invalid="ignore"):  # a signalling NaN widens to a quiet one
+                wide = values.astype(np.float64)
+            return reduce_float64(wide)
         magnitudes = np.abs(values, out=self.magnitudes[values.dtype][:count])
         self.last_magnitudes = magnitudes
         if row_width and count % row_width == 0:

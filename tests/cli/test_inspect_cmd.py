@@ -90,8 +90,8 @@ def test_malicious_pickle_is_refused_and_not_run(run: Callable[..., Result], wor
 
 
 def test_unknown_format(run: Callable[..., Result], workdir: Path) -> None:
-    (workdir / "model.onnx").write_bytes(b"\x00")
-    result = run("inspect", "model.onnx")
+    (workdir / "model.gguf").write_bytes(b"\x00")
+    result = run("inspect", "model.gguf")
     assert result.exit_code == 2
     assert "unknown checkpoint format" in result.stderr
 

@@ -73,7 +73,9 @@ def test_tables_fit_the_terminal(folder: Path, case: str, width: int) -> None:
 
 
 def test_a_long_note_wraps_under_its_indent(folder: Path) -> None:
-    lines = runner_at(80)("rebalance", "tiny_llama_chars", "-o", "out", "--verify-with", "none").stdout.splitlines()
+    run = runner_at(80)
+    lines = run("rebalance", "tiny_llama_chars", "-o", "out", "--verify-with", "none").stdout
+    lines = lines.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("  check: "))
     assert lines[start + 1].startswith("  ")
     assert not lines[start + 1].startswith("   ")

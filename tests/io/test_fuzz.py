@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 from tests.helpers import mlp_state, write_safetensors
 from tests.io.conftest import Corpus
 from tests.io.pt2_corpus import COMMANDS, arguments, mutate_archive
-from weissi_cli.errors import InputError
+from weissi_cli.errors import InputError, WeissiError
 from weissi_cli.io import open_checkpoint
 from weissi_cli.stats import compute_stats
+from weissi_cli.structure import discover
 
 FAST, LONG = 150, 10_000
 PT2_FAST = 40  # each runs a whole command (rebalance runs the program): fewer by default
@@ -123,14 +124,74 @@ def read_or_refuse(path: Path) -> None:
     try:
         with open_checkpoint(path) as checkpoint:
             compute_stats(checkpoint)
+            if checkpoint.format == "onnx":  # the graph is read too
+                discover(checkpoint)
     except InputError:
         pass  # refused with a message: fine (UnsafePickleError is an InputError)
+    except WeissiError as error:  # another refusal of bad input: exit 2 all the same
+        if error.exit_code != 2:
+            raise
 
 
 def fuzz(folder: Path, suffix: str, data: bytes) -> None:
     path = folder / f"mutant{suffix}"
     path.write_bytes(data)
     read_or_refuse(path)
+
+
+def valid_onnx() -> bytes:
+    """A small model with the parts a graph is made of: initializers (raw and typed),
+    a Constant, shapes, attributes, a subgraph."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    generator = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(generator.standard_normal((4, 6)).astype(np.float32), "w1")
+    b1 = helper.make_tensor("b1", TensorProto.FLOAT, [6], generator.standard_normal(6).tolist())
+    w2 = numpy_helper.from_array(generator.standard_normal((3, 6)).astype(np.float32), "w2")
+    shape = numpy_helper.from_array(np.array([-1, 6], np.int64), "shape")
+    branch = helper.make_graph(
+        [helper.make_node("Relu", ["h"], ["r"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("r", TensorProto.FLOAT, [2, 6])],
+    )
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["m"], name="mm"),
+        helper.make_node("Add", ["m", "b1"], ["a"]),
+        helper.make_node("Constant", [], ["half"], value_float=0.5),
+        helper.make_node("Mul", ["a", "half"], ["s"]),
+        helper.make_node("Reshape", ["s", "shape"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Gemm", ["r", "w2"], ["y"], transB=1, alpha=1.0),
+        helper.make_node("If", ["cond"], ["z"], then_branch=branch, else_branch=branch),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        [w1, b1, w2, shape],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.metadata_props.add(key="k", value="v")
+    return model.SerializeToString()
+
+
+@st.composite
+def proto_mutations(draw: st.DrawFn, original: bytes) -> bytes:
+    """Mutations aimed at the wire format: a length or a varint set to an edge value."""
+    data = bytearray(original)
+    positions = [i for i, byte in enumerate(data) if byte & 7 == 2 and i + 1 < len(data)]
+    position = draw(st.sampled_from(positions))
+    edge = draw(st.sampled_from([0x00, 0x01, 0x7F, 0x80, 0xFF]))
+    data[position + 1] = edge
+    if draw(st.booleans()):
+        data[position] = draw(st.integers(0, 255))
+    return bytes(data)
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +256,17 @@ def _pt2_cases(corpus: Corpus, folder: Path, examples: int) -> None:
     run()
 
 
+def _onnx_cases(folder: Path, examples: int) -> None:
+    original = valid_onnx()
+
+    @settings(max_examples=examples, suppress_health_check=list(HealthCheck), deadline=None)
+    @given(st.one_of(proto_mutations(original), byte_mutations(original)))
+    def run(data: bytes) -> None:
+        fuzz(folder, ".onnx", data)
+
+    run()
+
+
 def test_mutated_pt2_archives_are_read_or_refused(armed: Corpus, tmp_path: Path) -> None:
     _pt2_cases(armed, tmp_path, PT2_FAST)
 
@@ -202,6 +274,15 @@ def test_mutated_pt2_archives_are_read_or_refused(armed: Corpus, tmp_path: Path)
 @pytest.mark.fuzz
 def test_mutated_pt2_archives_long(armed: Corpus, tmp_path: Path) -> None:
     _pt2_cases(armed, tmp_path, LONG)
+
+
+def test_mutated_onnx_models_are_read_or_refused(folder: Path) -> None:
+    _onnx_cases(folder, FAST)
+
+
+@pytest.mark.fuzz
+def test_mutated_onnx_long(folder: Path) -> None:
+    _onnx_cases(folder, LONG)
 
 
 def test_mutated_safetensors_are_read_or_refused(folder: Path) -> None:

@@ -256,6 +256,14 @@ def rebalance_checkpoint(
                         power_of_two,
                     )
                     checks += group_checks
+            if checkpoint.format == "onnx":
+                from weissi_cli.verify_onnx import run_onnx
+
+                checks.append(
+                    run_onnx(
+                        checkpoint.path, pending.readable_path, power_of_two, checkpoint.file_bytes
+                    )
+                )
             if source.model is not None:
                 from weissi_cli.verify_module import run_module
 

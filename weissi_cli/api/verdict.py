@@ -96,7 +96,8 @@ def level_caveats(
             f"the structure was traced from {traced[0]}'s own code but the model was not run "
             f"on the files: {real}"
         )
-    if "graph" in origins and not ran:
+    onnx = path.suffix.lower() == ".onnx" or (path.is_dir() and any(path.glob("*.onnx")))
+    if "graph" in origins and not ran and not onnx:  # an ONNX run says why it did not run
         found.append(
             f"{path.name} records no example inputs, so the program was not run: export it "
             "with example inputs to have both programs run"

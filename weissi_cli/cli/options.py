@@ -21,7 +21,8 @@ Checkpoint = Annotated[
     typer.Argument(
         help="Checkpoint: .safetensors, a sharded *.safetensors.index.json, a model folder "
         "(with a Hugging Face config.json: the architecture's exact symmetries), a torch "
-        "pickle (.pt/.pth/.bin) or a torch.export program (.pt2).",
+        "pickle (.pt/.pth/.bin), a torch.export program (.pt2) or an ONNX model (.onnx, or a "
+        "folder holding one with its external data).",
         show_default=False,
     ),
 ]

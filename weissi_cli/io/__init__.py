@@ -12,6 +12,7 @@ __all__ = ["Checkpoint", "TensorInfo", "detect_format", "open_checkpoint"]
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 EXPORT_SUFFIX = ".pt2"
 INDEX_SUFFIX = ".safetensors.index.json"
+ONNX_SUFFIX = ".onnx"
 
 
 def detect_format(path: Path) -> tuple[str, Path]:
@@ -32,9 +33,15 @@ def detect_format(path: Path) -> tuple[str, Path]:
         singles = sorted(path.glob("*.safetensors"))
         if len(singles) == 1:
             return "safetensors", singles[0]
+        models = sorted(path.glob(f"*{ONNX_SUFFIX}"))
+        if not singles and len(models) == 1:
+            return "onnx", models[0]
+        if not singles and len(models) > 1:
+            names = ", ".join(model.name for model in models)
+            raise InputError(f"{path}: several ONNX models ({names}); name the one to use")
         raise InputError(
-            f"{path}: a folder needs one *{INDEX_SUFFIX} or exactly one .safetensors file "
-            f"(found {len(singles)} .safetensors files)"
+            f"{path}: a folder needs one *{INDEX_SUFFIX}, exactly one .safetensors file or "
+            f"exactly one {ONNX_SUFFIX} model (found {len(singles)} .safetensors files)"
         )
     name = path.name.lower()
     if name.endswith(INDEX_SUFFIX):
@@ -45,10 +52,13 @@ def detect_format(path: Path) -> tuple[str, Path]:
         return "torch.export", path
     if name.endswith(TORCH_SUFFIXES):
         return "torch", path
+    if name.endswith(ONNX_SUFFIX):
+        return "onnx", path
     raise InputError(
         f"{path}: unknown checkpoint format; weissi reads .safetensors, a sharded "
-        f"*{INDEX_SUFFIX} (or its folder), torch pickles ({', '.join(TORCH_SUFFIXES)}) and "
-        f"torch.export programs ({EXPORT_SUFFIX})"
+        f"*{INDEX_SUFFIX} (or its folder), torch pickles ({', '.join(TORCH_SUFFIXES)}), "
+        f"torch.export programs ({EXPORT_SUFFIX}) and ONNX models ({ONNX_SUFFIX}, or a folder "
+        "holding one with its external data)"
     )
 
 
@@ -79,6 +89,10 @@ def _open(path: Path) -> Checkpoint:
         from weissi_cli.io.exported import ExportedCheckpoint
 
         return ExportedCheckpoint(target)
+    if file_format == "onnx":
+        from weissi_cli.io.onnx_file import OnnxCheckpoint
+
+        return OnnxCheckpoint(target)
     from weissi_cli.io.torch_pickle import TorchCheckpoint
 
     return TorchCheckpoint(target)

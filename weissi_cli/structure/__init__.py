@@ -60,6 +60,12 @@ def discover(
         from weissi_cli.structure.trace import from_program
 
         return structure_from_traced(from_program(program, names), checkpoint)
+    from weissi_cli.io.onnx_file import OnnxCheckpoint
+
+    if isinstance(checkpoint, OnnxCheckpoint):
+        from weissi_cli.structure.onnx_front import from_onnx
+
+        return structure_from_traced(from_onnx(checkpoint), checkpoint)
     config = find_config(checkpoint.path)
     if config is not None:
         family = family_for(config)

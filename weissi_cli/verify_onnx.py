@@ -1,0 +1,171 @@
+"""Verification of a rewritten ONNX model with ONNX Runtime: both models run on the same
+random inputs, shaped from the graph's input types, and every output compared."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from weissi_cli.structure.onnx_graph import SYMBOLIC_SIZES
+from weissi_cli.verify import RUN_TOLERANCE, SEED, ChainVerification, float16_caveat
+
+PROBES = 4
+INSTALL = "pip install 'weissi-cli[onnx]'"
+ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def onnxruntime_available() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("onnxruntime") is not None
+    except ValueError:  # a module entry set to None: imports of it are blocked
+        return False
+
+
+def not_run(reason: str) -> ChainVerification:
+    return ChainVerification(
+        "onnxruntime",
+        "onnxruntime",
+        True,
+        None,
+        None,
+        None,
+        f"not run: {reason}",
+        level="values_only",
+        caveat=f"{reason}, so the model was not run on the files: {INSTALL} to run both "
+        "models in ONNX Runtime",
+    )
+
+
+def run_onnx(
+    original: Path, rewritten: Path, power_of_two: bool = False, nbytes: int = 0
+) -> ChainVerification:
+    """Run both models in ONNX Runtime on PROBES random inputs and compare every output
+    (ints in {0, 1} for integer inputs, such as token ids and masks). `nbytes`: the model's
+    size; both models must fit in memory beside each other."""
+    if not onnxruntime_available():
+        return not_run("onnxruntime is not installed")
+    from weissi_cli.api.rebalance import fits_in_memory
+
+    if not fits_in_memory(nbytes, copies=3):
+        return not_run(
+            f"{original.name} ({nbytes / 2**30:.1f} GiB) is too large to load twice in this "
+            "machine's memory"
+        )
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.log_severity_level = 3
+    try:
+        first = onnxruntime.InferenceSession(
+            str(original), options, providers=["CPUExecutionProvider"]
+        )
+        generator = np.random.default_rng(SEED)
+        sizes: dict[str, int] = {}
+        feeds = [_inputs(first, generator, sizes) for _ in range(PROBES)]
+        first.run(None, feeds[0])
+    except Exception as error:  # the runtime cannot run the input model at all
+        return not_run(f"ONNX Runtime cannot run {original.name} ({_first_line(error)})")
+    try:
+        second = onnxruntime.InferenceSession(
+            str(rewritten), options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as error:
+        return ChainVerification(
+            "onnxruntime",
+            "onnxruntime",
+            False,
+            None,
+            None,
+            None,
+            f"ONNX Runtime cannot load the written model ({_first_line(error)})",
+            level="real_network",
+        )
+    sessions = [first, second]
+    worst_abs, worst_rel, out_dtype = 0.0, 0.0, "float32"
+    for feed in feeds:
+        before, after = (session.run(None, feed) for session in sessions)
+        for old, new in zip(before, after, strict=True):
+            old, new = np.asarray(old), np.asarray(new)
+            if not np.issubdtype(old.dtype, np.floating) or old.size == 0:
+                if not np.array_equal(old, new):
+                    worst_abs = worst_rel = math.inf
+                continue
+            out_dtype = str(old.dtype)
+            difference = float(np.max(np.abs(new.astype(np.float64) - old.astype(np.float64))))
+            scale = float(np.max(np.abs(old.astype(np.float64))))
+            worst_abs = max(worst_abs, difference)
+            worst_rel = max(worst_rel, difference / scale if scale > 0 else difference)
+    tolerance = RUN_TOLERANCE.get(out_dtype, 1e-4)
+    finite = math.isfinite(worst_abs) and math.isfinite(worst_rel)
+    passed = finite and worst_rel <= tolerance
+    outcome = (
+        "outputs bit-identical on these inputs"
+        if worst_abs == 0.0
+        else f"outputs moved by at most {worst_abs:.3g} ({worst_rel:.2g} of their largest, "
+        f"allowed {tolerance:g})"
+    )
+    shapes = "; ".join(
+        f"{name} {'x'.join(map(str, value.shape))}" for name, value in feeds[0].items()
+    )
+    caveat = ""
+    if power_of_two and out_dtype == "float16":
+        caveat = float16_caveat(worst_abs, worst_rel, None, "these inputs")
+    return ChainVerification(
+        "onnxruntime",
+        "onnxruntime",
+        passed,
+        worst_abs if math.isfinite(worst_abs) else None,
+        worst_rel if math.isfinite(worst_rel) else None,
+        worst_abs == 0.0,
+        f"ran both models in ONNX Runtime {onnxruntime.__version__} on {PROBES} random "
+        f"inputs ({shapes}): {outcome}",
+        level="real_network",
+        caveat=caveat,
+        probes=PROBES,
+    )
+
+
+def _inputs(session: Any, generator: np.random.Generator, sizes: dict[str, int]) -> dict[str, Any]:
+    """Random inputs of the session's input types; a symbolic dimension gets the size the
+    structure front-end gave it (the same name, the same size in every input)."""
+    feed: dict[str, Any] = {}
+    for argument in session.get_inputs():
+        dtype = ORT_TYPES.get(argument.type)
+        if dtype is None:
+            raise ValueError(f"input {argument.name} of type {argument.type}")
+        shape = []
+        for dim in argument.shape:
+            if isinstance(dim, int) and dim > 0:
+                shape.append(dim)
+                continue
+            key = dim if isinstance(dim, str) and dim else f"?{len(sizes)}"
+            if key not in sizes:
+                sizes[key] = SYMBOLIC_SIZES[len(sizes) % len(SYMBOLIC_SIZES)]
+            shape.append(sizes[key])
+        if np.issubdtype(dtype, np.floating):
+            feed[argument.name] = generator.standard_normal(shape).astype(dtype)
+        elif dtype is np.bool_:
+            feed[argument.name] = generator.integers(0, 2, shape).astype(np.bool_)
+        else:
+            feed[argument.name] = generator.integers(0, 2, shape).astype(dtype)
+    return feed
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:200]
