@@ -21,10 +21,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from weissi_cli.errors import UsageError
-from weissi_cli.io.checkpoint import read_buffer
+from weissi_cli.io.checkpoint import read_buffer, read_exact
 from weissi_cli.io.onnx_file import OnnxCheckpoint
 from weissi_cli.io.onnx_proto import Message, encode_entry, encode_varint
-from weissi_cli.io.safetensors_file import read_exact
 from weissi_cli.model_folder import companion_files, copy_companions
 from weissi_cli.output_files import (
     Staging,

@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from weissi_cli.errors import InputError
-from weissi_cli.io.checkpoint import Checkpoint, ReadBuffer, TensorInfo, read_buffer
+from weissi_cli.io.checkpoint import Checkpoint, ReadBuffer, TensorInfo, read_buffer, read_exact
 from weissi_cli.io.dtypes import ITEMSIZE, raw_numpy_dtype
 from weissi_cli.io.onnx_model import (
     MAX_TYPED_ELEMENTS,
@@ -20,7 +20,6 @@ from weissi_cli.io.onnx_model import (
     typed_values,
 )
 from weissi_cli.io.onnx_proto import ProtoError
-from weissi_cli.io.safetensors_file import read_exact
 
 
 class OnnxCheckpoint(Checkpoint):
