@@ -215,6 +215,26 @@ class Pooled(nn.Module):
         return self.b(torch.nn.functional.max_pool2d(torch.relu(self.a(x)), 2))
 
 
+class GlobalPooled(nn.Module):
+    """conv → global pooling that keeps its axes (squeeze-excitation style) → 1×1 conv: the
+    channels keep their scale through the reduction."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.b = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = torch.relu(self.a(x))
+        if self.how == "mean":
+            pooled = hidden.mean(dim=(2, 3), keepdim=True)
+        elif self.how == "amax":
+            pooled = hidden.amax(dim=(-2, -1), keepdim=True)
+        else:
+            pooled = hidden.sum(dim=3, keepdim=True)
+        return self.b(pooled)
+
+
 class Grouped(nn.Module):
     """A grouped convolution: each group's inputs meet the same kernel columns."""
 
@@ -328,6 +348,16 @@ CASES: dict[str, Callable[[], tuple[nn.Module, Any, Expected]]] = {
         (torch.randn(1, 2, 6, 6),),
         {sym(3, rows("a.weight"), rows("a.bias"), cols("b.weight"))},
     ),
+    **{
+        f"keepdim_{how}": (
+            lambda how=how: (
+                GlobalPooled(how),
+                (torch.randn(1, 2, 5, 5),),
+                {sym(3, rows("a.weight"), rows("a.bias"), cols("b.weight"))},
+            )
+        )
+        for how in ("mean", "amax", "sum")
+    },
     "grouped_conv": lambda: (
         Grouped(),
         (torch.randn(1, 2, 3, 3),),

@@ -20,6 +20,7 @@ from weissi_cli.structure.engine.scale import (
     drop_dim,
     reshape,
     simplify,
+    take,
 )
 from weissi_cli.structure.engine.walk import Value, Walk
 
@@ -45,7 +46,8 @@ def reduce_axes(walk: Walk, scale: Scale, dims: Sequence[int], keepdim: bool, re
             scale = simplify(scale, walk.atoms)
     for dim in reversed(dims):
         scale = (
-            reshape(scale, scale.shape[:dim] + (1,) + scale.shape[dim + 1 :], walk.atoms)
+            # the slices along `dim` are one scale now: the first stands for all of them
+            take(scale, dim, np.zeros(1, dtype=np.intp))
             if keepdim
             else drop_dim(scale, dim, 0, walk.atoms)
         )
