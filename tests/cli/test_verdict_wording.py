@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import Result
 
-from tests.cli.conftest import assert_golden
+from tests.cli.conftest import assert_golden, without_measurements
 from tests.exported_models import export, relu_mlp
 from tests.helpers import make_rewrites_scale_wrongly, mlp_state, write_safetensors
 
@@ -175,3 +175,12 @@ def test_diff_says_what_its_scale_shift_stands_on(
     result = run("diff", "mlp_digits.safetensors", "b.safetensors")
     assert result.exit_code == 0
     assert_golden("diff_assumed_structure.txt", result.stdout)
+
+
+def test_measured_errors_are_the_only_leeway() -> None:
+    golden = "moved by at most 9.54e-07 (1.5e-07 of their\nlargest) · worst 0.2 of the rounding"
+    other_cpu = "moved by at most 1.2e-06 (1e-07 of their largest) · worst 0.21 of the\nrounding"
+    assert without_measurements(other_cpu) == without_measurements(golden)
+    assert without_measurements(golden.replace("largest", "smallest")) != without_measurements(
+        golden
+    )
