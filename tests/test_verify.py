@@ -10,15 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import checks_after_the_write, mlp_state, write_safetensors
+from tests.helpers import mlp_state, write_safetensors
 from weissi_cli import kernel
 from weissi_cli.balance.analysis import analyse_chain
 from weissi_cli.io import open_checkpoint
-from weissi_cli.io.safetensors_file import SafetensorsCheckpoint
 from weissi_cli.scales import TensorScale, shift_scales
 from weissi_cli.stats import compute_stats
 from weissi_cli.structure import discover
-from weissi_cli.verify import CheckAsWritten, verify_chain, verify_tensors
+from weissi_cli.verify import verify_chain
 
 
 def rewritten_copy(  # type: ignore[no-untyped-def]
@@ -142,7 +141,6 @@ def test_the_kernel_element_check_counts_what_numpy_counts(
     dtype: str, power_of_two: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """_ElementCheck.check_block: the C kernel and the numpy route fail the same values."""
-    from weissi_cli import kernel
     from weissi_cli.io.dtypes import decode, encode
     from weissi_cli.scales import TensorScale
     from weissi_cli.verify import Block, _ElementCheck
@@ -167,81 +165,6 @@ def test_the_kernel_element_check_counts_what_numpy_counts(
         check.check_block("w", dtype, scale, block, old, new)
         results.append((check.checked, check.failures))
     assert results[0] == results[1] == (rows * width, {"w": 4})
-
-
-def written_with_a_check(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, skip_chunk: int | None = None
-) -> tuple[Path, Path, dict[str, TensorScale], CheckAsWritten]:
-    """A 512 x 256 float32 tensor (and a small one) written at half scale in eight chunks,
-    checked as written; `skip_chunk`: one chunk's check is lost."""
-    from weissi_cli import rewrite
-
-    if kernel.compiled is None:
-        pytest.skip("the C kernel was not built")
-    monkeypatch.setattr(rewrite, "CHUNK_ELEMENTS", 1 << 14)
-    rng = np.random.default_rng(5)
-    state = OrderedDict(
-        big=torch.from_numpy(rng.standard_normal((512, 256)).astype(np.float32)),
-        small=torch.ones(7),
-    )
-    source = write_safetensors(tmp_path / "a.safetensors", state)
-    destination = tmp_path / "b.safetensors"
-    scales = {name: TensorScale(tuple(tensor.shape), 0.5) for name, tensor in state.items()}
-    with open_checkpoint(source) as original:
-        check = CheckAsWritten(original, scales)
-        assert check.covers("big")
-        assert not check.covers("small")
-        if skip_chunk is not None:
-            real_check = check.check
-            calls = iter(range(1 << 20))
-
-            def losing_one(name: str, *rest: Any) -> None:
-                if next(calls) != skip_chunk:
-                    real_check(name, *rest)
-
-            monkeypatch.setattr(check, "check", losing_one)
-        assert isinstance(original, SafetensorsCheckpoint)
-        syncs: list[rewrite.BackgroundSync] = []
-        rewrite.write_safetensors_copy(original, scales, destination, {}, syncs, check)
-        assert all(sync.wait() is None for sync in syncs)
-    return source, destination, scales, check
-
-
-def test_a_check_as_written_is_taken_for_the_file_it_read(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    source, destination, scales, check = written_with_a_check(tmp_path, monkeypatch)
-    after_write = checks_after_the_write(monkeypatch)
-    with open_checkpoint(source) as original, open_checkpoint(destination) as rewritten:
-        taken = verify_tensors(original, rewritten, "t", scales, as_written=check)
-        alone = verify_tensors(original, rewritten, "t", scales)
-    assert after_write == ["small", "big", "small"]  # "big" read again only without it
-    assert taken.passed
-    assert alone.passed
-    assert (
-        taken.detail == alone.detail == "all 131,079 values are exactly original × planned factor"
-    )
-    assert taken.after["big"].sum_squares == pytest.approx(alone.after["big"].sum_squares, 1e-12)
-
-
-@pytest.mark.parametrize("problem", ["another file", "a chunk unchecked"])
-def test_a_check_as_written_is_not_taken_when_it_may_not_hold(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, problem: str
-) -> None:
-    """Findings for a copy of the written file, or for all but one chunk, do not stand for
-    the check: verification reads both files again."""
-    import shutil
-
-    skip = 3 if problem == "a chunk unchecked" else None
-    source, destination, scales, check = written_with_a_check(tmp_path, monkeypatch, skip)
-    if problem == "another file":
-        destination = Path(shutil.copy(destination, tmp_path / "copy.safetensors"))
-    after_write = checks_after_the_write(monkeypatch)
-    with open_checkpoint(source) as original, open_checkpoint(destination) as rewritten:
-        result = verify_tensors(original, rewritten, "t", scales, as_written=check)
-    assert "big" in after_write
-    assert result.passed
-    assert result.detail == "all 131,079 values are exactly original × planned factor"
 
 
 def test_levels_say_what_was_run() -> None:

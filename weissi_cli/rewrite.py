@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -29,11 +29,11 @@ import numpy.typing as npt
 from weissi_cli import interrupts, kernel
 from weissi_cli.errors import OutputError, UsageError
 from weissi_cli.io import ONNX_SUFFIX, TORCH_SUFFIXES, Checkpoint, TensorInfo
-from weissi_cli.io.checkpoint import read_buffer, read_exact
+from weissi_cli.io.checkpoint import read_buffer
 from weissi_cli.io.dtypes import decode, encode, raw_numpy_dtype
 from weissi_cli.io.exported import ExportedCheckpoint
 from weissi_cli.io.onnx_file import OnnxCheckpoint
-from weissi_cli.io.safetensors_file import SafetensorsCheckpoint, parse_header
+from weissi_cli.io.safetensors_file import SafetensorsCheckpoint
 from weissi_cli.io.sharded import ShardedCheckpoint
 from weissi_cli.io.torch_pickle import (
     TensorDictCheckpoint,
@@ -54,9 +54,6 @@ from weissi_cli.output_files import (
 from weissi_cli.progress import Stage
 from weissi_cli.scales import TensorScale, uniform
 from weissi_cli.threads import run_round_robin
-
-if TYPE_CHECKING:
-    from weissi_cli.verify import CheckAsWritten, ProbesAsWritten
 
 CHUNK_ELEMENTS = 1 << 18
 WRITER_THREADS = 2
@@ -241,7 +238,6 @@ def write_rescaled(
     record: Mapping[str, Any],
     output_format: str = "same",
     folder: bool = False,
-    check: CheckAsWritten | None = None,
     force: bool = False,
     drop: tuple[str, ...] = (),
 ) -> PendingOutput:
@@ -251,8 +247,7 @@ def write_rescaled(
     `output_format="safetensors"` writes just the tensors (of a pickle or an exported
     program) as a safetensors file instead of the input's own format. `folder`: `output`
     is a model folder: the checkpoint's files keep their names, and every other file of
-    the input's folder (config, tokenizer, README) is copied unchanged. A safetensors output
-    is checked as it is written for the tensors `check` covers. `drop`: top-level entries of
+    the input's folder (config, tokenizer, README) is copied unchanged. `drop`: top-level entries of
     a torch pickle to leave out (its optimizer state, which rescaling would make wrong)."""
     factors: dict[str, TensorScale] = {}
     for name, scale in scales.items():
@@ -279,13 +274,13 @@ def write_rescaled(
         elif isinstance(checkpoint, OnnxCheckpoint):
             from weissi_cli.write_onnx import write_onnx
 
-            pending = write_onnx(checkpoint, factors, output, record, folder, force, check)
+            pending = write_onnx(checkpoint, factors, output, record, folder, force)
         elif isinstance(checkpoint, (SafetensorsCheckpoint, ShardedCheckpoint)) and (
             folder or isinstance(checkpoint, ShardedCheckpoint)
         ):
-            pending = _write_folder(checkpoint, factors, output, record, folder, check)
+            pending = _write_folder(checkpoint, factors, output, record, folder)
         elif isinstance(checkpoint, SafetensorsCheckpoint):
-            pending = _write_single(checkpoint, factors, output, record, check)
+            pending = _write_single(checkpoint, factors, output, record)
         elif isinstance(checkpoint, TorchCheckpoint):
             pending = _write_torch(checkpoint, factors, output, record, drop)
         else:
@@ -317,7 +312,6 @@ def _write_single(
     factors: Mapping[str, TensorScale],
     output: Path,
     record: Mapping[str, Any],
-    check: CheckAsWritten | None,
 ) -> PendingOutput:
     pending = _pending_file(output)
     try:
@@ -327,7 +321,6 @@ def _write_single(
             pending.readable_path,
             {"weissi": json.dumps(record)},
             pending.syncs,
-            check,
         )
     except BaseException:
         pending.discard()
@@ -341,7 +334,6 @@ def _write_folder(
     output: Path,
     record: Mapping[str, Any],
     companions: bool,
-    check: CheckAsWritten | None,
 ) -> PendingOutput:
     """The complete output folder (companion files, shards or the one file, index), staged
     beside `output` and put in place whole on commit."""
@@ -374,7 +366,6 @@ def _write_folder(
                 folder / shard_name,
                 {"weissi": json.dumps(shard_record)},
                 pending.syncs,
-                check,
             )
         if isinstance(checkpoint, ShardedCheckpoint):
             index = json.loads(checkpoint.path.read_text(encoding="utf-8"))
@@ -414,11 +405,9 @@ def write_safetensors_copy(
     destination: Path,
     extra_metadata: Mapping[str, str],
     syncs: list[BackgroundSync],
-    check: CheckAsWritten | None = None,
 ) -> None:
     """Same tensor order and offsets; a new header; scaled tensors streamed in chunks.
-    Made durable by a BackgroundSync added to `syncs` (the caller waits for it). Tensors
-    `check` covers are checked chunk by chunk as they are written (see CheckAsWritten).
+    Made durable by a BackgroundSync added to `syncs` (the caller waits for it).
 
     The fsyncs of files written before (earlier shards) are waited for first: an fsync
     running alongside new writes slowed a 4-shard copy from 1.8-2.0 s to 2.3-3.1 s here.
@@ -438,83 +427,29 @@ def write_safetensors_copy(
     header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
     header_bytes += b" " * (-len(header_bytes) % 8)
     new_start = 8 + len(header_bytes)
-    file_size = new_start + source.header.file_size - source.header.data_start
     # `destination` is always a path of this run's own (a fresh temporary).
     descriptor = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-    written: _WrittenFile | None = None
     try:
         os.write(descriptor, len(header_bytes).to_bytes(8, "little") + header_bytes)
-        spans: list[tuple[int, int]] = [(0, new_start)]  # (offset, length) of every write
-        if check is not None and any(check.covers(name) for name in factors):
-            written = _WrittenFile(destination, descriptor, file_size)
-        probed = _probed_here(check, source) if written is not None else {}
         copies: list[list[int]] = []  # [begin, end) spans of untouched bytes
         tasks: list[_ScaleTask] = []
         for entry in sorted(entries, key=lambda e: e.begin):
             name = entry.info.name
             if name in factors:
-                offset = new_start + entry.begin
-                tasks += _scale_tasks(entry.info, factors[name], offset, name in probed)
+                tasks += _scale_tasks(entry.info, factors[name], new_start + entry.begin)
             elif copies and copies[-1][1] == entry.begin:
                 copies[-1][1] = entry.end
             else:
                 copies.append([entry.begin, entry.end])
-        if probed:  # a probed chain's tensors first, in chain order: each layer waits for
-            # the one before, so that must come earlier in every thread's list
-            rank = {name: index for index, name in enumerate(probed)}
-            tasks.sort(key=lambda t: (0, rank[t.name], t.start) if t.name in rank else (1, 0, 0))
 
         stage = Stage("writing", sum(entry.end - entry.begin for entry in entries))
 
         def write_chunk(task: _ScaleTask, scaler: ChunkScaler) -> None:
-            probes = probed.get(task.name)
-            if probes is not None:
-                probes.wait(task.name)
-                if probes.failed:
-                    return  # another thread's write failed, and it raises the error
             raw = source.read_raw(task.name, task.start, task.count, scaler.raw)
-            if written is not None and check is not None and check.covers(task.name):
-                scaled = np.frombuffer(scaler.scaled, raw.dtype, task.count)
-                _scale_in_kernel(raw, task, scaled)
-                _write_all(descriptor, scaled.data.cast("B"), task.offset)
-                back = written.read_back(task, scaler.back)
-                check.check(
-                    task.name,
-                    written.identity,
-                    task.dtype,
-                    task.start,
-                    task.count,
-                    scaler.raw,
-                    back,
-                )
-                if probes is not None:
-                    new = np.frombuffer(back, raw.dtype, task.count)
-                    probes.add(task.name, task.dtype, task.start, raw, new)
-            else:
-                original = raw.copy() if probes is not None else None
-                if not _scale_in_kernel(raw, task):
-                    raw = scaler.scale(raw, task.dtype, task.factor, task.power_of_two)
-                _write_all(descriptor, raw.data.cast("B"), task.offset)
-                if probes is not None and written is not None and original is not None:
-                    back = written.read_back(task, scaler.back)
-                    new = np.frombuffer(back, original.dtype, task.count)
-                    probes.add(task.name, task.dtype, task.start, original, new)
-            spans.append((task.offset, raw.nbytes))  # list.append is atomic under the GIL
+            if not _scale_in_kernel(raw, task):
+                raw = scaler.scale(raw, task.dtype, task.factor, task.power_of_two)
+            _write_all(descriptor, raw.data.cast("B"), task.offset)
             stage.advance(raw.nbytes)
-
-        def waking_on_failure(work: Callable[..., None]) -> Callable[..., None]:
-            """`work`, waking the threads that wait for a probed layer if it fails (else
-            they would wait forever, and the caller joins them)."""
-
-            def run(*arguments: Any) -> None:
-                try:
-                    work(*arguments)
-                except BaseException:
-                    if check is not None:
-                        check.fail()
-                    raise
-
-            return run
 
         def copy_untouched() -> None:
             for begin, end in copies:
@@ -525,30 +460,22 @@ def write_safetensors_copy(
                     new_start + begin,
                     end - begin,
                 )
-                spans.append((new_start + begin, end - begin))
                 stage.advance(end - begin)
 
         with stage:
             capacity = max((task.count for task in tasks), default=1)
-            if probed and check is not None:
-                check.waits.start(min(WRITER_THREADS, len(tasks)))
             run_round_robin(
                 tasks,
-                lambda: ChunkScaler(capacity, checking=written is not None),
-                waking_on_failure(write_chunk) if probed else write_chunk,
+                lambda: ChunkScaler(capacity),
+                write_chunk,
                 WRITER_THREADS,
-                alongside=waking_on_failure(copy_untouched) if probed else copy_untouched,
-                finish=(lambda _: check.waits.finished()) if probed and check else None,
+                alongside=copy_untouched,
             )
-        check_tiling(destination, spans, file_size)
     except BaseException:
         os.close(descriptor)
         with contextlib.suppress(FileNotFoundError):
             destination.unlink()
         raise
-    finally:
-        if written is not None:
-            written.close()
     syncs.append(BackgroundSync(descriptor))
 
 
@@ -568,50 +495,6 @@ def _copy_range(
             raise OutputError(f"{source.path}: file ended early while copying")
         _write_all(descriptor, view[:got], dst_offset + done)
         done += got
-
-
-class _WrittenFile:
-    """The file being written, opened a second time for reading back what was written, at
-    the places its own header gives (read from the file, not taken from the writer)."""
-
-    def __init__(self, path: Path, descriptor: int, size: int) -> None:
-        # The full size first, so that the header can be parsed and checked against it.
-        os.ftruncate(descriptor, size)
-        self.path = path
-        self.fd = os.open(path, os.O_RDONLY)
-        try:
-            header = parse_header(path, self.fd)
-        except BaseException:
-            os.close(self.fd)
-            raise
-        stat = os.fstat(self.fd)
-        self.identity = (stat.st_dev, stat.st_ino)
-        self.places = {entry.info.name: header.data_start + entry.begin for entry in header.entries}
-
-    def read_back(self, task: _ScaleTask, buffer: mmap.mmap) -> mmap.mmap:
-        itemsize = raw_numpy_dtype(task.dtype).itemsize
-        view = memoryview(buffer)[: task.count * itemsize]
-        read_exact(self.fd, view, self.places[task.name] + task.start * itemsize, self.path)
-        return buffer
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-def check_tiling(path: Path, spans: list[tuple[int, int]], size: int) -> None:
-    """The writes of a file, (offset, length) each, must cover it exactly once: no gap
-    and no overlap, so that no write changed what an earlier one wrote (and checked)."""
-    position = 0
-    for offset, length in sorted(spans):
-        if offset != position:
-            raise RuntimeError(
-                f"{path}: the writes left bytes {position}..{offset} unwritten"
-                if offset > position
-                else f"{path}: a write at {offset} overlapped the one before"
-            )
-        position += length
-    if position != size:
-        raise RuntimeError(f"{path}: wrote {position} bytes of {size}")
 
 
 @dataclass(frozen=True)
@@ -634,21 +517,15 @@ class _ScaleTask:
         return self.scale.rows(self.start // width, self.count // width)
 
 
-def _scale_in_kernel(
-    raw: npt.NDArray[np.generic], task: _ScaleTask, out: npt.NDArray[np.generic] | None = None
-) -> bool:
-    """Scale a float32 or bfloat16 chunk by the C kernel (FMA round-to-odd, then one
-    rounding: bit-identical to ChunkScaler, which took 0.2 G values/s against 1.3), in place
-    or into `out`; False, doing nothing, for other dtypes or without the kernel."""
+def _scale_in_kernel(raw: npt.NDArray[np.generic], task: _ScaleTask) -> bool:
+    """Scale a float32 or bfloat16 chunk in place by the C kernel (FMA round-to-odd, then
+    one rounding: bit-identical to ChunkScaler, at about six times its speed); False, doing
+    nothing, for other dtypes or without the kernel."""
     compiled = kernel.compiled
     if compiled is None or task.dtype not in kernel.DTYPE_CODES:
         return False
     arguments = task.scale.chunk_arguments(task.start, task.count)
-    code = kernel.DTYPE_CODES[task.dtype]
-    if out is None:
-        compiled.scale_chunk(raw, code, task.count, *arguments)
-    else:
-        compiled.scale_chunk(out, code, task.count, *arguments, raw)
+    compiled.scale_chunk(raw, kernel.DTYPE_CODES[task.dtype], task.count, *arguments)
     return True
 
 
@@ -660,20 +537,11 @@ def _chunks(numel: int, row_width: int | None) -> list[tuple[int, int]]:
     return [(start, min(step, numel - start)) for start in range(0, numel, step)]
 
 
-def _scale_tasks(
-    info: TensorInfo, scale: TensorScale, offset: int, probed: bool = False
-) -> list[_ScaleTask]:
-    """The chunks of one tensor: whole rows when the factor varies along the axes, and for
-    a probed chain's weights; a probed bias in one piece (ProbesAsWritten multiplies rows
-    and adds whole biases)."""
+def _scale_tasks(info: TensorInfo, scale: TensorScale, offset: int) -> list[_ScaleTask]:
+    """The chunks of one tensor: whole rows when the factor varies along the axes."""
     itemsize = raw_numpy_dtype(info.dtype).itemsize
     power_of_two = scale.is_power_of_two
-    if probed and len(info.shape) == 1:
-        chunks = [(0, info.numel)]
-    elif probed:
-        chunks = _chunks(info.numel, info.numel // max(info.shape[0], 1))
-    else:
-        chunks = _chunks(info.numel, scale.row_width if scale.vectors else None)
+    chunks = _chunks(info.numel, scale.row_width if scale.vectors else None)
     return [
         _ScaleTask(
             info.name,
@@ -688,33 +556,11 @@ def _scale_tasks(
     ]
 
 
-def _probed_here(
-    check: CheckAsWritten | None, source: SafetensorsCheckpoint
-) -> dict[str, ProbesAsWritten]:
-    """The probed chains' tensors this file holds, in chain order. A chain with tensors in
-    other files too is left to verification: shards are written one by one, and a layer
-    waiting for one in a later shard would wait forever."""
-    if check is None:
-        return {}
-    probed: dict[str, ProbesAsWritten] = {}
-    for name, probes in check.probes.items():
-        held = [n in source for n in probes.order()]
-        if all(held) and not probes.dropped:
-            probed[name] = probes
-        elif any(held):
-            probes.drop()
-    return probed
-
-
 class ChunkScaler:
     """Multiplies raw chunks by a factor, rounding once to the storage dtype."""
 
-    def __init__(self, capacity: int, checking: bool = False) -> None:
+    def __init__(self, capacity: int) -> None:
         self.raw = read_buffer(capacity * 8)
-        if checking:  # the scaled values, and the same values read back from the file (the
-            # kernel's dtypes: at most 4 bytes a value)
-            self.scaled = read_buffer(capacity * 4)
-            self.back = read_buffer(capacity * 4)
         self.widened = np.empty(capacity, np.float32)
         self.product = np.empty(capacity, np.float64)
         self.bits = np.empty(capacity, np.uint16)

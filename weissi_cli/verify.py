@@ -15,7 +15,6 @@ exported program, the architecture's own code) proves the network unchanged.
 from __future__ import annotations
 
 import math
-import os
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -139,37 +138,23 @@ def verify_chain(
     chain: Chain,
     scales: Mapping[str, TensorScale],
     path_norm: bool = False,
-    as_written: CheckAsWritten | None = None,
 ) -> ChainVerification:
     """Check a rewritten chain against the planned tensor scales (identity where absent);
-    with `path_norm`, also measure the path-norm of both versions (chains of linear layers).
-    What `as_written` checked and probed while the file was written is taken where it
-    stands for the check made here."""
+    with `path_norm`, also measure the path-norm of both versions (chains of linear layers)."""
     planned = {
         name: scales.get(name) or TensorScale(original.info(name).shape)
         for name in chain.tensor_names()
     }
     with single_threaded_blas():
         if is_probed(chain):
-            if as_written is not None and not path_norm:
-                report = as_written.probe_report(original, rewritten, chain)
-                if report is not None:
-                    return report
             return probe_chain(original, rewritten, chain, planned, path_norm)
-        return structural_check(original, rewritten, chain, planned, as_written)
+        return structural_check(original, rewritten, chain, planned)
 
 
 def is_probed(chain: Chain) -> bool:
     """Whether verification runs probes through the chain (reading both files itself), or
     checks its values alone."""
     return all(layer.kind == "linear" for layer in chain.layers)
-
-
-def probed_as_written(chain: Chain, original: Checkpoint) -> bool:
-    """Whether the writer may run the chain's probes: plain 32/64-bit chains, whose probes
-    need neither slope tensors nor a 16-bit storage's rounding."""
-    dtypes = {original.info(name).dtype for name in chain.tensor_names()}
-    return is_probed(chain) and chain.activation != "prelu" and storage_of(dtypes) is None
 
 
 @dataclass(frozen=True)
@@ -631,13 +616,12 @@ def structural_check(
     rewritten: Checkpoint,
     chain: Chain,
     scales: Mapping[str, TensorScale],
-    as_written: CheckAsWritten | None = None,
 ) -> ChainVerification:
     """The value check alone, for chains whose forward pass the files do not determine: with
     the chain's symmetries, it shows the declared chain's function unchanged."""
     compute = _compute_dtype(original, chain)
     return verify_tensors(
-        original, rewritten, chain.id, scales, compute, as_written, declared_level(chain.origin)
+        original, rewritten, chain.id, scales, compute, declared_level(chain.origin)
     )
 
 
@@ -650,363 +634,16 @@ def declared_level(*origins: str) -> Level:
     return "values_only"
 
 
-class _CheckedAsWritten:
-    """What the check of one tensor found, chunk by chunk as it was written."""
-
-    def __init__(self, tolerance: tuple[float, float]) -> None:
-        self.tolerance = tolerance
-        self.checked = 0
-        self.bad = 0
-        self.worst = 0.0
-        self.partials: list[Partial] = []
-        self.files: set[tuple[int, int]] = set()  # (st_dev, st_ino) of the file read back
-
-
-class CheckAsWritten:
-    """The value check of rewritten tensors, made by the writer chunk by chunk: each chunk
-    is read back from the written file, at the place that file's own header gives, and
-    checked against the originals the writer scaled it from while they are still in memory.
-    That saves reading both files again after the write (0.45 s of a 2.2 GB rewrite here).
-
-    `verify_tensors` takes a tensor's findings instead of its own check only if they cover
-    every value, with the allowance it would use, read from the file it opened at the
-    place its header and index give. The writer proves that its writes do not overlap
-    (`rewrite.check_tiling`), so nothing written after a chunk's check changed it.
-    """
-
-    def __init__(
-        self,
-        original: Checkpoint,
-        scales: Mapping[str, TensorScale],
-        probed: Sequence[Chain] = (),
-    ) -> None:
-        """`probed`: chains of linear layers whose probes the writer runs too, where it can
-        (see ProbesAsWritten); their tensors must be in `scales`."""
-        self.scales = scales
-        self._found: dict[str, _CheckedAsWritten] = {}
-        self._lock = threading.Lock()
-        self.probes: dict[str, ProbesAsWritten] = {}  # by each tensor of the chain
-        self.waits = WriterWaits()
-        if kernel.compiled is None:
-            return
-        # The compute dtype verify_tensors uses for tensors the kernel reads.
-        elements = _ElementCheck(np.float32)
-        for name, scale in scales.items():
-            info = original.info(name)
-            if info.dtype not in kernel.DTYPE_CODES or info.numel < EXACT_BELOW:
-                continue
-            tolerance = elements.kernel_tolerance(info.dtype, scale)
-            if tolerance is not None:
-                self._found[name] = _CheckedAsWritten(tolerance)
-        for chain in probed:
-            if probed_as_written(chain, original) and all(
-                self.covers(layer.weight) for layer in chain.layers
-            ):
-                probes = ProbesAsWritten(original, chain, scales, self.waits)
-                self.probes.update(dict.fromkeys(probes.order(), probes))
-
-    def covers(self, name: str) -> bool:
-        return name in self._found
-
-    def fail(self) -> None:
-        """The write failed: wake every thread waiting for a probed layer."""
-        for probes in self.probes.values():
-            probes.fail()
-
-    def probe_report(
-        self, original: Checkpoint, rewritten: Checkpoint, chain: Chain
-    ) -> ChainVerification | None:
-        """The chain's verification from the probes run as it was written, or None."""
-        probes = self.probes.get(chain.layers[0].weight)
-        if probes is None or probes.chain != chain:
-            return None
-        return probes.report(original, rewritten, self.scales, self)
-
-    def check(
-        self,
-        name: str,
-        file: tuple[int, int],
-        dtype: str,
-        start: int,
-        count: int,
-        old: ReadBuffer,
-        new: ReadBuffer,
-    ) -> None:
-        """Check `count` values of `name` from element `start` on: `old` as read from the
-        original, `new` as read back from the written file `file` (st_dev, st_ino). Any
-        thread may call it."""
-        assert kernel.compiled is not None  # covers() is False without the kernel
-        found = self._found[name]
-        checked, bad, worst, *totals = kernel.compiled.check_chunk(
-            old,
-            new,
-            kernel.DTYPE_CODES[dtype],
-            count,
-            *self.scales[name].chunk_arguments(start, count),
-            *found.tolerance,
-        )
-        with self._lock:
-            found.checked += checked
-            found.bad += bad
-            found.worst = max(found.worst, worst) if math.isfinite(worst) else found.worst
-            found.partials.append(Partial(*totals))
-            found.files.add(file)
-
-    def take(
-        self,
-        original: Checkpoint,
-        rewritten: Checkpoint,
-        name: str,
-        elements: _ElementCheck,
-        partials: list[Partial],
-    ) -> bool:
-        """Count the findings for `name` into `elements` and `partials`; False, doing
-        nothing, unless they stand for the check verify_tensors would make."""
-        found = self._found.get(name)
-        info = original.info(name)
-        place = rewritten.locate(name)
-        if found is None or place is None or found.checked != info.numel:
-            return False
-        written = rewritten.info(name)
-        if (written.dtype, written.shape) != (info.dtype, info.shape):
-            return False
-        if found.tolerance != elements.kernel_tolerance(info.dtype, self.scales[name]):
-            return False
-        opened = os.fstat(place[0])
-        if found.files != {(opened.st_dev, opened.st_ino)}:
-            return False
-        elements.add(name, found.checked, found.bad, found.worst)
-        partials.extend(found.partials)
-        return True
-
-
-class WriterWaits:
-    """The writer's threads waiting for probed layers: tells a wait that can never end (a
-    bug: every thread waits or is done, and no awaited layer is complete) from a slow one,
-    so that it fails instead of hanging."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._workers = 0
-        self._done = 0
-        self._awaited: list[threading.Event] = []
-
-    def start(self, workers: int) -> None:
-        with self._lock:
-            self._workers, self._done, self._awaited = workers, 0, []
-
-    def finished(self) -> None:
-        with self._lock:
-            self._done += 1
-
-    def wait(self, event: threading.Event, label: str) -> None:
-        with self._lock:
-            if event.is_set():
-                return
-            self._awaited.append(event)
-            stuck = len(self._awaited) + self._done >= self._workers and not any(
-                awaited.is_set() for awaited in self._awaited
-            )
-            if stuck:
-                self._awaited.remove(event)
-        if stuck:
-            raise RuntimeError(f"{label}: the writer's threads wait for each other's layers")
-        event.wait()
-        with self._lock:
-            self._awaited.remove(event)
-
-
-class ProbesAsWritten:
-    """probe_chain's random probes through a chain of linear layers, run by the writer on
-    the chunks it has just checked: the original rows from its buffer, the written rows as
-    read back from the file. A layer's chunks wait until the layer before is complete (all
-    its rows and its bias), so the writer takes a chain's tensors in chain order.
-
-    Only for chains whose every weight CheckAsWritten covers, and without path norms. A
-    bias left as it was is taken from the original, and the report confirms the written
-    file holds the same."""
-
-    def __init__(
-        self,
-        original: Checkpoint,
-        chain: Chain,
-        scales: Mapping[str, TensorScale],
-        waits: WriterWaits,
-    ) -> None:
-        self.chain = chain
-        self.waits = waits
-        self.rescaled = {name for name in chain.tensor_names() if name in scales}
-        self.compute = _compute_dtype(original, chain)
-        rng = np.random.default_rng(SEED)
-        first: FloatArray = rng.standard_normal((PROBES, chain.layers[0].in_features)).astype(
-            self.compute
-        )
-        self._inputs: list[tuple[FloatArray, FloatArray] | None] = [None] * chain.depth
-        self._inputs[0] = (first, first.copy())
-        self._outputs = [
-            (
-                np.empty((PROBES, layer.out_features), self.compute),
-                np.empty((PROBES, layer.out_features), self.compute),
-            )
-            for layer in chain.layers
-        ]
-        self._rows_left = [layer.out_features for layer in chain.layers]
-        self._biases: dict[str, tuple[FloatArray, FloatArray]] = {}  # (original, written)
-        self._ready = [threading.Event() for _ in chain.layers]
-        self._ready[0].set()
-        self._lock = threading.Lock()
-        self.failed = False
-        self.dropped = False
-        self.final: tuple[FloatArray, FloatArray] | None = None
-        self.layer_of = {layer.weight: index for index, layer in enumerate(chain.layers)}
-        self.layer_of.update(
-            {layer.bias: index for index, layer in enumerate(chain.layers) if layer.bias}
-        )
-        for layer in chain.layers:  # a bias left as it was is copied byte for byte; the
-            # report confirms that the written file holds these values
-            if layer.bias and layer.bias not in scales:
-                raw = original.read_all(layer.bias)
-                dtype = original.info(layer.bias).dtype
-                self.add_bias(layer.bias, dtype, raw, raw)
-
-    def order(self) -> list[str]:
-        """The chain's rescaled tensors in the order the writer must take them."""
-        return [
-            n
-            for layer in self.chain.layers
-            for n in (layer.weight, layer.bias)
-            if n in self.rescaled
-        ]
-
-    def wait(self, name: str) -> None:
-        """Block until the input of `name`'s layer is known, or the write has failed
-        (`failed`: the thread that failed raises its error)."""
-        self.waits.wait(self._ready[self.layer_of[name]], self.chain.id)
-
-    def fail(self) -> None:
-        """Wake every waiting thread: the write failed."""
-        self.failed = True
-        for event in self._ready:
-            event.set()
-
-    def drop(self) -> None:
-        """Leave the probes to verification (the chain spans files, written one by one)."""
-        self.dropped = True
-        for event in self._ready:
-            event.set()
-
-    def add(
-        self,
-        name: str,
-        dtype: str,
-        start: int,
-        old: npt.NDArray[np.generic],
-        new: npt.NDArray[np.generic],
-    ) -> None:
-        """Values `start`... of `name` (whole rows of a weight, or a whole bias), raw, as
-        scaled from and as read back."""
-        if self.dropped:
-            return
-        index = self.layer_of[name]
-        layer = self.chain.layers[index]
-        if name != layer.weight:
-            self.add_bias(name, dtype, old, new)
-            return
-        row = start // layer.in_features
-        inputs = self._inputs[index]
-        assert inputs is not None  # wait() returned
-        width = layer.in_features
-        rows = old.size // width
-        old_rows = decode(old, dtype).astype(self.compute, copy=False).reshape(rows, width)
-        new_rows = decode(new, dtype).astype(self.compute, copy=False).reshape(rows, width)
-        out_before, out_after = self._outputs[index]
-        out_before[:, row : row + rows] = inputs[0] @ old_rows.T
-        out_after[:, row : row + rows] = inputs[1] @ new_rows.T
-        with self._lock:
-            self._rows_left[index] -= rows
-            self._complete_if_done(index)
-
-    def add_bias(
-        self, name: str, dtype: str, old: npt.NDArray[np.generic], new: npt.NDArray[np.generic]
-    ) -> None:
-        """Bias `name` whole, raw, as scaled from and as read back."""
-        if self.dropped:
-            return
-        index = self.layer_of[name]
-        pair = tuple(decode(v, dtype).astype(self.compute) for v in (old, new))
-        with self._lock:
-            self._biases[name] = (pair[0], pair[1])
-            self._complete_if_done(index)
-
-    def _complete_if_done(self, index: int) -> None:
-        layer = self.chain.layers[index]
-        if self._rows_left[index] or (layer.bias and layer.bias not in self._biases):
-            return
-        out_before, out_after = self._outputs[index]
-        if layer.bias:
-            out_before += self._biases[layer.bias][0]
-            out_after += self._biases[layer.bias][1]
-        if index + 1 < self.chain.depth:
-            chain = self.chain
-            self._inputs[index + 1] = (
-                activate(out_before, chain.activation, chain.slope, None),
-                activate(out_after, chain.activation, chain.slope, None),
-            )
-            self._ready[index + 1].set()
-        else:  # the chain's output is the last layer's, not activated
-            self.final = (out_before, out_after)
-
-    def report(
-        self,
-        original: Checkpoint,
-        rewritten: Checkpoint,
-        scales: Mapping[str, TensorScale],
-        as_written: CheckAsWritten,
-    ) -> ChainVerification | None:
-        """The chain's verification from what the writer found; None where it cannot stand
-        for probe_chain's (a weight's check not taken, a bias not as written)."""
-        if self.final is None or self.failed or self.dropped:
-            return None
-        elements = _ElementCheck(self.compute)
-        measured: dict[str, TensorStats] = {}
-        for layer in self.chain.layers:
-            partials: list[Partial] = []
-            if not as_written.take(original, rewritten, layer.weight, elements, partials):
-                return None
-            measured[layer.weight] = combine(rewritten.info(layer.weight), partials)
-        for layer in self.chain.layers:
-            if not layer.bias:
-                continue
-            info = rewritten.info(layer.bias)
-            written = rewritten.read_raw(layer.bias, 0, info.numel)
-            new = decode(written, info.dtype).astype(self.compute)
-            old, probed = self._biases[layer.bias]
-            if info.dtype != original.info(layer.bias).dtype or not np.array_equal(
-                new, probed, equal_nan=True
-            ):
-                return None
-            scale = scales.get(layer.bias) or TensorScale(info.shape)
-            elements.check(
-                layer.bias, info.dtype, scale.whole(), scale.is_power_of_two, old, new, np.abs(new)
-            )
-            measured[layer.bias] = combine(
-                info, [ChunkReducer(new.size).reduce(new, exact=info.numel < EXACT_BELOW)]
-            )
-        return _probe_report(self.chain, elements, self.final[0], self.final[1], measured, None)
-
-
 def verify_tensors(
     original: Checkpoint,
     rewritten: Checkpoint,
     label: str,
     scales: Mapping[str, TensorScale],
     compute: type[np.floating] | None = None,
-    as_written: CheckAsWritten | None = None,
     level: Level = "values_only",
 ) -> ChainVerification:
-    """Every value of each named tensor is its original times the planned factor (as
-    checked while it was written, where `as_written` holds that check). `level`: what that
-    shows for the structure the scales come from (see `declared_level`)."""
+    """Every value of each named tensor is its original times the planned factor.
+    `level`: what that shows for the structure the scales come from (see `declared_level`)."""
     if compute is None:
         dtypes = {original.info(name).dtype for name in scales}
         compute = np.float64 if dtypes == {"float64"} else np.float32
@@ -1015,10 +652,6 @@ def verify_tensors(
     for name, scale in scales.items():
         dtype = original.info(name).dtype
         partials = reader.partials[name]
-        if as_written is not None and as_written.take(
-            original, rewritten, name, elements, partials
-        ):
-            continue
         if _check_tensor_in_kernel(original, rewritten, name, scale, elements, partials):
             continue
 

@@ -16,12 +16,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import Any
 
 from weissi_cli.errors import UsageError
-from weissi_cli.io.checkpoint import read_buffer, read_exact
+from weissi_cli.io.checkpoint import read_buffer
 from weissi_cli.io.onnx_file import OnnxCheckpoint
 from weissi_cli.io.onnx_proto import Message, encode_entry, encode_varint
 from weissi_cli.model_folder import companion_files, copy_companions
@@ -42,13 +40,9 @@ from weissi_cli.rewrite import (
     _scale_tasks,
     _ScaleTask,
     _write_all,
-    check_tiling,
 )
 from weissi_cli.scales import TensorScale
 from weissi_cli.threads import run_round_robin
-
-if TYPE_CHECKING:
-    from weissi_cli.verify import CheckAsWritten
 
 RECORD_KEY = "weissi"
 METADATA_FIELD = 14  # ModelProto.metadata_props
@@ -115,10 +109,8 @@ def write_onnx(
     record: Mapping[str, Any],
     folder: bool,
     force: bool,
-    check: CheckAsWritten | None = None,
 ) -> PendingOutput:
-    """Write the rescaled model to `output` (a file, or a folder when `folder`); the
-    tensors `check` covers are checked chunk by chunk as they are written."""
+    """Write the rescaled model to `output` (a file, or a folder when `folder`)."""
     for name in factors:
         if checkpoint.initializer(name).storage == "decoded":
             raise UsageError(
@@ -150,7 +142,7 @@ def write_onnx(
                 )
             copy_companions(found.copied, staging.item)
         inline = _write_model(
-            checkpoint, factors, pending.readable_path, record, locations, pending, check
+            checkpoint, factors, pending.readable_path, record, locations, pending
         )
         placed: dict[str, tuple[Path, int]] = {}
         for file in checkpoint.data_files:
@@ -161,7 +153,7 @@ def write_onnx(
                 target = staging.item.parent / locations[file]
             segments = _scaled_spans(checkpoint, factors, file, [Copy(0, os.path.getsize(file))])
             for name, offset in _write_segments(
-                checkpoint, factors, file, segments, target, pending, check
+                checkpoint, factors, file, segments, target, pending
             ).items():
                 placed[name] = (target, offset)
         placed.update({name: (pending.readable_path, offset) for name, offset in inline.items()})
@@ -182,7 +174,6 @@ def _write_model(
     record: Mapping[str, Any],
     locations: Mapping[Path, str],
     pending: PendingOutput,
-    check: CheckAsWritten | None,
 ) -> dict[str, int]:
     """Write the model file; where each rescaled tensor it holds went."""
     model = checkpoint.model
@@ -200,9 +191,7 @@ def _write_model(
     segments = _emit(model.root, replaced)
     segments.append(Literal(encode_entry(METADATA_FIELD, RECORD_KEY, json.dumps(record))))
     segments = _scaled_spans(checkpoint, factors, checkpoint.path, segments)
-    return _write_segments(
-        checkpoint, factors, checkpoint.path, segments, destination, pending, check
-    )
+    return _write_segments(checkpoint, factors, checkpoint.path, segments, destination, pending)
 
 
 def _check_places(model: Path, placed: Mapping[str, tuple[Path, int]]) -> None:
@@ -338,17 +327,12 @@ def _write_segments(
     segments: list[Segment],
     destination: Path,
     pending: PendingOutput,
-    check: CheckAsWritten | None = None,
 ) -> dict[str, int]:
     """Write `segments` into a new file: copies and literals on this thread, scaled
-    tensors chunk by chunk on the writer threads (checked as written where `check` covers
-    them: read back from the file and compared with the originals still in memory).
-    Where each scaled tensor went."""
+    tensors chunk by chunk on the writer threads. Where each scaled tensor went."""
     size = sum(segment.length for segment in segments)
     descriptor = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-    reader = -1
     try:
-        spans: list[tuple[int, int]] = []
         tasks: list[_ScaleTask] = []
         plain: list[tuple[int, Segment]] = []
         places: dict[str, int] = {}
@@ -361,34 +345,15 @@ def _write_segments(
             else:
                 plain.append((offset, segment))
             offset += segment.length
-        checking = check is not None and any(check.covers(t.name) for t in tasks)
-        if checking:
-            os.ftruncate(descriptor, size)
-            reader = os.open(destination, os.O_RDONLY | os.O_CLOEXEC)
-        status = os.fstat(descriptor)
-        identity = (status.st_dev, status.st_ino)
         source_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
         stage = Stage("writing", size)
 
         def write_chunk(task: _ScaleTask, scaler: ChunkScaler) -> None:
             raw = checkpoint.read_raw(task.name, task.start, task.count, scaler.raw)
-            if check is not None and checking and check.covers(task.name):
-                scaled = np.frombuffer(scaler.scaled, raw.dtype, task.count)
-                _scale_in_kernel(raw, task, scaled)  # covers(): the kernel takes this dtype
-                _write_all(descriptor, scaled.data.cast("B"), task.offset)
-                back = memoryview(scaler.back)[: raw.nbytes]
-                read_exact(reader, back, task.offset, destination)
-                check.check(
-                    task.name, identity, task.dtype, task.start, task.count, scaler.raw, scaler.back
-                )
-                written = raw.nbytes
-            else:
-                if not _scale_in_kernel(raw, task):
-                    raw = scaler.scale(raw, task.dtype, task.factor, task.power_of_two)
-                _write_all(descriptor, raw.data.cast("B"), task.offset)
-                written = raw.nbytes
-            spans.append((task.offset, written))
-            stage.advance(written)
+            if not _scale_in_kernel(raw, task):
+                raw = scaler.scale(raw, task.dtype, task.factor, task.power_of_two)
+            _write_all(descriptor, raw.data.cast("B"), task.offset)
+            stage.advance(raw.nbytes)
 
         def write_plain() -> None:
             buffer = read_buffer(COPY_CHUNK_BYTES)
@@ -406,7 +371,6 @@ def _write_segments(
                             raise OSError(5, f"{source} ended early while copying")
                         _write_all(descriptor, view[:got], at + done)
                         done += got
-                spans.append((at, segment.length))
                 stage.advance(segment.length)
 
         try:
@@ -414,19 +378,15 @@ def _write_segments(
                 capacity = max((task.count for task in tasks), default=1)
                 run_round_robin(
                     tasks,
-                    lambda: ChunkScaler(capacity, checking=checking),
+                    lambda: ChunkScaler(capacity),
                     write_chunk,
                     WRITER_THREADS,
                     alongside=write_plain,
                 )
         finally:
             os.close(source_fd)
-        check_tiling(destination, spans, size)
     except BaseException:
         os.close(descriptor)
         raise
-    finally:
-        if reader >= 0:
-            os.close(reader)
     pending.syncs.append(BackgroundSync(descriptor))
     return places

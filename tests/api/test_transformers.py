@@ -336,49 +336,33 @@ def large_members(report: Any, source: Path) -> set[str]:
 @needs_kernel
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("shards", [False, True])
-def test_large_tensors_are_checked_as_they_are_written(
+def test_large_tensors_are_checked_in_the_kernel_from_both_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str, shards: bool
 ) -> None:
-    """Each chunk of a large tensor is read back from the written file and checked while
-    its originals are in memory, instead of reading both files again after the write; the
-    verdict and the measured L2 are the ones the check after the write gives."""
-    from weissi_cli import verify
-
+    """The kernel reads each large rewritten tensor from both files (one shard or several)
+    and checks every value against its original times the planned factor."""
     options = {"max_shard_size": "300KB"} if shards else {}
     source = save(build("llama", dtype, **WIDE), tmp_path / "in", **options)
     assert (source / "model.safetensors.index.json").exists() == shards
     after_write = checks_after_the_write(monkeypatch)
     report = rebalance_checkpoint(source, tmp_path / "out", scales="real")
-    as_written = set(after_write)
-    after_write.clear()
-    monkeypatch.setattr(verify.CheckAsWritten, "covers", lambda self, name: False)
-    baseline = rebalance_checkpoint(source, tmp_path / "baseline", scales="real")
-    # the structure found, and the large tensors it moves (which the check after the write
-    # reads from both files)
+    # the structure found, and the large tensors it moves, checked after the write
     assert report.group is not None
     large = large_members(report, source) & set(after_write)
     assert any(name.endswith("o_proj.weight") for name in large)
     assert any(name.endswith("down_proj.weight") for name in large)
-    # none of them was read again after the write with the check as written
     assert report.written
     assert report.verification.passed
-    assert not large & as_written
-    # the weights changed as intended, and the same report as checking after the write
-    assert report.verification.chains[0].detail == baseline.verification.chains[0].detail
-    assert baseline.group is not None
     assert report.group.l2_after is not None
-    assert report.group.l2_after == pytest.approx(baseline.group.l2_after, rel=1e-9)
-    assert tensors(tmp_path / "out").keys() == tensors(tmp_path / "baseline").keys()
-    for name, value in tensors(tmp_path / "out").items():
-        assert torch.equal(value, tensors(tmp_path / "baseline")[name]), name
+    assert report.group.l2_after < report.group.l2_penalty
+    # the weights changed as intended, the function unchanged
     assert any(not torch.equal(tensors(source)[n], tensors(tmp_path / "out")[n]) for n in large)
-    # the function unchanged
     tolerance = 1e-5 if dtype == "float32" else 3e-2
     assert relative_change(outputs(load(source)), outputs(load(tmp_path / "out"))) <= tolerance
 
 
 @needs_kernel
-def test_a_value_written_wrong_is_caught_as_it_is_written(
+def test_a_value_written_wrong_is_caught_by_the_check_after_the_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import weissi_cli.rewrite as rewrite
@@ -396,15 +380,16 @@ def test_a_value_written_wrong_is_caught_as_it_is_written(
     report = rebalance_checkpoint(source, tmp_path / "out", scales="real")
     assert not report.verification.passed
     assert "o_proj.weight (1 values)" in report.verification.chains[0].detail
-    assert not [n for n in after_write if n.endswith("o_proj.weight")]  # found as written
+    assert [n for n in after_write if n.endswith("o_proj.weight")]
     assert not report.written
     assert not (tmp_path / "out").exists()
 
 
-def test_a_write_to_the_wrong_place_is_an_internal_error(
+def test_a_write_to_the_wrong_place_fails_verification(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Writes that overlap could change a chunk after its check: the writer refuses them."""
+    """A chunk written four bytes late: the check after the write reads every value from
+    the written file, finds the tensor wrong, and nothing is put in place."""
     import dataclasses
 
     import weissi_cli.rewrite as rewrite
@@ -419,6 +404,8 @@ def test_a_write_to_the_wrong_place_is_an_internal_error(
         return tasks
 
     monkeypatch.setattr(rewrite, "_scale_tasks", one_task_four_bytes_late)
-    with pytest.raises(RuntimeError, match="the writes left bytes .* unwritten"):
-        rebalance_checkpoint(source, tmp_path / "out", scales="real")
+    report = rebalance_checkpoint(source, tmp_path / "out", scales="real")
+    assert not report.verification.passed
+    assert "layers.0.self_attn.o_proj.weight" in report.verification.chains[0].detail
+    assert not report.written
     assert not (tmp_path / "out").exists()

@@ -38,14 +38,11 @@ from weissi_cli.stats import TensorStats, compute_stats
 from weissi_cli.structure import discover, is_approximate
 from weissi_cli.structure.architectures import find_config
 from weissi_cli.structure.source import StructureSource
-from weissi_cli.threads import single_threaded_blas
 from weissi_cli.verify import (
     ChainVerification,
-    CheckAsWritten,
     Verification,
     combined_level,
     declared_level,
-    is_probed,
     run_programs,
     verify_chain,
     verify_tensors,
@@ -216,19 +213,9 @@ def rebalance_checkpoint(
             "include_bias": include_bias,
             "scales": {name: scale_record(scale) for name, scale in tensor_scales.items()},
         }
-        as_written = _check_as_written(checkpoint, plans, group_scales, tensor_scales)
-        with single_threaded_blas():  # the writer's threads run the probes' products
-            pending = write_rescaled(
-                checkpoint,
-                tensor_scales,
-                output,
-                record,
-                output_format,
-                folder,
-                as_written,
-                force,
-                drop,
-            )
+        pending = write_rescaled(
+            checkpoint, tensor_scales, output, record, output_format, folder, force, drop
+        )
         if drop:
             warnings.append(
                 f"{output}: written without the optimizer state in "
@@ -243,7 +230,7 @@ def rebalance_checkpoint(
         try:
             with open_checkpoint(pending.readable_path) as rewritten:
                 results, checks = _verify_and_measure(
-                    checkpoint, rewritten, plans, tensor_scales, before, include_bias, as_written
+                    checkpoint, rewritten, plans, tensor_scales, before, include_bias
                 )
                 if group is not None:
                     group, group_checks = _verify_group(
@@ -252,7 +239,6 @@ def rebalance_checkpoint(
                         group,
                         group_scales,
                         include_bias,
-                        as_written,
                         power_of_two,
                     )
                     checks += group_checks
@@ -372,26 +358,6 @@ def _run_transformers(
         return run_transformers(before, after, exact, power_of_two=power_of_two)
 
 
-def _check_as_written(
-    checkpoint: Checkpoint,
-    plans: list[ChainPlan],
-    group_scales: Mapping[str, TensorScale],
-    scales: Mapping[str, TensorScale],
-) -> CheckAsWritten:
-    """What the writer checks as it writes: the free symmetries' tensors and every
-    rewritten chain's, with the probes of chains of linear layers; not chains with path
-    norms (channel-wise), which verification measures reading both files anyway."""
-    chains = [
-        plan.analysis.chain
-        for plan in plans
-        if plan.channel_scales is not None
-        and not (is_probed(plan.analysis.chain) and plan.solution is not None)
-    ]
-    names = [*group_scales, *(name for chain in chains for name in chain.tensor_names())]
-    checked = {name: scales[name] for name in names if name in scales}
-    return CheckAsWritten(checkpoint, checked, [c for c in chains if is_probed(c)])
-
-
 def _verify_and_measure(
     original: Checkpoint,
     rewritten: Checkpoint,
@@ -399,7 +365,6 @@ def _verify_and_measure(
     scales: Mapping[str, TensorScale],
     before: dict[str, TensorStats],
     include_bias: bool,
-    as_written: CheckAsWritten,
 ) -> tuple[list[ChainResult], list[ChainVerification]]:
     results: list[ChainResult] = []
     checks: list[ChainVerification] = []
@@ -408,9 +373,7 @@ def _verify_and_measure(
         after = before  # a chain left alone was copied byte for byte
         check = None
         if plan.channel_scales is not None:
-            check = verify_chain(
-                original, rewritten, chain, scales, plan.solution is not None, as_written
-            )
+            check = verify_chain(original, rewritten, chain, scales, plan.solution is not None)
             checks.append(check)
             after = check.after
         results.append(_chain_result(plan, before, after, include_bias, check))
@@ -471,7 +434,6 @@ def _verify_group(
     group: SymmetryGroup,
     scales: Mapping[str, TensorScale],
     include_bias: bool,
-    as_written: CheckAsWritten,
     power_of_two: bool,
 ) -> tuple[SymmetryGroup, list[ChainVerification]]:
     checks = (
@@ -481,7 +443,6 @@ def _verify_group(
                 rewritten,
                 "symmetries",
                 scales,
-                as_written=as_written,
                 level=declared_level(*(s.origin for s in group.symmetries)),
             )
         ]
