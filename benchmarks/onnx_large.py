@@ -56,7 +56,7 @@ def read_ceiling(path: str) -> None:
 
 def rewrite_ceiling(path: str, output: str) -> None:
     """The rewrite ceiling's own program: every chunk scaled and written to a new file."""
-    from weissi_cli.rewrite import start_writeback
+    from weissi_cli.writers.disk import start_writeback
 
     source = os.open(path, os.O_RDONLY)
     target = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

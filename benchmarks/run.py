@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from weissi_cli.rewrite import start_writeback
+from weissi_cli.writers.disk import start_writeback
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA_DIR = HERE / "data"

@@ -24,7 +24,7 @@ from typing import Any
 _T0 = time.perf_counter()
 import weissi_cli.api.inspect as api_inspect  # noqa: E402
 import weissi_cli.api.rebalance as api_rebalance  # noqa: E402
-import weissi_cli.rewrite as rewrite  # noqa: E402
+import weissi_cli.writers as writers  # noqa: E402
 from weissi_cli.io import open_checkpoint  # noqa: E402
 from weissi_cli.report.common import to_json  # noqa: E402
 from weissi_cli.stats import compute_stats  # noqa: E402
@@ -94,7 +94,7 @@ def time_rebalance(path: Path, output: Path) -> Timings:
         (api_rebalance, "write_rescaled", "write_rescaled (fsync in background)"),
         (api_rebalance, "_verify_and_measure", "verify chains (every value)"),
         (api_rebalance, "_verify_group", "verify symmetries (every value)"),
-        (rewrite.PendingOutput, "commit", "commit"),
+        (writers.PendingOutput, "commit", "commit"),
         (os, "fsync", "os.fsync (all)"),
     ]
     output.unlink(missing_ok=True)
@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path: Path = args.checkpoint
     output = args.output or path.with_name("stages-rebalanced.safetensors")
     size = path.stat().st_size
-    print(f"imports (api + rewrite + stats): {IMPORT_SECONDS:.3f} s")
+    print(f"imports (api + writers + stats): {IMPORT_SECONDS:.3f} s")
     with open(path, "rb") as handle:  # warm the page cache
         while handle.read(8 << 20):
             pass

@@ -55,15 +55,15 @@ def _at_rename(count: int) -> None:
 
 
 def _after_first_write(signal_name: str) -> None:
-    from weissi_cli import rewrite
+    from weissi_cli.writers import safetensors
 
-    real = rewrite.write_safetensors_copy
+    real = safetensors.write_safetensors_copy
 
     def written(*args: Any, **kwargs: Any) -> None:
         real(*args, **kwargs)
         _send(signal_name)
 
-    rewrite.write_safetensors_copy = written  # type: ignore[assignment]
+    safetensors.write_safetensors_copy = written  # type: ignore[assignment]
 
 
 def _after_write_rescaled(signal_name: str) -> None:

@@ -124,10 +124,10 @@ def make_rewrites_scale_wrongly(monkeypatch: pytest.MonkeyPatch, error: float) -
     """Every scaled value comes out `error` times too large, whichever path scales it (the
     C kernel for float32/bfloat16 safetensors, numpy's encode otherwise): a rewrite bug
     that verification must catch."""
-    import weissi_cli.rewrite as rewrite
+    from weissi_cli.writers import scaling
 
-    real_encode = rewrite.encode
-    real_kernel = rewrite._scale_in_kernel
+    real_encode = scaling.encode
+    real_kernel = scaling.scale_in_kernel
 
     def encode_wrongly(values: np.ndarray, dtype: str) -> np.ndarray:
         return real_encode(values * error, dtype)
@@ -139,8 +139,8 @@ def make_rewrites_scale_wrongly(monkeypatch: pytest.MonkeyPatch, error: float) -
         raw[...] = encode(values.astype(np.float64), task.dtype)
         return True
 
-    monkeypatch.setattr(rewrite, "encode", encode_wrongly)
-    monkeypatch.setattr(rewrite, "_scale_in_kernel", kernel_wrongly)
+    monkeypatch.setattr(scaling, "encode", encode_wrongly)
+    monkeypatch.setattr(scaling, "scale_in_kernel", kernel_wrongly)
 
 
 def checks_after_the_write(monkeypatch: pytest.MonkeyPatch) -> list[str]:

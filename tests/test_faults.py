@@ -141,7 +141,7 @@ def test_sigterm_at_any_moment_leaves_nothing_behind_or_the_complete_file(
 def test_a_full_disk_is_a_clean_error_and_the_destination_is_untouched(
     tmp_path: Path, samples: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import weissi_cli.rewrite as rewrite
+    from weissi_cli.writers import disk
 
     destination = tmp_path / "out.safetensors"
     destination.write_bytes(b"previous result")
@@ -149,7 +149,7 @@ def test_a_full_disk_is_a_clean_error_and_the_destination_is_untouched(
     def full(*args: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(rewrite.os, "pwrite", full)
+    monkeypatch.setattr(disk.os, "pwrite", full)
     result = CliRunner().invoke(
         app,
         [
@@ -174,7 +174,7 @@ def test_a_failed_fsync_is_a_clean_error_and_nothing_is_renamed(
 ) -> None:
     """The fsync runs in the background while verification reads the page cache: when it
     fails (a disk that fills up at write-back), nothing is renamed into place."""
-    import weissi_cli.rewrite as rewrite
+    from weissi_cli.writers import pending
 
     destination = tmp_path / ("out.safetensors" if sample.endswith(".safetensors") else "out")
     real_fsync = os.fsync
@@ -187,7 +187,7 @@ def test_a_failed_fsync_is_a_clean_error_and_nothing_is_renamed(
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(descriptor)
 
-    monkeypatch.setattr(rewrite.os, "fsync", fsync_fails_for_files)
+    monkeypatch.setattr(pending.os, "fsync", fsync_fails_for_files)
     result = CliRunner().invoke(
         app, ["rebalance", str(samples / sample), "-o", str(destination), "--assume-relu"]
     )

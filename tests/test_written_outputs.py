@@ -182,9 +182,9 @@ def test_a_checkpoint_is_never_written_through_a_symlink(
 def appearing_during_the_write(monkeypatch: pytest.MonkeyPatch, destination: Path) -> None:
     """Create `destination` once the first file of the output is written: after the checks
     at the start, before the output is put in place."""
-    import weissi_cli.rewrite as rewrite
+    from weissi_cli.writers import safetensors
 
-    real = rewrite.write_safetensors_copy
+    real = safetensors.write_safetensors_copy
 
     def written(*args: object, **kwargs: object) -> None:
         real(*args, **kwargs)  # type: ignore[arg-type]
@@ -192,7 +192,7 @@ def appearing_during_the_write(monkeypatch: pytest.MonkeyPatch, destination: Pat
             destination.parent.mkdir(exist_ok=True)
             destination.write_bytes(b"someone else's file")
 
-    monkeypatch.setattr(rewrite, "write_safetensors_copy", written)
+    monkeypatch.setattr(safetensors, "write_safetensors_copy", written)
 
 
 def test_a_file_created_at_the_destination_during_the_run_is_not_replaced(

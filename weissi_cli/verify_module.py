@@ -26,7 +26,7 @@ def load_state(path: Path) -> dict[str, Any]:
             return {info.name: checkpoint.tensor(info.name) for info in checkpoint.tensors}
         from safetensors.torch import load_file
 
-        from weissi_cli.rewrite import input_files
+        from weissi_cli.writers import input_files
 
         state: dict[str, Any] = {}
         for file in input_files(checkpoint):

@@ -243,16 +243,16 @@ def test_existing_output_is_kept_without_force(samples: Path, tmp_path: Path) ->
 def test_failed_verification_leaves_no_output(
     samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import weissi_cli.rewrite as rewrite
+    from weissi_cli.writers import disk
 
-    real_write = rewrite._write_all
+    real_write = disk.write_all
 
     def write_with_a_flipped_bit(descriptor: int, data: memoryview, offset: int) -> None:
         damaged = bytearray(data)
         damaged[len(damaged) // 2] ^= 0x40  # a mantissa bit of one scaled value
         real_write(descriptor, memoryview(damaged), offset)
 
-    monkeypatch.setattr(rewrite, "_write_all", write_with_a_flipped_bit)
+    monkeypatch.setattr(disk, "write_all", write_with_a_flipped_bit)
     output = tmp_path / "balanced.safetensors"
     report = rebalance_checkpoint(samples / "mlp_digits.safetensors", output, assume_relu=True)
     assert not report.verification.passed
@@ -558,11 +558,11 @@ needs_kernel = pytest.mark.skipif(kernel.compiled is None, reason="the C kernel 
 def test_a_value_written_wrong_fails_the_probes_after_the_write(
     samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import weissi_cli.rewrite as rewrite
     from weissi_cli import verify
+    from weissi_cli.writers import disk
 
     monkeypatch.setattr(verify, "EXACT_BELOW", 1)
-    real_write = rewrite._write_all
+    real_write = disk.write_all
 
     def write_with_a_flipped_bit(descriptor: int, data: memoryview, offset: int) -> None:
         damaged = bytearray(data)
@@ -571,7 +571,7 @@ def test_a_value_written_wrong_fails_the_probes_after_the_write(
             damaged[len(damaged) // 2] ^= 0x40
         real_write(descriptor, memoryview(damaged), offset)
 
-    monkeypatch.setattr(rewrite, "_write_all", write_with_a_flipped_bit)
+    monkeypatch.setattr(disk, "write_all", write_with_a_flipped_bit)
     after_write = probes_after_the_write(monkeypatch)
     output = tmp_path / "balanced.safetensors"
     report = rebalance_checkpoint(samples / "mlp_digits.safetensors", output, assume_relu=True)
@@ -627,12 +627,12 @@ def test_a_disk_that_fills_during_the_write_leaves_nothing(
     disk's (exit 2), not a follow-on one, no thread is left waiting, and nothing is left."""
     import errno
 
-    import weissi_cli.rewrite as rewrite
     from weissi_cli import verify
+    from weissi_cli.writers import disk, scaling
 
     monkeypatch.setattr(verify, "EXACT_BELOW", 1)
-    monkeypatch.setattr(rewrite, "CHUNK_ELEMENTS", 256)  # several chunks per layer
-    real_write = rewrite._write_all
+    monkeypatch.setattr(scaling, "CHUNK_ELEMENTS", 256)  # several chunks per layer
+    real_write = disk.write_all
     calls = iter(range(10**6))
 
     def full_disk(descriptor: int, data: memoryview, offset: int) -> None:
@@ -640,7 +640,7 @@ def test_a_disk_that_fills_during_the_write_leaves_nothing(
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(descriptor, data, offset)
 
-    monkeypatch.setattr(rewrite, "_write_all", full_disk)
+    monkeypatch.setattr(disk, "write_all", full_disk)
     output = tmp_path / "balanced.safetensors"
     raised = raised_within(
         120,

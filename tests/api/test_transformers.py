@@ -365,17 +365,17 @@ def test_large_tensors_are_checked_in_the_kernel_from_both_files(
 def test_a_value_written_wrong_is_caught_by_the_check_after_the_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import weissi_cli.rewrite as rewrite
+    from weissi_cli.writers import disk
 
     source = save(build("llama", **WIDE), tmp_path / "in")
-    real_write = rewrite._write_all
+    real_write = disk.write_all
 
     def write_with_a_flipped_bit(descriptor: int, data: memoryview, offset: int) -> None:
         damaged = bytearray(data)
         damaged[len(damaged) // 2] ^= 0x40  # a mantissa bit of one value
         real_write(descriptor, memoryview(damaged), offset)
 
-    monkeypatch.setattr(rewrite, "_write_all", write_with_a_flipped_bit)
+    monkeypatch.setattr(disk, "write_all", write_with_a_flipped_bit)
     after_write = checks_after_the_write(monkeypatch)
     report = rebalance_checkpoint(source, tmp_path / "out", scales="real")
     assert not report.verification.passed
@@ -392,10 +392,10 @@ def test_a_write_to_the_wrong_place_fails_verification(
     the written file, finds the tensor wrong, and nothing is put in place."""
     import dataclasses
 
-    import weissi_cli.rewrite as rewrite
+    from weissi_cli.writers import scaling
 
     source = save(build("llama", **WIDE), tmp_path / "in")
-    real_tasks = rewrite._scale_tasks
+    real_tasks = scaling.scale_tasks
 
     def one_task_four_bytes_late(info: Any, scale: Any, offset: int, *rest: Any) -> list[Any]:
         tasks = real_tasks(info, scale, offset, *rest)
@@ -403,7 +403,7 @@ def test_a_write_to_the_wrong_place_fails_verification(
             tasks[0] = dataclasses.replace(tasks[0], offset=tasks[0].offset + 4)
         return tasks
 
-    monkeypatch.setattr(rewrite, "_scale_tasks", one_task_four_bytes_late)
+    monkeypatch.setattr(scaling, "scale_tasks", one_task_four_bytes_late)
     report = rebalance_checkpoint(source, tmp_path / "out", scales="real")
     assert not report.verification.passed
     assert "layers.0.self_attn.o_proj.weight" in report.verification.chains[0].detail

@@ -184,3 +184,14 @@ def test_measured_errors_are_the_only_leeway() -> None:
     assert without_measurements(golden.replace("largest", "smallest")) != without_measurements(
         golden
     )
+
+
+def test_an_exported_programs_size_is_masked_and_nothing_else_of_its_line() -> None:
+    here = "relu_mlp.pt2\ntorch.export · 6 tensors · 119 parameters · 15.1 KiB\n"
+    elsewhere = "relu_mlp.pt2\ntorch.export · 6 tensors · 119 parameters · 15.3 KiB\n"
+    assert without_measurements(here) == without_measurements(elsewhere)
+    assert without_measurements(here) != without_measurements(here.replace("119", "120"))
+    safetensors = here.replace("torch.export", "safetensors")
+    assert without_measurements(safetensors) != without_measurements(
+        safetensors.replace("15.1", "15.3")
+    )

@@ -335,7 +335,7 @@ def test_kernel_scaling_is_bit_identical_to_numpys(
     """scale_chunk (FMA round-to-odd, then one rounding) writes exactly the bits that
     ChunkScaler's float64 route writes, for real factors, specials and subnormals; in
     place, and from a source into another buffer (leaving the source as it was)."""
-    from weissi_cli.rewrite import ChunkScaler
+    from weissi_cli.writers.scaling import ChunkScaler
 
     rng = np.random.default_rng(seed)
     values = rng.standard_normal(rows * width) * 10.0**magnitude

@@ -292,7 +292,8 @@ def test_folders_name_their_one_model(tmp_path: Path) -> None:
 def test_varint_typed_tensors_are_not_rescaled(tmp_path: Path) -> None:
     """float16 values held as int32_data varints would change length when rescaled."""
     from weissi_cli.scales import uniform
-    from weissi_cli.write_onnx import write_onnx
+    from weissi_cli.writers import WriteOptions
+    from weissi_cli.writers import onnx as onnx_writer
 
     halves = np.ones((2, 4), np.float16)
     tensor = helper.make_tensor(
@@ -301,7 +302,9 @@ def test_varint_typed_tensors_are_not_rescaled(tmp_path: Path) -> None:
     path = tmp_path / "typed.onnx"
     onnx.save(_model([tensor], [helper.make_node("Identity", ["x"], ["y"])]), str(path))
     with open_checkpoint(path) as checkpoint, pytest.raises(UsageError, match="varints"):
-        write_onnx(checkpoint, {"h": uniform((2, 4), 2.0)}, tmp_path / "o.onnx", {}, False, False)  # type: ignore[arg-type]
+        onnx_writer.write(
+            checkpoint, {"h": uniform((2, 4), 2.0)}, tmp_path / "o.onnx", WriteOptions({})
+        )
 
 
 def test_an_external_tensor_without_a_length_takes_what_its_shape_needs(tmp_path: Path) -> None:

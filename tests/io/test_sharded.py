@@ -17,7 +17,7 @@ from weissi_cli.io import detect_format, open_checkpoint
 from weissi_cli.io.dtypes import decode
 from weissi_cli.io.safetensors_file import SafetensorsCheckpoint
 from weissi_cli.io.sharded import ShardedCheckpoint
-from weissi_cli.rewrite import _index_text
+from weissi_cli.writers.safetensors import _index_text
 
 INDEX = "model.safetensors.index.json"
 FIRST = "model-00001-of-00002.safetensors"

@@ -29,7 +29,6 @@ from weissi_cli.ir import Chain, Structure
 from weissi_cli.report.common import Source
 from weissi_cli.report.rebalance import ChainResult, ChannelResult, RebalanceReport
 from weissi_cli.report.symmetries import SymmetryGroup
-from weissi_cli.rewrite import PendingOutput, check_output_path, input_files, write_rescaled
 from weissi_cli.scales import (
     TensorScale,
     scale_record,
@@ -48,6 +47,12 @@ from weissi_cli.verify import (
     verify_tensors,
 )
 from weissi_cli.verify_transformers import model_folder, require_transformers, run_transformers
+from weissi_cli.writers import (
+    PendingOutput,
+    check_output_path,
+    input_files,
+    write_rescaled,
+)
 
 
 def rebalance_checkpoint(

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from weissi_cli.errors import UsageError
-from weissi_cli.io.checkpoint import read_buffer
+from weissi_cli.io import Checkpoint
 from weissi_cli.io.onnx_file import OnnxCheckpoint
 from weissi_cli.io.onnx_proto import Message, encode_entry, encode_varint
 from weissi_cli.model_folder import companion_files, copy_companions
@@ -31,22 +31,15 @@ from weissi_cli.output_files import (
     rename_noreplace,
 )
 from weissi_cli.progress import Stage
-from weissi_cli.rewrite import (
-    WRITER_THREADS,
-    BackgroundSync,
-    ChunkScaler,
-    PendingOutput,
-    _scale_in_kernel,
-    _scale_tasks,
-    _ScaleTask,
-    _write_all,
-)
 from weissi_cli.scales import TensorScale
 from weissi_cli.threads import run_round_robin
+from weissi_cli.writers import disk, scaling
+from weissi_cli.writers.options import WriteOptions
+from weissi_cli.writers.pending import BackgroundSync, PendingOutput
+from weissi_cli.writers.scaling import WRITER_THREADS, ChunkScaler, ScaleTask
 
 RECORD_KEY = "weissi"
 METADATA_FIELD = 14  # ModelProto.metadata_props
-COPY_CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -102,15 +95,16 @@ def data_names(output: Path, count: int) -> list[str]:
     return [f"{output.name}.data" + (f".{index}" if index else "") for index in range(count)]
 
 
-def write_onnx(
-    checkpoint: OnnxCheckpoint,
+def write(
+    checkpoint: Checkpoint,
     factors: Mapping[str, TensorScale],
     output: Path,
-    record: Mapping[str, Any],
-    folder: bool,
-    force: bool,
+    options: WriteOptions,
 ) -> PendingOutput:
-    """Write the rescaled model to `output` (a file, or a folder when `folder`)."""
+    """Write the rescaled model to `output` (a file, or a folder when `options.folder`)."""
+    if not isinstance(checkpoint, OnnxCheckpoint):
+        raise TypeError(f"{checkpoint.path}: not an ONNX model")
+    record, folder, force = options.record, options.folder, options.force
     for name in factors:
         if checkpoint.initializer(name).storage == "decoded":
             raise UsageError(
@@ -333,14 +327,14 @@ def _write_segments(
     size = sum(segment.length for segment in segments)
     descriptor = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
     try:
-        tasks: list[_ScaleTask] = []
+        tasks: list[ScaleTask] = []
         plain: list[tuple[int, Segment]] = []
         places: dict[str, int] = {}
         offset = 0
         for segment in segments:
             if isinstance(segment, Scaled):
                 info = checkpoint.info(segment.name)
-                tasks += _scale_tasks(info, factors[segment.name], offset)
+                tasks += scaling.scale_tasks(info, factors[segment.name], offset)
                 places[segment.name] = offset
             else:
                 plain.append((offset, segment))
@@ -348,29 +342,22 @@ def _write_segments(
         source_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
         stage = Stage("writing", size)
 
-        def write_chunk(task: _ScaleTask, scaler: ChunkScaler) -> None:
+        def write_chunk(task: ScaleTask, scaler: ChunkScaler) -> None:
             raw = checkpoint.read_raw(task.name, task.start, task.count, scaler.raw)
-            if not _scale_in_kernel(raw, task):
+            if not scaling.scale_in_kernel(raw, task):
                 raw = scaler.scale(raw, task.dtype, task.factor, task.power_of_two)
-            _write_all(descriptor, raw.data.cast("B"), task.offset)
+            disk.write_all(descriptor, raw.data.cast("B"), task.offset)
             stage.advance(raw.nbytes)
 
         def write_plain() -> None:
-            buffer = read_buffer(COPY_CHUNK_BYTES)
-            view = memoryview(buffer)
             for at, segment in plain:
                 if isinstance(segment, Literal):
-                    _write_all(descriptor, memoryview(segment.data), at)
+                    disk.write_all(descriptor, memoryview(segment.data), at)
                 else:
                     assert isinstance(segment, Copy)
-                    done = 0
-                    while done < segment.length:
-                        piece = min(COPY_CHUNK_BYTES, segment.length - done)
-                        got = os.preadv(source_fd, [view[:piece]], segment.source + done)
-                        if got <= 0:
-                            raise OSError(5, f"{source} ended early while copying")
-                        _write_all(descriptor, view[:got], at + done)
-                        done += got
+                    disk.copy_range(
+                        source_fd, source, descriptor, segment.source, at, segment.length
+                    )
                 stage.advance(segment.length)
 
         try:
