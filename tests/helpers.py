@@ -146,16 +146,16 @@ def make_rewrites_scale_wrongly(monkeypatch: pytest.MonkeyPatch, error: float) -
 def checks_after_the_write(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Spy: the tensors verification checks in the kernel by reading both files after the
     write."""
-    from weissi_cli import verify
+    from weissi_cli import verify_values
 
     names: list[str] = []
-    real = verify._check_tensor_in_kernel
+    real = verify_values.check_tensor_in_kernel
 
     def spy(original: Any, rewritten: Any, name: str, *rest: Any) -> bool:
         names.append(name)
         return real(original, rewritten, name, *rest)
 
-    monkeypatch.setattr(verify, "_check_tensor_in_kernel", spy)
+    monkeypatch.setattr(verify_values, "check_tensor_in_kernel", spy)
     return names
 
 

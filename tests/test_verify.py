@@ -125,9 +125,9 @@ def test_wide_deep_chain_rewritten_correctly_passes(tmp_path: Path) -> None:
 def test_rows_wider_than_a_block_are_verified(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import weissi_cli.verify as verify
+    import weissi_cli.verify_pairs as verify_pairs
 
-    monkeypatch.setattr(verify, "BLOCK_ELEMENTS", 1024)
+    monkeypatch.setattr(verify_pairs, "BLOCK_ELEMENTS", 1024)
     state = mlp_state(sizes=(3000, 4, 2), dtype=torch.float32)
     state["net.0.weight"] = state["net.0.weight"] * 8
     original, rewritten, chain, scales = rewritten_copy(tmp_path, state)
@@ -143,7 +143,8 @@ def test_the_kernel_element_check_counts_what_numpy_counts(
     """_ElementCheck.check_block: the C kernel and the numpy route fail the same values."""
     from weissi_cli.io.dtypes import decode, encode
     from weissi_cli.scales import TensorScale
-    from weissi_cli.verify import Block, _ElementCheck
+    from weissi_cli.verify_pairs import Block
+    from weissi_cli.verify_values import ElementCheck
 
     if kernel.compiled is None:
         pytest.skip("the C kernel was not built")
@@ -161,14 +162,14 @@ def test_the_kernel_element_check_counts_what_numpy_counts(
     results = []
     for compiled in (kernel.compiled, None):
         monkeypatch.setattr(kernel, "compiled", compiled)
-        check = _ElementCheck(np.float32)
+        check = ElementCheck(np.float32)
         check.check_block("w", dtype, scale, block, old, new)
         results.append((check.checked, check.failures))
     assert results[0] == results[1] == (rows * width, {"w": 4})
 
 
 def test_levels_say_what_was_run() -> None:
-    from weissi_cli.verify import ChainVerification, Verification, combined_level
+    from weissi_cli.verification import ChainVerification, Verification, combined_level
 
     def result(level: Any, passed: bool = True) -> ChainVerification:
         return ChainVerification("x", "m", passed, None, None, None, "", level=level)

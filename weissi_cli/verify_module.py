@@ -3,17 +3,15 @@ checkpoints into the module and compare what it computes on random example input
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from weissi_cli.errors import InputError
 from weissi_cli.progress import phase
 from weissi_cli.structure.source import StructureSource
-from weissi_cli.verify import SEED, ChainVerification
+from weissi_cli.verification import SEED, ChainVerification
+from weissi_cli.verify_outputs import OutputChange
 
-# Relative to the largest output magnitude, by the dtype the outputs come out in.
-TOLERANCE = {"float64": 1e-10, "float32": 1e-5, "float16": 3e-2, "bfloat16": 3e-2}
 PROBES = 4
 
 
@@ -71,35 +69,17 @@ def run_module(source: StructureSource, original: Path, rewritten: Path) -> Chai
         module.load_state_dict({name: state[names[name]] for name in model_names})
         with torch.no_grad():
             outputs.append([_floats(module(*args)) for args in inputs])
-    worst_abs, worst_rel, out_dtype = 0.0, 0.0, "float32"
+    change = OutputChange()
     for before_run, after_run in zip(*outputs, strict=True):
         for old, new in zip(before_run, after_run, strict=True):
-            out_dtype = str(old.dtype).removeprefix("torch.")
-            difference = float((new.double() - old.double()).abs().max())
-            scale = float(old.double().abs().max())
-            worst_abs = max(worst_abs, difference)
-            worst_rel = max(worst_rel, difference / scale if scale > 0 else difference)
-    tolerance = TOLERANCE.get(out_dtype, 1e-4)
-    finite = math.isfinite(worst_abs)
-    passed = finite and worst_rel <= tolerance
-    outcome = (
-        "outputs bit-identical on these inputs"
-        if worst_abs == 0.0
-        else f"outputs moved by at most {worst_abs:.3g} ({worst_rel:.2g} of their largest, "
-        f"allowed {tolerance:g})"
-    )
+            change.add_torch(old, new)
     shapes = ", ".join("x".join(map(str, shape)) for shape in source.example_shapes)
-    return ChainVerification(
+    return change.verification(
         "model",
         "model",
-        passed,
-        worst_abs if finite else None,
-        worst_rel if math.isfinite(worst_rel) else None,
-        worst_abs == 0.0,
         f"ran {source.model} on both checkpoints with {PROBES} random inputs ({shapes}, "
-        f"{source.example_dtype}): {outcome}",
-        level="real_network",
-        probes=PROBES,
+        f"{source.example_dtype}): {change.outcome()}",
+        PROBES,
     )
 
 

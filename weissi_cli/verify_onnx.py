@@ -3,14 +3,14 @@ random inputs, shaped from the graph's input types, and every output compared.""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from weissi_cli.structure.onnx_graph import SYMBOLIC_SIZES
-from weissi_cli.verify import RUN_TOLERANCE, SEED, ChainVerification, float16_caveat
+from weissi_cli.verification import SEED, ChainVerification
+from weissi_cli.verify_outputs import OutputChange, float16_caveat
 
 PROBES = 4
 INSTALL = "pip install 'weissi-cli[onnx]'"
@@ -96,47 +96,29 @@ def run_onnx(
             level="real_network",
         )
     sessions = [first, second]
-    worst_abs, worst_rel, out_dtype = 0.0, 0.0, "float32"
+    change = OutputChange()
     for feed in feeds:
         before, after = (session.run(None, feed) for session in sessions)
         for old, new in zip(before, after, strict=True):
             old, new = np.asarray(old), np.asarray(new)
             if not np.issubdtype(old.dtype, np.floating) or old.size == 0:
                 if not np.array_equal(old, new):
-                    worst_abs = worst_rel = math.inf
+                    change.mismatch()
                 continue
-            out_dtype = str(old.dtype)
-            difference = float(np.max(np.abs(new.astype(np.float64) - old.astype(np.float64))))
-            scale = float(np.max(np.abs(old.astype(np.float64))))
-            worst_abs = max(worst_abs, difference)
-            worst_rel = max(worst_rel, difference / scale if scale > 0 else difference)
-    tolerance = RUN_TOLERANCE.get(out_dtype, 1e-4)
-    finite = math.isfinite(worst_abs) and math.isfinite(worst_rel)
-    passed = finite and worst_rel <= tolerance
-    outcome = (
-        "outputs bit-identical on these inputs"
-        if worst_abs == 0.0
-        else f"outputs moved by at most {worst_abs:.3g} ({worst_rel:.2g} of their largest, "
-        f"allowed {tolerance:g})"
-    )
+            change.add(old.astype(np.float64), new.astype(np.float64), str(old.dtype))
     shapes = "; ".join(
         f"{name} {'x'.join(map(str, value.shape))}" for name, value in feeds[0].items()
     )
     caveat = ""
-    if power_of_two and out_dtype == "float16":
-        caveat = float16_caveat(worst_abs, worst_rel, None, "these inputs")
-    return ChainVerification(
+    if power_of_two and change.dtype == "float16":
+        caveat = float16_caveat(change.worst_abs, change.worst_rel, None, "these inputs")
+    return change.verification(
         "onnxruntime",
         "onnxruntime",
-        passed,
-        worst_abs if math.isfinite(worst_abs) else None,
-        worst_rel if math.isfinite(worst_rel) else None,
-        worst_abs == 0.0,
         f"ran both models in ONNX Runtime {onnxruntime.__version__} on {PROBES} random "
-        f"inputs ({shapes}): {outcome}",
-        level="real_network",
-        caveat=caveat,
-        probes=PROBES,
+        f"inputs ({shapes}): {change.outcome()}",
+        PROBES,
+        caveat,
     )
 
 

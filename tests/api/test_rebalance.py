@@ -558,10 +558,10 @@ needs_kernel = pytest.mark.skipif(kernel.compiled is None, reason="the C kernel 
 def test_a_value_written_wrong_fails_the_probes_after_the_write(
     samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from weissi_cli import verify
+    from weissi_cli import verify_values
     from weissi_cli.writers import disk
 
-    monkeypatch.setattr(verify, "EXACT_BELOW", 1)
+    monkeypatch.setattr(verify_values, "EXACT_BELOW", 1)
     real_write = disk.write_all
 
     def write_with_a_flipped_bit(descriptor: int, data: memoryview, offset: int) -> None:
@@ -589,9 +589,9 @@ def test_a_chain_across_shards_is_probed_through_both_files(
     """A chain with layers in two shards: the probes read each layer from its own shard of
     both folders, and the written folder computes the same function."""
     from tests.helpers import write_sharded
-    from weissi_cli import verify
+    from weissi_cli import verify_values
 
-    monkeypatch.setattr(verify, "EXACT_BELOW", 1)
+    monkeypatch.setattr(verify_values, "EXACT_BELOW", 1)
     state = mlp_state(sizes=(24, 20, 16, 8), dtype=torch.float32)
     for index, name in enumerate(n for n in state if n.endswith("weight")):
         state[name] = state[name] * 4.0**index
@@ -627,10 +627,8 @@ def test_a_disk_that_fills_during_the_write_leaves_nothing(
     disk's (exit 2), not a follow-on one, no thread is left waiting, and nothing is left."""
     import errno
 
-    from weissi_cli import verify
     from weissi_cli.writers import disk, scaling
 
-    monkeypatch.setattr(verify, "EXACT_BELOW", 1)
     monkeypatch.setattr(scaling, "CHUNK_ELEMENTS", 256)  # several chunks per layer
     real_write = disk.write_all
     calls = iter(range(10**6))

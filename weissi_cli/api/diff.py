@@ -27,7 +27,7 @@ from weissi_cli.scales import TensorScale
 from weissi_cli.structure import discover
 from weissi_cli.structure.source import StructureSource
 from weissi_cli.threads import run_round_robin
-from weissi_cli.verify import Block, PairBuffers, row_blocks
+from weissi_cli.verify_pairs import Block, PairBuffers, row_blocks
 
 # Relative tolerance, in units of the coarser dtype's roundoff: rounding once on each side
 # plus the scaling arithmetic.

@@ -37,16 +37,16 @@ from weissi_cli.stats import TensorStats, compute_stats
 from weissi_cli.structure import discover, is_approximate
 from weissi_cli.structure.architectures import find_config
 from weissi_cli.structure.source import StructureSource
-from weissi_cli.verify import (
+from weissi_cli.verification import (
     ChainVerification,
     Verification,
     combined_level,
     declared_level,
-    run_programs,
-    verify_chain,
-    verify_tensors,
 )
+from weissi_cli.verify import verify_chain
+from weissi_cli.verify_outputs import run_programs
 from weissi_cli.verify_transformers import model_folder, require_transformers, run_transformers
+from weissi_cli.verify_values import verify_tensors
 from weissi_cli.writers import (
     PendingOutput,
     check_output_path,

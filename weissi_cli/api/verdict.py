@@ -6,7 +6,7 @@ import shlex
 from pathlib import Path
 
 from weissi_cli.ir import Structure
-from weissi_cli.verify import Level
+from weissi_cli.verification import Level
 
 SHOWN = 6  # refusal reasons named in a message (all of them are in `weissi graph`)
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # only annotations: a command imports the report modules it p
     from weissi_cli.report.graph import GraphReport
     from weissi_cli.report.inspect import InspectReport
     from weissi_cli.report.rebalance import RebalanceReport
-    from weissi_cli.verify import Verification
+    from weissi_cli.verification import Verification
 
 BAR_WIDTH = 12
 EIGHTHS = " ▏▎▍▌▋▊▉█"

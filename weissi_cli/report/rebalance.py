@@ -7,7 +7,7 @@ from typing import Any
 
 from weissi_cli.report.common import TOOL_VERSION, Source, finite_or_none
 from weissi_cli.report.symmetries import SymmetryGroup
-from weissi_cli.verify import ChainVerification, Verification
+from weissi_cli.verification import ChainVerification, Verification
 
 SCHEMA = "weissi.rebalance/1"
 
