@@ -7,38 +7,20 @@ from shapes); a row whose sizes depend on the data raises `Unsupported`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from weissi_cli.io.onnx_model import Node, tensor_array
 from weissi_cli.structure.onnx_graph import Builder, Unsupported
-
-RowFunction = Callable[[Builder, Node, list[Any]], list[Any]]
-
-
-def _aten() -> Any:
-    import torch
-
-    return torch.ops.aten
-
-
-def _attr(node: Node, name: str, default: Any = None) -> Any:
-    return node.attributes.get(name, default)
-
-
-def _axis(axis: int, rank: int) -> int:
-    if not -rank <= axis < max(rank, 1):
-        raise Unsupported(f"axis {axis} of a rank-{rank} tensor")
-    return axis % max(rank, 1)
+from weissi_cli.structure.onnx_rows import RowFunction, aten_ops, attribute, normalised_axis
 
 
 def _ints_input(b: Builder, node: Node, inputs: list[Any], index: int, name: str) -> Any:
     """Axes or sizes from an input (newer opsets) or an attribute (older ones)."""
     if len(inputs) > index and inputs[index] is not None:
         return b.ints(inputs[index])
-    return _attr(node, name)
+    return attribute(node, name)
 
 
 # -- values known from the file or the shapes -------------------------------------------------
@@ -60,7 +42,7 @@ def constant(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
 
 def shape(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
     sizes = list(b.shape(inputs[0]))
-    start, end = _attr(node, "start", 0), _attr(node, "end")
+    start, end = attribute(node, "start", 0), attribute(node, "end")
     return [b.known(np.array(sizes[slice(start, end)], dtype=np.int64))]
 
 
@@ -70,7 +52,7 @@ def size(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
 
 def constant_of_shape(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
     sizes = b.ints(inputs[0])
-    value = _attr(node, "value")
+    value = attribute(node, "value")
     fill = (
         tensor_array(b.model, value).reshape(-1) if value is not None else np.zeros(1, np.float32)
     )
@@ -81,7 +63,7 @@ def range_of(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
     start, limit, delta = (b.scalar(v) for v in inputs[:3])
     if any(b.is_node(v) for v in (start, limit, delta)):
         raise Unsupported("a range whose bounds depend on the data")
-    return [b.call(_aten().arange.start_step, start, limit, delta, dtype=b.dtype(inputs[0]))]
+    return [b.call(aten_ops().arange.start_step, start, limit, delta, dtype=b.dtype(inputs[0]))]
 
 
 # -- views ---------------------------------------------------------------------------------------
@@ -90,27 +72,27 @@ def range_of(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
 def reshape(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
     x = inputs[0]
     source = list(b.shape(x))
-    target = b.ints(inputs[1]) if b.opset >= 5 else list(_attr(node, "shape", []))
-    allow_zero = bool(_attr(node, "allowzero", 0))
+    target = b.ints(inputs[1]) if b.opset >= 5 else list(attribute(node, "shape", []))
+    allow_zero = bool(attribute(node, "allowzero", 0))
     sizes = [
         source[i] if (s == 0 and not allow_zero and i < len(source)) else s
         for i, s in enumerate(target)
     ]
-    return [b.call(_aten().reshape.default, x, sizes)]
+    return [b.call(aten_ops().reshape.default, x, sizes)]
 
 
 def flatten(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
     sizes = list(b.shape(inputs[0]))
-    axis = int(_attr(node, "axis", 1))
+    axis = int(attribute(node, "axis", 1))
     axis = axis % (len(sizes) + 1) if axis < 0 else axis
     outer = int(np.prod(sizes[:axis])) if axis else 1
-    return [b.call(_aten().reshape.default, inputs[0], [outer, int(np.prod(sizes[axis:]))])]
+    return [b.call(aten_ops().reshape.default, inputs[0], [outer, int(np.prod(sizes[axis:]))])]
 
 
 def transpose(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
     rank = len(b.shape(inputs[0]))
-    perm = list(_attr(node, "perm", list(reversed(range(rank)))))
-    return [b.call(_aten().permute.default, inputs[0], perm)]
+    perm = list(attribute(node, "perm", list(reversed(range(rank)))))
+    return [b.call(aten_ops().permute.default, inputs[0], perm)]
 
 
 def squeeze(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
@@ -118,10 +100,10 @@ def squeeze(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
     axes = _ints_input(b, node, inputs, 1, "axes")
     if axes is None:
         axes = [i for i, s in enumerate(sizes) if s == 1]
-    axes = sorted(_axis(a, len(sizes)) for a in axes)
+    axes = sorted(normalised_axis(a, len(sizes)) for a in axes)
     if not axes:
         return [inputs[0]]
-    return [b.call(_aten().squeeze.dims, inputs[0], axes)]
+    return [b.call(aten_ops().squeeze.dims, inputs[0], axes)]
 
 
 def unsqueeze(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
@@ -129,8 +111,8 @@ def unsqueeze(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
     axes = _ints_input(b, node, inputs, 1, "axes") or []
     out_rank = rank + len(axes)
     result = inputs[0]
-    for axis in sorted(_axis(a, out_rank) for a in axes):
-        result = b.call(_aten().unsqueeze.default, result, axis)
+    for axis in sorted(normalised_axis(a, out_rank) for a in axes):
+        result = b.call(aten_ops().unsqueeze.default, result, axis)
     return [result]
 
 
@@ -145,23 +127,23 @@ def expand(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
         if have != want and 1 not in (have, want):
             raise Unsupported(f"Expand of size {have} to {want}")
         out.append(max(have, want))
-    return [b.call(_aten().expand.default, inputs[0], out)]
+    return [b.call(aten_ops().expand.default, inputs[0], out)]
 
 
 def tile(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
-    return [b.call(_aten().repeat.default, inputs[0], b.ints(inputs[1]))]
+    return [b.call(aten_ops().repeat.default, inputs[0], b.ints(inputs[1]))]
 
 
 def concat(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
     parts = [v for v in inputs if v is not None]
     rank = len(b.shape(parts[0]))
-    axis = _axis(int(_attr(node, "axis", 0)), rank)
-    return [b.call(_aten().cat.default, parts, axis)]
+    axis = normalised_axis(int(attribute(node, "axis", 0)), rank)
+    return [b.call(aten_ops().cat.default, parts, axis)]
 
 
 def split(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
     sizes = list(b.shape(inputs[0]))
-    axis = _axis(int(_attr(node, "axis", 0)), len(sizes))
+    axis = normalised_axis(int(attribute(node, "axis", 0)), len(sizes))
     parts = _ints_input(b, node, inputs, 1, "split")
     count = len(node.outputs)
     if not parts:
@@ -170,7 +152,7 @@ def split(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
         parts = [min(step, total - i * step) for i in range(count)]
     if sum(parts) != sizes[axis] or len(parts) != count:
         raise Unsupported("a split whose parts do not add up")
-    return list(b.call(_aten().split_with_sizes.default, inputs[0], parts, axis))
+    return list(b.call(aten_ops().split_with_sizes.default, inputs[0], parts, axis))
 
 
 def slice_of(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
@@ -181,31 +163,31 @@ def slice_of(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
         axes = b.ints(inputs[3]) if len(inputs) > 3 and inputs[3] is not None else None
         steps = b.ints(inputs[4]) if len(inputs) > 4 and inputs[4] is not None else None
     else:
-        starts, ends = list(_attr(node, "starts")), list(_attr(node, "ends"))
-        axes, steps = _attr(node, "axes"), None
+        starts, ends = list(attribute(node, "starts")), list(attribute(node, "ends"))
+        axes, steps = attribute(node, "axes"), None
     axes = list(axes) if axes is not None else list(range(len(starts)))
     steps = list(steps) if steps is not None else [1] * len(starts)
     if not b.is_node(x):
         index = [slice(None)] * len(sizes)
         for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
-            index[_axis(axis, len(sizes))] = slice(*_clamp(start, end, step, sizes[axis]))
+            index[normalised_axis(axis, len(sizes))] = slice(*_clamp(start, end, step, sizes[axis]))
         array = x.numpy()[tuple(index)]
         return [b.known(np.array(array))]
     result = x
     for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
-        dim = _axis(axis, len(sizes))
+        dim = normalised_axis(axis, len(sizes))
         positions = np.arange(sizes[dim])[slice(*_clamp(start, end, step, sizes[dim]))]
         if step < 0:  # backwards: reverse the axis, then take the positions forwards
             if not positions.size:
                 raise Unsupported("an empty backward slice")
-            result = b.call(_aten().flip.default, result, [dim])
+            result = b.call(aten_ops().flip.default, result, [dim])
             positions = sizes[dim] - 1 - positions
             step = -step
         low = int(positions[0]) if positions.size else 0
         high = int(positions[-1]) + 1 if positions.size else 0
         if (low, high, step) == (0, sizes[dim], 1):
             continue
-        result = b.call(_aten().slice.Tensor, result, dim, low, high, step)
+        result = b.call(aten_ops().slice.Tensor, result, dim, low, high, step)
     return [result]
 
 
@@ -227,8 +209,8 @@ def gather(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
     select); other known or data indices (an indexing, whose axis the data decides)."""
     data, indices = inputs[0], inputs[1]
     sizes = list(b.shape(data))
-    axis = _axis(int(_attr(node, "axis", 0)), len(sizes))
-    aten = _aten()
+    axis = normalised_axis(int(attribute(node, "axis", 0)), len(sizes))
+    aten = aten_ops()
     if not b.is_node(data) and not b.is_node(indices):
         index = indices.numpy().astype(np.int64)
         index = np.where(index < 0, index + sizes[axis], index)
@@ -245,27 +227,27 @@ def gather(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
 
 
 def gather_elements(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
-    axis = _axis(int(_attr(node, "axis", 0)), len(b.shape(inputs[0])))
-    return [b.call(_aten().gather.default, inputs[0], axis, inputs[1])]
+    axis = normalised_axis(int(attribute(node, "axis", 0)), len(b.shape(inputs[0])))
+    return [b.call(aten_ops().gather.default, inputs[0], axis, inputs[1])]
 
 
 def gather_nd(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
-    if _attr(node, "batch_dims", 0):
+    if attribute(node, "batch_dims", 0):
         raise Unsupported("GatherND with batch_dims")
     data, indices = inputs[0], inputs[1]
     depth = b.shape(indices)[-1]
-    aten = _aten()
+    aten = aten_ops()
     picks = [b.call(aten.select.int, indices, -1, k) for k in range(depth)]
     return [b.call(aten.index.Tensor, data, picks)]
 
 
 def pad(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
-    mode = _attr(node, "mode", b"constant")
+    mode = attribute(node, "mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
     sizes = list(b.shape(inputs[0]))
     rank = len(sizes)
     pads = _ints_input(b, node, inputs, 1, "pads") or [0] * (2 * rank)
-    value = _attr(node, "value", 0.0)
+    value = attribute(node, "value", 0.0)
     if b.opset >= 11 and len(inputs) > 2 and inputs[2] is not None:
         value = b.scalar(inputs[2])
     axes = b.ints(inputs[3]) if len(inputs) > 3 and inputs[3] is not None else list(range(rank))
@@ -274,7 +256,7 @@ def pad(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
     count = len(axes)
     full = [0] * (2 * rank)
     for index, axis in enumerate(axes):
-        dim = _axis(axis, rank)
+        dim = normalised_axis(axis, rank)
         full[dim], full[dim + rank] = pads[index], pads[index + count]
     padded = [d for d in range(rank) if full[d] or full[d + rank]]
     torch_pads: list[int] = []
@@ -282,14 +264,14 @@ def pad(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
         torch_pads += [full[dim], full[dim + rank]]
     if not torch_pads:
         return [inputs[0]]
-    return [b.call(_aten().constant_pad_nd.default, inputs[0], torch_pads, float(value))]
+    return [b.call(aten_ops().constant_pad_nd.default, inputs[0], torch_pads, float(value))]
 
 
 def resize(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
     """Nearest or linear resizing over the trailing axes to a known size."""
     x = inputs[0]
     sizes = list(b.shape(x))
-    mode = _attr(node, "mode", b"nearest")
+    mode = attribute(node, "mode", b"nearest")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
     target = None
     if node.op_type == "Resize" and len(inputs) > 3 and inputs[3] is not None:
@@ -310,13 +292,13 @@ def resize(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
     if target[:2] != sizes[:2] or len(sizes) not in (3, 4, 5):
         raise Unsupported("a resize of the batch or channel axis")
     out = target[2:]
-    aten = _aten()
+    aten = aten_ops()
     count = len(out)
     if mode == "nearest":
         op = {1: aten.upsample_nearest1d, 2: aten.upsample_nearest2d, 3: aten.upsample_nearest3d}
         return [b.call(op[count].vec, x, out, None)]
     if mode == "linear":
-        corners = _attr(node, "coordinate_transformation_mode", b"half_pixel")
+        corners = attribute(node, "coordinate_transformation_mode", b"half_pixel")
         align = (
             corners.decode() if isinstance(corners, bytes) else str(corners)
         ) == "align_corners"
@@ -327,7 +309,7 @@ def resize(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
 
 def trilu(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
     k = b.ints(inputs[1])[0] if len(inputs) > 1 and inputs[1] is not None else 0
-    op = _aten().triu if _attr(node, "upper", 1) else _aten().tril
+    op = aten_ops().triu if attribute(node, "upper", 1) else aten_ops().tril
     return [b.call(op.default, inputs[0], k)]
 
 
@@ -337,12 +319,12 @@ def attention(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
     mask = inputs[3] if len(inputs) > 3 else None
     if len(b.shape(q)) != 4 or len(inputs) > 4 and any(x is not None for x in inputs[4:]):
         raise Unsupported("Attention on 3-D inputs or with a cache")
-    if _attr(node, "softcap", 0.0) or _attr(node, "qk_matmul_output_mode", 0):
+    if attribute(node, "softcap", 0.0) or attribute(node, "qk_matmul_output_mode", 0):
         raise Unsupported("Attention with softcap or extra outputs")
-    causal = bool(_attr(node, "is_causal", 0))
-    scale = _attr(node, "scale")
+    causal = bool(attribute(node, "is_causal", 0))
+    scale = attribute(node, "scale")
     out = b.call(
-        _aten().scaled_dot_product_attention.default,
+        aten_ops().scaled_dot_product_attention.default,
         q,
         k,
         v,
