@@ -16,13 +16,9 @@ import pytest
 
 from weissi_cli import output_files
 from weissi_cli.errors import OutputError
-from weissi_cli.output_files import (
-    MARKER,
-    Staging,
-    clean_leftovers,
-    rename_noreplace,
-    write_report_file,
-)
+from weissi_cli.output_files import MARKER, Staging, rename_noreplace
+from weissi_cli.output_leftovers import clean_leftovers
+from weissi_cli.report_files import write_report_file
 
 
 def leftovers(folder: Path) -> list[str]:

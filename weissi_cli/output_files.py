@@ -113,7 +113,7 @@ def rename_noreplace(source: Path, target: Path) -> None:
     # No atomic way on this file system: a folder renamed onto an existing one replaces it
     # only when it is empty (ENOTEMPTY otherwise), so nothing can be lost there; for a file
     # the check and the rename are two steps.
-    if os.path.lexists(target) and not (source.is_dir() and _is_empty_folder(target)):
+    if os.path.lexists(target) and not (source.is_dir() and is_empty_folder(target)):
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
     os.rename(source, target)
 
@@ -143,7 +143,7 @@ def _lstat(path: Path) -> os.stat_result | None:
         return None
 
 
-def _is_empty_folder(path: Path) -> bool:
+def is_empty_folder(path: Path) -> bool:
     try:
         with os.scandir(path) as entries:
             return next(entries, None) is None
@@ -351,7 +351,7 @@ class Staging:
         with contextlib.suppress(OSError):
             _empty(self.root)
             _step("emptied", self.destination)
-            _remove_tree(self.root)
+            remove_tree(self.root)
 
     def discard(self) -> None:
         """Remove the staging folder, first moving back a folder set aside for a swap."""
@@ -372,7 +372,7 @@ class Staging:
                     f"{shlex.quote(str(self.destination))}"
                 ) from None
         with contextlib.suppress(OSError):  # what stays is removed by the next run
-            _remove_tree(self.root)
+            remove_tree(self.root)
 
     def _place_file(self, force: bool) -> None:
         if not force:
@@ -459,7 +459,7 @@ def _write_marker(root: Path, destination: str) -> None:
     marker = {
         "kind": MARKER_KIND,
         "pid": os.getpid(),
-        "started": _start_time(os.getpid()),
+        "started": start_time(os.getpid()),
         "host": socket.gethostname(),
         "destination": destination,
     }
@@ -472,7 +472,7 @@ def _write_marker(root: Path, destination: str) -> None:
         os.close(descriptor)
 
 
-def _remove_tree(root: Path) -> None:
+def remove_tree(root: Path) -> None:
     """Remove a staging folder, its marker last: a removal cut short leaves a folder that is
     still recognised as weissi's (and removed by the next run)."""
     if os.path.lexists(root):
@@ -502,10 +502,7 @@ def _writable_and_retry(function: Callable[..., object], name: str, _: object) -
         function(name)
 
 
-# --- leftovers of killed runs --------------------------------------------------------------
-
-
-def _start_time(pid: int) -> int | None:
+def start_time(pid: int) -> int | None:
     """When the process started (clock ticks since boot, Linux), to tell it from a later
     process that reuses its id."""
     try:
@@ -513,136 +510,3 @@ def _start_time(pid: int) -> int | None:
         return int(text.rsplit(")", 1)[1].split()[19])
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _alive(pid: int, started: int | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except PermissionError:
-        pass  # another user's process
-    except (OSError, OverflowError, ValueError):
-        return False
-    now = _start_time(pid)
-    return started is None or now is None or now == started
-
-
-def _read_marker(root: Path) -> dict[str, object] | None:
-    """The marker of a staging folder, if it is one weissi wrote (never through a link)."""
-    try:
-        with open(os.open(root / MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as file:
-            marker = json.loads(file.read(1 << 16).decode("utf-8", "surrogateescape"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(marker, dict) or marker.get("kind") != MARKER_KIND:
-        return None
-    name = marker.get("destination")
-    pid = marker.get("pid")
-    if (
-        not isinstance(pid, int)
-        or pid <= 0
-        or not isinstance(name, str)
-        or name in ("", ".", "..")
-        or "/" in name
-    ):
-        return None
-    return marker
-
-
-def staging_folders(parent: Path) -> list[Path]:
-    """The folders in `parent` named like weissi's staging folders."""
-    try:
-        with os.scandir(parent) as entries:
-            return sorted(
-                Path(entry.path)
-                for entry in entries
-                if entry.name.startswith(STAGING_PREFIX) and entry.is_dir(follow_symlinks=False)
-            )
-    except OSError:
-        return []
-
-
-def clean_leftovers(parent: Path) -> list[str]:
-    """Remove what killed weissi runs left in `parent`, finishing a folder swap that a kill
-    interrupted between its two renames. Notes on what was done, and on staging folders
-    that may not be removed from here (another host's, or without a marker), each with the
-    command that removes it."""
-    notes = []
-    for root in staging_folders(parent):
-        marker = _read_marker(root)
-        remove = f"rm -rf {shlex.quote(str(root))}"
-        if marker is None:
-            if _is_empty_folder(root):  # killed between making it and writing the marker
-                with contextlib.suppress(OSError):
-                    root.rmdir()
-                continue
-            notes.append(
-                f"{root}: named like a weissi staging folder but has no marker; if no weissi "
-                f"run is writing there, remove it: {remove}"
-            )
-            continue
-        pid = int(marker["pid"])  # type: ignore[call-overload]
-        if marker.get("host") != socket.gethostname():
-            notes.append(
-                f"{root}: left by a weissi run on {marker.get('host')} (process {pid}); once "
-                f"that run is over, remove it: {remove}"
-            )
-            continue
-        started = marker.get("started")
-        if _alive(pid, started if isinstance(started, int) else None):
-            continue  # a running weissi is writing there
-        try:
-            note = _finish_swap(root, parent / str(marker["destination"]))
-            _remove_tree(root)
-        except OSError as error:
-            notes.append(
-                f"{root}: left by a killed weissi run, and cannot be removed "
-                f"({error.strerror}); remove it: {remove}"
-            )
-            continue
-        notes.append(note or f"removed {root}, left by a killed weissi run")
-    return notes
-
-
-def _finish_swap(root: Path, destination: Path) -> str | None:
-    """A swap killed between moving the old folder aside and moving the new one in: the new
-    folder is complete (it was staged and verified before), so it goes in place; without it,
-    the old one goes back."""
-    old = root / "old" / destination.name
-    new = root / "new" / destination.name
-    if not os.path.lexists(old) or os.path.lexists(destination):
-        return None
-    if os.path.isdir(new) and not os.path.islink(new):
-        os.rename(new, destination)
-        done = f"{destination}: finished replacing it, which a killed weissi run had begun"
-    else:
-        os.rename(old, destination)
-        done = f"{destination}: put back the folder a killed weissi run had moved aside"
-    fsync_directory(destination.parent)
-    return done
-
-
-# --- report files --------------------------------------------------------------------------
-
-
-def write_report_file(
-    path: Path, data: bytes, force: bool, protect: Iterable[Path] = ()
-) -> list[str]:
-    """Write `data` to `path` atomically: never over an existing file without `force`, never
-    over an input in `protect`, never through a link. Notes on leftovers of killed runs
-    cleaned up on the way."""
-    check_file_destination(path, force, protect)
-    notes = clean_leftovers(path.parent)
-    try:
-        staging = Staging(path, folder=False)
-        try:
-            with open(staging.item, "wb") as handle:  # this run's own file, in its own folder
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-        except BaseException:
-            staging.discard()
-            raise
-    except OSError as error:
-        raise output_error(path, error) from None
-    staging.commit(force)
-    return notes

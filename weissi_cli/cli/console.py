@@ -222,7 +222,7 @@ def emit(text: str, output: Path | None, force: bool, protect: Sequence[Path]) -
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         sys.stdout.flush()
         return []
-    from weissi_cli.output_files import write_report_file
+    from weissi_cli.report_files import write_report_file
 
     notes = write_report_file(output, text.encode("utf-8"), force, protect)
     print_note(f"wrote {output}")

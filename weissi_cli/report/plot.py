@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from weissi_cli.errors import UsageError
-from weissi_cli.output_files import write_report_file
 from weissi_cli.report.inspect import InspectReport
 from weissi_cli.report.printable import printable as _printable
 from weissi_cli.report.symmetries import SymmetryGroup
+from weissi_cli.report_files import write_report_file
 
 PLOT_FORMATS = (".png", ".svg")
 # At most this many tick labels on an axis: more would overlap at the font sizes used.
@@ -322,7 +322,7 @@ def write_plot(
     report: InspectReport, path: Path, force: bool = False, protect: Iterable[Path] = ()
 ) -> list[str]:
     """Draw the report to `path` (its suffix says the format), written as every report file
-    is (see output_files.write_report_file, whose notes are returned)."""
+    is (see report_files.write_report_file, whose notes are returned)."""
     suffix = path.suffix.lower()
     if suffix not in PLOT_FORMATS:
         raise UsageError(f"{path}: --plot writes .png or .svg files")

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from weissi_cli.errors import UsageError
-from weissi_cli.output_files import write_report_file
 from weissi_cli.report.plot import PLOT_FORMATS, pyplot_or_error
 from weissi_cli.report.trend import TrendReport
+from weissi_cli.report_files import write_report_file
 
 # A y range wider than this ratio is drawn on a log scale.
 LOG_ABOVE_RATIO = 20.0

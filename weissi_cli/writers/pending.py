@@ -20,11 +20,11 @@ from weissi_cli.output_files import (
     check_file_destination,
     check_name,
     check_parent,
-    clean_leftovers,
     holds_a_model,
     output_error,
     refuse_link,
 )
+from weissi_cli.output_leftovers import clean_leftovers
 
 
 class BackgroundSync:
