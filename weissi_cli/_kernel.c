@@ -11,9 +11,13 @@
  *
  * Why C: numpy needs five or six passes over a chunk for the statistics alone (decode, abs,
  * max, squares, L1, axis sums), which left bfloat16 at a third of memory bandwidth. Here
- * every value is decoded once and every sum accumulates in double, so there is no float32
- * drift, no overflow of squares, and no special path for huge or tiny values. Non-finite
- * values are counted and left out of every sum, as in the numpy reference
+ * every value is decoded once. Sums run in float vectors over blocks of a few hundred
+ * values (BLOCK, or half or twice it where rows are summed together), and each block's sums
+ * are added to double totals: the float error stays within one block and nothing drifts
+ * across blocks. A chunk holding a non-finite value, or whose largest magnitude lies outside
+ * [SAFE_LOW, SAFE_HIGH] (where float squares could overflow, or the sum lose its small
+ * values), is summed again in double.
+ * Non-finite values are counted and left out of every sum, as in the numpy reference
  * (stats.reduce_float64). AVX2+FMA code runs where the CPU has it, portable code elsewhere.
  *
  * The module is optional: without a compiler weissi falls back to numpy, and the tests
