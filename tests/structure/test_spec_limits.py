@@ -3,7 +3,10 @@ malformed TOML refused as bad input."""
 
 from __future__ import annotations
 
+import gc
+import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +43,27 @@ def long_chain(folder: Path, layers: int) -> tuple[Path, Described]:
     return path, Described(infos)
 
 
+def cpu_seconds(work: Callable[[], object], runs: int = 2) -> float:
+    """The least CPU time of this process over `runs` runs of `work`: CPU time, not wall
+    time, so that other processes on a shared machine do not count, and the least, so that
+    a garbage collection in one run does not either."""
+    best = math.inf
+    for _ in range(runs):
+        gc.collect()
+        start = time.process_time()
+        work()
+        best = min(best, time.process_time() - start)
+    return best
+
+
 def seconds_to_read(folder: Path, layers: int) -> float:
     path, checkpoint = long_chain(folder, layers)
-    start = time.perf_counter()
-    structure = structure_from_spec(path, checkpoint)
-    elapsed = time.perf_counter() - start
-    assert structure.chains[0].depth == layers
-    return elapsed
+
+    def read() -> None:
+        structure = structure_from_spec(path, checkpoint)
+        assert structure.chains[0].depth == layers
+
+    return cpu_seconds(read)
 
 
 @pytest.mark.slow
@@ -73,10 +90,12 @@ def test_many_chains_and_symmetries_are_read_in_linear_time(tmp_path: Path) -> N
             ]
         path = tmp_path / f"many{count}.toml"
         path.write_text("\n".join(lines) + "\n")
-        start = time.perf_counter()
-        structure = structure_from_spec(path, Described(infos))
-        assert len(structure.chains) == len(structure.symmetries) == count
-        return time.perf_counter() - start
+
+        def parse() -> None:
+            structure = structure_from_spec(path, Described(infos))
+            assert len(structure.chains) == len(structure.symmetries) == count
+
+        return cpu_seconds(parse)
 
     small, large = read(2_000), read(8_000)
     assert large < 7 * small + 0.5, (small, large)
