@@ -613,11 +613,12 @@ static PyObject *totals_tuple(Totals totals) {
                          totals.nonfinite);
 }
 
-static PyObject *reduce_chunk(PyObject *Py_UNUSED(self), PyObject *args) {
+static const char *REDUCE_CHUNK_KEYWORDS[] = {"data", "dtype_code", "count", "row_width", "columns", "mode", "out", NULL};
+static PyObject *reduce_chunk(PyObject *Py_UNUSED(self), PyObject *args, PyObject *kwargs) {
     Py_buffer data, out;
     int dtype, mode;
     Py_ssize_t count, row_width, columns;
-    if (!PyArg_ParseTuple(args, "y*innniw*", &data, &dtype, &count, &row_width, &columns, &mode,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*innniw*", (char **)REDUCE_CHUNK_KEYWORDS, &data, &dtype, &count, &row_width, &columns, &mode,
                           &out))
         return NULL;
     Py_ssize_t itemsize = dtype == FLOAT32 ? 4 : 2;
@@ -663,12 +664,13 @@ static int read_fully(int fd, char *buffer, size_t want, long long offset) {
  * instead of a Python read and a Python call per piece. COLUMNS mode needs `out` to hold
  * 2 x columns (the second half stages each piece's sums). Raises EOFError when the file
  * ends early and OSError when a read fails. */
-static PyObject *reduce_range(PyObject *Py_UNUSED(self), PyObject *args) {
+static const char *REDUCE_RANGE_KEYWORDS[] = {"fd", "offset", "scratch", "dtype_code", "count", "row_width", "columns", "mode", "out", NULL};
+static PyObject *reduce_range(PyObject *Py_UNUSED(self), PyObject *args, PyObject *kwargs) {
     Py_buffer scratch, out;
     int fd, dtype, mode;
     long long offset;
     Py_ssize_t count, row_width, columns;
-    if (!PyArg_ParseTuple(args, "iLw*innniw*", &fd, &offset, &scratch, &dtype, &count,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iLw*innniw*", (char **)REDUCE_RANGE_KEYWORDS, &fd, &offset, &scratch, &dtype, &count,
                           &row_width, &columns, &mode, &out))
         return NULL;
     Py_ssize_t itemsize = dtype == FLOAT32 ? 4 : 2;
@@ -964,12 +966,11 @@ static PyObject *check_tuple(CheckTotals found) {
                          (double)found.rewritten.largest, found.rewritten.nonfinite);
 }
 
-/* The value check of values in memory, for check_values and check_chunk: releases the
- * buffers; returns (checked, bad, worst), and with `measure` the rewritten values'
- * statistics too. */
+/* The value check of values in memory, for check_values: releases the buffers; returns
+ * (checked, bad, worst). */
 static PyObject *check_in_memory(Py_buffer *old, Py_buffer *new, int dtype, Py_ssize_t count,
                                  Py_ssize_t row_width, double scalar, Py_buffer *row_factors,
-                                 Py_buffer *pattern, double unit, double floor, int measure) {
+                                 Py_buffer *pattern, double unit, double floor) {
     Py_ssize_t itemsize = dtype == FLOAT32 ? 4 : 2;
     const char *problem = NULL;
     if (dtype != FLOAT32 && dtype != BFLOAT16) problem = "the check reads float32 or bfloat16";
@@ -983,12 +984,8 @@ static PyObject *check_in_memory(Py_buffer *old, Py_buffer *new, int dtype, Py_s
         const double *factors = row_factors->len ? (const double *)row_factors->buf : NULL;
         const double *along = pattern->len ? (const double *)pattern->buf : NULL;
         Py_BEGIN_ALLOW_THREADS
-        if (measure)
-            check_and_measure(old->buf, new->buf, dtype, rows, row_width, scalar, factors,
-                              along, unit, floor, &found);
-        else
-            check_piece(old->buf, new->buf, dtype, rows, row_width, scalar, factors, along,
-                        unit, floor, &found);
+        check_piece(old->buf, new->buf, dtype, rows, row_width, scalar, factors, along, unit,
+                    floor, &found);
         Py_END_ALLOW_THREADS
     }
     PyBuffer_Release(old);
@@ -996,37 +993,22 @@ static PyObject *check_in_memory(Py_buffer *old, Py_buffer *new, int dtype, Py_s
     PyBuffer_Release(row_factors);
     PyBuffer_Release(pattern);
     if (raise_failure(problem, 0)) return NULL;
-    if (measure) return check_tuple(found);
     return Py_BuildValue("(nnd)", found.checked, found.bad, found.worst);
 }
 
 /* check_range's value check of float32 values already in memory (decoded from any
  * storage dtype, which float32 holds exactly): `count` values, whole rows of `row_width`.
  * Returns (checked, bad, worst). */
-static PyObject *check_values(PyObject *Py_UNUSED(self), PyObject *args) {
+static const char *CHECK_VALUES_KEYWORDS[] = {"old", "new", "count", "row_width", "scalar", "row_factors", "pattern", "unit", "floor", NULL};
+static PyObject *check_values(PyObject *Py_UNUSED(self), PyObject *args, PyObject *kwargs) {
     Py_buffer old, new, row_factors, pattern;
     Py_ssize_t count, row_width;
     double scalar, unit, floor;
-    if (!PyArg_ParseTuple(args, "y*y*nndy*y*dd", &old, &new, &count, &row_width, &scalar,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*y*nndy*y*dd", (char **)CHECK_VALUES_KEYWORDS, &old, &new, &count, &row_width, &scalar,
                           &row_factors, &pattern, &unit, &floor))
         return NULL;
     return check_in_memory(&old, &new, FLOAT32, count, row_width, scalar, &row_factors,
-                           &pattern, unit, floor, 0);
-}
-
-/* check_range's check of a chunk whose values are both in memory: `old` as read from the
- * original, `new` as read back from the written file (float32 or bfloat16, `count` values,
- * whole rows of `row_width`). Returns what check_range returns. */
-static PyObject *check_chunk(PyObject *Py_UNUSED(self), PyObject *args) {
-    Py_buffer old, new, row_factors, pattern;
-    int dtype;
-    Py_ssize_t count, row_width;
-    double scalar, unit, floor;
-    if (!PyArg_ParseTuple(args, "y*y*inndy*y*dd", &old, &new, &dtype, &count, &row_width,
-                          &scalar, &row_factors, &pattern, &unit, &floor))
-        return NULL;
-    return check_in_memory(&old, &new, dtype, count, row_width, scalar, &row_factors, &pattern,
-                           unit, floor, 1);
+                           &pattern, unit, floor);
 }
 
 /* The value check of a rewrite, reading both files itself: `count` values (whole rows of
@@ -1034,13 +1016,14 @@ static PyObject *check_chunk(PyObject *Py_UNUSED(self), PyObject *args) {
  * `row_factors` holding these rows' factors (or empty). Also measures the rewritten
  * values as reduce_chunk does. Returns (checked, bad, worst, sum_squares, l1, max_abs,
  * nonfinite). */
-static PyObject *check_range(PyObject *Py_UNUSED(self), PyObject *args) {
+static const char *CHECK_RANGE_KEYWORDS[] = {"old_fd", "old_offset", "new_fd", "new_offset", "old_scratch", "new_scratch", "dtype_code", "count", "row_width", "scalar", "row_factors", "pattern", "unit", "floor", NULL};
+static PyObject *check_range(PyObject *Py_UNUSED(self), PyObject *args, PyObject *kwargs) {
     Py_buffer old_scratch, new_scratch, row_factors, pattern;
     int old_fd, new_fd, dtype;
     long long old_offset, new_offset;
     Py_ssize_t count, row_width;
     double scalar, unit, floor;
-    if (!PyArg_ParseTuple(args, "iLiLw*w*inndy*y*dd", &old_fd, &old_offset, &new_fd,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iLiLw*w*inndy*y*dd", (char **)CHECK_RANGE_KEYWORDS, &old_fd, &old_offset, &new_fd,
                           &new_offset, &old_scratch, &new_scratch, &dtype, &count, &row_width,
                           &scalar, &row_factors, &pattern, &unit, &floor))
         return NULL;
@@ -1280,23 +1263,22 @@ static void scale_values_portable(const void *source, void *data, int dtype, Py_
     scale_values(source, data, dtype, start, stop, row_factor, pattern);
 }
 
-/* Scale `count` float32 or bfloat16 values, whole rows of `row_width`: value (row, k) by
- * scalar · row_factors[row] · pattern[k] (either array may be empty). In place, or from
- * the optional `source` into `data` (so the caller keeps the originals to check against). */
-static PyObject *scale_chunk(PyObject *Py_UNUSED(self), PyObject *args) {
-    Py_buffer data, row_factors, pattern, source = {0};
+/* Scale `count` float32 or bfloat16 values in place, whole rows of `row_width`: value
+ * (row, k) by scalar · row_factors[row] · pattern[k] (either array may be empty). */
+static const char *SCALE_CHUNK_KEYWORDS[] = {"data", "dtype_code", "count", "row_width", "scalar", "row_factors", "pattern", NULL};
+static PyObject *scale_chunk(PyObject *Py_UNUSED(self), PyObject *args, PyObject *kwargs) {
+    Py_buffer data, row_factors, pattern;
     int dtype;
     Py_ssize_t count, row_width;
     double scalar;
-    if (!PyArg_ParseTuple(args, "w*inndy*y*|y*", &data, &dtype, &count, &row_width, &scalar,
-                          &row_factors, &pattern, &source))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "w*inndy*y*", (char **)SCALE_CHUNK_KEYWORDS, &data, &dtype, &count, &row_width, &scalar,
+                          &row_factors, &pattern))
         return NULL;
     Py_ssize_t itemsize = dtype == FLOAT32 ? 4 : 2;
     const char *problem = NULL;
     if (dtype != FLOAT32 && dtype != BFLOAT16) problem = "scale_chunk takes float32 or bfloat16";
     else if (count < 0 || row_width <= 0 || count % row_width) problem = "rows must be whole";
     else if (data.len < count * itemsize) problem = "buffer smaller than count";
-    else if (source.obj && source.len < count * itemsize) problem = "source smaller than count";
     Py_ssize_t rows = problem ? 0 : count / row_width;
     if (!problem) problem = factors_problem(&row_factors, &pattern, rows, row_width);
     const double *along = pattern.len ? (const double *)pattern.buf : NULL;
@@ -1306,7 +1288,7 @@ static PyObject *scale_chunk(PyObject *Py_UNUSED(self), PyObject *args) {
 #endif
     if (!problem) {
         const double *factors = row_factors.len ? (const double *)row_factors.buf : NULL;
-        const void *from = source.obj ? source.buf : data.buf;
+        const void *from = data.buf;
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t row = 0; row < rows; row++) {
             double row_factor = scalar * (factors ? factors[row] : 1.0);
@@ -1332,7 +1314,6 @@ static PyObject *scale_chunk(PyObject *Py_UNUSED(self), PyObject *args) {
     PyBuffer_Release(&data);
     PyBuffer_Release(&row_factors);
     PyBuffer_Release(&pattern);
-    if (source.obj) PyBuffer_Release(&source);
     if (raise_failure(problem, 0)) return NULL;
     Py_RETURN_NONE;
 }
@@ -1381,11 +1362,12 @@ static void maxima_loop(const void *data, int dtype, Py_ssize_t rows, Py_ssize_t
     }
 }
 
-static PyObject *maxima(PyObject *Py_UNUSED(self), PyObject *args) {
+static const char *MAXIMA_KEYWORDS[] = {"data", "dtype_code", "count", "row_width", "columns", "row_out", "column_out", NULL};
+static PyObject *maxima(PyObject *Py_UNUSED(self), PyObject *args, PyObject *kwargs) {
     Py_buffer data, row_out, column_out;
     int dtype;
     Py_ssize_t count, row_width, columns;
-    if (!PyArg_ParseTuple(args, "y*innnw*w*", &data, &dtype, &count, &row_width, &columns,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*innnw*w*", (char **)MAXIMA_KEYWORDS, &data, &dtype, &count, &row_width, &columns,
                           &row_out, &column_out))
         return NULL;
     Py_ssize_t itemsize = dtype == FLOAT32 ? 4 : 2;
@@ -1448,12 +1430,13 @@ static Totals details_block(const void *data, int dtype, Py_ssize_t rows, Py_ssi
  * bits per row into `row_out` (uint32, one per row) and, accumulated across calls, per
  * column into `column_out` (uint32) bits that are zero exactly where every value of the
  * column is ±0 (NaN is not). Returns (sum_squares, l1, max_abs, nonfinite). */
-static PyObject *details_range(PyObject *Py_UNUSED(self), PyObject *args) {
+static const char *DETAILS_RANGE_KEYWORDS[] = {"fd", "offset", "scratch", "dtype_code", "count", "row_width", "columns", "row_out", "column_out", NULL};
+static PyObject *details_range(PyObject *Py_UNUSED(self), PyObject *args, PyObject *kwargs) {
     Py_buffer scratch, row_out, column_out;
     int fd, dtype;
     long long offset;
     Py_ssize_t count, row_width, columns;
-    if (!PyArg_ParseTuple(args, "iLw*innnw*w*", &fd, &offset, &scratch, &dtype, &count,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iLw*innnw*w*", (char **)DETAILS_RANGE_KEYWORDS, &fd, &offset, &scratch, &dtype, &count,
                           &row_width, &columns, &row_out, &column_out))
         return NULL;
     Py_ssize_t itemsize = dtype == FLOAT32 ? 4 : 2;
@@ -1588,10 +1571,11 @@ static int shift_minima_matrix(const uint16_t *bits, Py_ssize_t rows, Py_ssize_t
     return 0;
 }
 
-static PyObject *shift_minima(PyObject *Py_UNUSED(self), PyObject *args) {
+static const char *SHIFT_MINIMA_KEYWORDS[] = {"bits", "count", "row_width", "columns", "down_table", "up_table", "rows_down", "rows_up", "columns_down", "columns_up", NULL};
+static PyObject *shift_minima(PyObject *Py_UNUSED(self), PyObject *args, PyObject *kwargs) {
     Py_buffer data, down_table, up_table, rows_down, rows_up, columns_down, columns_up;
     Py_ssize_t count, row_width, columns;
-    if (!PyArg_ParseTuple(args, "y*nnny*y*w*w*w*w*", &data, &count, &row_width, &columns,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*nnny*y*w*w*w*w*", (char **)SHIFT_MINIMA_KEYWORDS, &data, &count, &row_width, &columns,
                           &down_table, &up_table, &rows_down, &rows_up, &columns_down,
                           &columns_up))
         return NULL;
@@ -1633,33 +1617,29 @@ static PyObject *shift_minima(PyObject *Py_UNUSED(self), PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"reduce_chunk", reduce_chunk, METH_VARARGS,
+    {"reduce_chunk", (PyCFunction)(void (*)(void))reduce_chunk, METH_VARARGS | METH_KEYWORDS,
      "reduce_chunk(data, dtype_code, count, row_width, columns, mode, out) -> "
      "(sum_squares, l1, max_abs, nonfinite)"},
-    {"reduce_range", reduce_range, METH_VARARGS,
+    {"reduce_range", (PyCFunction)(void (*)(void))reduce_range, METH_VARARGS | METH_KEYWORDS,
      "reduce_range(fd, offset, scratch, dtype_code, count, row_width, columns, mode, out) -> "
      "(sum_squares, l1, max_abs, nonfinite): reduce_chunk over values read from a file"},
-    {"check_values", check_values, METH_VARARGS,
+    {"check_values", (PyCFunction)(void (*)(void))check_values, METH_VARARGS | METH_KEYWORDS,
      "check_values(old, new, count, row_width, scalar, row_factors, pattern, unit, floor) -> "
      "(checked, bad, worst): check_range on float32 values in memory"},
-    {"check_range", check_range, METH_VARARGS,
+    {"check_range", (PyCFunction)(void (*)(void))check_range, METH_VARARGS | METH_KEYWORDS,
      "check_range(old_fd, old_offset, new_fd, new_offset, old_scratch, new_scratch, "
      "dtype_code, count, row_width, scalar, row_factors, pattern, unit, floor) -> "
      "(checked, bad, worst, sum_squares, l1, max_abs, nonfinite)"},
-    {"check_chunk", check_chunk, METH_VARARGS,
-     "check_chunk(old, new, dtype_code, count, row_width, scalar, row_factors, pattern, unit, "
-     "floor) -> (checked, bad, worst, sum_squares, l1, max_abs, nonfinite): check_range on "
-     "values in memory"},
-    {"scale_chunk", scale_chunk, METH_VARARGS,
-     "scale_chunk(data, dtype_code, count, row_width, scalar, row_factors, pattern[, source]): "
-     "scale in place, or from source into data, rounding once"},
-    {"details_range", details_range, METH_VARARGS,
+    {"scale_chunk", (PyCFunction)(void (*)(void))scale_chunk, METH_VARARGS | METH_KEYWORDS,
+     "scale_chunk(data, dtype_code, count, row_width, scalar, row_factors, pattern): scale in "
+     "place, rounding once"},
+    {"details_range", (PyCFunction)(void (*)(void))details_range, METH_VARARGS | METH_KEYWORDS,
      "details_range(fd, offset, scratch, dtype_code, count, row_width, columns, row_out, "
      "column_out) -> (sum_squares, l1, max_abs, nonfinite), with maxima per row and column"},
-    {"maxima", maxima, METH_VARARGS,
+    {"maxima", (PyCFunction)(void (*)(void))maxima, METH_VARARGS | METH_KEYWORDS,
      "maxima(data, dtype_code, count, row_width, columns, row_out, column_out): the largest "
      "magnitude bits per row (uint32) and, max-accumulated, per column"},
-    {"shift_minima", shift_minima, METH_VARARGS,
+    {"shift_minima", (PyCFunction)(void (*)(void))shift_minima, METH_VARARGS | METH_KEYWORDS,
      "shift_minima(bits, count, row_width, columns, down_table, up_table, rows_down, rows_up, "
      "columns_down, columns_up): table minima per row, min-accumulated per column (int8)"},
     {NULL, NULL, 0, NULL},

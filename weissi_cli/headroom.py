@@ -92,9 +92,17 @@ def measure_headroom(checkpoint: Checkpoint, names: Iterable[str]) -> dict[str, 
                 rows_part = [limit[row : row + count] for limit in (limits[0], limits[2])]
                 if kernel.compiled is not None:
                     kernel.compiled.shift_minima(
-                        bits, count * width, width, columns, down_table, up_table,
-                        rows_part[0], rows_part[1], limits[1], limits[3],
-                    )  # fmt: skip
+                        bits=bits,
+                        count=count * width,
+                        row_width=width,
+                        columns=columns,
+                        down_table=down_table,
+                        up_table=up_table,
+                        rows_down=rows_part[0],
+                        rows_up=rows_part[1],
+                        columns_down=limits[1],
+                        columns_up=limits[3],
+                    )
                     continue
                 for index, table in enumerate((down_table, up_table)):
                     shifts = table[bits.reshape(count, columns, -1)]

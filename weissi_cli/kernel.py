@@ -1,9 +1,19 @@
-"""The compiled statistics kernel when it was built, else None (numpy does the work)."""
+"""The compiled kernel when it was built, else None (numpy does the work): its typed
+interface, and the one place that chooses it."""
 
 from __future__ import annotations
 
 import os
-from types import ModuleType
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import mmap
+    from typing import Any, TypeAlias
+
+    import numpy.typing as npt
+
+    # What the kernel reads and writes through the buffer protocol.
+    Data: TypeAlias = npt.NDArray[Any] | mmap.mmap | bytearray
 
 DISABLE_VARIABLE = "WEISSI_NO_KERNEL"  # =1: use the numpy kernel (tests compare the two)
 
@@ -11,16 +21,119 @@ DISABLE_VARIABLE = "WEISSI_NO_KERNEL"  # =1: use the numpy kernel (tests compare
 DTYPE_CODES = {"float32": 0, "bfloat16": 1}
 NO_AXES, ROWS, COLUMNS, MATRIX = 0, 1, 2, 3
 
+Totals = tuple[float, float, float, int]  # (sum of squares, L1, max |x|, non-finite count)
 
-def _load() -> ModuleType | None:
+
+class Kernel(Protocol):
+    """What `_kernel.c` provides (its stub is `_kernel.pyi`): call it with keywords."""
+
+    def reduce_chunk(
+        self,
+        data: Data,
+        dtype_code: int,
+        count: int,
+        row_width: int,
+        columns: int,
+        mode: int,
+        out: Data,
+    ) -> Totals: ...
+    def reduce_range(
+        self,
+        fd: int,
+        offset: int,
+        scratch: Data,
+        dtype_code: int,
+        count: int,
+        row_width: int,
+        columns: int,
+        mode: int,
+        out: Data,
+    ) -> Totals: ...
+    def check_values(
+        self,
+        old: Data,
+        new: Data,
+        count: int,
+        row_width: int,
+        scalar: float,
+        row_factors: Data,
+        pattern: Data,
+        unit: float,
+        floor: float,
+    ) -> tuple[int, int, float]: ...
+    def check_range(
+        self,
+        old_fd: int,
+        old_offset: int,
+        new_fd: int,
+        new_offset: int,
+        old_scratch: Data,
+        new_scratch: Data,
+        dtype_code: int,
+        count: int,
+        row_width: int,
+        scalar: float,
+        row_factors: Data,
+        pattern: Data,
+        unit: float,
+        floor: float,
+    ) -> tuple[int, int, float, float, float, float, int]: ...
+    def scale_chunk(
+        self,
+        data: Data,
+        dtype_code: int,
+        count: int,
+        row_width: int,
+        scalar: float,
+        row_factors: Data,
+        pattern: Data,
+    ) -> None: ...
+    def details_range(
+        self,
+        fd: int,
+        offset: int,
+        scratch: Data,
+        dtype_code: int,
+        count: int,
+        row_width: int,
+        columns: int,
+        row_out: Data,
+        column_out: Data,
+    ) -> Totals: ...
+    def maxima(
+        self,
+        data: Data,
+        dtype_code: int,
+        count: int,
+        row_width: int,
+        columns: int,
+        row_out: Data,
+        column_out: Data,
+    ) -> None: ...
+    def shift_minima(
+        self,
+        bits: Data,
+        count: int,
+        row_width: int,
+        columns: int,
+        down_table: Data,
+        up_table: Data,
+        rows_down: Data,
+        rows_up: Data,
+        columns_down: Data,
+        columns_up: Data,
+    ) -> None: ...
+
+
+def _load() -> Kernel | None:
     if os.environ.get(DISABLE_VARIABLE) == "1":
         return None
     try:
-        from weissi_cli import _kernel  # type: ignore[attr-defined]
+        from weissi_cli import _kernel
     except ImportError:
         return None
-    return _kernel  # type: ignore[no-any-return]
+    return _kernel
 
 
-compiled: ModuleType | None = _load()
+compiled: Kernel | None = _load()
 AVAILABLE = compiled is not None

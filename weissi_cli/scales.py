@@ -66,8 +66,8 @@ class TensorScale:
         )
 
     def chunk_arguments(self, start: int, count: int) -> tuple[int, float, Vector, Vector]:
-        """(row width, scalar, row factors, pattern) for the kernel's scale_chunk and
-        check_chunk over values start..start+count. A chunk of a uniform scale need not be
+        """(row width, scalar, row factors, pattern) for the kernel's scale_chunk over values
+        start..start+count. A chunk of a uniform scale need not be
         whole rows: it is then one "row"."""
         width = max(self.row_width if self.vectors else count, 1)
         return (width, self.scalar, *self.kernel_factors(start // width, count // width))

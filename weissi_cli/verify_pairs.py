@@ -97,7 +97,13 @@ class PairReader:
                 # torch pickle's tensor) instead of filling the buffer it was given.
                 raw = np.ascontiguousarray(raw).view(raw_numpy_dtype(new_dtype))
                 totals = compiled.reduce_chunk(
-                    raw, kernel.DTYPE_CODES[new_dtype], size, 0, 1, kernel.NO_AXES, NO_FACTORS
+                    data=raw,
+                    dtype_code=kernel.DTYPE_CODES[new_dtype],
+                    count=size,
+                    row_width=0,
+                    columns=1,
+                    mode=kernel.NO_AXES,
+                    out=NO_FACTORS,
                 )
                 state.partials.append(Partial(*totals))
             else:

@@ -61,14 +61,17 @@ class ElementCheck:
             and new.flags.c_contiguous
             and (tolerance := self.kernel_tolerance(dtype, scale)) is not None
         ):
+            row_factors, pattern = scale.kernel_factors(block.row, block.rows)
             checked, bad, worst = compiled.check_values(
-                old,
-                new,
-                block.rows * block.width,
-                max(block.width, 1),
-                scale.scalar,
-                *scale.kernel_factors(block.row, block.rows),
-                *tolerance,
+                old=old,
+                new=new,
+                count=block.rows * block.width,
+                row_width=max(block.width, 1),
+                scalar=scale.scalar,
+                row_factors=row_factors,
+                pattern=pattern,
+                unit=tolerance[0],
+                floor=tolerance[1],
             )
             self.add(name, checked, bad, worst)
             return
@@ -231,25 +234,29 @@ def check_tensor_in_kernel(
     def check(row: int, scratch: tuple[ReadBuffer, ReadBuffer]) -> None:
         count = min(per_task, rows - row)
         skip = row * width * itemsize
+        row_factors, pattern = scale.kernel_factors(row, count)
         try:
-            checked, bad, worst, *totals = compiled.check_range(
-                old_place[0],
-                old_place[1] + skip,
-                new_place[0],
-                new_place[1] + skip,
-                scratch[0],
-                scratch[1],
-                kernel.DTYPE_CODES[info.dtype],
-                count * width,
-                width,
-                scale.scalar,
-                *scale.kernel_factors(row, count),
-                *tolerance,
+            checked, bad, worst, sum_squares, l1, largest, nonfinite = compiled.check_range(
+                old_fd=old_place[0],
+                old_offset=old_place[1] + skip,
+                new_fd=new_place[0],
+                new_offset=new_place[1] + skip,
+                old_scratch=scratch[0],
+                new_scratch=scratch[1],
+                dtype_code=kernel.DTYPE_CODES[info.dtype],
+                count=count * width,
+                row_width=width,
+                scalar=scale.scalar,
+                row_factors=row_factors,
+                pattern=pattern,
+                unit=tolerance[0],
+                floor=tolerance[1],
             )
         except EOFError:
             raise ended_early(new_place[2]) from None
         elements.add(name, checked, bad, worst)
-        partials.append(Partial(*totals))  # list.append is atomic under the GIL
+        # list.append is atomic under the GIL
+        partials.append(Partial(sum_squares, l1, largest, nonfinite))
 
     run_round_robin(starts, lambda: (read_buffer(scratch_bytes), read_buffer(scratch_bytes)), check)
     return True

@@ -173,18 +173,42 @@ def test_bad_arguments_are_value_errors() -> None:
     with pytest.raises(ValueError, match="output too small"):
         kernel.compiled.reduce_chunk(np.zeros(12, np.float32), 0, 12, 4, 4, 3, np.zeros(4))
     empty = np.zeros(0)
-    with pytest.raises(ValueError, match="source smaller than count"):
+    with pytest.raises(ValueError, match="buffer smaller than count"):
         kernel.compiled.scale_chunk(
-            np.zeros(12, np.float32), 0, 12, 12, 2.0, empty, empty, np.zeros(11, np.float32)
+            data=np.zeros(11, np.float32),
+            dtype_code=0,
+            count=12,
+            row_width=12,
+            scalar=2.0,
+            row_factors=empty,
+            pattern=empty,
         )
     with pytest.raises(ValueError, match="buffers smaller than count"):
-        kernel.compiled.check_chunk(
-            np.zeros(12, np.float32), np.zeros(11, np.float32), 0, 12, 12, 2.0, empty, empty, 0, 0
+        kernel.compiled.check_values(
+            old=np.zeros(12, np.float32),
+            new=np.zeros(11, np.float32),
+            count=12,
+            row_width=12,
+            scalar=2.0,
+            row_factors=empty,
+            pattern=empty,
+            unit=0.0,
+            floor=0.0,
         )
     with pytest.raises(ValueError, match="rows must be whole"):
-        kernel.compiled.check_chunk(
-            np.zeros(12, np.float32), np.zeros(12, np.float32), 1, 12, 5, 2.0, empty, empty, 0, 0
+        kernel.compiled.check_values(
+            old=np.zeros(12, np.float32),
+            new=np.zeros(12, np.float32),
+            count=12,
+            row_width=5,
+            scalar=2.0,
+            row_factors=empty,
+            pattern=empty,
+            unit=0.0,
+            floor=0.0,
         )
+    with pytest.raises(TypeError):  # keywords the kernel does not take
+        kernel.compiled.reduce_chunk(data=np.zeros(4, np.float32), dtype=0)
 
 
 def test_dead_units_found_by_the_kernel_equal_numpys(
@@ -245,8 +269,8 @@ def test_the_kernel_value_check_counts_what_numpy_counts(
     poison: bool,
 ) -> None:
     """check_range: new == old × factor rounded once, with per-row and per-column factors,
-    over several pieces; corrupted and NaN values are counted as bad. check_chunk, given
-    the same values in memory, finds the same."""
+    over several pieces; corrupted and NaN values are counted as bad. check_values, given
+    the same values in memory as float32, finds the same."""
     rng = np.random.default_rng(rows * width)
     old = raw_of(rng.standard_normal(rows * width), dtype)
     row_factors = 2.0 ** rng.integers(-3, 4, rows) if per_row else np.ones(rows)
@@ -299,12 +323,24 @@ def test_the_kernel_value_check_counts_what_numpy_counts(
     finally:
         os.close(old_fd)
         os.close(new_fd)
-    in_memory = kernel.compiled.check_chunk(old, new, *arguments)
-    assert in_memory[:3] == (checked, bad, worst)
-    # the rewritten values' statistics: the sums grouped by other pieces (float within a
-    # piece's blocks: the kernel's 1e-6), the rest exact
-    np.testing.assert_allclose(in_memory[3:5], totals[:2], rtol=1e-6)
-    assert in_memory[5:] == tuple(totals[2:])
+    in_memory = kernel.compiled.check_values(
+        exact_of(old, dtype).astype(np.float32),
+        exact_of(new, dtype).astype(np.float32),
+        *arguments[1:],
+    )
+    assert in_memory == (checked, bad, worst)
+    # the rewritten values' statistics, as reduce_chunk measures them
+    measured = kernel.compiled.reduce_chunk(
+        data=new,
+        dtype_code=arguments[0],
+        count=rows * width,
+        row_width=0,
+        columns=1,
+        mode=kernel.NO_AXES,
+        out=np.zeros(0),
+    )
+    np.testing.assert_allclose(measured[:2], totals[:2], rtol=1e-6)
+    assert measured[2:] == tuple(totals[2:])
     assert checked == rows * width
     assert bad == expected_bad
     assert (bad > 0) == bool(wrong)
@@ -333,8 +369,7 @@ def test_kernel_scaling_is_bit_identical_to_numpys(
     power_of_two: bool,
 ) -> None:
     """scale_chunk (FMA round-to-odd, then one rounding) writes exactly the bits that
-    ChunkScaler's float64 route writes, for real factors, specials and subnormals; in
-    place, and from a source into another buffer (leaving the source as it was)."""
+    ChunkScaler's float64 route writes, for real factors, specials and subnormals."""
     from weissi_cli.writers.scaling import ChunkScaler
 
     rng = np.random.default_rng(seed)
@@ -362,13 +397,8 @@ def test_kernel_scaling_is_bit_identical_to_numpys(
         pattern if per_column else np.zeros(0),
     )
     kernel.compiled.scale_chunk(got, *arguments)
-    source = raw.copy()
-    into = np.zeros_like(raw)
-    kernel.compiled.scale_chunk(into, *arguments, source)
     bits = np.uint32 if dtype == "float32" else np.uint16
     np.testing.assert_array_equal(got.view(bits), expected.view(bits))
-    np.testing.assert_array_equal(into.view(bits), expected.view(bits))
-    np.testing.assert_array_equal(source.view(bits), raw.view(bits))
 
 
 @pytest.mark.parametrize("width", [300, 310, 1000, 33])

@@ -45,8 +45,16 @@ def scale_in_kernel(raw: npt.NDArray[np.generic], task: ScaleTask) -> bool:
     compiled = kernel.compiled
     if compiled is None or task.dtype not in kernel.DTYPE_CODES:
         return False
-    arguments = task.scale.chunk_arguments(task.start, task.count)
-    compiled.scale_chunk(raw, kernel.DTYPE_CODES[task.dtype], task.count, *arguments)
+    row_width, scalar, row_factors, pattern = task.scale.chunk_arguments(task.start, task.count)
+    compiled.scale_chunk(
+        data=raw,
+        dtype_code=kernel.DTYPE_CODES[task.dtype],
+        count=task.count,
+        row_width=row_width,
+        scalar=scalar,
+        row_factors=row_factors,
+        pattern=pattern,
+    )
     return True
 
 
