@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import write_safetensors
-from weissi_cli import headroom, kernel
+from weissi_cli import chunking, kernel
 from weissi_cli.headroom import MAX_SHIFT, measure_headroom, shift_tables
 from weissi_cli.io import open_checkpoint
 
@@ -79,7 +79,7 @@ def test_measured_headroom_is_the_minimum_over_each_row_and_column(
     path = tmp_path_factory.mktemp("headroom") / "m.safetensors"
     write_safetensors(path, {"w": tensor, "other": tensor.float()})
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(headroom, "CHUNK_ELEMENTS", chunk)  # many chunks of whole rows
+        patch.setattr(chunking, "HEADROOM_ELEMENTS", chunk)  # many chunks of whole rows
         with open_checkpoint(path) as checkpoint:
             found = measure_headroom(checkpoint, ["w", "other"])
     assert set(found) == {"w"}  # float32 has no float16 headroom to measure
@@ -120,7 +120,7 @@ def test_the_kernel_finds_the_same_minima_as_the_tables(
     flat[::97] = 3000.0
     flat[5], flat[6], flat[7] = float("inf"), float("-inf"), float("nan")
     path = write_safetensors(tmp_path / "m.safetensors", {"w": tensor.half()})
-    monkeypatch.setattr(headroom, "CHUNK_ELEMENTS", 4096)
+    monkeypatch.setattr(chunking, "HEADROOM_ELEMENTS", 4096)
     found = {}
     for compiled in (kernel.compiled, None):
         monkeypatch.setattr(kernel, "compiled", compiled)

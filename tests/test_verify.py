@@ -125,9 +125,9 @@ def test_wide_deep_chain_rewritten_correctly_passes(tmp_path: Path) -> None:
 def test_rows_wider_than_a_block_are_verified(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import weissi_cli.verify_pairs as verify_pairs
+    from weissi_cli import chunking
 
-    monkeypatch.setattr(verify_pairs, "BLOCK_ELEMENTS", 1024)
+    monkeypatch.setattr(chunking, "NUMPY_ELEMENTS", 1024)
     state = mlp_state(sizes=(3000, 4, 2), dtype=torch.float32)
     state["net.0.weight"] = state["net.0.weight"] * 8
     original, rewritten, chain, scales = rewritten_copy(tmp_path, state)

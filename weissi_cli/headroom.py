@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from weissi_cli import kernel
+from weissi_cli import chunking, kernel
 from weissi_cli.io.checkpoint import Checkpoint, read_buffer
 
 Shifts = npt.NDArray[np.int8]
@@ -25,7 +25,6 @@ Shifts = npt.NDArray[np.int8]
 # Shifts beyond this are reported as this: no solver moves a scale by 2^64.
 MAX_SHIFT = 64
 MEASURED_DTYPES = ("float16",)
-CHUNK_ELEMENTS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -83,7 +82,7 @@ def measure_headroom(checkpoint: Checkpoint, names: Iterable[str]) -> dict[str, 
         width = info.numel // rows if rows else 0
         limits = [np.full(size, MAX_SHIFT, np.int8) for size in (rows, columns, rows, columns)]
         if width:
-            per_chunk = max(1, CHUNK_ELEMENTS // width)
+            per_chunk = max(1, chunking.HEADROOM_ELEMENTS // width)
             buffer = read_buffer(per_chunk * width * info.itemsize)
             for row in range(0, rows, per_chunk):
                 count = min(per_chunk, rows - row)

@@ -11,10 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from weissi_cli import chunking
 from weissi_cli.errors import InputError
 from weissi_cli.output_files import STAGING_PREFIX, WEIGHT_SUFFIXES, describe
-
-COPY_CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -126,6 +125,6 @@ def _copy_durably(source: Path, destination: Path) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         writer = os.open(destination, flags, stat.S_IMODE(status.st_mode) & 0o777)
         with open(writer, "wb") as writing:
-            shutil.copyfileobj(reading, writing, COPY_CHUNK_BYTES)
+            shutil.copyfileobj(reading, writing, chunking.COPY_BYTES)
             writing.flush()
             os.fsync(writer)

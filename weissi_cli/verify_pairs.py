@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from weissi_cli import kernel
+from weissi_cli import chunking, kernel
 from weissi_cli.io.checkpoint import Checkpoint, ReadBuffer, TensorInfo, read_buffer
 from weissi_cli.io.dtypes import decode, raw_numpy_dtype
 from weissi_cli.scales import NO_FACTORS
@@ -18,7 +18,6 @@ from weissi_cli.stats import EXACT_BELOW, ChunkReducer, Partial, TensorStats, co
 from weissi_cli.threads import run_round_robin
 
 FloatArray = npt.NDArray[np.floating]
-BLOCK_ELEMENTS = 1 << 19
 
 
 @dataclass(frozen=True)
@@ -30,14 +29,14 @@ class Block:
 
 
 def row_blocks(name: str, info: TensorInfo) -> tuple[list[Block], int]:
-    """A tensor's rows in blocks of about BLOCK_ELEMENTS values (at least one row each), and
-    the row width."""
+    """A tensor's rows in blocks of about chunking.NUMPY_ELEMENTS values (at least one row
+    each), and the row width."""
     rows = info.shape[0] if info.shape else 1
     width = info.numel // rows if rows else 0
-    per_block = max(1, BLOCK_ELEMENTS // max(width, 1))
-    blocks = [
-        Block(name, row, min(per_block, rows - row), width) for row in range(0, rows, per_block)
-    ]
+    pieces = chunking.row_pieces(rows * width, width, chunking.NUMPY_ELEMENTS) if width else []
+    blocks = [Block(name, start // width, count // width, width) for start, count in pieces]
+    if rows and not width:  # rows of no values: one block, for their statistics
+        blocks = [Block(name, 0, rows, 0)]
     return blocks, width
 
 
@@ -46,7 +45,7 @@ class PairBuffers:
     float32."""
 
     def __init__(self, width: int) -> None:
-        self.capacity = max(BLOCK_ELEMENTS, width)  # one row may be wider than a block
+        self.capacity = max(chunking.NUMPY_ELEMENTS, width)  # a row may be wider than a block
         self.buffers = [read_buffer(self.capacity * 8) for _ in range(2)]
         self.widened = [np.empty(self.capacity, np.float32) for _ in range(2)]
 

@@ -10,14 +10,14 @@ from collections.abc import Mapping
 import numpy as np
 import numpy.typing as npt
 
-from weissi_cli import kernel
+from weissi_cli import chunking, kernel
 from weissi_cli.io.checkpoint import Checkpoint, ReadBuffer, ended_early, read_buffer
 from weissi_cli.io.dtypes import UNIT_ROUNDOFF
 from weissi_cli.scales import TensorScale
 from weissi_cli.stats import EXACT_BELOW, KERNEL_TASK_ELEMENTS, Partial
 from weissi_cli.threads import run_round_robin
 from weissi_cli.verification import ChainVerification, Level
-from weissi_cli.verify_pairs import BLOCK_ELEMENTS, Block, FloatArray, PairReader
+from weissi_cli.verify_pairs import Block, FloatArray, PairReader
 
 # The spacing of subnormals: the absolute rounding slack at the bottom of each range.
 SUBNORMAL_SPACING = {
@@ -120,7 +120,9 @@ class ElementCheck:
         old, new, magnitudes = old.ravel(), new.ravel(), magnitudes.ravel()
         buffer = getattr(self._scratch, "buffer", None)
         if buffer is None or buffer.size < old.size:
-            buffer = self._scratch.buffer = np.empty(max(old.size, BLOCK_ELEMENTS), self.compute)
+            buffer = self._scratch.buffer = np.empty(
+                max(old.size, chunking.NUMPY_ELEMENTS), self.compute
+            )
         share = buffer[: old.size]
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             np.multiply(old, np.asarray(factor, dtype=self.compute), out=share)

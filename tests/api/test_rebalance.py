@@ -627,9 +627,10 @@ def test_a_disk_that_fills_during_the_write_leaves_nothing(
     disk's (exit 2), not a follow-on one, no thread is left waiting, and nothing is left."""
     import errno
 
-    from weissi_cli.writers import disk, scaling
+    from weissi_cli import chunking
+    from weissi_cli.writers import disk
 
-    monkeypatch.setattr(scaling, "CHUNK_ELEMENTS", 256)  # several chunks per layer
+    monkeypatch.setattr(chunking, "SCALE_ELEMENTS", 256)  # several chunks per layer
     real_write = disk.write_all
     calls = iter(range(10**6))
 

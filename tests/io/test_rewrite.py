@@ -22,13 +22,14 @@ from safetensors.torch import load_file
 
 from tests.helpers import sha256, write_safetensors, write_sharded, write_torch
 from tests.io.test_scaling import round_exactly
+from weissi_cli import chunking
 from weissi_cli.errors import OutputError, UsageError
 from weissi_cli.io import Checkpoint, open_checkpoint
 from weissi_cli.io.dtypes import decode, encode
 from weissi_cli.io.safetensors_file import SafetensorsCheckpoint
 from weissi_cli.io.sharded import ShardedCheckpoint
 from weissi_cli.io.torch_pickle import TorchCheckpoint
-from weissi_cli.writers import PendingOutput, check_output_path, disk, scaling, write_rescaled
+from weissi_cli.writers import PendingOutput, check_output_path, write_rescaled
 from weissi_cli.writers.pending import pending_file
 
 FACTORS = {"net.0.weight": 0.3, "net.0.bias": 0.3, "net.2.weight": 1 / 0.3, "net.4.bias": 2.0}
@@ -209,8 +210,8 @@ def test_safetensors_rewrite_without_factors_copies_every_tensor(
 def test_safetensors_scaling_crosses_chunk_boundaries(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
 ) -> None:
-    monkeypatch.setattr(scaling, "CHUNK_ELEMENTS", 7)
-    monkeypatch.setattr(disk, "COPY_CHUNK_BYTES", 5)
+    monkeypatch.setattr(chunking, "SCALE_ELEMENTS", 7)
+    monkeypatch.setattr(chunking, "COPY_BYTES", 5)
     tensor = torch.randn(6, 8, generator=torch.Generator().manual_seed(1)).to(dtype)
     state = {"a": tensor, "b": tensor.clone() * 2, "c": tensor.clone() * 3}
     source_path = write_safetensors(tmp_path / "m.safetensors", state)
@@ -226,8 +227,8 @@ def test_safetensors_scaling_crosses_chunk_boundaries(
 def test_safetensors_scaling_a_tensor_larger_than_a_chunk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(scaling, "CHUNK_ELEMENTS", 1000)
-    size = scaling.CHUNK_ELEMENTS + 77
+    monkeypatch.setattr(chunking, "SCALE_ELEMENTS", 1000)
+    size = chunking.SCALE_ELEMENTS + 77
     tensor = torch.randn(size, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
     source_path = write_safetensors(tmp_path / "m.safetensors", {"w": tensor})
     with SafetensorsCheckpoint(source_path) as source:
@@ -596,7 +597,7 @@ def test_torch_untouched_tied_tensors_stay_tied(tmp_path: Path) -> None:
 def test_torch_scaling_crosses_chunk_boundaries(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(scaling, "CHUNK_ELEMENTS", 7)
+    monkeypatch.setattr(chunking, "SCALE_ELEMENTS", 7)
     tensor = torch.randn(6, 8, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
     with open_checkpoint(write_torch(tmp_path / "m.pt", {"w": tensor.T})) as source:
         write_rescaled(source, {"w": 0.7}, tmp_path / "o.pt", RECORD).commit()

@@ -21,6 +21,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from weissi_cli import chunking
 from weissi_cli.errors import InputError, UnsafePickleError
 
 MAX_RATIO = 100  # deflate reaches ~1030:1 on zeros; real weights compress far less
@@ -28,7 +29,6 @@ MEMBER_SLACK = 64 << 10  # a tiny member (a config, a version string) may compre
 SMALL_BUDGET = 16 << 20  # what any archive may inflate, however small the file
 JSON_CAP = 256 << 20  # a program or a config larger than this is not one torch wrote
 MAX_JSON_DEPTH = 64  # torch writes ~10 levels, plus ~8 per nested subgraph
-CHUNK = 1 << 20
 LOCAL_HEADER = 30  # bytes of a zip local file header before its name and extra field
 
 
@@ -154,7 +154,7 @@ class Pt2Archive:
         try:
             with self._zip.open(info) as stream:
                 while filled < declared:
-                    chunk = stream.read(min(CHUNK, declared - filled))
+                    chunk = stream.read(min(chunking.COPY_BYTES, declared - filled))
                     if not chunk:
                         break
                     view[filled : filled + len(chunk)] = chunk
@@ -188,7 +188,7 @@ class Pt2Archive:
         self._file.seek(info.header_offset + LOCAL_HEADER + name_length + extra_length)
         filled = 0
         while filled < len(view):
-            got = self._file.readinto(view[filled : filled + CHUNK])
+            got = self._file.readinto(view[filled : filled + chunking.COPY_BYTES])
             if not got:
                 raise InputError(f"{where} ends early (truncated?)")
             filled += got

@@ -9,10 +9,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from weissi_cli import chunking
 from weissi_cli.errors import OutputError
 from weissi_cli.io.checkpoint import read_buffer
-
-COPY_CHUNK_BYTES = 1 << 20
 
 
 def write_all(descriptor: int, data: memoryview, offset: int) -> None:
@@ -62,11 +61,11 @@ def copy_range(
 ) -> None:
     """Untouched bytes, through a page-aligned buffer a piece at a time, each piece's
     write-back started at once (copy_file_range was 2 to 4 times slower on ext4)."""
-    buffer = read_buffer(COPY_CHUNK_BYTES)
+    buffer = read_buffer(chunking.COPY_BYTES)
     view = memoryview(buffer)
     done = 0
     while done < length:
-        size = min(COPY_CHUNK_BYTES, length - done)
+        size = min(chunking.COPY_BYTES, length - done)
         got = os.preadv(source, [view[:size]], src_offset + done)
         if got <= 0:
             raise OutputError(f"{source_path}: file ended early while copying")

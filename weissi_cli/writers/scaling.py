@@ -8,13 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from weissi_cli import kernel
+from weissi_cli import chunking, kernel
 from weissi_cli.io import TensorInfo
 from weissi_cli.io.checkpoint import read_buffer
 from weissi_cli.io.dtypes import decode, encode, raw_numpy_dtype
 from weissi_cli.scales import TensorScale
 
-CHUNK_ELEMENTS = 1 << 18  # values a writer thread scales at once: its buffers stay in cache
 WRITER_THREADS = 2
 
 
@@ -58,19 +57,12 @@ def scale_in_kernel(raw: npt.NDArray[np.generic], task: ScaleTask) -> bool:
     return True
 
 
-def row_chunks(numel: int, row_width: int | None) -> list[tuple[int, int]]:
-    """(first element, count): whole rows of `row_width`, or any CHUNK_ELEMENTS when None."""
-    step = CHUNK_ELEMENTS
-    if row_width is not None:
-        step = max(1, CHUNK_ELEMENTS // max(row_width, 1)) * max(row_width, 1)
-    return [(start, min(step, numel - start)) for start in range(0, numel, step)]
-
-
 def scale_tasks(info: TensorInfo, scale: TensorScale, offset: int) -> list[ScaleTask]:
     """The chunks of one tensor: whole rows when the factor varies along the axes."""
     itemsize = raw_numpy_dtype(info.dtype).itemsize
     power_of_two = scale.is_power_of_two
-    pieces = row_chunks(info.numel, scale.row_width if scale.vectors else None)
+    row_width = scale.row_width if scale.vectors else None
+    pieces = chunking.row_pieces(info.numel, row_width, chunking.SCALE_ELEMENTS)
     return [
         ScaleTask(
             info.name,
