@@ -1847,7 +1847,7 @@ static int compare_blocks(Side *side_a, Side *side_b, Py_ssize_t rows, Py_ssize_
     int error = 0;
     for (Py_ssize_t block = 0; block < rows; block += block_rows) {
         Py_ssize_t end = rows - block < block_rows ? rows : block + block_rows;
-        Py_ssize_t loaded = -1; /* the piece in the scratch buffers, if any */
+        Py_ssize_t loaded = -1; /* the piece the scratch buffers hold, if any */
         if (same_scale && side_a->dtype == side_b->dtype) {
             int same_bytes = 1;
             for (Py_ssize_t row = block; row < end && same_bytes; row += per_piece) {
@@ -1871,6 +1871,7 @@ static int compare_blocks(Side *side_a, Side *side_b, Py_ssize_t rows, Py_ssize_
                 a = rows_of(side_a, row, n, row_width, &error);
                 b = error ? NULL : rows_of(side_b, row, n, row_width, &error);
                 if (error) return error;
+                loaded = row;
             }
             compare_piece(a, b, side_a, side_b, row, n, row_width, &found);
         }
