@@ -4,7 +4,8 @@ itself, on the suite's LLaMA-shaped folders, against the two-file read ceiling.
 Per run, with the pages of A and B warmed first: the dot ceiling over A's and B's files
 (in-process, and as a program), then `diff A B --json` and `diff A A --json` for every
 --code, in an order that alternates from run to run. --code LABEL=DIR runs the package
-found in DIR (through PYTHONPATH), so two versions are measured side by side under the same
+found in DIR (through PYTHONPATH; `python -P`, so that the working directory does not come
+first), so two versions are measured side by side under the same
 conditions; without it, the installed one. Ratio: ceiling seconds / command seconds. Prints
 a table and writes results/diff-<timestamp>.json.
 
@@ -46,7 +47,16 @@ def rebalanced(entry: Path, code: dict[str, str] | None) -> Path:
     """B: A rebalanced layer-wise (made once, kept beside A while the data is kept)."""
     output = entry.with_name(entry.name + ".rebalanced")
     if not output.exists():
-        command = [sys.executable, "-m", "weissi_cli", "rebalance", str(entry), "-o", str(output)]
+        command = [
+            sys.executable,
+            "-P",
+            "-m",
+            "weissi_cli",
+            "rebalance",
+            str(entry),
+            "-o",
+            str(output),
+        ]
         subprocess.run([*command, "--json"], stdout=subprocess.DEVNULL, check=True, env=code)
     return output
 
@@ -67,7 +77,7 @@ def measure_case(
         labels = list(codes) if run % 2 == 0 else list(reversed(codes))
         for label in labels:
             for pair, other in (("A B", second), ("A A", entry)):
-                command = [sys.executable, "-m", "weissi_cli", "diff", str(entry), str(other)]
+                command = [sys.executable, "-P", "-m", "weissi_cli", "diff", str(entry), str(other)]
                 done = run_measured([*command, "--json"], env=codes[label])
                 key = f"diff {pair} [{label}]"
                 measured.setdefault(key, []).append(done.seconds)
