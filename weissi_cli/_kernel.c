@@ -613,13 +613,14 @@ static PyObject *totals_tuple(Totals totals) {
                          totals.nonfinite);
 }
 
-static const char *REDUCE_CHUNK_KEYWORDS[] = {"data", "dtype_code", "count", "row_width", "columns", "mode", "out", NULL};
+static const char *REDUCE_CHUNK_KEYWORDS[] = {
+    "data", "dtype_code", "count", "row_width", "columns", "mode", "out", NULL};
 static PyObject *reduce_chunk(PyObject *Py_UNUSED(self), PyObject *args, PyObject *kwargs) {
     Py_buffer data, out;
     int dtype, mode;
     Py_ssize_t count, row_width, columns;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*innniw*", (char **)REDUCE_CHUNK_KEYWORDS, &data, &dtype, &count, &row_width, &columns, &mode,
-                          &out))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*innniw*", (char **)REDUCE_CHUNK_KEYWORDS,
+                                     &data, &dtype, &count, &row_width, &columns, &mode, &out))
         return NULL;
     Py_ssize_t itemsize = dtype == FLOAT32 ? 4 : 2;
     const char *problem = shape_problem(dtype, mode, count, row_width, columns);
@@ -664,14 +665,16 @@ static int read_fully(int fd, char *buffer, size_t want, long long offset) {
  * instead of a Python read and a Python call per piece. COLUMNS mode needs `out` to hold
  * 2 x columns (the second half stages each piece's sums). Raises EOFError when the file
  * ends early and OSError when a read fails. */
-static const char *REDUCE_RANGE_KEYWORDS[] = {"fd", "offset", "scratch", "dtype_code", "count", "row_width", "columns", "mode", "out", NULL};
+static const char *REDUCE_RANGE_KEYWORDS[] = {
+    "fd", "offset", "scratch", "dtype_code", "count", "row_width", "columns", "mode", "out", NULL};
 static PyObject *reduce_range(PyObject *Py_UNUSED(self), PyObject *args, PyObject *kwargs) {
     Py_buffer scratch, out;
     int fd, dtype, mode;
     long long offset;
     Py_ssize_t count, row_width, columns;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iLw*innniw*", (char **)REDUCE_RANGE_KEYWORDS, &fd, &offset, &scratch, &dtype, &count,
-                          &row_width, &columns, &mode, &out))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iLw*innniw*", (char **)REDUCE_RANGE_KEYWORDS,
+                                     &fd, &offset, &scratch, &dtype, &count, &row_width, &columns,
+                                     &mode, &out))
         return NULL;
     Py_ssize_t itemsize = dtype == FLOAT32 ? 4 : 2;
     const char *problem = shape_problem(dtype, mode, count, row_width, columns);
@@ -999,13 +1002,15 @@ static PyObject *check_in_memory(Py_buffer *old, Py_buffer *new, int dtype, Py_s
 /* check_range's value check of float32 values already in memory (decoded from any
  * storage dtype, which float32 holds exactly): `count` values, whole rows of `row_width`.
  * Returns (checked, bad, worst). */
-static const char *CHECK_VALUES_KEYWORDS[] = {"old", "new", "count", "row_width", "scalar", "row_factors", "pattern", "unit", "floor", NULL};
+static const char *CHECK_VALUES_KEYWORDS[] = {
+    "old", "new", "count", "row_width", "scalar", "row_factors", "pattern", "unit", "floor", NULL};
 static PyObject *check_values(PyObject *Py_UNUSED(self), PyObject *args, PyObject *kwargs) {
     Py_buffer old, new, row_factors, pattern;
     Py_ssize_t count, row_width;
     double scalar, unit, floor;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*y*nndy*y*dd", (char **)CHECK_VALUES_KEYWORDS, &old, &new, &count, &row_width, &scalar,
-                          &row_factors, &pattern, &unit, &floor))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*y*nndy*y*dd", (char **)CHECK_VALUES_KEYWORDS,
+                                     &old, &new, &count, &row_width, &scalar, &row_factors,
+                                     &pattern, &unit, &floor))
         return NULL;
     return check_in_memory(&old, &new, FLOAT32, count, row_width, scalar, &row_factors,
                            &pattern, unit, floor);
@@ -1016,16 +1021,20 @@ static PyObject *check_values(PyObject *Py_UNUSED(self), PyObject *args, PyObjec
  * `row_factors` holding these rows' factors (or empty). Also measures the rewritten
  * values as reduce_chunk does. Returns (checked, bad, worst, sum_squares, l1, max_abs,
  * nonfinite). */
-static const char *CHECK_RANGE_KEYWORDS[] = {"old_fd", "old_offset", "new_fd", "new_offset", "old_scratch", "new_scratch", "dtype_code", "count", "row_width", "scalar", "row_factors", "pattern", "unit", "floor", NULL};
+static const char *CHECK_RANGE_KEYWORDS[] = {
+    "old_fd", "old_offset", "new_fd", "new_offset", "old_scratch", "new_scratch", "dtype_code",
+    "count", "row_width", "scalar", "row_factors", "pattern", "unit", "floor", NULL};
 static PyObject *check_range(PyObject *Py_UNUSED(self), PyObject *args, PyObject *kwargs) {
     Py_buffer old_scratch, new_scratch, row_factors, pattern;
     int old_fd, new_fd, dtype;
     long long old_offset, new_offset;
     Py_ssize_t count, row_width;
     double scalar, unit, floor;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iLiLw*w*inndy*y*dd", (char **)CHECK_RANGE_KEYWORDS, &old_fd, &old_offset, &new_fd,
-                          &new_offset, &old_scratch, &new_scratch, &dtype, &count, &row_width,
-                          &scalar, &row_factors, &pattern, &unit, &floor))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iLiLw*w*inndy*y*dd",
+                                     (char **)CHECK_RANGE_KEYWORDS,
+                                     &old_fd, &old_offset, &new_fd, &new_offset, &old_scratch,
+                                     &new_scratch, &dtype, &count, &row_width, &scalar,
+                                     &row_factors, &pattern, &unit, &floor))
         return NULL;
     Py_ssize_t itemsize = dtype == FLOAT32 ? 4 : 2;
     const char *problem = NULL;
@@ -1265,14 +1274,16 @@ static void scale_values_portable(const void *source, void *data, int dtype, Py_
 
 /* Scale `count` float32 or bfloat16 values in place, whole rows of `row_width`: value
  * (row, k) by scalar · row_factors[row] · pattern[k] (either array may be empty). */
-static const char *SCALE_CHUNK_KEYWORDS[] = {"data", "dtype_code", "count", "row_width", "scalar", "row_factors", "pattern", NULL};
+static const char *SCALE_CHUNK_KEYWORDS[] = {
+    "data", "dtype_code", "count", "row_width", "scalar", "row_factors", "pattern", NULL};
 static PyObject *scale_chunk(PyObject *Py_UNUSED(self), PyObject *args, PyObject *kwargs) {
     Py_buffer data, row_factors, pattern;
     int dtype;
     Py_ssize_t count, row_width;
     double scalar;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "w*inndy*y*", (char **)SCALE_CHUNK_KEYWORDS, &data, &dtype, &count, &row_width, &scalar,
-                          &row_factors, &pattern))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "w*inndy*y*", (char **)SCALE_CHUNK_KEYWORDS,
+                                     &data, &dtype, &count, &row_width, &scalar, &row_factors,
+                                     &pattern))
         return NULL;
     Py_ssize_t itemsize = dtype == FLOAT32 ? 4 : 2;
     const char *problem = NULL;
@@ -1362,13 +1373,15 @@ static void maxima_loop(const void *data, int dtype, Py_ssize_t rows, Py_ssize_t
     }
 }
 
-static const char *MAXIMA_KEYWORDS[] = {"data", "dtype_code", "count", "row_width", "columns", "row_out", "column_out", NULL};
+static const char *MAXIMA_KEYWORDS[] = {
+    "data", "dtype_code", "count", "row_width", "columns", "row_out", "column_out", NULL};
 static PyObject *maxima(PyObject *Py_UNUSED(self), PyObject *args, PyObject *kwargs) {
     Py_buffer data, row_out, column_out;
     int dtype;
     Py_ssize_t count, row_width, columns;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*innnw*w*", (char **)MAXIMA_KEYWORDS, &data, &dtype, &count, &row_width, &columns,
-                          &row_out, &column_out))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*innnw*w*", (char **)MAXIMA_KEYWORDS,
+                                     &data, &dtype, &count, &row_width, &columns, &row_out,
+                                     &column_out))
         return NULL;
     Py_ssize_t itemsize = dtype == FLOAT32 ? 4 : 2;
     const char *problem = NULL;
@@ -1430,14 +1443,17 @@ static Totals details_block(const void *data, int dtype, Py_ssize_t rows, Py_ssi
  * bits per row into `row_out` (uint32, one per row) and, accumulated across calls, per
  * column into `column_out` (uint32) bits that are zero exactly where every value of the
  * column is ±0 (NaN is not). Returns (sum_squares, l1, max_abs, nonfinite). */
-static const char *DETAILS_RANGE_KEYWORDS[] = {"fd", "offset", "scratch", "dtype_code", "count", "row_width", "columns", "row_out", "column_out", NULL};
+static const char *DETAILS_RANGE_KEYWORDS[] = {
+    "fd", "offset", "scratch", "dtype_code", "count", "row_width", "columns", "row_out",
+    "column_out", NULL};
 static PyObject *details_range(PyObject *Py_UNUSED(self), PyObject *args, PyObject *kwargs) {
     Py_buffer scratch, row_out, column_out;
     int fd, dtype;
     long long offset;
     Py_ssize_t count, row_width, columns;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iLw*innnw*w*", (char **)DETAILS_RANGE_KEYWORDS, &fd, &offset, &scratch, &dtype, &count,
-                          &row_width, &columns, &row_out, &column_out))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iLw*innnw*w*", (char **)DETAILS_RANGE_KEYWORDS,
+                                     &fd, &offset, &scratch, &dtype, &count, &row_width, &columns,
+                                     &row_out, &column_out))
         return NULL;
     Py_ssize_t itemsize = dtype == FLOAT32 ? 4 : 2;
     const char *problem = NULL;
@@ -1571,13 +1587,16 @@ static int shift_minima_matrix(const uint16_t *bits, Py_ssize_t rows, Py_ssize_t
     return 0;
 }
 
-static const char *SHIFT_MINIMA_KEYWORDS[] = {"bits", "count", "row_width", "columns", "down_table", "up_table", "rows_down", "rows_up", "columns_down", "columns_up", NULL};
+static const char *SHIFT_MINIMA_KEYWORDS[] = {
+    "bits", "count", "row_width", "columns", "down_table", "up_table", "rows_down", "rows_up",
+    "columns_down", "columns_up", NULL};
 static PyObject *shift_minima(PyObject *Py_UNUSED(self), PyObject *args, PyObject *kwargs) {
     Py_buffer data, down_table, up_table, rows_down, rows_up, columns_down, columns_up;
     Py_ssize_t count, row_width, columns;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*nnny*y*w*w*w*w*", (char **)SHIFT_MINIMA_KEYWORDS, &data, &count, &row_width, &columns,
-                          &down_table, &up_table, &rows_down, &rows_up, &columns_down,
-                          &columns_up))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*nnny*y*w*w*w*w*",
+                                     (char **)SHIFT_MINIMA_KEYWORDS,
+                                     &data, &count, &row_width, &columns, &down_table, &up_table,
+                                     &rows_down, &rows_up, &columns_down, &columns_up))
         return NULL;
     const char *problem = NULL;
     Py_ssize_t rows = 0;
@@ -1616,6 +1635,382 @@ static PyObject *shift_minima(PyObject *Py_UNUSED(self), PyObject *args, PyObjec
     Py_RETURN_NONE;
 }
 
+/* ---------------------------------------------------------------------------------------
+ * Comparing (`diff`): two tensors of the same shape, raw and after rebalancing both.
+ *
+ * The reference is diff's float64 numpy route, block by block: in double, o and n are the
+ * stored values, ca = o·fa and cb = n·fb their canonical values (fa, fb each element's
+ * factor on its side), and a block yields max |n − o|, max |o|, max |cb − ca|, max |ca| and
+ * whether every o equals its n (two NaNs are equal). A maximum over values with a NaN is
+ * NaN. Under the same factors on both sides a block whose values are all equal adds
+ * nothing; it is recognised by its bytes first when both sides store the same dtype.
+ * Every product and difference is rounded on its own, as numpy rounds it: the AVX2 code
+ * is compiled without FMA so that none is fused.
+ * --------------------------------------------------------------------------------------- */
+
+/* One block's or one range's findings: maxima of the non-NaN values, and which of them
+ * saw a NaN. */
+typedef struct {
+    double difference, largest, canonical, canonical_largest;
+    int nan_difference, nan_largest, nan_canonical, nan_canonical_largest;
+    int equal;
+} Comparison;
+
+static const Comparison NO_COMPARISON = {0.0, 0.0, 0.0, 0.0, 0, 0, 0, 0, 1};
+
+/* Factor of element (row r, k) on one side: row_factor(r) · pattern[k], where row_factor
+ * is rows[r], or the scalar without rows; without a pattern, row_factor(r) alone. The
+ * caller folds the scalar into whichever array numpy multiplies it with first, so that
+ * this one product is the one numpy rounds. */
+typedef struct {
+    int fd;              /* -1: the values are in `memory` */
+    long long offset;    /* byte offset of the range's first value in fd */
+    const char *memory;  /* the range's values, without a file */
+    char *scratch;       /* a piece read from fd */
+    int dtype;
+    Py_ssize_t itemsize;
+    double scalar;
+    const double *rows; /* the range's row factors, or NULL */
+    const double *pattern;
+} Side;
+
+static inline double row_factor(const Side *side, Py_ssize_t row) {
+    return side->rows ? side->rows[row] : side->scalar;
+}
+
+static inline void fold_max(double value, double *top, int *nan) {
+    if (value != value) *nan = 1;
+    else if (value > *top) *top = value;
+}
+
+/* Values [start, stop) of `a` and `b`, with factors row_a · pattern_a[k − start] (and for
+ * b), into `found`. */
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__x86_64__)
+__attribute__((optimize("fp-contract=off"))) /* x86-64's baseline has no FMA to fuse into */
+#endif
+static void compare_values_portable(const void *a, int dtype_a, const void *b, int dtype_b,
+                                    Py_ssize_t start, Py_ssize_t stop, double row_a,
+                                    const double *pattern_a, double row_b,
+                                    const double *pattern_b, Comparison *found) {
+    for (Py_ssize_t k = start; k < stop; k++) {
+        double o = value_at(a, dtype_a, k), n = value_at(b, dtype_b, k);
+        double fa = pattern_a ? row_a * pattern_a[k - start] : row_a;
+        double fb = pattern_b ? row_b * pattern_b[k - start] : row_b;
+        found->equal &= (o == n) | ((o != o) & (n != n));
+        double difference = n - o;
+        fold_max(fabs(difference), &found->difference, &found->nan_difference);
+        fold_max(fabs(o), &found->largest, &found->nan_largest);
+        double canonical_a = o * fa;
+        double canonical_b = n * fb;
+        double canonical = canonical_b - canonical_a;
+        fold_max(fabs(canonical), &found->canonical, &found->nan_canonical);
+        fold_max(fabs(canonical_a), &found->canonical_largest, &found->nan_canonical_largest);
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* Four values from `index` on, widened to double (load4 for code without FMA). */
+__attribute__((target("avx2"), always_inline)) static inline __m256d load4_plain(
+    const void *data, int dtype, Py_ssize_t index) {
+    if (dtype == FLOAT32) return _mm256_cvtps_pd(_mm_loadu_ps((const float *)data + index));
+    __m128i narrow = _mm_loadl_epi64((const __m128i *)((const uint16_t *)data + index));
+    __m128i wide = _mm_slli_epi32(_mm_cvtepu16_epi32(narrow), 16);
+    return _mm256_cvtps_pd(_mm_castsi128_ps(wide));
+}
+
+static double lanes_max(__m256d lanes) {
+    double values[4];
+    memcpy(values, &lanes, sizeof values);
+    double top = values[0];
+    for (int j = 1; j < 4; j++) top = values[j] > top ? values[j] : top;
+    return top;
+}
+
+/* compare_values_portable four values at a time, for ranges without a NaN anywhere in
+ * what it measures: max_pd passes NaNs over and == calls two NaNs unequal, so at the first
+ * NaN it returns 0 having changed nothing, and the caller runs the portable code. Targets
+ * AVX2 without FMA: GCC would otherwise fuse a product into its difference. */
+__attribute__((target("avx2")))
+static int compare_values_avx2(const void *a, int dtype_a, const void *b, int dtype_b,
+                               Py_ssize_t start, Py_ssize_t stop, double row_a,
+                               const double *pattern_a, double row_b, const double *pattern_b,
+                               Comparison *found) {
+    const __m256d sign = _mm256_set1_pd(-0.0);
+    const __m256d factor_a = _mm256_set1_pd(row_a), factor_b = _mm256_set1_pd(row_b);
+    __m256d difference = _mm256_setzero_pd(), largest = difference, canonical = difference;
+    __m256d canonical_largest = difference;
+    __m256d equal = _mm256_castsi256_pd(_mm256_set1_epi64x(-1));
+    Py_ssize_t k = start;
+    for (; k + 4 <= stop; k += 4) {
+        __m256d o = load4_plain(a, dtype_a, k), n = load4_plain(b, dtype_b, k);
+        __m256d fa = pattern_a ? _mm256_mul_pd(factor_a, _mm256_loadu_pd(pattern_a + (k - start)))
+                               : factor_a;
+        __m256d fb = pattern_b ? _mm256_mul_pd(factor_b, _mm256_loadu_pd(pattern_b + (k - start)))
+                               : factor_b;
+        equal = _mm256_and_pd(equal, _mm256_cmp_pd(o, n, _CMP_EQ_OQ));
+        __m256d d = _mm256_andnot_pd(sign, _mm256_sub_pd(n, o));
+        __m256d l = _mm256_andnot_pd(sign, o);
+        __m256d ca = _mm256_mul_pd(o, fa);
+        __m256d c = _mm256_andnot_pd(sign, _mm256_sub_pd(_mm256_mul_pd(n, fb), ca));
+        __m256d cl = _mm256_andnot_pd(sign, ca);
+        __m256d nan = _mm256_or_pd(_mm256_cmp_pd(d, c, _CMP_UNORD_Q),
+                                   _mm256_cmp_pd(l, cl, _CMP_UNORD_Q));
+        if (_mm256_movemask_pd(nan)) return 0;
+        difference = _mm256_max_pd(d, difference);
+        largest = _mm256_max_pd(l, largest);
+        canonical = _mm256_max_pd(c, canonical);
+        canonical_largest = _mm256_max_pd(cl, canonical_largest);
+    }
+    Comparison tail = NO_COMPARISON;
+    compare_values_portable(a, dtype_a, b, dtype_b, k, stop, row_a,
+                            pattern_a ? pattern_a + (k - start) : NULL, row_b,
+                            pattern_b ? pattern_b + (k - start) : NULL, &tail);
+    if (tail.nan_difference | tail.nan_largest | tail.nan_canonical | tail.nan_canonical_largest)
+        return 0;
+    fold_max(lanes_max(difference), &found->difference, &found->nan_difference);
+    fold_max(tail.difference, &found->difference, &found->nan_difference);
+    fold_max(lanes_max(largest), &found->largest, &found->nan_largest);
+    fold_max(tail.largest, &found->largest, &found->nan_largest);
+    fold_max(lanes_max(canonical), &found->canonical, &found->nan_canonical);
+    fold_max(tail.canonical, &found->canonical, &found->nan_canonical);
+    fold_max(lanes_max(canonical_largest), &found->canonical_largest,
+             &found->nan_canonical_largest);
+    fold_max(tail.canonical_largest, &found->canonical_largest, &found->nan_canonical_largest);
+    found->equal &= tail.equal && _mm256_movemask_pd(equal) == 0xF;
+    return 1;
+}
+
+static int has_avx2(void) {
+    static int known = -1;
+    if (known < 0) known = __builtin_cpu_supports("avx2");
+    return known;
+}
+#endif
+
+/* A span of values whose factors are row_x · pattern_x[k]. */
+static void compare_values(const void *a, int dtype_a, const void *b, int dtype_b,
+                           Py_ssize_t start, Py_ssize_t stop, double row_a,
+                           const double *pattern_a, double row_b, const double *pattern_b,
+                           Comparison *found) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (has_avx2() && compare_values_avx2(a, dtype_a, b, dtype_b, start, stop, row_a, pattern_a,
+                                          row_b, pattern_b, found))
+        return;
+#endif
+    compare_values_portable(a, dtype_a, b, dtype_b, start, stop, row_a, pattern_a, row_b,
+                            pattern_b, found);
+}
+
+/* `rows` rows of a piece whose first row is row `first` of the range: one span where no
+ * factor depends on the row, or where rows are one value wide and no side has a pattern
+ * (the row factors then serve as the pattern); else row by row. */
+static void compare_piece(const char *a, const char *b, const Side *side_a, const Side *side_b,
+                          Py_ssize_t first, Py_ssize_t rows, Py_ssize_t row_width,
+                          Comparison *found) {
+    int by_row = side_a->rows || side_b->rows;
+    int has_pattern = side_a->pattern || side_b->pattern;
+    if (!by_row && !has_pattern) {
+        compare_values(a, side_a->dtype, b, side_b->dtype, 0, rows * row_width, side_a->scalar,
+                       NULL, side_b->scalar, NULL, found);
+        return;
+    }
+    if (by_row && row_width == 1 && !has_pattern) {
+        compare_values(a, side_a->dtype, b, side_b->dtype, 0, rows,
+                       side_a->rows ? 1.0 : side_a->scalar,
+                       side_a->rows ? side_a->rows + first : NULL,
+                       side_b->rows ? 1.0 : side_b->scalar,
+                       side_b->rows ? side_b->rows + first : NULL, found);
+        return;
+    }
+    for (Py_ssize_t row = 0; row < rows; row++) {
+        Py_ssize_t at = row * row_width;
+        compare_values(a, side_a->dtype, b, side_b->dtype, at, at + row_width,
+                       row_factor(side_a, first + row), side_a->pattern,
+                       row_factor(side_b, first + row), side_b->pattern, found);
+    }
+}
+
+/* Rows [row, row + n) of one side: read into its scratch, or where they are in memory. */
+static const char *rows_of(const Side *side, Py_ssize_t row, Py_ssize_t n, Py_ssize_t row_width,
+                           int *error) {
+    long long skip = (long long)row * row_width * side->itemsize;
+    if (side->fd < 0) return side->memory + skip;
+    *error = read_fully(side->fd, side->scratch, (size_t)(n * row_width * side->itemsize),
+                        side->offset + skip);
+    return side->scratch;
+}
+
+static double nan_max(double first, int first_nan, double second) {
+    if (first_nan || second != second) return NAN;
+    return first > second ? first : second;
+}
+
+/* Blocks of `block_rows` rows (the last may be shorter) over `rows` rows, read in pieces of
+ * `per_piece` rows, each block's findings added to `total` as diff's numpy route adds
+ * them. Returns the errno of a failed read, -1 at an early end of file, else 0. */
+static int compare_blocks(Side *side_a, Side *side_b, Py_ssize_t rows, Py_ssize_t row_width,
+                          Py_ssize_t block_rows, Py_ssize_t per_piece, int same_scale,
+                          double total[4], int *total_equal) {
+    int error = 0;
+    for (Py_ssize_t block = 0; block < rows; block += block_rows) {
+        Py_ssize_t end = rows - block < block_rows ? rows : block + block_rows;
+        Py_ssize_t loaded = -1; /* the piece the scratch buffers hold, if any */
+        if (same_scale && side_a->dtype == side_b->dtype) {
+            int same_bytes = 1;
+            for (Py_ssize_t row = block; row < end && same_bytes; row += per_piece) {
+                Py_ssize_t n = end - row < per_piece ? end - row : per_piece;
+                const char *a = rows_of(side_a, row, n, row_width, &error);
+                const char *b = error ? NULL : rows_of(side_b, row, n, row_width, &error);
+                if (error) return error;
+                same_bytes = memcmp(a, b, (size_t)(n * row_width * side_a->itemsize)) == 0;
+                loaded = row;
+            }
+            if (same_bytes) continue;
+        }
+        Comparison found = NO_COMPARISON;
+        for (Py_ssize_t row = block; row < end; row += per_piece) {
+            Py_ssize_t n = end - row < per_piece ? end - row : per_piece;
+            const char *a, *b;
+            if (row == loaded && side_a->fd >= 0 && side_b->fd >= 0) {
+                a = side_a->scratch;
+                b = side_b->scratch;
+            } else {
+                a = rows_of(side_a, row, n, row_width, &error);
+                b = error ? NULL : rows_of(side_b, row, n, row_width, &error);
+                if (error) return error;
+                loaded = row;
+            }
+            compare_piece(a, b, side_a, side_b, row, n, row_width, &found);
+        }
+        if (same_scale && found.equal) continue;
+        total[0] = nan_max(found.difference, found.nan_difference, total[0]);
+        total[1] = nan_max(found.largest, found.nan_largest, total[1]);
+        total[2] = nan_max(found.canonical, found.nan_canonical, total[2]);
+        total[3] = nan_max(found.canonical_largest, found.nan_canonical_largest, total[3]);
+        *total_equal &= found.equal;
+    }
+    return 0;
+}
+
+/* The argument checks of compare_range and compare_chunk; NULL when they pass. */
+static const char *comparison_problem(const Side *side, const Py_buffer *rows,
+                                      const Py_buffer *pattern, Py_ssize_t count,
+                                      Py_ssize_t row_width, Py_ssize_t block_rows) {
+    if (side->dtype != FLOAT32 && side->dtype != BFLOAT16)
+        return "the comparison reads float32 or bfloat16";
+    if (count < 0 || row_width <= 0 || count % row_width || block_rows <= 0)
+        return "rows must be whole and blocks at least a row";
+    return factors_problem(rows, pattern, count / row_width, row_width);
+}
+
+static Side side_of(int fd, long long offset, const Py_buffer *data, int dtype, double scalar,
+                    const Py_buffer *rows, const Py_buffer *pattern) {
+    Side side = {fd,
+                 offset,
+                 fd < 0 ? (const char *)data->buf : NULL,
+                 fd < 0 ? NULL : (char *)data->buf,
+                 dtype,
+                 dtype == FLOAT32 ? 4 : 2,
+                 scalar,
+                 rows->len ? (const double *)rows->buf : NULL,
+                 pattern->len ? (const double *)pattern->buf : NULL};
+    return side;
+}
+
+/* The comparison of both sides, releasing every buffer: `data_*` holds the values without
+ * a file and the scratch with one. */
+static PyObject *compare_sides(int fd_a, long long offset_a, Py_buffer *data_a, int dtype_a,
+                               double scalar_a, Py_buffer *rows_a, Py_buffer *pattern_a,
+                               int fd_b, long long offset_b, Py_buffer *data_b, int dtype_b,
+                               double scalar_b, Py_buffer *rows_b, Py_buffer *pattern_b,
+                               Py_ssize_t count, Py_ssize_t row_width, Py_ssize_t block_rows,
+                               int same_scale) {
+    Side a = side_of(fd_a, offset_a, data_a, dtype_a, scalar_a, rows_a, pattern_a);
+    Side b = side_of(fd_b, offset_b, data_b, dtype_b, scalar_b, rows_b, pattern_b);
+    const char *problem = comparison_problem(&a, rows_a, pattern_a, count, row_width, block_rows);
+    if (!problem) problem = comparison_problem(&b, rows_b, pattern_b, count, row_width, block_rows);
+    Py_ssize_t widest = a.itemsize > b.itemsize ? a.itemsize : b.itemsize;
+    Py_ssize_t per_piece = PIECE_BYTES / (row_width * widest);
+    per_piece = per_piece < 1 ? 1 : per_piece;
+    if (fd_a < 0 && fd_b < 0) per_piece = block_rows; /* nothing to read: pieces are blocks */
+    per_piece = per_piece < block_rows ? per_piece : block_rows;
+    Py_ssize_t piece = per_piece * row_width;
+    if (!problem && (fd_a < 0 ? data_a->len < count * a.itemsize : data_a->len < piece * a.itemsize))
+        problem = fd_a < 0 ? "data smaller than count" : "scratch smaller than a piece";
+    if (!problem && (fd_b < 0 ? data_b->len < count * b.itemsize : data_b->len < piece * b.itemsize))
+        problem = fd_b < 0 ? "data smaller than count" : "scratch smaller than a piece";
+    double total[4] = {0.0, 0.0, 0.0, 0.0};
+    int equal = 1, error = 0;
+    if (!problem) {
+        Py_BEGIN_ALLOW_THREADS
+        error = compare_blocks(&a, &b, count / row_width, row_width, block_rows, per_piece,
+                               same_scale, total, &equal);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(data_a);
+    PyBuffer_Release(rows_a);
+    PyBuffer_Release(pattern_a);
+    PyBuffer_Release(data_b);
+    PyBuffer_Release(rows_b);
+    PyBuffer_Release(pattern_b);
+    if (raise_failure(problem, error)) return NULL;
+    return Py_BuildValue("(ddddN)", total[0], total[1], total[2], total[3], PyBool_FromLong(equal));
+}
+
+/* diff's comparison of `count` values (whole rows of `row_width`, blocks of `block_rows`
+ * rows) read from both files: per side a file descriptor, the byte offset of the first
+ * value, a scratch buffer, the dtype code, and its factors (scalar, row factors, pattern;
+ * an empty array stands for none). Returns (max |b − a|, max |a|, max |cb − ca|, max |ca|,
+ * equal) over the blocks that count; 0.0 and True when none does. */
+static const char *COMPARE_RANGE_KEYWORDS[] = {
+    "fd_a", "offset_a", "scratch_a", "dtype_code_a", "scalar_a", "row_factors_a", "pattern_a",
+    "fd_b", "offset_b", "scratch_b", "dtype_code_b", "scalar_b", "row_factors_b", "pattern_b",
+    "count", "row_width", "block_rows", "same_scale", NULL};
+static PyObject *compare_range(PyObject *Py_UNUSED(self), PyObject *args, PyObject *kwargs) {
+    Py_buffer scratch_a, rows_a, pattern_a, scratch_b, rows_b, pattern_b;
+    int fd_a, fd_b, dtype_a, dtype_b, same_scale;
+    long long offset_a, offset_b;
+    double scalar_a, scalar_b;
+    Py_ssize_t count, row_width, block_rows;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iLw*idy*y*iLw*idy*y*nnnp",
+                                     (char **)COMPARE_RANGE_KEYWORDS,
+                                     &fd_a, &offset_a, &scratch_a, &dtype_a, &scalar_a, &rows_a,
+                                     &pattern_a, &fd_b, &offset_b, &scratch_b, &dtype_b, &scalar_b,
+                                     &rows_b, &pattern_b, &count, &row_width, &block_rows,
+                                     &same_scale))
+        return NULL;
+    if (fd_a < 0 || fd_b < 0) {
+        PyBuffer_Release(&scratch_a), PyBuffer_Release(&rows_a), PyBuffer_Release(&pattern_a);
+        PyBuffer_Release(&scratch_b), PyBuffer_Release(&rows_b), PyBuffer_Release(&pattern_b);
+        PyErr_SetString(PyExc_ValueError, "negative file descriptor");
+        return NULL;
+    }
+    return compare_sides(fd_a, offset_a, &scratch_a, dtype_a, scalar_a, &rows_a, &pattern_a,
+                         fd_b, offset_b, &scratch_b, dtype_b, scalar_b, &rows_b, &pattern_b,
+                         count, row_width, block_rows, same_scale);
+}
+
+/* compare_range on values in memory: per side the raw values, the dtype code and factors. */
+static const char *COMPARE_CHUNK_KEYWORDS[] = {
+    "data_a", "dtype_code_a", "scalar_a", "row_factors_a", "pattern_a", "data_b", "dtype_code_b",
+    "scalar_b", "row_factors_b", "pattern_b", "count", "row_width", "block_rows", "same_scale",
+    NULL};
+static PyObject *compare_chunk(PyObject *Py_UNUSED(self), PyObject *args, PyObject *kwargs) {
+    Py_buffer data_a, rows_a, pattern_a, data_b, rows_b, pattern_b;
+    int dtype_a, dtype_b, same_scale;
+    double scalar_a, scalar_b;
+    Py_ssize_t count, row_width, block_rows;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*idy*y*y*idy*y*nnnp",
+                                     (char **)COMPARE_CHUNK_KEYWORDS,
+                                     &data_a, &dtype_a, &scalar_a, &rows_a, &pattern_a, &data_b,
+                                     &dtype_b, &scalar_b, &rows_b, &pattern_b, &count, &row_width,
+                                     &block_rows, &same_scale))
+        return NULL;
+    return compare_sides(-1, 0, &data_a, dtype_a, scalar_a, &rows_a, &pattern_a, -1, 0, &data_b,
+                         dtype_b, scalar_b, &rows_b, &pattern_b, count, row_width, block_rows,
+                         same_scale);
+}
+
 static PyMethodDef methods[] = {
     {"reduce_chunk", (PyCFunction)(void (*)(void))reduce_chunk, METH_VARARGS | METH_KEYWORDS,
      "reduce_chunk(data, dtype_code, count, row_width, columns, mode, out) -> "
@@ -1642,6 +2037,14 @@ static PyMethodDef methods[] = {
     {"shift_minima", (PyCFunction)(void (*)(void))shift_minima, METH_VARARGS | METH_KEYWORDS,
      "shift_minima(bits, count, row_width, columns, down_table, up_table, rows_down, rows_up, "
      "columns_down, columns_up): table minima per row, min-accumulated per column (int8)"},
+    {"compare_range", (PyCFunction)(void (*)(void))compare_range, METH_VARARGS | METH_KEYWORDS,
+     "compare_range(fd_a, offset_a, scratch_a, dtype_a, scalar_a, rows_a, pattern_a, fd_b, "
+     "offset_b, scratch_b, dtype_b, scalar_b, rows_b, pattern_b, count, row_width, block_rows, "
+     "same_scale) -> (max_abs_diff, max_abs_a, canonical_diff, canonical_max_a, equal)"},
+    {"compare_chunk", (PyCFunction)(void (*)(void))compare_chunk, METH_VARARGS | METH_KEYWORDS,
+     "compare_chunk(data_a, dtype_a, scalar_a, rows_a, pattern_a, data_b, dtype_b, scalar_b, "
+     "rows_b, pattern_b, count, row_width, block_rows, same_scale) -> what compare_range "
+     "returns, for values in memory"},
     {NULL, NULL, 0, NULL},
 };
 

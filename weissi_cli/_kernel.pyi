@@ -11,6 +11,8 @@ import numpy.typing as npt
 Data = npt.NDArray[Any] | mmap.mmap | bytearray
 
 Totals = tuple[float, float, float, int]  # (sum of squares, L1, max |x|, non-finite count)
+# (max |b - a|, max |a|, max |cb - ca|, max |ca|, all equal) over the blocks that count
+Comparison = tuple[float, float, float, float, bool]
 
 def reduce_chunk(
     data: Data,
@@ -100,3 +102,39 @@ def shift_minima(
     columns_down: Data,
     columns_up: Data,
 ) -> None: ...
+def compare_range(
+    fd_a: int,
+    offset_a: int,
+    scratch_a: Data,
+    dtype_code_a: int,
+    scalar_a: float,
+    row_factors_a: Data,
+    pattern_a: Data,
+    fd_b: int,
+    offset_b: int,
+    scratch_b: Data,
+    dtype_code_b: int,
+    scalar_b: float,
+    row_factors_b: Data,
+    pattern_b: Data,
+    count: int,
+    row_width: int,
+    block_rows: int,
+    same_scale: bool,
+) -> Comparison: ...
+def compare_chunk(
+    data_a: Data,
+    dtype_code_a: int,
+    scalar_a: float,
+    row_factors_a: Data,
+    pattern_a: Data,
+    data_b: Data,
+    dtype_code_b: int,
+    scalar_b: float,
+    row_factors_b: Data,
+    pattern_b: Data,
+    count: int,
+    row_width: int,
+    block_rows: int,
+    same_scale: bool,
+) -> Comparison: ...

@@ -17,6 +17,8 @@ SCALE_ELEMENTS = 1 << 18
 # Values one kernel call reads from a file itself (in cache-sized pieces), per thread task:
 # the statistics, the value check and the comparison of two files.
 KERNEL_TASK_ELEMENTS = 1 << 21
+# Values one kernel call compares, per thread task, reading both files of `diff`.
+COMPARE_TASK_ELEMENTS = 1 << 22
 # Values whose exponent-table lookups headroom makes at once.
 HEADROOM_ELEMENTS = 1 << 20
 # Bytes copied at once: untouched tensors, companion files, archive members.

@@ -5,29 +5,24 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from dataclasses import replace
 from pathlib import Path
-
-import numpy as np
 
 from weissi_cli.api.plan import PlanSettings, plan_rebalance
 from weissi_cli.api.symmetries import statistics_pass
 from weissi_cli.api.verdict import guess_refusal
 from weissi_cli.choices import Granularity, choose
+from weissi_cli.compare import compare_tensors
 from weissi_cli.errors import StructureError
 from weissi_cli.io import open_checkpoint
 from weissi_cli.io.checkpoint import Checkpoint
-from weissi_cli.io.dtypes import UNIT_ROUNDOFF, decode
+from weissi_cli.io.dtypes import UNIT_ROUNDOFF
 from weissi_cli.ir import Structure
-from weissi_cli.progress import Stage
 from weissi_cli.report.common import Source
 from weissi_cli.report.diff import DiffReport, Shift, StructureBasis, TensorDiff
 from weissi_cli.scales import TensorScale
 from weissi_cli.structure import discover
 from weissi_cli.structure.source import StructureSource
-from weissi_cli.threads import run_round_robin
-from weissi_cli.verify_pairs import Block, PairBuffers, row_blocks
 
 # Relative tolerance, in units of the coarser dtype's roundoff: rounding once on each side
 # plus the scaling arithmetic.
@@ -203,118 +198,20 @@ def _compare(
     in_symmetry: set[str],
     threads: int = 2,
 ) -> list[TensorDiff]:
-    results = []
-    total = sum(a.info(name).nbytes + b.info(name).nbytes for name in names)
-    with Stage("comparing", total) as stage:
-        for name in names:
-            results.append(_compared(a, b, name, scales_a, scales_b, name in in_symmetry, threads))
-            stage.advance(a.info(name).nbytes + b.info(name).nbytes)
-    return results
-
-
-def _compared(
-    a: Checkpoint,
-    b: Checkpoint,
-    name: str,
-    scales_a: dict[str, TensorScale],
-    scales_b: dict[str, TensorScale],
-    in_symmetry: bool,
-    threads: int,
-) -> TensorDiff:
-    """One tensor of A against B, raw and after rebalancing both."""
-    shape = a.info(name).shape
-    scale_a = scales_a.get(name) or TensorScale(shape)
-    scale_b = scales_b.get(name) or TensorScale(shape)
-    totals = _compare_tensor(a, b, name, scale_a, scale_b, threads)
-    return TensorDiff(
-        name=name,
-        max_abs_diff=totals.difference,
-        max_rel_diff=_relative(totals.difference, totals.largest),
-        canonical_rel_diff=_relative(totals.canonical, totals.canonical_largest)
-        if in_symmetry
-        else None,
-        bitwise_equal=totals.bitwise,
-    )
-
-
-class _Totals:
-    """One tensor's comparison so far, merged from its blocks under a lock."""
-
-    def __init__(self) -> None:
-        self.difference = self.largest = self.canonical = self.canonical_largest = 0.0
-        self.bitwise = True
-        self.lock = threading.Lock()
-
-    def add(
-        self, difference: float, largest: float, canonical: float, top: float, equal: bool
-    ) -> None:
-        with self.lock:
-            self.difference = _max(self.difference, difference)
-            self.largest = _max(self.largest, largest)
-            self.canonical = _max(self.canonical, canonical)
-            self.canonical_largest = _max(self.canonical_largest, top)
-            self.bitwise = self.bitwise and equal
-
-
-def _compare_tensor(
-    a: Checkpoint,
-    b: Checkpoint,
-    name: str,
-    scale_a: TensorScale,
-    scale_b: TensorScale,
-    threads: int,
-) -> _Totals:
-    """Row blocks of one tensor from both files on `threads` threads. A block whose stored
-    bytes are the same in both files, under the same factors, is equal raw and canonical
-    alike and is not decoded (equal bytes are equal values; values that are equal in other
-    bytes, -0.0 or another NaN, are found by the float comparison). Other blocks are
-    decoded to float64, so the factors apply without rounding."""
-    info = a.info(name)
-    blocks, width = row_blocks(name, info)
-    same_storage = info.dtype == b.info(name).dtype
-    same_scale = _same_factors(scale_a, scale_b)
-    totals = _Totals()
-
-    def compare(block: Block, state: PairBuffers) -> None:
-        start, size = block.row * width, block.rows * width
-        raw_a = a.read_raw(name, start, size, state.buffers[0])
-        raw_b = b.read_raw(name, start, size, state.buffers[1])
-        if same_storage and same_scale and _same_bytes(raw_a, raw_b):
-            return
-        old = decode(raw_a, info.dtype, state.widened[0]).astype(np.float64, copy=False)
-        new = decode(raw_b, b.info(name).dtype, state.widened[1]).astype(np.float64, copy=False)
-        equal = bool(np.array_equal(old, new, equal_nan=True))
-        if equal and same_scale:  # nothing differs, raw or canonical: skip the arithmetic
-            return
-        with np.errstate(invalid="ignore", over="ignore"):
-            difference = float(np.max(np.abs(new - old))) if old.size else 0.0
-            largest = float(np.max(np.abs(old))) if old.size else 0.0
-            canon_a = old * np.asarray(scale_a.rows(block.row, block.rows)).reshape(-1)
-            canon_b = new * np.asarray(scale_b.rows(block.row, block.rows)).reshape(-1)
-            canonical = float(np.max(np.abs(canon_b - canon_a))) if old.size else 0.0
-            canonical_largest = float(np.max(np.abs(canon_a))) if old.size else 0.0
-        totals.add(difference, largest, canonical, canonical_largest, equal)
-
-    run_round_robin(blocks, lambda: PairBuffers(width), compare, threads)
-    return totals
-
-
-def _same_bytes(first: np.ndarray, second: np.ndarray) -> bool:
-    """Whether two raw blocks hold the same bytes (floats compared as integers: a NaN is
-    its own bit pattern), eight bytes at a time where the length allows (3x faster)."""
-    word = np.uint64 if first.nbytes % 8 == 0 else np.uint8
-    return bool(np.array_equal(first.view(word), second.view(word)))
-
-
-def _same_factors(first: TensorScale, second: TensorScale) -> bool:
-    """Whether two scales multiply every element by the same factor (bit for bit)."""
-    if first.scalar != second.scalar or first.vectors.keys() != second.vectors.keys():
-        return False
-    return all(np.array_equal(first.vectors[axis], second.vectors[axis]) for axis in first.vectors)
-
-
-def _max(first: float, second: float) -> float:
-    return math.nan if math.isnan(first) or math.isnan(second) else max(first, second)
+    """Each tensor of A against B, raw and after rebalancing both."""
+    found = compare_tensors(a, b, names, scales_a, scales_b, threads)
+    return [
+        TensorDiff(
+            name=name,
+            max_abs_diff=totals.difference,
+            max_rel_diff=_relative(totals.difference, totals.largest),
+            canonical_rel_diff=_relative(totals.canonical, totals.canonical_largest)
+            if name in in_symmetry
+            else None,
+            bitwise_equal=totals.bitwise,
+        )
+        for name, totals in ((name, found[name]) for name in names)
+    ]
 
 
 def _relative(difference: float, largest: float) -> float:
