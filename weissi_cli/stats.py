@@ -12,22 +12,17 @@ import math
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
-from weissi_cli import kernel
+from weissi_cli import chunking, kernel
 from weissi_cli.io.checkpoint import Checkpoint, TensorInfo, ended_early, read_buffer
 from weissi_cli.io.dtypes import decode
 from weissi_cli.progress import Stage
 from weissi_cli.threads import run_round_robin, single_threaded_blas
 
-CHUNK_ELEMENTS = 1 << 19
-# Where the C kernel reads the file itself it works in cache-sized pieces anyway; larger
-# tasks only cut the Python work per task (2.2 GB of bfloat16: 0.33 -> 0.27 s).
-KERNEL_TASK_ELEMENTS = 1 << 21
 # Tensors this small are reduced in float64 outright: exact, and cheap at this size.
 EXACT_BELOW = 1 << 16
 # Below this much data a second thread costs more than it saves.
@@ -152,7 +147,7 @@ class ChunkReducer:
         return Partial(sum_squares, l1, largest, 0)
 
 
-class _Worker:
+class Worker:
     """Per-thread buffers, so a pass allocates a few MiB whatever the model."""
 
     def __init__(self, chunk_elements: int) -> None:
@@ -172,27 +167,37 @@ class _Worker:
         fast = compiled is not None and task.dtype in kernel.DTYPE_CODES and not task.exact
         located = checkpoint.locate(task.name) if fast else None
         if compiled is not None and fast:
-            # (dtype code, count, row width, columns, mode, sums), as both entry points take them
-            shape = (
-                kernel.DTYPE_CODES[task.dtype],
-                task.elements,
-                task.row_width if mode else 0,
-                task.columns if mode else 1,
-                mode,
-                self.sums,
-            )
+            dtype_code = kernel.DTYPE_CODES[task.dtype]
+            row_width = task.row_width if mode else 0
+            columns = task.columns if mode else 1
             if located is not None:  # the kernel reads the file itself, in cache-sized pieces
                 fd, begin, path = located
                 itemsize = 4 if task.dtype == "float32" else 2
                 try:
                     totals = compiled.reduce_range(
-                        fd, begin + task.start * itemsize, self.raw, *shape
+                        fd=fd,
+                        offset=begin + task.start * itemsize,
+                        scratch=self.raw,
+                        dtype_code=dtype_code,
+                        count=task.elements,
+                        row_width=row_width,
+                        columns=columns,
+                        mode=mode,
+                        out=self.sums,
                     )
                 except EOFError:
                     raise ended_early(path) from None
             else:
                 raw = checkpoint.read_raw(task.name, task.start, task.elements, self.raw)
-                totals = compiled.reduce_chunk(raw, *shape)
+                totals = compiled.reduce_chunk(
+                    data=raw,
+                    dtype_code=dtype_code,
+                    count=task.elements,
+                    row_width=row_width,
+                    columns=columns,
+                    mode=mode,
+                    out=self.sums,
+                )
             partial = Partial(*totals)
         else:
             raw = checkpoint.read_raw(task.name, task.start, task.elements, self.raw)
@@ -349,9 +354,9 @@ def _row_tasks(info: TensorInfo, chunk_elements: int) -> Iterator[_Task]:
         yield _Task(info.name, info.dtype, row * width, count * width, exact, width, columns, rows)
 
 
-def _task_elements() -> int:
+def task_elements() -> int:
     """Values per task when the caller does not say: larger where the C kernel reads."""
-    return KERNEL_TASK_ELEMENTS if kernel.AVAILABLE else CHUNK_ELEMENTS
+    return chunking.KERNEL_TASK_ELEMENTS if kernel.AVAILABLE else chunking.NUMPY_ELEMENTS
 
 
 def compute_stats(
@@ -373,8 +378,8 @@ def compute_stats_and_squares(
 ) -> tuple[dict[str, TensorStats], dict[str, npt.NDArray[np.float32]]]:
     """Statistics of the named tensors and, in the same pass, the axis squares (see
     `axis_squares`) of the tensors in `squared`, which maps a name to the axes to keep.
-    Tasks are `chunk_elements` long (default: by who reads, see KERNEL_TASK_ELEMENTS)."""
-    chunk_elements = chunk_elements or _task_elements()
+    Tasks are `chunk_elements` long (default: by who reads, see `task_elements`)."""
+    chunk_elements = chunk_elements or task_elements()
     if names is None:
         infos = [info for info in checkpoint.tensors if info.is_supported_float]
     else:
@@ -400,13 +405,13 @@ def compute_stats_and_squares(
 
     with Stage("reading", total_bytes) as stage:
 
-        def reduce(index: int, worker: _Worker) -> None:
+        def reduce(index: int, worker: Worker) -> None:
             task = tasks[index]
             partials[index] = worker.reduce(checkpoint, task, sink)
             stage.advance(task.elements * itemsize[task.name])
 
         with single_threaded_blas():
-            run_round_robin(range(len(tasks)), lambda: _Worker(capacity), reduce, workers)
+            run_round_robin(range(len(tasks)), lambda: Worker(capacity), reduce, workers)
     return _combine(infos, tasks, partials), targets
 
 
@@ -462,210 +467,3 @@ def axis_squares(
     names = list(names)
     keep = {name: (keep or {}).get(name, (True, True)) for name in names}
     return compute_stats_and_squares(checkpoint, names, threads, squared=keep)[1]
-
-
-# float16 and bfloat16 limits: values above overflow to inf, non-zero values below flush to 0.
-HEADROOM = {
-    "float16": (65504.0, 2.0**-25),
-    "bfloat16": (3.3895313892515355e38, 2.0**-134),
-}
-
-
-@dataclass(frozen=True)
-class TensorDetails:
-    """What `check` needs beyond the statistics: dead rows/columns and 16-bit headroom."""
-
-    name: str
-    zero_rows: tuple[int, ...]  # indices along axis 0 whose whole slice is zero
-    zero_columns: tuple[int, ...]  # along axis 1 (tensors of 2+ dims)
-    overflow: dict[str, int]  # dtype -> values that would become ±inf
-    underflow: dict[str, int]  # dtype -> non-zero values that would become 0
-
-
-class _DetailParts(NamedTuple):
-    """check's findings in one chunk: non-zero rows, non-zero columns, 16-bit headroom."""
-
-    rows: list[npt.NDArray[np.bool_]]
-    columns: npt.NDArray[np.bool_] | None
-    overflow: dict[str, int]
-    underflow: dict[str, int]
-
-
-def compute_stats_and_details(
-    checkpoint: Checkpoint,
-    names: Iterable[str] | None = None,
-    headroom: bool = False,
-    threads: int = 2,
-    chunk_elements: int | None = None,
-) -> tuple[dict[str, TensorStats], dict[str, TensorDetails]]:
-    """Statistics and details in one pass over row-aligned chunks."""
-    chunk_elements = chunk_elements or _task_elements()
-    if names is None:
-        infos = [info for info in checkpoint.tensors if info.is_supported_float]
-    else:
-        infos = [checkpoint.info(name) for name in names]
-    tasks: list[tuple[TensorInfo, int, int]] = []  # (tensor, first row, rows)
-    for info in infos:
-        rows = info.shape[0] if info.shape else 1
-        width = info.numel // rows if rows else 0
-        per_task = max(1, chunk_elements // max(width, 1))
-        tasks += [(info, row, min(per_task, rows - row)) for row in range(0, rows, per_task)]
-    partials: list[Partial | None] = [None] * len(tasks)
-    parts: dict[str, list[tuple[int, _DetailParts]]] = {info.name: [] for info in infos}
-    lock = threading.Lock()
-    capacity = max(
-        [
-            chunk_elements,
-            EXACT_BELOW,
-            *(i.numel // max(i.shape[0] if i.shape else 1, 1) for i in infos),
-        ]
-    )
-
-    compiled = kernel.compiled if not headroom else None  # headroom counts: numpy's job
-
-    def reduce(index: int, worker: _Worker) -> None:
-        info, row, count = tasks[index]
-        rows = info.shape[0] if info.shape else 1
-        width = info.numel // rows if rows else 0
-        exact = info.numel < EXACT_BELOW
-        fast = compiled is not None and info.dtype in kernel.DTYPE_CODES and not exact and width
-        located = checkpoint.locate(info.name) if fast and len(info.shape) >= 2 else None
-        if fast and located is not None:
-            partials[index], found = _details_in_kernel(located, info, row, count, width, worker)
-            with lock:
-                parts[info.name].append((row, found))
-            return
-        raw = checkpoint.read_raw(info.name, row * width, count * width, worker.raw)
-        if fast:
-            partials[index], found = _compiled_details(compiled, raw, info, count, width, worker)
-            with lock:
-                parts[info.name].append((row, found))
-            return
-        values = decode(raw, info.dtype, worker.widened)
-        reducer = worker.reducer
-        partials[index] = reducer.reduce(values, exact=info.numel < EXACT_BELOW, row_width=width)
-        magnitudes = reducer.last_magnitudes
-        if magnitudes is None:
-            magnitudes = np.abs(values)
-        found = _details(magnitudes, info, count, headroom, reducer.last_row_max)
-        with lock:
-            parts[info.name].append((row, found))
-
-    workers = max(1, threads) if sum(i.nbytes for i in infos) > THREADS_ABOVE_BYTES else 1
-    with single_threaded_blas():
-        run_round_robin(range(len(tasks)), lambda: _Worker(capacity), reduce, workers)
-    grouped: dict[str, list[Partial]] = {info.name: [] for info in infos}
-    for (info, _, _), partial in zip(tasks, partials, strict=True):
-        assert partial is not None
-        grouped[info.name].append(partial)
-    stats = {info.name: combine(info, grouped[info.name]) for info in infos}
-    details = {info.name: _merge_details(info, parts[info.name]) for info in infos}
-    return stats, details
-
-
-def _details_in_kernel(
-    located: tuple[int, int, Path],
-    info: TensorInfo,
-    row: int,
-    rows: int,
-    width: int,
-    worker: _Worker,
-) -> tuple[Partial, _DetailParts]:
-    """_compiled_details with the kernel reading the file itself, in cache-sized pieces."""
-    assert kernel.compiled is not None
-    fd, begin, path = located
-    itemsize = info.nbytes // info.numel
-    columns = info.shape[1]
-    row_maxima = np.zeros(rows, np.uint32)
-    column_maxima = np.zeros(columns, np.uint32)
-    try:
-        totals = kernel.compiled.details_range(
-            fd,
-            begin + row * width * itemsize,
-            worker.raw,
-            kernel.DTYPE_CODES[info.dtype],
-            rows * width,
-            width,
-            columns,
-            row_maxima,
-            column_maxima,
-        )
-    except EOFError:
-        raise ended_early(path) from None
-    return Partial(*totals), _DetailParts([row_maxima != 0], column_maxima != 0, {}, {})
-
-
-def _compiled_details(
-    compiled: Any,
-    raw: npt.NDArray[np.generic],
-    info: TensorInfo,
-    rows: int,
-    width: int,
-    worker: _Worker,
-) -> tuple[Partial, _DetailParts]:
-    """Statistics and dead rows/columns of a row-aligned chunk by the C kernel: two passes
-    over the chunk while it is in cache."""
-    code = kernel.DTYPE_CODES[info.dtype]
-    count = rows * width
-    sum_squares, l1, largest, nonfinite = compiled.reduce_chunk(
-        raw, code, count, 0, 1, kernel.NO_AXES, worker.sums
-    )
-    partial = Partial(sum_squares, l1, largest, nonfinite)
-    if len(info.shape) < 2:
-        return partial, _DetailParts([], None, {}, {})
-    columns = info.shape[1]
-    row_maxima = worker.row_maxima[:rows]
-    column_maxima = np.zeros(columns, np.uint32)
-    compiled.maxima(raw, code, count, width, columns, row_maxima, column_maxima)
-    return partial, _DetailParts([row_maxima != 0], column_maxima != 0, {}, {})
-
-
-@np.errstate(invalid="ignore")
-def _details(
-    magnitudes: npt.NDArray[np.floating],
-    info: TensorInfo,
-    rows: int,
-    headroom: bool,
-    row_max: npt.NDArray[np.floating] | None = None,
-) -> _DetailParts:
-    """From the chunk's magnitudes (and row maxima, when the reducer made them): a max is
-    the fastest reduction, and `== 0` keeps NaN non-zero."""
-    nonzero_rows: list[npt.NDArray[np.bool_]] = []
-    columns = None
-    if len(info.shape) >= 2:
-        shaped = magnitudes.reshape(rows, info.shape[1], -1)
-        if row_max is None:
-            row_max = shaped.max(axis=(1, 2))
-        nonzero_rows = [~(row_max == 0)]
-        columns = ~(shaped.max(axis=(0, 2)) == 0)
-    overflow: dict[str, int] = {}
-    underflow: dict[str, int] = {}
-    if headroom:
-        for dtype, (largest, smallest) in HEADROOM.items():
-            overflow[dtype] = int(np.count_nonzero(magnitudes > largest))
-            underflow[dtype] = int(np.count_nonzero((magnitudes < smallest) & (magnitudes > 0)))
-    return _DetailParts(nonzero_rows, columns, overflow, underflow)
-
-
-def _merge_details(info: TensorInfo, parts: list[tuple[int, _DetailParts]]) -> TensorDetails:
-    parts = sorted(parts, key=lambda item: item[0])
-    pieces = [row for _, part in parts for row in part.rows]
-    rows = np.concatenate(pieces) if pieces else np.ones(0, bool)
-    columns = None
-    for _, part in parts:
-        if part.columns is not None:
-            columns = part.columns if columns is None else columns | part.columns
-    overflow: dict[str, int] = {}
-    underflow: dict[str, int] = {}
-    for _, part in parts:
-        for dtype, count in part.overflow.items():
-            overflow[dtype] = overflow.get(dtype, 0) + count
-        for dtype, count in part.underflow.items():
-            underflow[dtype] = underflow.get(dtype, 0) + count
-    return TensorDetails(
-        info.name,
-        tuple(int(i) for i in np.flatnonzero(~rows)) if len(info.shape) >= 2 else (),
-        tuple(int(i) for i in np.flatnonzero(~columns)) if columns is not None else (),
-        overflow,
-        underflow,
-    )

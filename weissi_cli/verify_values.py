@@ -14,7 +14,7 @@ from weissi_cli import chunking, kernel
 from weissi_cli.io.checkpoint import Checkpoint, ReadBuffer, ended_early, read_buffer
 from weissi_cli.io.dtypes import UNIT_ROUNDOFF
 from weissi_cli.scales import TensorScale
-from weissi_cli.stats import EXACT_BELOW, KERNEL_TASK_ELEMENTS, Partial
+from weissi_cli.stats import EXACT_BELOW, Partial
 from weissi_cli.threads import run_round_robin
 from weissi_cli.verification import ChainVerification, Level
 from weissi_cli.verify_pairs import Block, FloatArray, PairReader
@@ -229,7 +229,7 @@ def check_tensor_in_kernel(
     rows = info.shape[0] if info.shape else 1
     width = info.numel // rows
     itemsize = info.nbytes // info.numel
-    per_task = max(1, KERNEL_TASK_ELEMENTS // width)
+    per_task = max(1, chunking.KERNEL_TASK_ELEMENTS // width)
     starts = range(0, rows, per_task)
     scratch_bytes = max(1 << 20, width * itemsize)
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from tests.helpers import checks_after_the_write
 from tests.hf_models import TINY, build, load, outputs, save
-from weissi_cli import kernel, stats
+from weissi_cli import chunking, kernel, stats
 from weissi_cli.api.rebalance import rebalance_checkpoint
 from weissi_cli.errors import OutputError, UsageError
 from weissi_cli.io import open_checkpoint
@@ -302,8 +302,8 @@ def test_rebalance_writes_the_same_bytes_every_run(
     # a chunk per row on two threads: o_proj and down_proj (256 x 256, 256 x 384) are
     # large enough to be read in chunks, and their column squares are summed over rows
     monkeypatch.setattr(stats, "THREADS_ABOVE_BYTES", 0)
-    monkeypatch.setattr(stats, "KERNEL_TASK_ELEMENTS", 256)
-    monkeypatch.setattr(stats, "CHUNK_ELEMENTS", 256)
+    monkeypatch.setattr(chunking, "KERNEL_TASK_ELEMENTS", 256)
+    monkeypatch.setattr(chunking, "NUMPY_ELEMENTS", 256)
     source = save(build("llama", hidden_size=256, intermediate_size=384), tmp_path / "in")
     written = set()
     for run in range(4):

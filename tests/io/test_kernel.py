@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from tests.helpers import write_safetensors
 from weissi_cli import kernel
 from weissi_cli.io import open_checkpoint
-from weissi_cli.stats import compute_stats_and_details, reduce_float64
+from weissi_cli.stats import reduce_float64
+from weissi_cli.stats_details import compute_stats_and_details
 
 pytestmark = pytest.mark.skipif(not kernel.AVAILABLE, reason="the C kernel was not built")
 DUMMY = bytearray(8)

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 from weissi_cli import kernel, stats
+from weissi_cli.chunking import NUMPY_ELEMENTS as CHUNK_ELEMENTS
 from weissi_cli.errors import InputError
 from weissi_cli.io import open_checkpoint
 from weissi_cli.io.dtypes import decode, encode
-from weissi_cli.stats import CHUNK_ELEMENTS, EXACT_BELOW, TensorStats, compute_stats
+from weissi_cli.stats import EXACT_BELOW, TensorStats, compute_stats
 
 CODES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 DTYPES = list(CODES)
@@ -245,17 +246,17 @@ def test_two_threads_give_identical_results_to_one(
 
 def test_small_data_stays_in_the_calling_thread(tmp_path: Path) -> None:
     seen: list[int] = []
-    original = stats._Worker.reduce
+    original = stats.Worker.reduce
 
     def recording(
-        worker: stats._Worker, checkpoint: object, task: object, sink: object = None
+        worker: stats.Worker, checkpoint: object, task: object, sink: object = None
     ) -> object:
         seen.append(threading.get_ident())
         return original(worker, checkpoint, task, sink)  # type: ignore[arg-type]
 
     raw = stored(random_values(3 * EXACT_BELOW), "float32")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(stats._Worker, "reduce", recording)
+        patch.setattr(stats.Worker, "reduce", recording)
         stats_of(tmp_path, raw, "float32", threads=2, chunk_elements=EXACT_BELOW)
     assert set(seen) == {threading.get_ident()}
 

@@ -19,7 +19,8 @@ from weissi_cli.ir import Structure
 from weissi_cli.progress import phase
 from weissi_cli.report.check import CheckError, CheckReport, CheckRun, RuleResult
 from weissi_cli.report.common import Source
-from weissi_cli.stats import TensorDetails, TensorStats, compute_stats_and_details
+from weissi_cli.stats import TensorStats
+from weissi_cli.stats_details import TensorDetails, compute_stats_and_details
 from weissi_cli.structure import discover
 from weissi_cli.structure.source import StructureSource
 

@@ -1,0 +1,248 @@
+"""Statistics with what `check` needs beyond them, in the same pass: dead rows and columns
+(a whole slice of zeros) and, on request, how many values float16 or bfloat16 would overflow
+or flush to zero."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from weissi_cli import kernel
+from weissi_cli.io.checkpoint import Checkpoint, TensorInfo, ended_early
+from weissi_cli.io.dtypes import decode
+from weissi_cli.stats import (
+    EXACT_BELOW,
+    THREADS_ABOVE_BYTES,
+    Partial,
+    TensorStats,
+    Worker,
+    combine,
+    task_elements,
+)
+from weissi_cli.threads import run_round_robin, single_threaded_blas
+
+# float16 and bfloat16 limits: values above overflow to inf, non-zero values below flush to 0.
+HEADROOM = {
+    "float16": (65504.0, 2.0**-25),
+    "bfloat16": (3.3895313892515355e38, 2.0**-134),
+}
+
+
+@dataclass(frozen=True)
+class TensorDetails:
+    """What `check` needs beyond the statistics: dead rows/columns and 16-bit headroom."""
+
+    name: str
+    zero_rows: tuple[int, ...]  # indices along axis 0 whose whole slice is zero
+    zero_columns: tuple[int, ...]  # along axis 1 (tensors of 2+ dims)
+    overflow: dict[str, int]  # dtype -> values that would become ±inf
+    underflow: dict[str, int]  # dtype -> non-zero values that would become 0
+
+
+class _DetailParts(NamedTuple):
+    """check's findings in one chunk: non-zero rows, non-zero columns, 16-bit headroom."""
+
+    rows: list[npt.NDArray[np.bool_]]
+    columns: npt.NDArray[np.bool_] | None
+    overflow: dict[str, int]
+    underflow: dict[str, int]
+
+
+def compute_stats_and_details(
+    checkpoint: Checkpoint,
+    names: Iterable[str] | None = None,
+    headroom: bool = False,
+    threads: int = 2,
+    chunk_elements: int | None = None,
+) -> tuple[dict[str, TensorStats], dict[str, TensorDetails]]:
+    """Statistics and details in one pass over row-aligned chunks."""
+    chunk_elements = chunk_elements or task_elements()
+    if names is None:
+        infos = [info for info in checkpoint.tensors if info.is_supported_float]
+    else:
+        infos = [checkpoint.info(name) for name in names]
+    tasks: list[tuple[TensorInfo, int, int]] = []  # (tensor, first row, rows)
+    for info in infos:
+        rows = info.shape[0] if info.shape else 1
+        width = info.numel // rows if rows else 0
+        per_task = max(1, chunk_elements // max(width, 1))
+        tasks += [(info, row, min(per_task, rows - row)) for row in range(0, rows, per_task)]
+    partials: list[Partial | None] = [None] * len(tasks)
+    parts: dict[str, list[tuple[int, _DetailParts]]] = {info.name: [] for info in infos}
+    lock = threading.Lock()
+    capacity = max(
+        [
+            chunk_elements,
+            EXACT_BELOW,
+            *(i.numel // max(i.shape[0] if i.shape else 1, 1) for i in infos),
+        ]
+    )
+
+    compiled = kernel.compiled if not headroom else None  # headroom counts: numpy's job
+
+    def reduce(index: int, worker: Worker) -> None:
+        info, row, count = tasks[index]
+        rows = info.shape[0] if info.shape else 1
+        width = info.numel // rows if rows else 0
+        exact = info.numel < EXACT_BELOW
+        fast = compiled is not None and info.dtype in kernel.DTYPE_CODES and not exact and width
+        located = checkpoint.locate(info.name) if fast and len(info.shape) >= 2 else None
+        if fast and located is not None:
+            partials[index], found = _details_in_kernel(located, info, row, count, width, worker)
+            with lock:
+                parts[info.name].append((row, found))
+            return
+        raw = checkpoint.read_raw(info.name, row * width, count * width, worker.raw)
+        if fast and compiled is not None:
+            partials[index], found = _compiled_details(compiled, raw, info, count, width, worker)
+            with lock:
+                parts[info.name].append((row, found))
+            return
+        values = decode(raw, info.dtype, worker.widened)
+        reducer = worker.reducer
+        partials[index] = reducer.reduce(values, exact=info.numel < EXACT_BELOW, row_width=width)
+        magnitudes = reducer.last_magnitudes
+        if magnitudes is None:
+            magnitudes = np.abs(values)
+        found = _details(magnitudes, info, count, headroom, reducer.last_row_max)
+        with lock:
+            parts[info.name].append((row, found))
+
+    workers = max(1, threads) if sum(i.nbytes for i in infos) > THREADS_ABOVE_BYTES else 1
+    with single_threaded_blas():
+        run_round_robin(range(len(tasks)), lambda: Worker(capacity), reduce, workers)
+    grouped: dict[str, list[Partial]] = {info.name: [] for info in infos}
+    for (info, _, _), partial in zip(tasks, partials, strict=True):
+        assert partial is not None
+        grouped[info.name].append(partial)
+    stats = {info.name: combine(info, grouped[info.name]) for info in infos}
+    details = {info.name: _merge_details(info, parts[info.name]) for info in infos}
+    return stats, details
+
+
+def _details_in_kernel(
+    located: tuple[int, int, Path],
+    info: TensorInfo,
+    row: int,
+    rows: int,
+    width: int,
+    worker: Worker,
+) -> tuple[Partial, _DetailParts]:
+    """_compiled_details with the kernel reading the file itself, in cache-sized pieces."""
+    assert kernel.compiled is not None
+    fd, begin, path = located
+    itemsize = info.nbytes // info.numel
+    columns = info.shape[1]
+    row_maxima = np.zeros(rows, np.uint32)
+    column_maxima = np.zeros(columns, np.uint32)
+    try:
+        totals = kernel.compiled.details_range(
+            fd=fd,
+            offset=begin + row * width * itemsize,
+            scratch=worker.raw,
+            dtype_code=kernel.DTYPE_CODES[info.dtype],
+            count=rows * width,
+            row_width=width,
+            columns=columns,
+            row_out=row_maxima,
+            column_out=column_maxima,
+        )
+    except EOFError:
+        raise ended_early(path) from None
+    return Partial(*totals), _DetailParts([row_maxima != 0], column_maxima != 0, {}, {})
+
+
+def _compiled_details(
+    compiled: kernel.Kernel,
+    raw: npt.NDArray[np.generic],
+    info: TensorInfo,
+    rows: int,
+    width: int,
+    worker: Worker,
+) -> tuple[Partial, _DetailParts]:
+    """Statistics and dead rows/columns of a row-aligned chunk by the C kernel: two passes
+    over the chunk while it is in cache."""
+    code = kernel.DTYPE_CODES[info.dtype]
+    count = rows * width
+    sum_squares, l1, largest, nonfinite = compiled.reduce_chunk(
+        data=raw,
+        dtype_code=code,
+        count=count,
+        row_width=0,
+        columns=1,
+        mode=kernel.NO_AXES,
+        out=worker.sums,
+    )
+    partial = Partial(sum_squares, l1, largest, nonfinite)
+    if len(info.shape) < 2:
+        return partial, _DetailParts([], None, {}, {})
+    columns = info.shape[1]
+    row_maxima = worker.row_maxima[:rows]
+    column_maxima = np.zeros(columns, np.uint32)
+    compiled.maxima(
+        data=raw,
+        dtype_code=code,
+        count=count,
+        row_width=width,
+        columns=columns,
+        row_out=row_maxima,
+        column_out=column_maxima,
+    )
+    return partial, _DetailParts([row_maxima != 0], column_maxima != 0, {}, {})
+
+
+@np.errstate(invalid="ignore")
+def _details(
+    magnitudes: npt.NDArray[np.floating],
+    info: TensorInfo,
+    rows: int,
+    headroom: bool,
+    row_max: npt.NDArray[np.floating] | None = None,
+) -> _DetailParts:
+    """From the chunk's magnitudes (and row maxima, when the reducer made them): a max is
+    the fastest reduction, and `== 0` keeps NaN non-zero."""
+    nonzero_rows: list[npt.NDArray[np.bool_]] = []
+    columns = None
+    if len(info.shape) >= 2:
+        shaped = magnitudes.reshape(rows, info.shape[1], -1)
+        if row_max is None:
+            row_max = shaped.max(axis=(1, 2))
+        nonzero_rows = [~(row_max == 0)]
+        columns = ~(shaped.max(axis=(0, 2)) == 0)
+    overflow: dict[str, int] = {}
+    underflow: dict[str, int] = {}
+    if headroom:
+        for dtype, (largest, smallest) in HEADROOM.items():
+            overflow[dtype] = int(np.count_nonzero(magnitudes > largest))
+            underflow[dtype] = int(np.count_nonzero((magnitudes < smallest) & (magnitudes > 0)))
+    return _DetailParts(nonzero_rows, columns, overflow, underflow)
+
+
+def _merge_details(info: TensorInfo, parts: list[tuple[int, _DetailParts]]) -> TensorDetails:
+    parts = sorted(parts, key=lambda item: item[0])
+    pieces = [row for _, part in parts for row in part.rows]
+    rows = np.concatenate(pieces) if pieces else np.ones(0, bool)
+    columns = None
+    for _, part in parts:
+        if part.columns is not None:
+            columns = part.columns if columns is None else columns | part.columns
+    overflow: dict[str, int] = {}
+    underflow: dict[str, int] = {}
+    for _, part in parts:
+        for dtype, count in part.overflow.items():
+            overflow[dtype] = overflow.get(dtype, 0) + count
+        for dtype, count in part.underflow.items():
+            underflow[dtype] = underflow.get(dtype, 0) + count
+    return TensorDetails(
+        info.name,
+        tuple(int(i) for i in np.flatnonzero(~rows)) if len(info.shape) >= 2 else (),
+        tuple(int(i) for i in np.flatnonzero(~columns)) if columns is not None else (),
+        overflow,
+        underflow,
+    )
