@@ -15,20 +15,40 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from weissi_cli.errors import StructureError
 from weissi_cli.ir import Chain, Member, Symmetry
-from weissi_cli.progress import phase
+from weissi_cli.progress import Stage, phase
 
 if TYPE_CHECKING:
     from weissi_cli.balance.exact_pow2 import ExactLimits
 
 Vector = npt.NDArray[np.float64]
-Squares = npt.NDArray[np.float32]  # [rows, columns]: see stats.axis_squares
+
+
+class SquaresOperator(Protocol):
+    """Axis squares too large to hold, used only through products (see
+    `streamed.StreamedSquares`)."""
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    @property
+    def nbytes(self) -> int:
+        """What one product reads."""
+        ...
+
+    def matvec(self, vector: Vector) -> Vector: ...
+
+    def rmatvec(self, vector: Vector) -> Vector: ...
+
+
+# [rows, columns]: see stats.axis_squares; held as a float32 matrix, or streamed
+Squares = npt.NDArray[np.float32] | SquaresOperator
 
 TOLERANCE = 1e-10
 MAX_SWEEPS = 2000
@@ -74,29 +94,52 @@ class _Factors:
         # (tensor, axis) -> the squares summed along the other axis under its factors: kept
         # until that other axis moves (a transformer's heads each move only their own rows).
         self._weights: dict[tuple[str, int], Vector] = {}
+        # where the bytes streamed for products are reported (a sweep's progress)
+        self.stage: Stage | None = None
 
     def penalty(self) -> float:
         return math.fsum(self.per_tensor().values())
 
     def per_tensor(self) -> dict[str, float]:
-        return {
-            name: float(self.rows[name] ** 2 @ (q @ (self.columns[name] ** 2)).astype(np.float64))
-            for name, q in self.squares.items()
-        }
+        found = {}
+        for name, q in self.squares.items():
+            rows, columns = self.rows[name] ** 2, self.columns[name] ** 2
+            if isinstance(q, np.ndarray):
+                found[name] = float(rows @ (q @ columns).astype(np.float64))
+                continue
+            # A streamed tensor's cached product under its current factors gives the penalty
+            # without another pass; at the end of a sweep one of the two usually is.
+            if (name, 1) in self._weights and (name, 0) not in self._weights:
+                found[name] = float(self._weights[(name, 1)] @ columns)
+            else:
+                found[name] = float(rows @ self._summed(name, 0))
+        return found
 
     def weights(self, member: Member) -> Vector:
         """The squares of `member`'s tensor summed along the other axis under that axis's
         factors: one value per entry of `member`'s axis."""
-        weights = self._weights.get((member.tensor, member.axis))
-        if weights is None:
-            q = self.squares[member.tensor]
-            if member.axis == 0:
-                other = (self.columns[member.tensor] ** 2).astype(np.float32)
+        return self._summed(member.tensor, member.axis)
+
+    def _summed(self, tensor: str, axis: int) -> Vector:
+        weights = self._weights.get((tensor, axis))
+        if weights is not None:
+            return weights
+        q = self.squares[tensor]
+        if isinstance(q, np.ndarray):
+            if axis == 0:
+                other = (self.columns[tensor] ** 2).astype(np.float32)
                 weights = (q @ other).astype(np.float64)
             else:
-                other = (self.rows[member.tensor] ** 2).astype(np.float32)
+                other = (self.rows[tensor] ** 2).astype(np.float32)
                 weights = (other @ q).astype(np.float64)
-            self._weights[(member.tensor, member.axis)] = weights
+        else:
+            if axis == 0:
+                weights = q.matvec(self.columns[tensor] ** 2)
+            else:
+                weights = q.rmatvec(self.rows[tensor] ** 2)
+            if self.stage is not None:
+                self.stage.advance(q.nbytes)
+        self._weights[(tensor, axis)] = weights
         return weights
 
     def sums(self, member: Member, size: int, own: Vector) -> Vector:
@@ -201,24 +244,9 @@ def solve(
     alone = _independent(active)
     while active and sweeps < max_sweeps:
         sweeps += 1
-        for symmetry, penalised in active:
-            solution = solutions[symmetry.id]
-            change: Vector | float
-            if granularity == "layer":
-                # one scale shared by every channel (1 for a symmetry without channels)
-                current_scale = solution.scales[0] if symmetry.size else np.float64(1.0)
-                up, down = factors.totals(penalised, symmetry.size, current_scale)
-                scale = (down / up) ** 0.25 if up > 0 and down > 0 else np.float64(1.0)
-                change = scale / current_scale
-                target = np.full(symmetry.size, scale)
-            else:
-                ups, downs = factors.sides(penalised, symmetry.size, solution.scales)
-                target = _step(ups, downs, symmetry, solution)
-                change = target / solution.scales
-            for member in symmetry.members:
-                if member.tensor in squares:
-                    factors.apply(member, symmetry.size, change)
-            solution.scales = target
+        with Stage(f"sweep {sweeps}", _streamed_bytes(active, squares)) as stage:
+            factors.stage = stage
+            _sweep(active, factors, solutions, granularity)
         # A symmetry that shares no penalised entries' factors with another has reached its
         # optimum in one step (its A and B cannot change): later sweeps skip it.
         active = [
@@ -230,6 +258,7 @@ def solve(
             converged = True
             break
         current = updated
+    factors.stage = None
     return ChannelSolution(
         solutions,
         before,
@@ -241,6 +270,46 @@ def solve(
         tensors_before,
         factors.per_tensor(),
     )
+
+
+def _sweep(
+    active: list[tuple[Symmetry, list[Member]]],
+    factors: _Factors,
+    solutions: dict[str, SymmetrySolution],
+    granularity: str,
+) -> None:
+    """One step of every active symmetry in turn, each given the others' current scales."""
+    for symmetry, penalised in active:
+        solution = solutions[symmetry.id]
+        change: Vector | float
+        if granularity == "layer":
+            # one scale shared by every channel (1 for a symmetry without channels)
+            current_scale = solution.scales[0] if symmetry.size else np.float64(1.0)
+            up, down = factors.totals(penalised, symmetry.size, current_scale)
+            scale = (down / up) ** 0.25 if up > 0 and down > 0 else np.float64(1.0)
+            change = scale / current_scale
+            target = np.full(symmetry.size, scale)
+        else:
+            ups, downs = factors.sides(penalised, symmetry.size, solution.scales)
+            target = _step(ups, downs, symmetry, solution)
+            change = target / solution.scales
+        for member in symmetry.members:
+            if member.tensor in factors.squares:
+                factors.apply(member, symmetry.size, change)
+        solution.scales = target
+
+
+def _streamed_bytes(
+    active: list[tuple[Symmetry, list[Member]]], squares: Mapping[str, Squares]
+) -> int:
+    """What a sweep reads at most: one pass over a streamed tensor per axis that moves
+    (0 when every tensor is held: the sweep shows its time instead)."""
+    total = 0
+    for tensor, _ in {(m.tensor, m.axis) for _, penalised in active for m in penalised}:
+        q = squares[tensor]
+        if not isinstance(q, np.ndarray):
+            total += q.nbytes
+    return total
 
 
 def _bounded(penalised: list[Member]) -> bool:
