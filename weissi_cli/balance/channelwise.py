@@ -13,7 +13,7 @@ result can only be lower.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -45,6 +45,13 @@ class SquaresOperator(Protocol):
     def matvec(self, vector: Vector) -> Vector: ...
 
     def rmatvec(self, vector: Vector) -> Vector: ...
+
+    def matvec_rmatvec(
+        self, vector: Vector, rows_after: Callable[[int, Vector], Vector]
+    ) -> tuple[Vector, Vector]:
+        """Q @ vector, and r @ Q in the same pass, where a chunk's r is `rows_after(its
+        first row, its rows of Q @ vector)` (called from any thread)."""
+        ...
 
 
 # [rows, columns]: see stats.axis_squares; held as a float32 matrix, or streamed
@@ -199,6 +206,72 @@ class _Factors:
             vectors[member.tensor][span] *= _along(change**member.exponent, member.block)
         self._weights.pop((member.tensor, 1 - member.axis), None)
 
+    def streamed_member(self, symmetry: Symmetry, penalised: list[Member]) -> Member | None:
+        """A member whose rows the symmetry's step needs streamed, and may set chunk by
+        chunk: one channel per row, no tie groups, no other member on its tensor. Its
+        pass also gives the product along its other axis under the new rows, which the
+        next sweep needs: one pass over the tensor per sweep instead of two."""
+        if symmetry.tie > 1:
+            return None
+        for member in reversed(penalised):
+            if (
+                member.axis == 0
+                and member.block == 1
+                and not isinstance(self.squares[member.tensor], np.ndarray)
+                and (member.tensor, 0) not in self._weights
+                and sum(m.tensor == member.tensor for m in penalised) == 1
+            ):
+                return member
+        return None
+
+    def prefetch(
+        self, member: Member, penalised: list[Member], size: int, own: Vector
+    ) -> tuple[Vector, Vector]:
+        """Stream `member`'s tensor once: its weights along axis 0 (cached as `weights`
+        would), and the product along axis 1 under the rows this symmetry's step will
+        give, found per chunk by the same arithmetic as `sides`, `_step` and `apply`.
+        Returns (those rows, that product): `confirm` keeps the product if the step
+        gives exactly those rows."""
+        tensor = member.tensor
+        q = self.squares[tensor]
+        assert not isinstance(q, np.ndarray)
+        others = {id(m): self.sums(m, size, own) for m in penalised if m is not member}
+        rows = self.rows[tensor]
+        expected = rows.copy()
+        stop = member.offset + size
+
+        def rows_after(first: int, products: Vector) -> Vector:
+            low, high = max(first, member.offset), min(first + products.size, stop)
+            if low < high:
+                channels = slice(low - member.offset, high - member.offset)
+                own_here = own[channels]
+                mine = products[low - first : high - first] * rows[low:high] ** 2
+                mine = mine / own_here ** (2 * member.exponent)
+                ups, downs = np.zeros(high - low), np.zeros(high - low)
+                for other in penalised:
+                    part = mine if other is member else others[id(other)][channels]
+                    if other.exponent > 0:
+                        ups += part
+                    else:
+                        downs += part
+                live = (ups > 0) & (downs > 0)
+                target = np.ones(high - low)
+                target[live] = (downs[live] / ups[live]) ** 0.25
+                expected[low:high] = rows[low:high] * (target / own_here) ** member.exponent
+            squared: Vector = expected[first : first + products.size] ** 2
+            return squared
+
+        weights, along_columns = q.matvec_rmatvec(self.columns[tensor] ** 2, rows_after)
+        if self.stage is not None:
+            self.stage.advance(q.nbytes)
+        self._weights[(tensor, 0)] = weights
+        return expected, along_columns
+
+    def confirm(self, tensor: str, expected: Vector, along_columns: Vector) -> None:
+        """Keep the product `prefetch` made if the rows are now exactly those it assumed."""
+        if (tensor, 1) not in self._weights and np.array_equal(self.rows[tensor], expected):
+            self._weights[(tensor, 1)] = along_columns
+
 
 def _along(per_channel: Vector, block: int) -> Vector:
     """Per-channel values spread over the `block` entries each channel covers."""
@@ -282,6 +355,7 @@ def _sweep(
     for symmetry, penalised in active:
         solution = solutions[symmetry.id]
         change: Vector | float
+        streamed: Member | None = None
         if granularity == "layer":
             # one scale shared by every channel (1 for a symmetry without channels)
             current_scale = solution.scales[0] if symmetry.size else np.float64(1.0)
@@ -290,12 +364,17 @@ def _sweep(
             change = scale / current_scale
             target = np.full(symmetry.size, scale)
         else:
+            streamed = factors.streamed_member(symmetry, penalised)
+            if streamed is not None:
+                prefetched = factors.prefetch(streamed, penalised, symmetry.size, solution.scales)
             ups, downs = factors.sides(penalised, symmetry.size, solution.scales)
             target = _step(ups, downs, symmetry, solution)
             change = target / solution.scales
         for member in symmetry.members:
             if member.tensor in factors.squares:
                 factors.apply(member, symmetry.size, change)
+        if streamed is not None:
+            factors.confirm(streamed.tensor, *prefetched)
         solution.scales = target
 
 

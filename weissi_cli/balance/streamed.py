@@ -70,6 +70,24 @@ class StreamedSquares:
         self._stream(product)
         return ordered.total
 
+    def matvec_rmatvec(
+        self, vector: Vector, rows_after: Callable[[int, Vector], Vector]
+    ) -> tuple[Vector, Vector]:
+        """Q @ vector, and r @ Q in the same pass, where a chunk's r is `rows_after(its
+        first row, its rows of Q @ vector)`: the caller sets a row's factor from that
+        row's product alone."""
+        result = np.zeros(self.shape[0])
+        ordered = _InOrder(np.zeros(self.shape[1]))
+
+        def product(first: int, squares: Vector) -> None:
+            count = squares.shape[0]
+            mine = result[first : first + count]
+            np.dot(squares, vector, out=mine)
+            ordered.add(first, rows_after(first, mine) @ squares, count)
+
+        self._stream(product)
+        return result, ordered.total
+
     def _stream(self, product: Callable[[int, Vector], None]) -> None:
         info = self.checkpoint.info(self.name)
         columns = self.shape[1]
