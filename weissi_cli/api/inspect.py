@@ -34,7 +34,8 @@ def inspect_checkpoint(
     the optimal factors γ*. `spec`: a structure spec file, or a `StructureSource`.
     `include_bias` penalises 1-D parameters too. With `granularity="channel"` the
     per-channel optimum is reported beside the layer-wise one (from the same pass; the
-    squares of large tensors are streamed from the file while solving). `report.to_dict()` is the weissi.inspect/1 payload."""
+    squares of large tensors are streamed from the file while solving).
+    `report.to_dict()` is the weissi.inspect/1 payload."""
     path = Path(path)
     granularity = choose(Granularity, granularity, "--granularity")
     for name, value in (("--lambda1", lambda1), ("--lambda2", lambda2)):

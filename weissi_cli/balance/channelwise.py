@@ -115,11 +115,17 @@ class _Factors:
                 found[name] = float(rows @ (q @ columns).astype(np.float64))
                 continue
             # A streamed tensor's cached product under its current factors gives the penalty
-            # without another pass; at the end of a sweep one of the two usually is.
-            if (name, 1) in self._weights and (name, 0) not in self._weights:
+            # without another pass; at the end of a sweep one of the two usually is. Where
+            # neither is, one pass gives both (the next sweep needs the other).
+            if (name, 0) not in self._weights and (name, 1) in self._weights:
                 found[name] = float(self._weights[(name, 1)] @ columns)
-            else:
-                found[name] = float(rows @ self._summed(name, 0))
+                continue
+            if (name, 0) not in self._weights:
+                both = q.matvec_rmatvec(columns, _unchanged(rows))
+                self._weights[(name, 0)], self._weights[(name, 1)] = both
+                if self.stage is not None:
+                    self.stage.advance(q.nbytes)
+            found[name] = float(rows @ self._weights[(name, 0)])
         return found
 
     def weights(self, member: Member) -> Vector:
@@ -271,6 +277,11 @@ class _Factors:
         """Keep the product `prefetch` made if the rows are now exactly those it assumed."""
         if (tensor, 1) not in self._weights and np.array_equal(self.rows[tensor], expected):
             self._weights[(tensor, 1)] = along_columns
+
+
+def _unchanged(rows: Vector) -> Callable[[int, Vector], Vector]:
+    """`rows_after` for a pass that moves no rows."""
+    return lambda first, products: rows[first : first + products.size]
 
 
 def _along(per_channel: Vector, block: int) -> Vector:
