@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +21,7 @@ Vector = npt.NDArray[np.float64]
 # tensor, so small tensors stay (a sweep over them costs nothing next to the big ones),
 # and the cap keeps private memory bounded at any model size.
 HELD_BYTES = 32 << 20
-# Row chunks smaller than this are not worth a second thread.
+# Tensors of fewer elements are streamed on one thread: a second costs more than it saves.
 THREADS_ABOVE_ELEMENTS = 1 << 21
 
 
@@ -29,9 +29,8 @@ THREADS_ABOVE_ELEMENTS = 1 << 21
 class StreamedSquares:
     """The [rows, columns] axis squares of one tensor (see `stats.axis_squares`), never held
     whole: each product reads the tensor again in the statistics pass's row chunks, squares
-    each chunk in its storage precision and rounds it to float32, as the pass stores them,
-    and multiplies in float64 (the products feed the penalty, which the descent compares
-    to 1e-10)."""
+    each chunk in float32 (rounded once, as the pass stores the squares) and multiplies in
+    float64: the products feed the penalty, which the descent compares to 1e-10."""
 
     checkpoint: Checkpoint
     name: str
@@ -173,9 +172,3 @@ def streamed_names(
         else:
             streamed.add(name)
     return streamed
-
-
-def streamed_squares(
-    checkpoint: Checkpoint, names: Iterable[str], threads: int = 2
-) -> dict[str, StreamedSquares]:
-    return {name: StreamedSquares(checkpoint, name, threads) for name in names}
