@@ -221,3 +221,26 @@ def test_each_sweep_reports_the_bytes_it_streams(
     assert recorder.stack == []
     sweep = ("solving for the optimal scales", "sweep 2")
     assert recorder.bytes[sweep] == 100 * 100 * 4
+
+
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_checkpoints"
+
+
+@pytest.mark.parametrize(
+    "name", ["mlp_digits.safetensors", "cnn_digits.safetensors", "cnn_digits.pt"]
+)
+def test_streamed_samples_report_the_held_optimum(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Convolutions (kernels summed, channels flattened into a linear layer's blocks) and
+    torch pickles stream as safetensors MLPs do."""
+    found = []
+    for held in (1 << 30, 0):
+        monkeypatch.setattr(streamed, "HELD_BYTES", held)
+        report = api.inspect_checkpoint(SAMPLES / name, granularity="channel").to_dict()
+        found.append([chain["channel"] for chain in report["chains"]])
+    for expected, streamed_chain in zip(*found, strict=True):
+        assert streamed_chain["sweeps"] == expected["sweeps"]
+        assert streamed_chain["min_l2_penalty"] == pytest.approx(
+            expected["min_l2_penalty"], rel=1e-8
+        )
