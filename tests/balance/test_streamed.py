@@ -194,10 +194,12 @@ class Recorder:
     def __init__(self) -> None:
         self.stack: list[str] = []
         self.bytes: dict[tuple[str, ...], int] = {}
+        self.totals: dict[tuple[str, ...], int] = {}
 
     def start(self, label: str, total_bytes: int) -> None:
         self.stack.append(label)
         self.bytes.setdefault(tuple(self.stack), 0)
+        self.totals[tuple(self.stack)] = total_bytes
 
     def advance(self, nbytes: int) -> None:
         self.bytes[tuple(self.stack)] += nbytes
@@ -220,7 +222,7 @@ def test_each_sweep_reports_the_bytes_it_streams(
         progress.listen(None)
     assert recorder.stack == []
     sweep = ("solving for the optimal scales", "sweep 2")
-    assert recorder.bytes[sweep] == 100 * 100 * 4
+    assert recorder.bytes[sweep] == recorder.totals[sweep] == 100 * 100 * 4
 
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_checkpoints"

@@ -214,18 +214,14 @@ class _Factors:
 
     def streamed_member(self, symmetry: Symmetry, penalised: list[Member]) -> Member | None:
         """A member whose rows the symmetry's step needs streamed, and may set chunk by
-        chunk: one channel per row, no tie groups, no other member on its tensor. Its
-        pass also gives the product along its other axis under the new rows, which the
-        next sweep needs: one pass over the tensor per sweep instead of two."""
-        if symmetry.tie > 1:
-            return None
+        chunk (see `_settable`). Its pass also gives the product along its other axis
+        under the new rows, which the next sweep needs: one pass over the tensor per sweep
+        instead of two."""
         for member in reversed(penalised):
             if (
-                member.axis == 0
-                and member.block == 1
+                _settable(member, symmetry, penalised)
                 and not isinstance(self.squares[member.tensor], np.ndarray)
                 and (member.tensor, 0) not in self._weights
-                and sum(m.tensor == member.tensor for m in penalised) == 1
             ):
                 return member
         return None
@@ -328,7 +324,7 @@ def solve(
     alone = _independent(active)
     while active and sweeps < max_sweeps:
         sweeps += 1
-        with Stage(f"sweep {sweeps}", _streamed_bytes(active, squares)) as stage:
+        with Stage(f"sweep {sweeps}", _streamed_bytes(active, squares, granularity)) as stage:
             factors.stage = stage
             _sweep(active, factors, solutions, granularity)
         # A symmetry that shares no penalised entries' factors with another has reached its
@@ -390,16 +386,38 @@ def _sweep(
 
 
 def _streamed_bytes(
-    active: list[tuple[Symmetry, list[Member]]], squares: Mapping[str, Squares]
+    active: list[tuple[Symmetry, list[Member]]], squares: Mapping[str, Squares], granularity: str
 ) -> int:
-    """What a sweep reads at most: one pass over a streamed tensor per axis that moves
-    (0 when every tensor is held: the sweep shows its time instead)."""
+    """What a sweep reads: one pass over a streamed tensor per axis that moves, or one in
+    all where a step sets its rows chunk by chunk (0 when every tensor is held: the sweep
+    shows its time instead)."""
+    axes: dict[str, set[int]] = {}
+    once: set[str] = set()
+    for symmetry, penalised in active:
+        for member in penalised:
+            q = squares[member.tensor]
+            if isinstance(q, np.ndarray):
+                continue
+            axes.setdefault(member.tensor, set()).add(member.axis)
+            if granularity == "channel" and _settable(member, symmetry, penalised):
+                once.add(member.tensor)
     total = 0
-    for tensor, _ in {(m.tensor, m.axis) for _, penalised in active for m in penalised}:
+    for tensor, moving in axes.items():
         q = squares[tensor]
-        if not isinstance(q, np.ndarray):
-            total += q.nbytes
+        assert not isinstance(q, np.ndarray)
+        total += q.nbytes * (1 if tensor in once else len(moving))
     return total
+
+
+def _settable(member: Member, symmetry: Symmetry, penalised: list[Member]) -> bool:
+    """Whether the symmetry's step can set `member`'s rows from each row's own product: one
+    channel per row, no tie groups, no other member on its tensor."""
+    return (
+        member.axis == 0
+        and member.block == 1
+        and symmetry.tie <= 1
+        and sum(m.tensor == member.tensor for m in penalised) == 1
+    )
 
 
 def _bounded(penalised: list[Member]) -> bool:
