@@ -1,16 +1,19 @@
-"""Channel-wise rebalancing of a ~100M-parameter float32 MLP: time, sweeps, peak private memory.
+"""Channel-wise rebalancing of a ~100M-parameter float32 MLP: time, sweeps, peak private memory,
+and the layer-wise rebalance of the same file for comparison.
 
-The issue's bar: converges in under 60 s on this 2-core machine, with peak private memory
-(RssAnon) under 2x the checkpoint size. Rows get different scales so the per-channel problem
-is not trivial.
+The bar: peak private memory (RssAnon) at most 300 MB at any model size (the solver streams
+the squares of large tensors from the file), and at most 4x the layer-wise rebalance's time.
+Rows get different scales so the per-channel problem is not trivial. With --runs N the two
+commands alternate N times and the medians are reported.
 
-Usage: python benchmarks/channel.py [--parameters 100e6] [--layers 5] [--keep]
+Usage: python benchmarks/channel.py [--parameters 100e6] [--layers 5] [--runs 1] [--keep]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +48,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parameters", type=float, default=100e6)
     parser.add_argument("--layers", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     args = parser.parse_args()
@@ -54,32 +58,29 @@ def main() -> int:
     if not source.exists():
         width = generate(source, args.parameters, args.layers)
     output = args.data_dir / "channel_out.safetensors"
-    output.unlink(missing_ok=True)
-    command = [*weissi_command(), "rebalance", str(source), "-o", str(output)]
-    command += ["--assume-relu", "--granularity", "channel", "--json"]
-    with tempfile.TemporaryFile() as stdout:
-        start = time.perf_counter()
-        process = subprocess.Popen(command, stdout=stdout)
-        sampler = _Sampler(process.pid)
-        sampler.start()
-        returncode = process.wait()
-        seconds = time.perf_counter() - start
-        sampler.stopped.set()
-        sampler.join()
-        stdout.seek(0)
-        text = stdout.read().decode()
-    peak_mb = sampler.peak_anon_kb * 1024 / MB
+    base = [*weissi_command(), "rebalance", str(source), "-o", str(output), "--assume-relu"]
+    channel_runs, layer_runs = [], []
+    for _ in range(args.runs):
+        channel_runs.append(_run([*base, "--granularity", "channel", "--json"], output))
+        layer_runs.append(_run([*base, "--json"], output))
+    seconds = statistics.median(run[0] for run in channel_runs)
+    layer_seconds = statistics.median(run[0] for run in layer_runs)
+    peak_mb = max(run[1] for run in channel_runs)
+    returncode = max(run[2] for run in channel_runs + layer_runs)
+    payload = channel_runs[-1][3]
     size_mb = source.stat().st_size / MB
-    payload = json.loads(text) if text.strip() else {}
     chain = (payload.get("chains") or [{}])[0]
     channel = chain.get("channel") or {}
     result = {
         "checkpoint_mb": round(size_mb, 1),
         "width": width,
         "layers": args.layers,
+        "runs": args.runs,
         "seconds": round(seconds, 2),
+        "layer_seconds": round(layer_seconds, 2),
+        "over_layer": round(seconds / layer_seconds, 2),
         "peak_rss_anon_mb": round(peak_mb, 1),
-        "rss_over_checkpoint": round(peak_mb / size_mb, 2),
+        "layer_peak_rss_anon_mb": round(max(run[1] for run in layer_runs), 1),
         "sweeps": channel.get("sweeps"),
         "converged": channel.get("converged"),
         "l2_before": chain.get("l2_before"),
@@ -94,8 +95,26 @@ def main() -> int:
     output.unlink(missing_ok=True)
     if not args.keep:
         source.unlink(missing_ok=True)
-    ok = returncode == 0 and seconds < 60 and peak_mb < 2 * size_mb
+    ok = returncode == 0 and peak_mb <= 300 and seconds <= 4 * layer_seconds
     return 0 if ok else 1
+
+
+def _run(command: list[str], output: Path) -> tuple[float, float, int, dict[str, object]]:
+    """(seconds, peak RssAnon MB, exit code, JSON report) of one command."""
+    output.unlink(missing_ok=True)
+    with tempfile.TemporaryFile() as stdout:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=stdout)
+        sampler = _Sampler(process.pid)
+        sampler.start()
+        returncode = process.wait()
+        seconds = time.perf_counter() - start
+        sampler.stopped.set()
+        sampler.join()
+        stdout.seek(0)
+        text = stdout.read().decode()
+    payload = json.loads(text) if text.strip() else {}
+    return seconds, sampler.peak_anon_kb * 1024 / MB, returncode, payload
 
 
 if __name__ == "__main__":

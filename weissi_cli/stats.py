@@ -333,7 +333,7 @@ def _tasks(
     for info in infos:
         total = info.numel
         if squared is not None and info.name in squared and total:
-            yield from _row_tasks(info, chunk_elements)
+            yield from row_tasks(info, chunk_elements)
             continue
         if total < EXACT_BELOW:
             yield _Task(info.name, info.dtype, 0, total, exact=True)
@@ -342,7 +342,7 @@ def _tasks(
             yield _Task(info.name, info.dtype, start, min(chunk_elements, total - start), False)
 
 
-def _row_tasks(info: TensorInfo, chunk_elements: int) -> Iterator[_Task]:
+def row_tasks(info: TensorInfo, chunk_elements: int) -> Iterator[_Task]:
     """Chunks of whole rows (at least one), so each chunk's axis squares are complete."""
     rows = info.shape[0] if info.shape else 1
     width = info.numel // rows

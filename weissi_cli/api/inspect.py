@@ -33,8 +33,9 @@ def inspect_checkpoint(
     scale shifts, the WEISSI penalty with weights `lambda1` and `lambda2`, the imbalance and
     the optimal factors γ*. `spec`: a structure spec file, or a `StructureSource`.
     `include_bias` penalises 1-D parameters too. With `granularity="channel"` the
-    per-channel optimum is reported beside the layer-wise one (in the same pass, holding the
-    chains' squared weights in memory). `report.to_dict()` is the weissi.inspect/1 payload."""
+    per-channel optimum is reported beside the layer-wise one (from the same pass; the
+    squares of large tensors are streamed from the file while solving).
+    `report.to_dict()` is the weissi.inspect/1 payload."""
     path = Path(path)
     granularity = choose(Granularity, granularity, "--granularity")
     for name, value in (("--lambda1", lambda1), ("--lambda2", lambda2)):

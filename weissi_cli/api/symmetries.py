@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping
 
 from weissi_cli.balance.channelwise import Squares, moving_axes, penalised_tensors, solve
+from weissi_cli.balance.streamed import StreamedSquares, streamed_names
 from weissi_cli.io.checkpoint import Checkpoint
 from weissi_cli.ir import Structure
 from weissi_cli.report.symmetries import SymmetryGroup
@@ -53,7 +54,12 @@ def solve_group(
         return None
     if squares is None:
         plan = group_squares_plan(checkpoint, structure, include_bias)
-        squares = axis_squares(checkpoint, list(plan), threads, plan)
+        streamed = streamed_names(checkpoint, plan)
+        held = {name: keep for name, keep in plan.items() if name not in streamed}
+        squares = {
+            **axis_squares(checkpoint, list(held), threads, held),
+            **{name: StreamedSquares(checkpoint, name, threads) for name in streamed},
+        }
     layer = solve(structure.symmetries, squares, granularity="layer")
     channel = solve(structure.symmetries, squares) if granularity == "channel" else None
     group = SymmetryGroup(
@@ -80,7 +86,8 @@ def statistics_pass(
     """One pass over the data before any solving: the statistics of `names` (every supported
     float tensor when None), the chains' squares for the channel solver (channel
     granularity: a [rows, columns] matrix per penalised tensor) and the free symmetries'
-    axis squares (see `group_squares_plan`)."""
+    axis squares (see `group_squares_plan`). Matrices beyond `streamed.HELD_BYTES` are not
+    computed here: the solver streams them from the checkpoint, which must stay open."""
     chain_plan: dict[str, tuple[bool, bool]] = {}
     if granularity == "channel":
         shapes = {info.name: info.shape for info in checkpoint.tensors}
@@ -91,15 +98,31 @@ def statistics_pass(
         group_squares_plan(checkpoint, structure, include_bias) if structure.symmetries else {}
     )
     squared = {**group_plan, **chain_plan}  # a tensor in both keeps both axes
+    streamed = streamed_names(checkpoint, squared)
+    if streamed and chain_plan:
+        # A streamed chain tensor keeps only the axes a chain's symmetries move (its first
+        # layer's inputs and its last layer's outputs never move): such squares are vectors.
+        symmetries = [s for chain in structure.chains for s in chain.symmetries()]
+        moving = moving_axes(symmetries, chain_plan)
+        for name in streamed & chain_plan.keys():
+            rows, columns = moving[name]
+            in_group = group_plan.get(name, (False, False))
+            squared[name] = (rows or in_group[0], columns or in_group[1])
+        streamed = streamed_names(checkpoint, squared)
     if names is None:
         names = [info.name for info in checkpoint.tensors if info.is_supported_float]
+    held = {name: keep for name, keep in squared.items() if name not in streamed}
     stats, squares = compute_stats_and_squares(
-        checkpoint, list(dict.fromkeys([*names, *squared])), threads, squared=squared
+        checkpoint, list(dict.fromkeys([*names, *squared])), threads, squared=held
     )
+    found: dict[str, Squares] = {
+        **squares,
+        **{name: StreamedSquares(checkpoint, name, threads) for name in streamed},
+    }
     return (
         stats,
-        {name: squares[name] for name in chain_plan},
-        {name: squares[name] for name in group_plan},
+        {name: found[name] for name in chain_plan},
+        {name: found[name] for name in group_plan},
     )
 
 

@@ -13,22 +13,49 @@ result can only be lower.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from weissi_cli.errors import StructureError
 from weissi_cli.ir import Chain, Member, Symmetry
-from weissi_cli.progress import phase
+from weissi_cli.progress import Stage, phase
 
 if TYPE_CHECKING:
     from weissi_cli.balance.exact_pow2 import ExactLimits
 
 Vector = npt.NDArray[np.float64]
-Squares = npt.NDArray[np.float32]  # [rows, columns]: see stats.axis_squares
+
+
+class SquaresOperator(Protocol):
+    """Axis squares too large to hold, used only through products (see
+    `streamed.StreamedSquares`)."""
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    @property
+    def nbytes(self) -> int:
+        """What one product reads."""
+        ...
+
+    def matvec(self, vector: Vector) -> Vector: ...
+
+    def rmatvec(self, vector: Vector) -> Vector: ...
+
+    def matvec_rmatvec(
+        self, vector: Vector, rows_after: Callable[[int, Vector], Vector]
+    ) -> tuple[Vector, Vector]:
+        """Q @ vector, and r @ Q in the same pass, where a chunk's r is `rows_after(its
+        first row, its rows of Q @ vector)` (called from any thread)."""
+        ...
+
+
+# [rows, columns]: see stats.axis_squares; held as a float32 matrix, or streamed
+Squares = npt.NDArray[np.float32] | SquaresOperator
 
 TOLERANCE = 1e-10
 MAX_SWEEPS = 2000
@@ -74,29 +101,58 @@ class _Factors:
         # (tensor, axis) -> the squares summed along the other axis under its factors: kept
         # until that other axis moves (a transformer's heads each move only their own rows).
         self._weights: dict[tuple[str, int], Vector] = {}
+        # where the bytes streamed for products are reported (a sweep's progress)
+        self.stage: Stage | None = None
 
     def penalty(self) -> float:
         return math.fsum(self.per_tensor().values())
 
     def per_tensor(self) -> dict[str, float]:
-        return {
-            name: float(self.rows[name] ** 2 @ (q @ (self.columns[name] ** 2)).astype(np.float64))
-            for name, q in self.squares.items()
-        }
+        found = {}
+        for name, q in self.squares.items():
+            rows, columns = self.rows[name] ** 2, self.columns[name] ** 2
+            if isinstance(q, np.ndarray):
+                found[name] = float(rows @ (q @ columns).astype(np.float64))
+                continue
+            # A streamed tensor's cached product under its current factors gives the penalty
+            # without another pass; at the end of a sweep one of the two usually is. Where
+            # neither is, one pass gives both (the next sweep needs the other).
+            if (name, 0) not in self._weights and (name, 1) in self._weights:
+                found[name] = float(self._weights[(name, 1)] @ columns)
+                continue
+            if (name, 0) not in self._weights:
+                both = q.matvec_rmatvec(columns, _unchanged(rows))
+                self._weights[(name, 0)], self._weights[(name, 1)] = both
+                if self.stage is not None:
+                    self.stage.advance(q.nbytes)
+            found[name] = float(rows @ self._weights[(name, 0)])
+        return found
 
     def weights(self, member: Member) -> Vector:
         """The squares of `member`'s tensor summed along the other axis under that axis's
         factors: one value per entry of `member`'s axis."""
-        weights = self._weights.get((member.tensor, member.axis))
-        if weights is None:
-            q = self.squares[member.tensor]
-            if member.axis == 0:
-                other = (self.columns[member.tensor] ** 2).astype(np.float32)
+        return self._summed(member.tensor, member.axis)
+
+    def _summed(self, tensor: str, axis: int) -> Vector:
+        weights = self._weights.get((tensor, axis))
+        if weights is not None:
+            return weights
+        q = self.squares[tensor]
+        if isinstance(q, np.ndarray):
+            if axis == 0:
+                other = (self.columns[tensor] ** 2).astype(np.float32)
                 weights = (q @ other).astype(np.float64)
             else:
-                other = (self.rows[member.tensor] ** 2).astype(np.float32)
+                other = (self.rows[tensor] ** 2).astype(np.float32)
                 weights = (other @ q).astype(np.float64)
-            self._weights[(member.tensor, member.axis)] = weights
+        else:
+            if axis == 0:
+                weights = q.matvec(self.columns[tensor] ** 2)
+            else:
+                weights = q.rmatvec(self.rows[tensor] ** 2)
+            if self.stage is not None:
+                self.stage.advance(q.nbytes)
+        self._weights[(tensor, axis)] = weights
         return weights
 
     def sums(self, member: Member, size: int, own: Vector) -> Vector:
@@ -156,6 +212,73 @@ class _Factors:
             vectors[member.tensor][span] *= _along(change**member.exponent, member.block)
         self._weights.pop((member.tensor, 1 - member.axis), None)
 
+    def streamed_member(self, symmetry: Symmetry, penalised: list[Member]) -> Member | None:
+        """A member whose rows the symmetry's step needs streamed, and may set chunk by
+        chunk (see `_settable`). Its pass also gives the product along its other axis
+        under the new rows, which the next sweep needs: one pass over the tensor per sweep
+        instead of two."""
+        for member in reversed(penalised):
+            if (
+                _settable(member, symmetry, penalised)
+                and not isinstance(self.squares[member.tensor], np.ndarray)
+                and (member.tensor, 0) not in self._weights
+            ):
+                return member
+        return None
+
+    def prefetch(
+        self, member: Member, penalised: list[Member], size: int, own: Vector
+    ) -> tuple[Vector, Vector]:
+        """Stream `member`'s tensor once: its weights along axis 0 (cached as `weights`
+        would), and the product along axis 1 under the rows this symmetry's step will
+        give, found per chunk by the same arithmetic as `sides`, `_step` and `apply`.
+        Returns (those rows, that product): `confirm` keeps the product if the step
+        gives exactly those rows."""
+        tensor = member.tensor
+        q = self.squares[tensor]
+        assert not isinstance(q, np.ndarray)
+        others = {id(m): self.sums(m, size, own) for m in penalised if m is not member}
+        rows = self.rows[tensor]
+        expected = rows.copy()
+        stop = member.offset + size
+
+        def rows_after(first: int, products: Vector) -> Vector:
+            low, high = max(first, member.offset), min(first + products.size, stop)
+            if low < high:
+                channels = slice(low - member.offset, high - member.offset)
+                own_here = own[channels]
+                mine = products[low - first : high - first] * rows[low:high] ** 2
+                mine = mine / own_here ** (2 * member.exponent)
+                ups, downs = np.zeros(high - low), np.zeros(high - low)
+                for other in penalised:
+                    part = mine if other is member else others[id(other)][channels]
+                    if other.exponent > 0:
+                        ups += part
+                    else:
+                        downs += part
+                live = (ups > 0) & (downs > 0)
+                target = np.ones(high - low)
+                target[live] = (downs[live] / ups[live]) ** 0.25
+                expected[low:high] = rows[low:high] * (target / own_here) ** member.exponent
+            squared: Vector = expected[first : first + products.size] ** 2
+            return squared
+
+        weights, along_columns = q.matvec_rmatvec(self.columns[tensor] ** 2, rows_after)
+        if self.stage is not None:
+            self.stage.advance(q.nbytes)
+        self._weights[(tensor, 0)] = weights
+        return expected, along_columns
+
+    def confirm(self, tensor: str, expected: Vector, along_columns: Vector) -> None:
+        """Keep the product `prefetch` made if the rows are now exactly those it assumed."""
+        if (tensor, 1) not in self._weights and np.array_equal(self.rows[tensor], expected):
+            self._weights[(tensor, 1)] = along_columns
+
+
+def _unchanged(rows: Vector) -> Callable[[int, Vector], Vector]:
+    """`rows_after` for a pass that moves no rows."""
+    return lambda first, products: rows[first : first + products.size]
+
 
 def _along(per_channel: Vector, block: int) -> Vector:
     """Per-channel values spread over the `block` entries each channel covers."""
@@ -201,24 +324,9 @@ def solve(
     alone = _independent(active)
     while active and sweeps < max_sweeps:
         sweeps += 1
-        for symmetry, penalised in active:
-            solution = solutions[symmetry.id]
-            change: Vector | float
-            if granularity == "layer":
-                # one scale shared by every channel (1 for a symmetry without channels)
-                current_scale = solution.scales[0] if symmetry.size else np.float64(1.0)
-                up, down = factors.totals(penalised, symmetry.size, current_scale)
-                scale = (down / up) ** 0.25 if up > 0 and down > 0 else np.float64(1.0)
-                change = scale / current_scale
-                target = np.full(symmetry.size, scale)
-            else:
-                ups, downs = factors.sides(penalised, symmetry.size, solution.scales)
-                target = _step(ups, downs, symmetry, solution)
-                change = target / solution.scales
-            for member in symmetry.members:
-                if member.tensor in squares:
-                    factors.apply(member, symmetry.size, change)
-            solution.scales = target
+        with Stage(f"sweep {sweeps}", _streamed_bytes(active, squares, granularity)) as stage:
+            factors.stage = stage
+            _sweep(active, factors, solutions, granularity)
         # A symmetry that shares no penalised entries' factors with another has reached its
         # optimum in one step (its A and B cannot change): later sweeps skip it.
         active = [
@@ -230,6 +338,7 @@ def solve(
             converged = True
             break
         current = updated
+    factors.stage = None
     return ChannelSolution(
         solutions,
         before,
@@ -240,6 +349,74 @@ def solve(
         granularity,
         tensors_before,
         factors.per_tensor(),
+    )
+
+
+def _sweep(
+    active: list[tuple[Symmetry, list[Member]]],
+    factors: _Factors,
+    solutions: dict[str, SymmetrySolution],
+    granularity: str,
+) -> None:
+    """One step of every active symmetry in turn, each given the others' current scales."""
+    for symmetry, penalised in active:
+        solution = solutions[symmetry.id]
+        change: Vector | float
+        streamed: Member | None = None
+        if granularity == "layer":
+            # one scale shared by every channel (1 for a symmetry without channels)
+            current_scale = solution.scales[0] if symmetry.size else np.float64(1.0)
+            up, down = factors.totals(penalised, symmetry.size, current_scale)
+            scale = (down / up) ** 0.25 if up > 0 and down > 0 else np.float64(1.0)
+            change = scale / current_scale
+            target = np.full(symmetry.size, scale)
+        else:
+            streamed = factors.streamed_member(symmetry, penalised)
+            if streamed is not None:
+                prefetched = factors.prefetch(streamed, penalised, symmetry.size, solution.scales)
+            ups, downs = factors.sides(penalised, symmetry.size, solution.scales)
+            target = _step(ups, downs, symmetry, solution)
+            change = target / solution.scales
+        for member in symmetry.members:
+            if member.tensor in factors.squares:
+                factors.apply(member, symmetry.size, change)
+        if streamed is not None:
+            factors.confirm(streamed.tensor, *prefetched)
+        solution.scales = target
+
+
+def _streamed_bytes(
+    active: list[tuple[Symmetry, list[Member]]], squares: Mapping[str, Squares], granularity: str
+) -> int:
+    """What a sweep reads: one pass over a streamed tensor per axis that moves, or one in
+    all where a step sets its rows chunk by chunk (0 when every tensor is held: the sweep
+    shows its time instead)."""
+    axes: dict[str, set[int]] = {}
+    once: set[str] = set()
+    for symmetry, penalised in active:
+        for member in penalised:
+            q = squares[member.tensor]
+            if isinstance(q, np.ndarray):
+                continue
+            axes.setdefault(member.tensor, set()).add(member.axis)
+            if granularity == "channel" and _settable(member, symmetry, penalised):
+                once.add(member.tensor)
+    total = 0
+    for tensor, moving in axes.items():
+        q = squares[tensor]
+        assert not isinstance(q, np.ndarray)
+        total += q.nbytes * (1 if tensor in once else len(moving))
+    return total
+
+
+def _settable(member: Member, symmetry: Symmetry, penalised: list[Member]) -> bool:
+    """Whether the symmetry's step can set `member`'s rows from each row's own product: one
+    channel per row, no tie groups, no other member on its tensor."""
+    return (
+        member.axis == 0
+        and member.block == 1
+        and symmetry.tie <= 1
+        and sum(m.tensor == member.tensor for m in penalised) == 1
     )
 
 

@@ -1,0 +1,174 @@
+"""Axis squares read back from the checkpoint on every use, for tensors too large to hold."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from weissi_cli.io.checkpoint import Checkpoint, read_buffer
+from weissi_cli.io.dtypes import decode
+from weissi_cli.stats import CHUNK_ELEMENTS, row_tasks
+from weissi_cli.threads import run_round_robin, single_threaded_blas
+
+Vector = npt.NDArray[np.float64]
+
+# The axis-square matrices held in memory together: up to this many bytes of float32, the
+# smallest first; larger ones are streamed. A solver step costs a pass over each streamed
+# tensor, so small tensors stay (a sweep over them costs nothing next to the big ones),
+# and the cap keeps private memory bounded at any model size.
+HELD_BYTES = 32 << 20
+# Tensors of fewer elements are streamed on one thread: a second costs more than it saves.
+THREADS_ABOVE_ELEMENTS = 1 << 21
+
+
+@dataclass(frozen=True)
+class StreamedSquares:
+    """The [rows, columns] axis squares of one tensor (see `stats.axis_squares`), never held
+    whole: each product reads the tensor again in the statistics pass's row chunks, squares
+    each chunk in float32 (rounded once, as the pass stores the squares) and multiplies in
+    float64: the products feed the penalty, which the descent compares to 1e-10."""
+
+    checkpoint: Checkpoint
+    name: str
+    threads: int = 2
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        shape = self.checkpoint.info(self.name).shape
+        return (shape[0] if shape else 1, shape[1] if len(shape) > 1 else 1)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes one product reads from the checkpoint."""
+        return self.checkpoint.info(self.name).nbytes
+
+    def matvec(self, vector: Vector) -> Vector:
+        """Q @ vector, one value per row."""
+        result = np.zeros(self.shape[0])
+
+        def product(first: int, squares: Vector) -> None:
+            np.dot(squares, vector, out=result[first : first + squares.shape[0]])
+
+        self._stream(product)
+        return result
+
+    def rmatvec(self, vector: Vector) -> Vector:
+        """vector @ Q, one value per column: the chunks' partial sums are added in the order
+        of their rows, whichever thread finishes first, so that the result does not depend
+        on the threads' timing."""
+        ordered = _InOrder(np.zeros(self.shape[1]))
+
+        def product(first: int, squares: Vector) -> None:
+            count = squares.shape[0]
+            ordered.add(first, vector[first : first + count] @ squares, count)
+
+        self._stream(product)
+        return ordered.total
+
+    def matvec_rmatvec(
+        self, vector: Vector, rows_after: Callable[[int, Vector], Vector]
+    ) -> tuple[Vector, Vector]:
+        """Q @ vector, and r @ Q in the same pass, where a chunk's r is `rows_after(its
+        first row, its rows of Q @ vector)`: the caller sets a row's factor from that
+        row's product alone."""
+        result = np.zeros(self.shape[0])
+        ordered = _InOrder(np.zeros(self.shape[1]))
+
+        def product(first: int, squares: Vector) -> None:
+            count = squares.shape[0]
+            mine = result[first : first + count]
+            np.dot(squares, vector, out=mine)
+            ordered.add(first, rows_after(first, mine) @ squares, count)
+
+        self._stream(product)
+        return result, ordered.total
+
+    def _stream(self, product: Callable[[int, Vector], None]) -> None:
+        info = self.checkpoint.info(self.name)
+        columns = self.shape[1]
+        tasks = list(row_tasks(info, CHUNK_ELEMENTS))
+        capacity = max(task.elements for task in tasks)
+        threads = self.threads if info.numel > THREADS_ABOVE_ELEMENTS else 1
+
+        def work(index: int, buffers: _Buffers) -> None:
+            task = tasks[index]
+            raw = self.checkpoint.read_raw(self.name, task.start, task.elements, buffers.raw)
+            values = decode(raw, info.dtype, buffers.widened)
+            count = task.elements // task.row_width
+            product(task.start // task.row_width, buffers.squares(values, count, columns))
+
+        with single_threaded_blas():
+            run_round_robin(range(len(tasks)), lambda: _Buffers(capacity), work, threads)
+
+
+class _Buffers:
+    """One thread's chunk buffers, reused for every chunk it takes."""
+
+    def __init__(self, capacity: int) -> None:
+        self.raw = read_buffer(capacity * 8)
+        self.widened = np.empty(capacity, np.float32)
+        self.single = np.empty(capacity, np.float32)
+        self.double = np.empty(capacity, np.float64)
+
+    @np.errstate(over="ignore", under="ignore", invalid="ignore")
+    def squares(self, values: npt.NDArray[np.floating], rows: int, columns: int) -> Vector:
+        """The chunk's [rows, columns] squares as the statistics pass stores them: float32,
+        summed over the axes after the second, non-finite values counted as 0."""
+        count = values.size
+        single = self.single[:count]
+        if values.dtype == np.float32 and count == rows * columns:
+            # a float32 square is the float64 square rounded once: what the pass stores
+            np.multiply(values, values, out=single)
+            if np.isfinite(single.max()):
+                double = self.double[:count]
+                np.copyto(double, single)
+                return double.reshape(rows, columns)
+        wide = np.square(values.astype(np.float64))
+        wide[~np.isfinite(values)] = 0.0
+        summed: Vector = wide.reshape(rows, columns, -1).sum(axis=2)
+        return summed.astype(np.float32).astype(np.float64)
+
+
+class _InOrder:
+    """Per-chunk partial sums added in the order of their first row: a chunk that arrives
+    before its turn waits (one or two while the threads keep pace)."""
+
+    def __init__(self, total: Vector) -> None:
+        self.total = total
+        self.lock = threading.Lock()
+        self.next = 0
+        self.early: dict[int, tuple[int, Vector]] = {}
+
+    def add(self, first: int, piece: Vector, rows: int) -> None:
+        with self.lock:
+            self.early[first] = (rows, piece)
+            while self.next in self.early:
+                count, ready = self.early.pop(self.next)
+                self.total += ready
+                self.next += count
+
+
+def streamed_names(
+    checkpoint: Checkpoint, plan: Mapping[str, tuple[bool, bool]], held_bytes: int | None = None
+) -> set[str]:
+    """The tensors of `plan` (name -> axes kept) whose axis squares are streamed: every
+    [rows, columns] matrix beyond the first `held_bytes` of them, smallest first. Squares
+    with an axis summed out are vectors, always held."""
+    matrices: list[tuple[int, str]] = []
+    for name, (rows_kept, columns_kept) in plan.items():
+        shape = checkpoint.info(name).shape
+        if rows_kept and columns_kept and len(shape) >= 2 and shape[0] > 1 and shape[1] > 1:
+            matrices.append((shape[0] * shape[1] * 4, name))
+    budget = HELD_BYTES if held_bytes is None else held_bytes
+    streamed: set[str] = set()
+    held = 0
+    for nbytes, name in sorted(matrices):
+        if held + nbytes <= budget:
+            held += nbytes
+        else:
+            streamed.add(name)
+    return streamed
