@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from weissi_cli import chunking
 from weissi_cli.io.checkpoint import Checkpoint, read_buffer
 from weissi_cli.io.dtypes import decode
-from weissi_cli.stats import CHUNK_ELEMENTS, row_tasks
+from weissi_cli.stats import row_tasks
 from weissi_cli.threads import run_round_robin, single_threaded_blas
 
 Vector = npt.NDArray[np.float64]
@@ -90,7 +91,7 @@ class StreamedSquares:
     def _stream(self, product: Callable[[int, Vector], None]) -> None:
         info = self.checkpoint.info(self.name)
         columns = self.shape[1]
-        tasks = list(row_tasks(info, CHUNK_ELEMENTS))
+        tasks = list(row_tasks(info, chunking.NUMPY_ELEMENTS))
         capacity = max(task.elements for task in tasks)
         threads = self.threads if info.numel > THREADS_ABOVE_ELEMENTS else 1
 
