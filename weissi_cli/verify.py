@@ -1,15 +1,18 @@
-"""Evidence that a rewritten checkpoint computes the same function as the original.
+"""Verifying one rewritten chain: the value check, and for chains of linear layers random
+probes through both files.
 
 Every value of every rewritten tensor must be its original times the planned factor,
 rounded once to the storage dtype (exactly, for power-of-two factors), and the planned
 factors must form a valid shift of the structure: together they mean the function of
-that structure is unchanged. Chains of linear layers are also run on random probes
-through both files, to report how far the outputs moved; other chains (convs, whose
-strides and pooling the files do not record) get the element check alone ("structural").
-The same pass measures the rewritten tensors, so `rebalance` reads its output only once.
+that structure is unchanged (see verify_values). Chains of linear layers are also run on
+random probes through both files, to report how far the outputs moved; other chains
+(convs, whose strides and pooling the files do not record) get the value check alone
+("structural"). The same pass measures the rewritten tensors, so `rebalance` reads its
+output only once after writing it.
 
-Each result names its level (LEVELS): what it proves. Only running the real network (an
-exported program, the architecture's own code) proves the network unchanged.
+Each result names its level (verification.LEVELS): what it proves. Only running the real
+network (verify_outputs, verify_transformers, verify_module, verify_onnx) proves the network
+unchanged.
 """
 
 from __future__ import annotations
