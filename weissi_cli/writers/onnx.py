@@ -32,11 +32,10 @@ from weissi_cli.output_files import (
 )
 from weissi_cli.progress import Stage
 from weissi_cli.scales import TensorScale
-from weissi_cli.threads import run_round_robin
 from weissi_cli.writers import disk, scaling
 from weissi_cli.writers.options import WriteOptions
 from weissi_cli.writers.pending import BackgroundSync, PendingOutput
-from weissi_cli.writers.scaling import WRITER_THREADS, ChunkScaler, ScaleTask
+from weissi_cli.writers.scaling import ScaleTask
 
 RECORD_KEY = "weissi"
 METADATA_FIELD = 14  # ModelProto.metadata_props
@@ -342,13 +341,6 @@ def _write_segments(
         source_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
         stage = Stage("writing", size)
 
-        def write_chunk(task: ScaleTask, scaler: ChunkScaler) -> None:
-            raw = checkpoint.read_raw(task.name, task.start, task.count, scaler.raw)
-            if not scaling.scale_in_kernel(raw, task):
-                raw = scaler.scale(raw, task.dtype, task.factor, task.power_of_two)
-            disk.write_all(descriptor, raw.data.cast("B"), task.offset)
-            stage.advance(raw.nbytes)
-
         def write_plain() -> None:
             for at, segment in plain:
                 if isinstance(segment, Literal):
@@ -362,14 +354,7 @@ def _write_segments(
 
         try:
             with stage:
-                capacity = max((task.count for task in tasks), default=1)
-                run_round_robin(
-                    tasks,
-                    lambda: ChunkScaler(capacity),
-                    write_chunk,
-                    WRITER_THREADS,
-                    alongside=write_plain,
-                )
+                scaling.write_scaled(checkpoint, tasks, descriptor, stage, write_plain)
         finally:
             os.close(source_fd)
     except BaseException:

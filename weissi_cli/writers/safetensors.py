@@ -19,11 +19,10 @@ from weissi_cli.model_folder import companion_files, copy_companions
 from weissi_cli.output_files import Staging
 from weissi_cli.progress import Stage
 from weissi_cli.scales import TensorScale
-from weissi_cli.threads import run_round_robin
 from weissi_cli.writers import disk, scaling
 from weissi_cli.writers.options import WriteOptions
 from weissi_cli.writers.pending import BackgroundSync, PendingOutput, input_files, pending_file
-from weissi_cli.writers.scaling import WRITER_THREADS, ChunkScaler, ScaleTask
+from weissi_cli.writers.scaling import ScaleTask
 
 
 def write(
@@ -178,13 +177,6 @@ def write_safetensors_copy(
 
         stage = Stage("writing", sum(entry.end - entry.begin for entry in entries))
 
-        def write_chunk(task: ScaleTask, scaler: ChunkScaler) -> None:
-            raw = source.read_raw(task.name, task.start, task.count, scaler.raw)
-            if not scaling.scale_in_kernel(raw, task):
-                raw = scaler.scale(raw, task.dtype, task.factor, task.power_of_two)
-            disk.write_all(descriptor, raw.data.cast("B"), task.offset)
-            stage.advance(raw.nbytes)
-
         def copy_untouched() -> None:
             for begin, end in copies:
                 disk.copy_range(
@@ -198,14 +190,7 @@ def write_safetensors_copy(
                 stage.advance(end - begin)
 
         with stage:
-            capacity = max((task.count for task in tasks), default=1)
-            run_round_robin(
-                tasks,
-                lambda: ChunkScaler(capacity),
-                write_chunk,
-                WRITER_THREADS,
-                alongside=copy_untouched,
-            )
+            scaling.write_scaled(source, tasks, descriptor, stage, copy_untouched)
     except BaseException:
         os.close(descriptor)
         with contextlib.suppress(FileNotFoundError):

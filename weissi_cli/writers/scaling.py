@@ -3,16 +3,20 @@ dtype: the C kernel for float32 and bfloat16, numpy otherwise, bit-identical."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from weissi_cli import chunking, kernel
-from weissi_cli.io import TensorInfo
+from weissi_cli.io import Checkpoint, TensorInfo
 from weissi_cli.io.checkpoint import read_buffer
 from weissi_cli.io.dtypes import decode, encode, raw_numpy_dtype
+from weissi_cli.progress import Stage
 from weissi_cli.scales import TensorScale
+from weissi_cli.threads import run_round_robin
+from weissi_cli.writers import disk
 
 WRITER_THREADS = 2
 
@@ -176,3 +180,26 @@ def round_product_to_odd(
     chosen_bits -= away.astype(np.uint64)
     chosen_bits |= inexact.astype(np.uint64)
     product[candidates] = chosen
+
+
+def write_scaled(
+    checkpoint: Checkpoint,
+    tasks: list[ScaleTask],
+    descriptor: int,
+    stage: Stage,
+    alongside: Callable[[], None],
+) -> None:
+    """Read, scale and write every task's chunk on the writer threads while `alongside`
+    (the untouched bytes) runs on this one; each chunk written advances `stage`."""
+
+    def write_chunk(task: ScaleTask, scaler: ChunkScaler) -> None:
+        raw = checkpoint.read_raw(task.name, task.start, task.count, scaler.raw)
+        if not scale_in_kernel(raw, task):
+            raw = scaler.scale(raw, task.dtype, task.factor, task.power_of_two)
+        disk.write_all(descriptor, raw.data.cast("B"), task.offset)
+        stage.advance(raw.nbytes)
+
+    capacity = max((task.count for task in tasks), default=1)
+    run_round_robin(
+        tasks, lambda: ChunkScaler(capacity), write_chunk, WRITER_THREADS, alongside=alongside
+    )
