@@ -81,10 +81,11 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 def _keep_freed_memory() -> None:
     """Let glibc reuse freed chunk-sized buffers instead of returning them to the kernel.
 
-    numpy temporaries of a few MiB per chunk are above glibc's mmap threshold, so each one
-    was a fresh mapping, page-faulted in and unmapped again: on `diff` of a 2 GiB checkpoint
-    that was 32 s of system time out of 33. Serving them from the heap (mmap threshold at its
-    32 MiB maximum, trimming only above 256 MiB) made it 1.8 s. Not glibc: nothing to do.
+    numpy temporaries of a few MiB per chunk are above glibc's default mmap threshold, so
+    each one would be a fresh mapping, page-faulted in and unmapped again; where numpy does
+    the work (no compiled kernel) that is most of a pass's system time (see the performance
+    page). Serving them from the heap (mmap threshold at its 32 MiB maximum, trimming only
+    above 256 MiB) avoids it. Not glibc: nothing to do.
     """
     try:
         import ctypes
