@@ -20,6 +20,7 @@ from tests.onnx_models import (
     EXPORTERS,
     assert_same_structure,
     export,
+    name_map,
     random_feeds,
     randomize,
     run,
@@ -334,3 +335,78 @@ def test_without_onnxruntime_the_verdict_is_values_only(
     assert report.verification.level == "values_only"
     assert any("weissi-cli[onnx]" in caveat for caveat in report.verification.caveats)
     assert not any("example inputs" in caveat for caveat in report.verification.caveats)
+
+
+class CausalLlama(nn.Module):
+    """A decoder-only language model as transformers builds it (grouped-query attention,
+    rotary positions, RMS norms, a gated MLP), exported to its logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        )
+        self.llama = LlamaForCausalLM(config)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.llama(input_ids=ids, use_cache=False).logits
+
+
+@pytest.mark.parametrize("scales", ["real", "pow2"])
+def test_a_decoder_only_llm_exported_by_torch_is_rebalanced_exactly(
+    tmp_path: Path, scales: str
+) -> None:
+    """A LLaMA exported by torch.onnx (the dynamo exporter): the engine finds its exact
+    symmetries in the ONNX graph, the rewrite lowers L2, and ONNX Runtime gives the same
+    logits before and after."""
+    torch.manual_seed(0)
+    module = randomize(CausalLlama(), seed=5, spread=True)
+    ids = torch.randint(0, 64, (1, 8), generator=torch.Generator().manual_seed(1))
+    path = export(module, (ids,), tmp_path / "llama.onnx", "dynamo", input_names=["input_ids"])
+    output = tmp_path / "balanced.onnx"
+    report = rebalance_checkpoint(path, output, scales=scales)
+    # the structure found: value/output pairs per key-value head and the gated MLP's up/down
+    # projections in both blocks, query/key pairs per key-value head
+    names = name_map(path, module)
+    assert report.group is not None
+    pairs = {
+        frozenset(names[m.tensor][0].removeprefix("llama.model.") for m in symmetry.members)
+        for symmetry in report.group.symmetries
+        if all(m.tensor in names for m in symmetry.members)
+    }
+    for block in (0, 1):
+        layer = f"layers.{block}"
+        assert {f"{layer}.self_attn.v_proj.weight", f"{layer}.self_attn.o_proj.weight"} in pairs
+        assert {f"{layer}.mlp.up_proj.weight", f"{layer}.mlp.down_proj.weight"} in pairs
+    assert {"layers.1.self_attn.q_proj.weight", "layers.1.self_attn.k_proj.weight"} in pairs
+    assert all(s.origin == "graph" for s in report.group.symmetries)
+    # the weights changed as intended, and the function did not
+    assert report.written, report.warnings
+    assert report.group.l2_after is not None
+    assert report.group.l2_after < report.group.l2_penalty
+    assert report.verification.passed
+    assert report.verification.level == "real_network"
+    feeds = [{"input_ids": np.random.default_rng(s).integers(0, 64, (1, 8))} for s in range(3)]
+    before, after = run(path, feeds), run(output, feeds)
+    scaled = _scaled(output)
+    old_values = {
+        i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer
+    }
+    new_values = {
+        i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(output)).graph.initializer
+    }
+    assert scaled
+    assert all(not np.array_equal(old_values[n], new_values[n]) for n in scaled)
+    if scales == "pow2":
+        assert np.array_equal(before, after)
+    else:
+        assert np.max(np.abs(after - before)) <= 1e-5 * np.max(np.abs(before))
+    assert_untouched(path, output, scaled)
