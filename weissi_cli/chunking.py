@@ -17,7 +17,9 @@ SCALE_ELEMENTS = 1 << 18
 # Values one kernel call reads from a file itself (in cache-sized pieces), per thread task:
 # the statistics, the value check and the comparison of two files.
 KERNEL_TASK_ELEMENTS = 1 << 21
-# Values one kernel call compares, per thread task, reading both files of `diff`.
+# Values one kernel call compares, per thread task, reading both files of `diff`: whole
+# blocks, enough that a task's Python call is noise, few enough that two threads share a
+# tensor's tasks evenly.
 COMPARE_TASK_ELEMENTS = 1 << 22
 # Values whose exponent-table lookups headroom makes at once.
 HEADROOM_ELEMENTS = 1 << 20

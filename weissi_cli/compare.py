@@ -20,11 +20,9 @@ from weissi_cli.scales import NO_FACTORS, TensorScale, Vector
 from weissi_cli.threads import run_round_robin
 from weissi_cli.verify_pairs import Block, PairBuffers, row_blocks
 
-# Values per kernel task: whole blocks, large enough that a task's Python call is noise and
-# small enough that two threads share a tensor's tasks evenly.
-
-# (max |b - a|, max |a|, max |cb - ca|, max |ca|, all values equal) of compared blocks.
-Found = tuple[float, float, float, float, bool]
+# (max |b - a|, max |a|, max |cb - ca|, max |ca|, all values equal) of compared blocks, as
+# the kernel's comparison returns them.
+Found = kernel.Comparison
 
 
 class Totals:
@@ -142,12 +140,8 @@ def kernel_factors(scale: TensorScale) -> tuple[float, Vector, Vector] | None:
     rows = np.ascontiguousarray(scale.vectors[0], np.float64)
     if not others:
         return 1.0, np.ascontiguousarray(scale.scalar * rows), NO_FACTORS
-    if axes[0] == 0 and len(others) == 1:
-        return (
-            1.0,
-            np.ascontiguousarray(scale.scalar * rows),
-            _pattern(TensorScale(scale.shape, 1.0, others)),
-        )
+    if axes[0] == 0 and len(others) == 1 and scale.row_pattern is not None:
+        return 1.0, np.ascontiguousarray(scale.scalar * rows), scale.row_pattern
     if axes[-1] == 0:
         return 1.0, rows, _pattern(TensorScale(scale.shape, scale.scalar, others))
     return None

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from weissi_cli.verification import SEED, ChainVerification
+from weissi_cli.verification import SEED, ChainVerification, Level
 
 # How far a run's outputs may move, relative to the largest output, by the dtype they come
 # out in: the rewrite rounds every rescaled value once (real scales), and 16-bit outputs
@@ -79,18 +79,26 @@ class OutputChange:
         return f"{self.moved()}, allowed {self.tolerance:g})"
 
     def verification(
-        self, label: str, method: str, detail: str, probes: int, caveat: str = ""
+        self,
+        label: str,
+        method: str,
+        detail: str,
+        probes: int,
+        caveat: str = "",
+        level: Level = "real_network",
+        passed: bool | None = None,
     ) -> ChainVerification:
-        """The result of a run of the real network that these outputs came from."""
+        """The result of a run of the real network that these outputs came from (`passed`:
+        when not the table's verdict, as for approximate symmetries, measured not bounded)."""
         return ChainVerification(
             label,
             method,
-            self.passed,
+            self.passed if passed is None else passed,
             self.worst_abs if math.isfinite(self.worst_abs) else None,
             self.worst_rel if math.isfinite(self.worst_rel) else None,
             self.identical,
             detail,
-            level="real_network",
+            level=level,
             caveat=caveat,
             probes=probes,
         )

@@ -4,7 +4,6 @@ compare what they compute on random token ids."""
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -84,8 +83,6 @@ def run_transformers(
             after = [t for t in tensors(_outputs(after_model, ids)) if t.is_floating_point()]
             for old, new in zip(before, after, strict=True):
                 change.add_torch(old, new)
-    worst_abs, worst_rel, dtype = change.worst_abs, change.worst_rel, change.dtype
-    passed = change.passed or (change.finite and not exact)
     if exact or change.identical:
         outcome = change.outcome()
     else:
@@ -100,22 +97,21 @@ def run_transformers(
     if not exact:
         caveat = (
             f"approximate symmetries change the function: on {inputs} the outputs moved by up "
-            f"to {worst_abs:.3g} ({worst_rel:.2g} of their largest); real inputs can move them "
+            f"to {change.worst_abs:.3g} ({change.worst_rel:.2g} of their largest); real inputs "
+            "can move them "
             "several times more, so evaluate the written model on your own data before using it"
         )
-    elif power_of_two and dtype == "float16":
-        caveat = float16_caveat(worst_abs, worst_rel, None, "these inputs")
-    return ChainVerification(
+    elif power_of_two and change.dtype == "float16":
+        caveat = float16_caveat(change.worst_abs, change.worst_rel, None, "these inputs")
+    return change.verification(
         "transformers",
         "transformers",
-        passed,
-        worst_abs if math.isfinite(worst_abs) else None,
-        worst_rel if math.isfinite(worst_rel) else None,
-        worst_abs == 0.0,
-        f"loaded both folders with transformers' {name} and ran {inputs} in {dtype}: {outcome}",
+        f"loaded both folders with transformers' {name} and ran {inputs} in {change.dtype}: "
+        f"{outcome}",
+        sum(int(ids.shape[0]) for ids in batches),
+        caveat,
         level="real_network" if exact else "approximate",
-        caveat=caveat,
-        probes=sum(int(ids.shape[0]) for ids in batches),
+        passed=change.passed or (change.finite and not exact),
     )
 
 

@@ -210,7 +210,7 @@ def _compare(
             else None,
             bitwise_equal=totals.bitwise,
         )
-        for name, totals in ((name, found[name]) for name in names)
+        for name, totals in found.items()
     ]
 
 

@@ -108,7 +108,9 @@ def statistics_pass(
             rows, columns = moving[name]
             in_group = group_plan.get(name, (False, False))
             squared[name] = (rows or in_group[0], columns or in_group[1])
-        streamed = streamed_names(checkpoint, squared)
+        # what became a vector is held; the rest stays streamed (holding depends only on
+        # the matrices already held)
+        streamed = {name for name in streamed if all(squared[name])}
     if names is None:
         names = [info.name for info in checkpoint.tensors if info.is_supported_float]
     held = {name: keep for name, keep in squared.items() if name not in streamed}

@@ -153,18 +153,16 @@ class _InOrder:
                 self.next += count
 
 
-def streamed_names(
-    checkpoint: Checkpoint, plan: Mapping[str, tuple[bool, bool]], held_bytes: int | None = None
-) -> set[str]:
+def streamed_names(checkpoint: Checkpoint, plan: Mapping[str, tuple[bool, bool]]) -> set[str]:
     """The tensors of `plan` (name -> axes kept) whose axis squares are streamed: every
-    [rows, columns] matrix beyond the first `held_bytes` of them, smallest first. Squares
+    [rows, columns] matrix beyond the first HELD_BYTES of them, smallest first. Squares
     with an axis summed out are vectors, always held."""
     matrices: list[tuple[int, str]] = []
     for name, (rows_kept, columns_kept) in plan.items():
         shape = checkpoint.info(name).shape
         if rows_kept and columns_kept and len(shape) >= 2 and shape[0] > 1 and shape[1] > 1:
             matrices.append((shape[0] * shape[1] * 4, name))
-    budget = HELD_BYTES if held_bytes is None else held_bytes
+    budget = HELD_BYTES
     streamed: set[str] = set()
     held = 0
     for nbytes, name in sorted(matrices):
