@@ -4,7 +4,7 @@ Wraps the functions the API modules call (open, discover, statistics_pass, write
 verify, commit, os.fsync) with timers, then runs the real API entry points on a
 checkpoint made by `run.py --keep`. Page cache warm; medians over --runs.
 
-Usage: python benchmarks/stages.py benchmarks/data/mlp_float32_6x8192.safetensors [--runs 3]
+Usage: python benchmarks/stages.py CHECKPOINT_OR_FOLDER [--runs 3] [--verify-with none]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import collections
 import contextlib
 import functools
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -84,28 +85,38 @@ def time_inspect(path: Path) -> Timings:
     return dict(timer.totals)
 
 
-def time_rebalance(path: Path, output: Path) -> Timings:
+def time_rebalance(path: Path, output: Path, verify_with: str | None) -> Timings:
     timer = Timer()
     targets = [
         (api_rebalance, "open_checkpoint", "open"),
         (api_rebalance, "discover", "discover"),
         (api_rebalance, "statistics_pass", "statistics_pass (stats + squares)"),
-        (api_rebalance, "_solve_group", "_solve_group"),
+        (api_rebalance, "plan_rebalance", "plan_rebalance (solve)"),
         (api_rebalance, "write_rescaled", "write_rescaled (fsync in background)"),
         (api_rebalance, "_verify_and_measure", "verify chains (every value)"),
         (api_rebalance, "_verify_group", "verify symmetries (every value)"),
+        (api_rebalance, "_run_transformers", "run both models with transformers"),
         (writers.PendingOutput, "commit", "commit"),
         (os, "fsync", "os.fsync (all)"),
     ]
-    output.unlink(missing_ok=True)
+    _remove(output)
     with patched(targets, timer):
         start = time.perf_counter()
-        report = api_rebalance.rebalance_checkpoint(path, output, assume_relu=True)
+        report = api_rebalance.rebalance_checkpoint(
+            path, output, assume_relu=True, verify_with=verify_with
+        )
         timer.totals["rebalance_checkpoint (total)"] = time.perf_counter() - start
     if not report.written:
         raise RuntimeError("rebalance did not write its output")
-    output.unlink(missing_ok=True)
+    _remove(output)
     return dict(timer.totals)
+
+
+def _remove(output: Path) -> None:
+    if output.is_dir():
+        shutil.rmtree(output)
+    else:
+        output.unlink(missing_ok=True)
 
 
 def time_stats_threads(path: Path) -> Timings:
@@ -132,18 +143,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument(
+        "--verify-with",
+        choices=("transformers", "none"),
+        default=None,
+        help="as rebalance's option (default: what rebalance chooses)",
+    )
     args = parser.parse_args(argv)
     path: Path = args.checkpoint
-    output = args.output or path.with_name("stages-rebalanced.safetensors")
-    size = path.stat().st_size
+    output = args.output or path.with_name(f"{path.stem}-stages{path.suffix}")
+    files = sorted(path.iterdir()) if path.is_dir() else [path]
+    size = sum(file.stat().st_size for file in files)
     print(f"imports (api + writers + stats): {IMPORT_SECONDS:.3f} s")
-    with open(path, "rb") as handle:  # warm the page cache
-        while handle.read(8 << 20):
-            pass
+    for file in files:  # warm the page cache
+        with open(file, "rb") as handle:
+            while handle.read(8 << 20):
+                pass
     for title, function in (
         ("compute_stats on every tensor", lambda: time_stats_threads(path)),
         ("inspect_checkpoint", lambda: time_inspect(path)),
-        ("rebalance_checkpoint", lambda: time_rebalance(path, output)),
+        ("rebalance_checkpoint", lambda: time_rebalance(path, output, args.verify_with)),
     ):
         print(f"{title} ({size / 2**30:.2f} GiB, median of {args.runs}):")
         summarise([function() for _ in range(args.runs)], size)

@@ -23,6 +23,7 @@ from weissi_cli.errors import ConsentError, StructureError, UsageError
 from weissi_cli.io import open_checkpoint
 from weissi_cli.io.checkpoint import Checkpoint
 from weissi_cli.io.exported import ExportedCheckpoint
+from weissi_cli.io.onnx_file import OnnxCheckpoint
 from weissi_cli.io.sharded import ShardedCheckpoint
 from weissi_cli.io.torch_pickle import TorchCheckpoint, optimizer_state_message
 from weissi_cli.ir import Chain, Structure
@@ -247,13 +248,12 @@ def rebalance_checkpoint(
                         power_of_two,
                     )
                     checks += group_checks
-            if checkpoint.format == "onnx":
-                from weissi_cli.verify_onnx import run_onnx
+            if isinstance(checkpoint, OnnxCheckpoint):
+                from weissi_cli.verify_onnx import private_bytes, run_onnx
 
+                nbytes = private_bytes(checkpoint.model)
                 checks.append(
-                    run_onnx(
-                        checkpoint.path, pending.readable_path, power_of_two, checkpoint.file_bytes
-                    )
+                    run_onnx(checkpoint.path, pending.readable_path, power_of_two, nbytes)
                 )
             if source.model is not None:
                 from weissi_cli.verify_module import run_module
