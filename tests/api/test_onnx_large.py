@@ -1,6 +1,6 @@
 """A model over 2 GB (external data, generated): inspected and rebalanced, verified in
-ONNX Runtime. About 45 s here, 4.3 GB written to the temporary folder and both models in
-ONNX Runtime's memory (`-m "not slow"` leaves it out)."""
+ONNX Runtime. About 45 s here and 4.3 GB written to the temporary folder; ONNX Runtime maps
+the models' data rather than holding it (`-m "not slow"` leaves it out)."""
 
 from __future__ import annotations
 
