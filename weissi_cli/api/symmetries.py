@@ -6,8 +6,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import numpy as np
+
 from weissi_cli.balance.channelwise import Squares, moving_axes, penalised_tensors, solve
 from weissi_cli.balance.streamed import StreamedSquares, streamed_names
+from weissi_cli.balance.uniform import UniformSquares, uniform_axes
 from weissi_cli.io.checkpoint import Checkpoint
 from weissi_cli.ir import Structure
 from weissi_cli.report.symmetries import SymmetryGroup
@@ -54,12 +57,18 @@ def solve_group(
         return None
     if squares is None:
         plan = group_squares_plan(checkpoint, structure, include_bias)
+        uniform = _uniform(checkpoint, structure, plan) if granularity == "layer" else {}
+        plan = _summed_where_uniform(plan, uniform)
         streamed = streamed_names(checkpoint, plan)
         held = {name: keep for name, keep in plan.items() if name not in streamed}
-        squares = {
-            **axis_squares(checkpoint, list(held), threads, held),
-            **{name: StreamedSquares(checkpoint, name, threads) for name in streamed},
-        }
+        squares = _as_uniform(
+            checkpoint,
+            {
+                **axis_squares(checkpoint, list(held), threads, held),
+                **{name: StreamedSquares(checkpoint, name, threads) for name in streamed},
+            },
+            uniform,
+        )
     layer = solve(structure.symmetries, squares, granularity="layer")
     channel = solve(structure.symmetries, squares) if granularity == "channel" else None
     group = SymmetryGroup(
@@ -98,6 +107,9 @@ def statistics_pass(
         group_squares_plan(checkpoint, structure, include_bias) if structure.symmetries else {}
     )
     squared = {**group_plan, **chain_plan}  # a tensor in both keeps both axes
+    # chain_plan is empty layer-wise, so no chain tensor is summed
+    uniform = _uniform(checkpoint, structure, group_plan) if granularity == "layer" else {}
+    squared = _summed_where_uniform(squared, uniform)
     streamed = streamed_names(checkpoint, squared)
     if streamed and chain_plan:
         # A streamed chain tensor keeps only the axes a chain's symmetries move (its first
@@ -117,15 +129,57 @@ def statistics_pass(
     stats, squares = compute_stats_and_squares(
         checkpoint, list(dict.fromkeys([*names, *squared])), threads, squared=held
     )
-    found: dict[str, Squares] = {
-        **squares,
-        **{name: StreamedSquares(checkpoint, name, threads) for name in streamed},
-    }
+    found = _as_uniform(
+        checkpoint,
+        {**squares, **{name: StreamedSquares(checkpoint, name, threads) for name in streamed}},
+        uniform,
+    )
     return (
         stats,
         {name: found[name] for name in chain_plan},
         {name: found[name] for name in group_plan},
     )
+
+
+def _uniform(
+    checkpoint: Checkpoint, structure: Structure, plan: Mapping[str, tuple[bool, bool]]
+) -> dict[str, tuple[bool, bool]]:
+    """The tensors of `plan` with an axis that takes one factor throughout layer-wise (see
+    `uniform_axes`): a deep MLP's or a CNN's weights, whose squares then shrink from a
+    matrix (streamed from the file on every solver sweep when large) to a vector or a
+    total computed in the statistics pass."""
+    shapes = {name: checkpoint.info(name).shape for name in plan}
+    found = uniform_axes(structure.symmetries, plan, shapes)
+    return {name: axes for name, axes in found.items() if any(axes)}
+
+
+def _summed_where_uniform(
+    plan: Mapping[str, tuple[bool, bool]], uniform: Mapping[str, tuple[bool, bool]]
+) -> dict[str, tuple[bool, bool]]:
+    return {
+        name: (
+            rows and not uniform.get(name, (False, False))[0],
+            columns and not uniform.get(name, (False, False))[1],
+        )
+        for name, (rows, columns) in plan.items()
+    }
+
+
+def _as_uniform(
+    checkpoint: Checkpoint, found: Mapping[str, Squares], uniform: Mapping[str, tuple[bool, bool]]
+) -> dict[str, Squares]:
+    """`found`, with the summed squares of the `uniform` tensors taken at their full shape."""
+    result = dict(found)
+    for name in uniform:
+        summed = found[name]
+        assert isinstance(summed, np.ndarray)  # summed along an axis: held
+        result[name] = UniformSquares(summed.astype(np.float64), _full_shape(checkpoint, name))
+    return result
+
+
+def _full_shape(checkpoint: Checkpoint, name: str) -> tuple[int, int]:
+    shape = checkpoint.info(name).shape
+    return (shape[0] if shape else 1, shape[1] if len(shape) > 1 else 1)
 
 
 def group_squares_plan(
