@@ -189,9 +189,13 @@ compiled: Kernel | None = _load()
 AVAILABLE = compiled is not None
 
 
-@functools.cache
 def numpy_kernel(exact: bool = False) -> Kernel:
     """The numpy backend; `exact` reduces every chunk in float64 (small tensors' statistics)."""
+    return _numpy_kernel(exact)
+
+
+@functools.cache
+def _numpy_kernel(exact: bool) -> Kernel:
     from weissi_cli.kernel_numpy import NumpyKernel
 
     return NumpyKernel(exact=exact)

@@ -234,7 +234,7 @@ class NumpyKernel:
             raise ValueError("output too small")
         reducer = _BUFFERS.reducer_for(count)
         partial = reducer.reduce(values, exact=self.exact)
-        if needed:
+        if needed and rows:  # no rows: the C kernel leaves `out` as it was
             reducer.axis_sums(values, partial, self.exact, rows, columns, mode, sums)
         return partial
 

@@ -131,13 +131,11 @@ def reduce_float64(values: npt.NDArray[np.float64]) -> Partial:
 
 
 def add_partials(first: Partial, second: Partial) -> Partial:
-    """Two chunks' statistics as one (squares under the larger scale)."""
-    scale = max(
-        (part.scale for part in (first, second) if part.sum_squares > 0), default=first.scale
-    )
+    """Two chunks' statistics as one (squares under the larger scale of those with any)."""
+    parts = [part for part in (first, second) if part.sum_squares > 0]
+    scale = max((part.scale for part in parts), default=1.0)
     return Partial(
-        first.sum_squares * (first.scale / scale) ** 2
-        + second.sum_squares * (second.scale / scale) ** 2,
+        sum(part.sum_squares * (part.scale / scale) ** 2 for part in parts),
         first.l1 + second.l1,
         max(first.max_abs, second.max_abs),
         first.nonfinite + second.nonfinite,
