@@ -121,26 +121,18 @@ def write_sharded(
 
 
 def make_rewrites_scale_wrongly(monkeypatch: pytest.MonkeyPatch, error: float) -> None:
-    """Every scaled value comes out `error` times too large, whichever path scales it (the
-    C kernel for float32/bfloat16 safetensors, numpy's encode otherwise): a rewrite bug
-    that verification must catch."""
+    """Every scaled value comes out `error` times too large (every writer scales through
+    `scaling.scale_chunk`): a rewrite bug that verification must catch."""
     from weissi_cli.writers import scaling
 
-    real_encode = scaling.encode
-    real_kernel = scaling.scale_in_kernel
+    real_scale = scaling.scale_chunk
 
-    def encode_wrongly(values: np.ndarray, dtype: str) -> np.ndarray:
-        return real_encode(values * error, dtype)
-
-    def kernel_wrongly(raw: np.ndarray, task: Any) -> bool:
-        if not real_kernel(raw, task):
-            return False
+    def scale_wrongly(raw: np.ndarray, task: Any) -> None:
+        real_scale(raw, task)
         values = decode(raw, task.dtype) * error
         raw[...] = encode(values.astype(np.float64), task.dtype)
-        return True
 
-    monkeypatch.setattr(scaling, "encode", encode_wrongly)
-    monkeypatch.setattr(scaling, "scale_in_kernel", kernel_wrongly)
+    monkeypatch.setattr(scaling, "scale_chunk", scale_wrongly)
 
 
 def checks_after_the_write(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -149,13 +141,13 @@ def checks_after_the_write(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     from weissi_cli import verify_values
 
     names: list[str] = []
-    real = verify_values.check_tensor_in_kernel
+    real = verify_values.check_tensor_in_files
 
     def spy(original: Any, rewritten: Any, name: str, *rest: Any) -> bool:
         names.append(name)
         return real(original, rewritten, name, *rest)
 
-    monkeypatch.setattr(verify_values, "check_tensor_in_kernel", spy)
+    monkeypatch.setattr(verify_values, "check_tensor_in_files", spy)
     return names
 
 

@@ -18,7 +18,7 @@
  * [SAFE_LOW, SAFE_HIGH] (where float squares could overflow, or the sum lose its small
  * values), is summed again in double.
  * Non-finite values are counted and left out of every sum, as in the numpy reference
- * (stats.reduce_float64). AVX2+FMA code runs where the CPU has it, portable code elsewhere.
+ * (numpy_reduce.reduce_float64). AVX2+FMA code runs where the CPU has it, portable code elsewhere.
  *
  * The module is optional: without a compiler weissi falls back to numpy, and the tests
  * check that both agree (bit for bit, for scaling).
@@ -83,7 +83,7 @@ static inline double magnitude_at(const void *data, int dtype, Py_ssize_t index)
 
 #define BLOCK 256 /* values summed in float before a block's sum joins the double total */
 
-/* Where float squares of every value can neither overflow nor underflow (as stats.SAFE_*):
+/* Where float squares of every value can neither overflow nor underflow (as numpy_reduce.SAFE_*):
  * inside it the block sums run in float vectors; outside, in double. */
 #define SAFE_LOW 8.881784197001252e-16f  /* 2^-50 */
 #define SAFE_HIGH 7.205759403792794e16f  /* 2^56 */

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from weissi_cli import chunking, kernel
 from weissi_cli.io.checkpoint import Checkpoint, ReadBuffer, ended_early, read_buffer
-from weissi_cli.io.dtypes import FloatArray, decode
+from weissi_cli.numpy_compare import compare_block, nan_max, same_bytes
 from weissi_cli.progress import Stage
 from weissi_cli.scales import NO_FACTORS, TensorScale, Vector
 from weissi_cli.threads import run_round_robin
@@ -37,10 +37,10 @@ class Totals:
     def add(self, found: Found) -> None:
         difference, largest, canonical, top, equal = found
         with self.lock:
-            self.difference = _max(self.difference, difference)
-            self.largest = _max(self.largest, largest)
-            self.canonical = _max(self.canonical, canonical)
-            self.canonical_largest = _max(self.canonical_largest, top)
+            self.difference = nan_max(self.difference, difference)
+            self.largest = nan_max(self.largest, largest)
+            self.canonical = nan_max(self.canonical, canonical)
+            self.canonical_largest = nan_max(self.canonical_largest, top)
             self.bitwise = self.bitwise and equal
 
 
@@ -52,26 +52,28 @@ def compare_tensors(
     scales_b: Mapping[str, TensorScale],
     threads: int = 2,
 ) -> dict[str, Totals]:
-    """Every tensor of `names` in A against B (same shapes), as `compare_block` compares
-    them block by block. Tensors the C kernel can read from both files go through it, all
-    of them on one set of threads, each thread reading both files in cache-sized pieces;
-    the others through numpy."""
+    """Every tensor of `names` in A against B (same shapes), block by block as
+    `numpy_compare.compare_block` compares them. The backend for both dtypes compares them,
+    all tensors' tasks on one set of threads, reading both files in cache-sized pieces
+    where the data lies in files; tensors whose factors the backend cannot take go through
+    `compare_block` row block by row block."""
     totals = {name: Totals() for name in names}
     tasks: list[_Task] = []
-    by_numpy = []
+    by_rows = []
     for name in names:
         shape = a.info(name).shape
         scale_a = scales_a.get(name) or TensorScale(shape)
         scale_b = scales_b.get(name) or TensorScale(shape)
-        found = _kernel_tasks(a, b, name, scale_a, scale_b, totals[name])
+        found = _tasks(a, b, name, scale_a, scale_b, totals[name])
         if found is None:
-            by_numpy.append((name, scale_a, scale_b))
+            by_rows.append((name, scale_a, scale_b))
         else:
             tasks += found
     total = sum(a.info(name).nbytes + b.info(name).nbytes for name in names)
     with Stage("comparing", total) as stage:
         if tasks:
-            scratch_bytes = max(1 << 20, *(task.row_bytes for task in tasks))
+            # a whole block fits, so that numpy compares each block in one piece
+            scratch_bytes = max(1 << 20, *(task.block_bytes for task in tasks))
 
             def run(task: _Task, scratch: tuple[ReadBuffer, ReadBuffer]) -> None:
                 task.run(scratch)
@@ -83,46 +85,10 @@ def compare_tensors(
                 run,
                 threads,
             )
-        for name, scale_a, scale_b in by_numpy:
-            _compare_in_numpy(a, b, name, scale_a, scale_b, totals[name], threads)
+        for name, scale_a, scale_b in by_rows:
+            _compare_by_rows(a, b, name, scale_a, scale_b, totals[name], threads)
             stage.advance(a.info(name).nbytes + b.info(name).nbytes)
     return totals
-
-
-def compare_block(
-    raw_a: npt.NDArray[np.generic],
-    raw_b: npt.NDArray[np.generic],
-    dtype_a: str,
-    dtype_b: str,
-    factors_a: float | Vector,
-    factors_b: float | Vector,
-    same_scale: bool,
-    widened: tuple[FloatArray, FloatArray] | None = None,
-) -> Found | None:
-    """One block of A against B, decoded to float64 so that the factors apply without
-    rounding: (max |b - a|, max |a|, max |cb - ca|, max |ca|, equal), where ca and cb are
-    the canonical values (each value times its factor) and equal says every value of A
-    equals its B (two NaNs are equal). None when the block adds nothing: the factors are
-    the same on both sides and every value equal. `widened` receives 16-bit values decoded
-    to float32."""
-    out_a, out_b = widened or (None, None)
-    old = decode(raw_a, dtype_a, out_a).astype(np.float64, copy=False)
-    new = decode(raw_b, dtype_b, out_b).astype(np.float64, copy=False)
-    equal = bool(np.array_equal(old, new, equal_nan=True))
-    if equal and same_scale:  # nothing differs, raw or canonical: skip the arithmetic
-        return None
-    if not old.size:
-        return 0.0, 0.0, 0.0, 0.0, equal
-    with np.errstate(invalid="ignore", over="ignore"):
-        canon_a = old * np.asarray(factors_a).reshape(-1)
-        canon_b = new * np.asarray(factors_b).reshape(-1)
-        return (
-            float(np.max(np.abs(new - old))),
-            float(np.max(np.abs(old))),
-            float(np.max(np.abs(canon_b - canon_a))),
-            float(np.max(np.abs(canon_a))),
-            equal,
-        )
 
 
 def kernel_factors(scale: TensorScale) -> tuple[float, Vector, Vector] | None:
@@ -160,12 +126,15 @@ def _pattern(scale: TensorScale) -> Vector:
 
 @dataclass(frozen=True)
 class _Side:
-    """One file's share of a kernel task: where the tensor lies, its dtype and factors."""
+    """One checkpoint's share of a task: where the tensor lies (fd None: not in a file, read
+    through the checkpoint), its dtype and factors."""
 
-    fd: int
+    checkpoint: Checkpoint
+    name: str
+    fd: int | None
     offset: int
     path: str
-    dtype: int
+    dtype: str
     itemsize: int
     scalar: float
     rows: Vector
@@ -179,10 +148,15 @@ class _Side:
         """Where row `row` starts in the file."""
         return self.offset + row * width * self.itemsize
 
+    def values(self, row: int, rows: int, width: int, buffer: ReadBuffer) -> npt.NDArray[Any]:
+        """The stored values of rows row..row+rows, read through the checkpoint."""
+        raw = self.checkpoint.read_raw(self.name, row * width, rows * width, buffer)
+        return np.ascontiguousarray(raw)
+
 
 @dataclass(frozen=True)
 class _Task:
-    """Whole blocks of one tensor, compared by the kernel reading both files."""
+    """Whole blocks of one tensor, compared by the backend for both dtypes."""
 
     sides: tuple[_Side, _Side]
     row: int
@@ -197,44 +171,71 @@ class _Task:
         return self.rows * self.width * sum(side.itemsize for side in self.sides)
 
     @property
-    def row_bytes(self) -> int:
-        return self.width * max(side.itemsize for side in self.sides)
+    def block_bytes(self) -> int:
+        """A block of the wider side (the task's rows, where a side is read through its
+        checkpoint)."""
+        in_files = all(side.fd is not None for side in self.sides)
+        rows = self.block_rows if in_files else self.rows
+        return rows * self.width * max(side.itemsize for side in self.sides)
 
     def run(self, scratch: tuple[ReadBuffer, ReadBuffer]) -> None:
-        assert kernel.compiled is not None
         first, second = self.sides
+        backend = kernel.backend_for(first.dtype, second.dtype)
+        codes = kernel.DTYPE_CODES[first.dtype], kernel.DTYPE_CODES[second.dtype]
+        rows_a = first.row_factors(self.row, self.rows)
+        rows_b = second.row_factors(self.row, self.rows)
+        count = self.rows * self.width
+        if first.fd is None or second.fd is None:
+            found = backend.compare_chunk(
+                data_a=first.values(self.row, self.rows, self.width, scratch[0]),
+                dtype_code_a=codes[0],
+                scalar_a=first.scalar,
+                row_factors_a=rows_a,
+                pattern_a=first.pattern,
+                data_b=second.values(self.row, self.rows, self.width, scratch[1]),
+                dtype_code_b=codes[1],
+                scalar_b=second.scalar,
+                row_factors_b=rows_b,
+                pattern_b=second.pattern,
+                count=count,
+                row_width=self.width,
+                block_rows=self.block_rows,
+                same_scale=self.same_scale,
+            )
+            self.totals.add(found)
+            return
         try:
-            found = kernel.compiled.compare_range(
+            found = backend.compare_range(
                 fd_a=first.fd,
                 offset_a=first.offset_of(self.row, self.width),
                 scratch_a=scratch[0],
-                dtype_code_a=first.dtype,
+                dtype_code_a=codes[0],
                 scalar_a=first.scalar,
-                row_factors_a=first.row_factors(self.row, self.rows),
+                row_factors_a=rows_a,
                 pattern_a=first.pattern,
                 fd_b=second.fd,
                 offset_b=second.offset_of(self.row, self.width),
                 scratch_b=scratch[1],
-                dtype_code_b=second.dtype,
+                dtype_code_b=codes[1],
                 scalar_b=second.scalar,
-                row_factors_b=second.row_factors(self.row, self.rows),
+                row_factors_b=rows_b,
                 pattern_b=second.pattern,
-                count=self.rows * self.width,
+                count=count,
                 row_width=self.width,
                 block_rows=self.block_rows,
                 same_scale=self.same_scale,
             )
         except EOFError:
-            short = first if self._ends_early(first) else second
+            short = first if self._ends_early(first, first.fd) else second
             raise ended_early(Path(short.path)) from None
         self.totals.add(found)
 
-    def _ends_early(self, side: _Side) -> bool:
+    def _ends_early(self, side: _Side, fd: int) -> bool:
         end = side.offset + (self.row + self.rows) * self.width * side.itemsize
-        return os.fstat(side.fd).st_size < end
+        return os.fstat(fd).st_size < end
 
 
-def _kernel_tasks(
+def _tasks(
     a: Checkpoint,
     b: Checkpoint,
     name: str,
@@ -242,32 +243,29 @@ def _kernel_tasks(
     scale_b: TensorScale,
     totals: Totals,
 ) -> list[_Task] | None:
-    """The kernel's tasks for one tensor; None where the kernel does not apply: no kernel,
-    a dtype it does not read, no values, data not lying in a file, or factors it cannot
-    reproduce."""
+    """The backend's tasks for one tensor (none without values); None where the factors are
+    ones no single product per element reproduces (see `kernel_factors`)."""
     info, other = a.info(name), b.info(name)
-    if (
-        kernel.compiled is None
-        or info.dtype not in kernel.DTYPE_CODES
-        or other.dtype not in kernel.DTYPE_CODES
-        or info.numel == 0
-    ):
+    factor_a, factor_b = kernel_factors(scale_a), kernel_factors(scale_b)
+    if factor_a is None or factor_b is None:
         return None
-    places = a.locate(name), b.locate(name)
-    factors = kernel_factors(scale_a), kernel_factors(scale_b)
+    if info.numel == 0:
+        return []
     sides = []
-    for place, factor, tensor in zip(places, factors, (info, other), strict=True):
-        if place is None or factor is None:
-            return None
-        fd, offset, path = place
+    for checkpoint, factor, tensor in zip((a, b), (factor_a, factor_b), (info, other), strict=True):
+        place = checkpoint.locate(name)
+        fd, offset, path = place if place is not None else (None, 0, "")
         itemsize = tensor.nbytes // tensor.numel
         sides.append(
-            _Side(fd, offset, str(path), kernel.DTYPE_CODES[tensor.dtype], itemsize, *factor)
+            _Side(checkpoint, name, fd, offset, str(path), tensor.dtype, itemsize, *factor)
         )
     blocks, width = row_blocks(name, info)
     block_rows = blocks[0].rows
     rows = blocks[-1].row + blocks[-1].rows
-    per_task = block_rows * max(1, chunking.COMPARE_TASK_ELEMENTS // (block_rows * width))
+    # read through a checkpoint: a block at a time, the memory numpy's blocks take
+    per_task = block_rows
+    if all(side.fd is not None for side in sides):
+        per_task *= max(1, chunking.COMPARE_TASK_ELEMENTS // (block_rows * width))
     same_scale = same_factors(scale_a, scale_b)
     pair = (sides[0], sides[1])
     return [
@@ -276,7 +274,7 @@ def _kernel_tasks(
     ]
 
 
-def _compare_in_numpy(
+def _compare_by_rows(
     a: Checkpoint,
     b: Checkpoint,
     name: str,
@@ -286,10 +284,10 @@ def _compare_in_numpy(
     threads: int,
 ) -> None:
     """Row blocks of one tensor from both files on `threads` threads, through
-    `compare_block`. A block whose stored bytes are the same in both files, under the same
-    factors, is equal raw and canonical alike and is not decoded (equal bytes are equal
-    values; values that are equal in other bytes, -0.0 or another NaN, are found by the
-    float comparison)."""
+    `compare_block` with each element's factor from `TensorScale.rows`. A block whose
+    stored bytes are the same in both files, under the same factors, is equal raw and
+    canonical alike and is not decoded (equal bytes are equal values; values that are equal
+    in other bytes, -0.0 or another NaN, are found by the float comparison)."""
     info, other = a.info(name), b.info(name)
     blocks, width = row_blocks(name, info)
     same_storage = info.dtype == other.dtype
@@ -299,7 +297,7 @@ def _compare_in_numpy(
         start, size = block.row * width, block.rows * width
         raw_a = a.read_raw(name, start, size, state.buffers[0])
         raw_b = b.read_raw(name, start, size, state.buffers[1])
-        if same_storage and same_scale and _same_bytes(raw_a, raw_b):
+        if same_storage and same_scale and same_bytes(raw_a, raw_b):
             return
         found = compare_block(
             raw_a,
@@ -315,14 +313,3 @@ def _compare_in_numpy(
             totals.add(found)
 
     run_round_robin(blocks, lambda: PairBuffers(width), compare, threads)
-
-
-def _same_bytes(first: npt.NDArray[np.generic], second: npt.NDArray[np.generic]) -> bool:
-    """Whether two raw blocks hold the same bytes (floats compared as integers: a NaN is
-    its own bit pattern), eight bytes at a time where the length allows (3x faster)."""
-    word = np.uint64 if first.nbytes % 8 == 0 else np.uint8
-    return bool(np.array_equal(first.view(word), second.view(word)))
-
-
-def _max(first: float, second: float) -> float:
-    return math.nan if math.isnan(first) or math.isnan(second) else max(first, second)

@@ -89,24 +89,17 @@ def measure_headroom(checkpoint: Checkpoint, names: Iterable[str]) -> dict[str, 
                 raw = checkpoint.read_raw(name, row * width, count * width, buffer)
                 bits = raw.view(np.uint16)
                 rows_part = [limit[row : row + count] for limit in (limits[0], limits[2])]
-                if kernel.compiled is not None:
-                    kernel.compiled.shift_minima(
-                        bits=bits,
-                        count=count * width,
-                        row_width=width,
-                        columns=columns,
-                        down_table=down_table,
-                        up_table=up_table,
-                        rows_down=rows_part[0],
-                        rows_up=rows_part[1],
-                        columns_down=limits[1],
-                        columns_up=limits[3],
-                    )
-                    continue
-                for index, table in enumerate((down_table, up_table)):
-                    shifts = table[bits.reshape(count, columns, -1)]
-                    rows_part[index][:] = shifts.min(axis=(1, 2))
-                    column_part = limits[2 * index + 1]
-                    np.minimum(column_part, shifts.min(axis=(0, 2)), out=column_part)
+                kernel.backend_for().shift_minima(
+                    bits=bits,
+                    count=count * width,
+                    row_width=width,
+                    columns=columns,
+                    down_table=down_table,
+                    up_table=up_table,
+                    rows_down=rows_part[0],
+                    rows_up=rows_part[1],
+                    columns_down=limits[1],
+                    columns_up=limits[3],
+                )
         found[name] = Headroom(name, info.shape, limits[0], limits[2], limits[1], limits[3])
     return found

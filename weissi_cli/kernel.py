@@ -1,8 +1,9 @@
-"""The compiled kernel when it was built, else None (numpy does the work): its typed
-interface, and the one place that chooses it."""
+"""The kernel's typed interface, its two backends (the compiled C extension and numpy), and
+the one place that chooses between them."""
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import TYPE_CHECKING, Protocol
 
@@ -15,19 +16,28 @@ if TYPE_CHECKING:
     # What the kernel reads and writes through the buffer protocol.
     Data: TypeAlias = npt.NDArray[Any] | mmap.mmap | bytearray
 
-DISABLE_VARIABLE = "WEISSI_NO_KERNEL"  # =1: use the numpy kernel (tests compare the two)
+DISABLE_VARIABLE = "WEISSI_NO_KERNEL"  # =1: the numpy backend does all the work
 
-# Codes the C kernel takes for the storage dtypes it reads directly.
-DTYPE_CODES = {"float32": 0, "bfloat16": 1}
+# The storage dtypes' codes. The C kernel reads the first two; the numpy backend all four.
+DTYPE_CODES = {"float32": 0, "bfloat16": 1, "float16": 2, "float64": 3}
+COMPILED_DTYPES = frozenset({"float32", "bfloat16"})
 NO_AXES, ROWS, COLUMNS, MATRIX = 0, 1, 2, 3
 
-Totals = tuple[float, float, float, int]  # (sum of squares, L1, max |x|, non-finite count)
+# (sum of squares, L1, max |x|, non-finite count); float64 values whose squares would
+# overflow or underflow float64 add a scale: the sum of squares is then of values / scale.
+Totals = tuple[float, float, float, int] | tuple[float, float, float, int, float]
+# (checked, bad, worst share) then the rewritten values' Totals
+Checked = (
+    tuple[int, int, float, float, float, float, int]
+    | tuple[int, int, float, float, float, float, int, float]
+)
 # (max |b - a|, max |a|, max |cb - ca|, max |ca|, all equal) over the blocks that count
 Comparison = tuple[float, float, float, float, bool]
 
 
 class Kernel(Protocol):
-    """What `_kernel.c` provides (its stub is `_kernel.pyi`): call it with keywords."""
+    """What `_kernel.c` provides (its stub is `_kernel.pyi`) and `kernel_numpy.NumpyKernel`
+    implements again: call it with keywords."""
 
     def reduce_chunk(
         self,
@@ -79,7 +89,7 @@ class Kernel(Protocol):
         pattern: Data,
         unit: float,
         floor: float,
-    ) -> tuple[int, int, float, float, float, float, int]: ...
+    ) -> Checked: ...
     def scale_chunk(
         self,
         data: Data,
@@ -177,3 +187,27 @@ def _load() -> Kernel | None:
 
 compiled: Kernel | None = _load()
 AVAILABLE = compiled is not None
+
+
+def numpy_kernel(exact: bool = False) -> Kernel:
+    """The numpy backend; `exact` reduces every chunk in float64 (small tensors' statistics)."""
+    return _numpy_kernel(exact)
+
+
+@functools.cache
+def _numpy_kernel(exact: bool) -> Kernel:
+    from weissi_cli.kernel_numpy import NumpyKernel
+
+    return NumpyKernel(exact=exact)
+
+
+def backend_for(*dtypes: str, exact: bool = False, numpy: bool = False) -> Kernel:
+    """The backend for data of these storage dtypes (none: no storage dtype is read, as for
+    float16 shift tables or decoded float32 values): the compiled kernel where it was built
+    and reads them all, else numpy. `exact` statistics (float64 throughout), and callers
+    that count more from numpy's decoded values (`numpy`), take numpy."""
+    if compiled is None or exact or numpy:
+        return numpy_kernel(exact)
+    if all(dtype in COMPILED_DTYPES for dtype in dtypes):
+        return compiled
+    return numpy_kernel(False)

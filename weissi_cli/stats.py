@@ -1,9 +1,7 @@
 """Per-tensor statistics in one streaming pass: sum of squares, L1, max |w|, non-finite count.
 
-Each chunk is reduced while it is in cache, in its own precision (float32 for 32- and
-16-bit storage) as rows of 256 values, and the row partials are summed in float64:
-whole-tensor float32 reductions are off by percents on large tensors, and even one
-float32 dot per megabyte drifts by 1e-5; rows keep the error near 1e-7.
+Each chunk is reduced by the kernel's backend for its dtype (see `kernel.backend_for`);
+tensors below EXACT_BELOW values are reduced in float64 outright.
 """
 
 from __future__ import annotations
@@ -19,7 +17,8 @@ import numpy.typing as npt
 
 from weissi_cli import chunking, kernel
 from weissi_cli.io.checkpoint import Checkpoint, TensorInfo, ended_early, read_buffer
-from weissi_cli.io.dtypes import decode
+from weissi_cli.io.dtypes import raw_numpy_dtype
+from weissi_cli.numpy_reduce import Partial
 from weissi_cli.progress import Stage
 from weissi_cli.threads import run_round_robin, single_threaded_blas
 
@@ -27,12 +26,6 @@ from weissi_cli.threads import run_round_robin, single_threaded_blas
 EXACT_BELOW = 1 << 16
 # Below this much data a second thread costs more than it saves.
 THREADS_ABOVE_BYTES = 32 << 20
-# Chunks are reduced as rows of this many elements: each row's float32 sum is accurate
-# (~1e-7) where one float32 dot over a whole chunk drifts by up to ~1e-5.
-ROW = 256
-# Where float32 squares and their row sums can neither overflow nor underflow.
-SAFE_LOW, SAFE_HIGH = 2.0**-50, 2.0**56
-FLOAT64_SAFE_LOW, FLOAT64_SAFE_HIGH = 2.0**-400, 2.0**400
 
 
 @dataclass(frozen=True)
@@ -64,19 +57,8 @@ class TensorStats:
         return self.l1 / norm if norm > 0 else None
 
 
-# Per-chunk work items and partial results are NamedTuples, not dataclasses: a pass makes
-# hundreds of them, and defining a frozen dataclass costs about 1 ms of every command's
-# start-up on this machine (its methods are generated and compiled at import).
-class Partial(NamedTuple):
-    """Statistics of one chunk, combined into a tensor's TensorStats."""
-
-    sum_squares: float  # of values / scale
-    l1: float
-    max_abs: float
-    nonfinite: int
-    scale: float = 1.0
-
-
+# Per-chunk work items are NamedTuples, not dataclasses: a pass makes hundreds of them (see
+# numpy_reduce.Partial).
 class _Task(NamedTuple):
     """One chunk of one tensor for a worker thread."""
 
@@ -92,105 +74,33 @@ class _Task(NamedTuple):
     tensor_rows: int = 1
 
 
-class ChunkReducer:
-    """Statistics of chunks of up to `capacity` values, with reusable buffers."""
-
-    def __init__(self, capacity: int) -> None:
-        self.magnitudes: dict[np.dtype[np.floating], npt.NDArray[np.floating]] = {
-            np.dtype(np.float32): np.empty(capacity, np.float32),
-            np.dtype(np.float64): np.empty(capacity, np.float64),
-        }
-        self.ones: dict[np.dtype[np.floating], npt.NDArray[np.floating]] = {
-            np.dtype(np.float32): np.ones(ROW, np.float32),
-            np.dtype(np.float64): np.ones(ROW, np.float64),
-        }
-        self.last_magnitudes: npt.NDArray[np.floating] | None = None
-        self.last_row_max: npt.NDArray[np.floating] | None = None
-
-    def reduce(
-        self, values: npt.NDArray[np.floating], exact: bool = False, row_width: int = 0
-    ) -> Partial:
-        """Sum of squares, L1 and max |x| of a float32/float64 chunk (partials in float64).
-
-        Afterwards `last_magnitudes` holds |values| when this path computed them, else None;
-        with `row_width`, `last_row_max` holds each row's max |x| (the same pass as the max).
-        """
-        count = values.size
-        self.last_magnitudes = None
-        self.last_row_max = None
-        if exact or count < ROW:
-            with np.errstate(invalid="ignore"):  # a signalling NaN widens to a quiet one
-                wide = values.astype(np.float64)
-            return reduce_float64(wide)
-        magnitudes = np.abs(values, out=self.magnitudes[values.dtype][:count])
-        self.last_magnitudes = magnitudes
-        if row_width and count % row_width == 0:
-            self.last_row_max = magnitudes.reshape(-1, row_width).max(axis=1)
-            largest = float(self.last_row_max.max())
-        else:
-            largest = float(magnitudes.max())
-        if largest == 0.0:
-            return Partial(0.0, 0.0, 0.0, 0)
-        if not SAFE_LOW <= largest <= SAFE_HIGH:
-            # NaN, Inf, or values whose squares would overflow/underflow float32.
-            return reduce_float64(values.astype(np.float64))
-        body = count - count % ROW
-        rows = values[:body].reshape(-1, ROW)
-        sum_squares = float((rows[:, None, :] @ rows[:, :, None]).sum(dtype=np.float64))
-        l1 = float(
-            (magnitudes[:body].reshape(-1, ROW) @ self.ones[values.dtype]).sum(dtype=np.float64)
-        )
-        if body < count:
-            tail = reduce_float64(values[body:].astype(np.float64))
-            sum_squares += tail.sum_squares
-            l1 += tail.l1
-        return Partial(sum_squares, l1, largest, 0)
-
-
 class Worker:
     """Per-thread buffers, so a pass allocates a few MiB whatever the model."""
 
     def __init__(self, chunk_elements: int) -> None:
         capacity = max(chunk_elements, EXACT_BELOW)  # small tensors are read whole
         self.raw = read_buffer(capacity * 8)
-        self.widened = np.empty(capacity, np.float32)
-        self.reducer = ChunkReducer(capacity)
         # a chunk's axis sums; twice the values, as the kernel's COLUMNS mode stages its pieces
         self.sums = np.zeros(2 * capacity, np.float64)
-        self.row_maxima = np.zeros(capacity if kernel.AVAILABLE else 0, np.uint32)
+        self.row_maxima = np.zeros(capacity, np.uint32)
 
     def reduce(
         self, checkpoint: Checkpoint, task: _Task, squares: _SquaresSink | None = None
     ) -> Partial:
         mode = squares.mode(task) if squares is not None else kernel.NO_AXES
-        compiled = kernel.compiled
-        fast = compiled is not None and task.dtype in kernel.DTYPE_CODES and not task.exact
-        located = checkpoint.locate(task.name) if fast else None
-        if compiled is not None and fast:
-            dtype_code = kernel.DTYPE_CODES[task.dtype]
-            row_width = task.row_width if mode else 0
-            columns = task.columns if mode else 1
-            if located is not None:  # the kernel reads the file itself, in cache-sized pieces
-                fd, begin, path = located
-                itemsize = 4 if task.dtype == "float32" else 2
-                try:
-                    totals = compiled.reduce_range(
-                        fd=fd,
-                        offset=begin + task.start * itemsize,
-                        scratch=self.raw,
-                        dtype_code=dtype_code,
-                        count=task.elements,
-                        row_width=row_width,
-                        columns=columns,
-                        mode=mode,
-                        out=self.sums,
-                    )
-                except EOFError:
-                    raise ended_early(path) from None
-            else:
-                raw = checkpoint.read_raw(task.name, task.start, task.elements, self.raw)
-                totals = compiled.reduce_chunk(
-                    data=raw,
+        backend = kernel.backend_for(task.dtype, exact=task.exact)
+        dtype_code = kernel.DTYPE_CODES[task.dtype]
+        row_width = task.row_width if mode else 0
+        columns = task.columns if mode else 1
+        located = checkpoint.locate(task.name)
+        if located is not None:  # the backend reads the file itself, in cache-sized pieces
+            fd, begin, path = located
+            itemsize = raw_numpy_dtype(task.dtype).itemsize
+            try:
+                totals = backend.reduce_range(
+                    fd=fd,
+                    offset=begin + task.start * itemsize,
+                    scratch=self.raw,
                     dtype_code=dtype_code,
                     count=task.elements,
                     row_width=row_width,
@@ -198,40 +108,22 @@ class Worker:
                     mode=mode,
                     out=self.sums,
                 )
-            partial = Partial(*totals)
+            except EOFError:
+                raise ended_early(path) from None
         else:
             raw = checkpoint.read_raw(task.name, task.start, task.elements, self.raw)
-            values = decode(raw, task.dtype, self.widened)
-            partial = self.reducer.reduce(values, exact=task.exact)
-            if mode:
-                self._numpy_sums(values, partial, task, mode)
+            totals = backend.reduce_chunk(
+                data=np.ascontiguousarray(raw),
+                dtype_code=dtype_code,
+                count=task.elements,
+                row_width=row_width,
+                columns=columns,
+                mode=mode,
+                out=self.sums,
+            )
         if squares is not None and mode:
             squares.store(task, mode, self.sums)
-        return partial
-
-    @np.errstate(over="ignore", under="ignore", invalid="ignore")
-    def _numpy_sums(
-        self, values: npt.NDArray[np.floating], partial: Partial, task: _Task, mode: int
-    ) -> None:
-        """What the C kernel's `mode` puts in `sums`, by numpy: per-row sums along the
-        contiguous axis are pairwise float32 sums (accurate to ~1e-7), sums over rows are
-        taken in float64; non-finite values count as 0, as the statistics report them."""
-        rows = task.elements // task.row_width
-        safe = SAFE_LOW <= partial.max_abs <= SAFE_HIGH and partial.nonfinite == 0
-        if task.exact or not safe or values.dtype != np.float32:
-            squares = np.square(values.astype(np.float64))
-            squares[~np.isfinite(squares)] = 0.0
-        else:
-            buffer = self.reducer.magnitudes[values.dtype][: values.size]
-            squares = np.multiply(values, values, out=buffer)
-        matrix = squares.reshape(rows, task.columns, -1)
-        size = _sums_size(task, mode)
-        if mode == kernel.ROWS:
-            self.sums[:size] = matrix.reshape(rows, -1).sum(axis=1)
-        elif mode == kernel.COLUMNS:
-            self.sums[:size] = matrix.sum(axis=(0, 2), dtype=np.float64)
-        else:
-            self.sums[:size] = matrix.sum(axis=2).reshape(-1)
+        return Partial(*totals)
 
 
 def _sums_size(task: _Task, mode: int) -> int:
@@ -300,29 +192,6 @@ class _SquaresSink:
     @staticmethod
     def _rows_summed(task: _Task, target: npt.NDArray[np.float32]) -> bool:
         return target.shape[0] == 1 and task.tensor_rows > 1
-
-
-@np.errstate(over="ignore", under="ignore")
-def reduce_float64(values: npt.NDArray[np.float64]) -> Partial:
-    """Exact-as-float64 statistics of the finite values, safe from overflow."""
-    finite = np.isfinite(values)
-    nonfinite = int(values.size - np.count_nonzero(finite))
-    if nonfinite:
-        values = values[finite]
-    if values.size == 0:
-        return Partial(0.0, 0.0, 0.0, nonfinite)
-    magnitudes = np.abs(values)
-    largest = float(magnitudes.max())
-    if largest == 0.0:
-        return Partial(0.0, 0.0, 0.0, nonfinite)
-    if FLOAT64_SAFE_LOW <= largest <= FLOAT64_SAFE_HIGH:
-        return Partial(
-            float(np.dot(magnitudes, magnitudes)), float(magnitudes.sum()), largest, nonfinite
-        )
-    scaled = magnitudes / largest  # squares of these cannot overflow or underflow
-    return Partial(
-        float(np.dot(scaled, scaled)), float(magnitudes.sum()), largest, nonfinite, largest
-    )
 
 
 def _tasks(

@@ -16,10 +16,10 @@ import numpy.typing as npt
 from weissi_cli import kernel
 from weissi_cli.io.checkpoint import Checkpoint, TensorInfo, ended_early
 from weissi_cli.io.dtypes import decode
+from weissi_cli.numpy_reduce import Partial
 from weissi_cli.stats import (
     EXACT_BELOW,
     THREADS_ABOVE_BYTES,
-    Partial,
     TensorStats,
     Worker,
     combine,
@@ -84,33 +84,24 @@ def compute_stats_and_details(
         ]
     )
 
-    compiled = kernel.compiled if not headroom else None  # headroom counts: numpy's job
-
     def reduce(index: int, worker: Worker) -> None:
         info, row, count = tasks[index]
         rows = info.shape[0] if info.shape else 1
         width = info.numel // rows if rows else 0
-        exact = info.numel < EXACT_BELOW
-        fast = compiled is not None and info.dtype in kernel.DTYPE_CODES and not exact and width
-        located = checkpoint.locate(info.name) if fast and len(info.shape) >= 2 else None
-        if fast and located is not None:
-            partials[index], found = _details_in_kernel(located, info, row, count, width, worker)
-            with lock:
-                parts[info.name].append((row, found))
-            return
-        raw = checkpoint.read_raw(info.name, row * width, count * width, worker.raw)
-        if fast and compiled is not None:
-            partials[index], found = _compiled_details(compiled, raw, info, count, width, worker)
-            with lock:
-                parts[info.name].append((row, found))
-            return
-        values = decode(raw, info.dtype, worker.widened)
-        reducer = worker.reducer
-        partials[index] = reducer.reduce(values, exact=info.numel < EXACT_BELOW, row_width=width)
-        magnitudes = reducer.last_magnitudes
-        if magnitudes is None:
-            magnitudes = np.abs(values)
-        found = _details(magnitudes, info, count, headroom, reducer.last_row_max)
+        # headroom counts need the values decoded by numpy: the statistics beside them are
+        # numpy's too, from one backend for the whole chunk
+        backend = kernel.backend_for(info.dtype, exact=info.numel < EXACT_BELOW, numpy=headroom)
+        matrix = len(info.shape) >= 2 and width > 0
+        located = checkpoint.locate(info.name) if matrix and not headroom else None
+        if located is not None:
+            partials[index], found = _details_in_file(backend, located, info, row, count, worker)
+        else:
+            raw = checkpoint.read_raw(info.name, row * width, count * width, worker.raw)
+            raw = np.ascontiguousarray(raw)
+            partials[index], found = _chunk_details(backend, raw, info, count, width, worker)
+            if headroom:
+                overflow, underflow = _headroom(decode(raw, info.dtype))
+                found = _DetailParts(found.rows, found.columns, overflow, underflow)
         with lock:
             parts[info.name].append((row, found))
 
@@ -126,23 +117,23 @@ def compute_stats_and_details(
     return stats, details
 
 
-def _details_in_kernel(
+def _details_in_file(
+    backend: kernel.Kernel,
     located: tuple[int, int, Path],
     info: TensorInfo,
     row: int,
     rows: int,
-    width: int,
     worker: Worker,
 ) -> tuple[Partial, _DetailParts]:
-    """_compiled_details with the kernel reading the file itself, in cache-sized pieces."""
-    assert kernel.compiled is not None
+    """_chunk_details with the backend reading the file itself, in cache-sized pieces."""
     fd, begin, path = located
     itemsize = info.nbytes // info.numel
+    width = info.numel // info.shape[0]
     columns = info.shape[1]
     row_maxima = np.zeros(rows, np.uint32)
     column_maxima = np.zeros(columns, np.uint32)
     try:
-        totals = kernel.compiled.details_range(
+        totals = backend.details_range(
             fd=fd,
             offset=begin + row * width * itemsize,
             scratch=worker.raw,
@@ -158,19 +149,20 @@ def _details_in_kernel(
     return Partial(*totals), _DetailParts([row_maxima != 0], column_maxima != 0, {}, {})
 
 
-def _compiled_details(
-    compiled: kernel.Kernel,
+def _chunk_details(
+    backend: kernel.Kernel,
     raw: npt.NDArray[np.generic],
     info: TensorInfo,
     rows: int,
     width: int,
     worker: Worker,
 ) -> tuple[Partial, _DetailParts]:
-    """Statistics and dead rows/columns of a row-aligned chunk by the C kernel: two passes
-    over the chunk while it is in cache."""
+    """Statistics and dead rows/columns of a row-aligned chunk: two passes over the chunk
+    while it is in cache. A zero largest magnitude marks a dead row or column (a NaN's
+    bits are not zero)."""
     code = kernel.DTYPE_CODES[info.dtype]
     count = rows * width
-    sum_squares, l1, largest, nonfinite = compiled.reduce_chunk(
+    totals = backend.reduce_chunk(
         data=raw,
         dtype_code=code,
         count=count,
@@ -179,13 +171,13 @@ def _compiled_details(
         mode=kernel.NO_AXES,
         out=worker.sums,
     )
-    partial = Partial(sum_squares, l1, largest, nonfinite)
-    if len(info.shape) < 2:
+    partial = Partial(*totals)
+    if len(info.shape) < 2 or not width:
         return partial, _DetailParts([], None, {}, {})
     columns = info.shape[1]
     row_maxima = worker.row_maxima[:rows]
     column_maxima = np.zeros(columns, np.uint32)
-    compiled.maxima(
+    backend.maxima(
         data=raw,
         dtype_code=code,
         count=count,
@@ -198,30 +190,15 @@ def _compiled_details(
 
 
 @np.errstate(invalid="ignore")
-def _details(
-    magnitudes: npt.NDArray[np.floating],
-    info: TensorInfo,
-    rows: int,
-    headroom: bool,
-    row_max: npt.NDArray[np.floating] | None = None,
-) -> _DetailParts:
-    """From the chunk's magnitudes (and row maxima, when the reducer made them): a max is
-    the fastest reduction, and `== 0` keeps NaN non-zero."""
-    nonzero_rows: list[npt.NDArray[np.bool_]] = []
-    columns = None
-    if len(info.shape) >= 2:
-        shaped = magnitudes.reshape(rows, info.shape[1], -1)
-        if row_max is None:
-            row_max = shaped.max(axis=(1, 2))
-        nonzero_rows = [~(row_max == 0)]
-        columns = ~(shaped.max(axis=(0, 2)) == 0)
+def _headroom(values: npt.NDArray[np.floating]) -> tuple[dict[str, int], dict[str, int]]:
+    """How many values float16 and bfloat16 would overflow and flush to zero."""
+    magnitudes = np.abs(values)
     overflow: dict[str, int] = {}
     underflow: dict[str, int] = {}
-    if headroom:
-        for dtype, (largest, smallest) in HEADROOM.items():
-            overflow[dtype] = int(np.count_nonzero(magnitudes > largest))
-            underflow[dtype] = int(np.count_nonzero((magnitudes < smallest) & (magnitudes > 0)))
-    return _DetailParts(nonzero_rows, columns, overflow, underflow)
+    for dtype, (largest, smallest) in HEADROOM.items():
+        overflow[dtype] = int(np.count_nonzero(magnitudes > largest))
+        underflow[dtype] = int(np.count_nonzero((magnitudes < smallest) & (magnitudes > 0)))
+    return overflow, underflow
 
 
 def _merge_details(info: TensorInfo, parts: list[tuple[int, _DetailParts]]) -> TensorDetails:

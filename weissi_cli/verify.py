@@ -146,7 +146,6 @@ def probe_chain(
                 bias_scale.is_power_of_two,
                 old_bias,
                 new_bias,
-                np.abs(new_bias),
             )
             out_before = round_to(out_before + old_bias, storage)
             out_after = round_to(out_after + new_bias, storage)

@@ -13,8 +13,9 @@ import numpy.typing as npt
 from weissi_cli import chunking, kernel
 from weissi_cli.io.checkpoint import Checkpoint, ReadBuffer, TensorInfo, read_buffer
 from weissi_cli.io.dtypes import decode, raw_numpy_dtype
+from weissi_cli.numpy_reduce import ChunkReducer, Partial
 from weissi_cli.scales import NO_FACTORS
-from weissi_cli.stats import EXACT_BELOW, ChunkReducer, Partial, TensorStats, combine
+from weissi_cli.stats import EXACT_BELOW, TensorStats, combine
 from weissi_cli.threads import run_round_robin
 
 FloatArray = npt.NDArray[np.floating]
@@ -50,15 +51,6 @@ class PairBuffers:
         self.widened = [np.empty(self.capacity, np.float32) for _ in range(2)]
 
 
-class _BlockState(PairBuffers):
-    """PairBuffers, and what the thread measured of the rewritten side."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__(width)
-        self.reducer = ChunkReducer(self.capacity)
-        self.partials: list[Partial] = []
-
-
 class PairReader:
     """Row blocks of a tensor from both files, decoded, on two threads; measures the
     rewritten side as it goes."""
@@ -82,41 +74,33 @@ class PairReader:
         info = self.original.info(name)
         blocks, width = row_blocks(name, info)
         exact = info.numel < EXACT_BELOW
+        partials = self.partials[name]  # list.append is atomic under the GIL
 
         new_dtype = self.rewritten.info(name).dtype
-        compiled = kernel.compiled if new_dtype in kernel.DTYPE_CODES and not exact else None
+        backend = kernel.backend_for(new_dtype, exact=exact)
 
-        def read_and_work(block: Block, state: _BlockState) -> None:
+        def read_and_work(block: Block, state: PairBuffers) -> None:
             start, size = block.row * width, block.rows * width
             old = self._read(self.original, name, start, size, state.buffers[0], state.widened[0])
             raw = self.rewritten.read_raw(name, start, size, state.buffers[1])
+            # The values read_raw returned: a reader may hand back its own memory (a torch
+            # pickle's tensor) instead of filling the buffer it was given.
+            raw = np.ascontiguousarray(raw).view(raw_numpy_dtype(new_dtype))
+            totals = backend.reduce_chunk(
+                data=raw,
+                dtype_code=kernel.DTYPE_CODES[new_dtype],
+                count=size,
+                row_width=0,
+                columns=1,
+                mode=kernel.NO_AXES,
+                out=NO_FACTORS,
+            )
+            partials.append(Partial(*totals))
             new = decode(raw, new_dtype, state.widened[1]).astype(self.compute, copy=False)
-            if compiled is not None:  # one fused pass over the stored bits
-                # The values read_raw returned: a reader may hand back its own memory (a
-                # torch pickle's tensor) instead of filling the buffer it was given.
-                raw = np.ascontiguousarray(raw).view(raw_numpy_dtype(new_dtype))
-                totals = compiled.reduce_chunk(
-                    data=raw,
-                    dtype_code=kernel.DTYPE_CODES[new_dtype],
-                    count=size,
-                    row_width=0,
-                    columns=1,
-                    mode=kernel.NO_AXES,
-                    out=NO_FACTORS,
-                )
-                state.partials.append(Partial(*totals))
-            else:
-                state.partials.append(state.reducer.reduce(new, exact=exact))
             shape = (block.rows, width)
             work(block, old.reshape(shape), new.reshape(shape))
 
-        def keep_partials(state: _BlockState) -> None:
-            with self._lock:
-                self.partials[name].extend(state.partials)
-
-        run_round_robin(
-            blocks, lambda: _BlockState(width), read_and_work, self.threads, finish=keep_partials
-        )
+        run_round_robin(blocks, lambda: PairBuffers(width), read_and_work, self.threads)
 
     def vector(self, name: str) -> tuple[FloatArray, FloatArray]:
         """A whole (small) tensor from both files, flattened."""

@@ -13,8 +13,10 @@ import numpy.typing as npt
 from weissi_cli import chunking, kernel
 from weissi_cli.io.checkpoint import Checkpoint, ReadBuffer, ended_early, read_buffer
 from weissi_cli.io.dtypes import UNIT_ROUNDOFF
+from weissi_cli.kernel_numpy import check_shares
+from weissi_cli.numpy_reduce import Partial
 from weissi_cli.scales import TensorScale
-from weissi_cli.stats import EXACT_BELOW, Partial
+from weissi_cli.stats import EXACT_BELOW
 from weissi_cli.threads import run_round_robin
 from weissi_cli.verification import ChainVerification, Level
 from weissi_cli.verify_pairs import Block, FloatArray, PairReader
@@ -51,32 +53,27 @@ class ElementCheck:
         old: FloatArray,
         new: FloatArray,
     ) -> None:
-        """The C kernel checks float32 blocks in one pass in double (instead of eight numpy
-        passes); numpy checks the rest, and non-finite or non-positive factors."""
-        compiled = kernel.compiled
-        if (
-            compiled is not None
-            and old.dtype == new.dtype == np.float32
-            and old.flags.c_contiguous
-            and new.flags.c_contiguous
-            and (tolerance := self.kernel_tolerance(dtype, scale)) is not None
-        ):
-            row_factors, pattern = scale.kernel_factors(block.row, block.rows)
-            checked, bad, worst = compiled.check_values(
-                old=old,
-                new=new,
-                count=block.rows * block.width,
-                row_width=max(block.width, 1),
-                scalar=scale.scalar,
-                row_factors=row_factors,
-                pattern=pattern,
-                unit=tolerance[0],
-                floor=tolerance[1],
-            )
-            self.add(name, checked, bad, worst)
+        """The backend for the decoded values checks the block in one pass (the C kernel
+        in double, numpy in the values' dtype); factors that are not finite and positive
+        fail every value."""
+        tolerance = self.kernel_tolerance(dtype, scale)
+        if tolerance is None:
+            self.add(name, 0, old.size, 0.0)
             return
-        factor = scale.rows(block.row, block.rows)
-        self.check(name, dtype, factor, scale.is_power_of_two, old, new, np.abs(new))
+        row_factors, pattern = scale.kernel_factors(block.row, block.rows)
+        old, new = np.ascontiguousarray(old), np.ascontiguousarray(new)
+        checked, bad, worst = kernel.backend_for(old.dtype.name).check_values(
+            old=old,
+            new=new,
+            count=block.rows * block.width,
+            row_width=max(block.width, 1),
+            scalar=scale.scalar,
+            row_factors=row_factors,
+            pattern=pattern,
+            unit=tolerance[0],
+            floor=tolerance[1],
+        )
+        self.add(name, checked, bad, worst)
 
     def unit(self, dtype: str, exact: bool) -> float:
         """The relative allowance: none for exact products, else one rounding to `dtype`
@@ -108,38 +105,13 @@ class ElementCheck:
         exact: bool,
         old: FloatArray,
         new: FloatArray,
-        magnitudes: FloatArray,
     ) -> None:
-        """`magnitudes` (|new|) is overwritten: callers pass a buffer they are done with.
-        `factor` is a scalar or one value per element; `exact`: all powers of two."""
-        unit = self.unit(dtype, exact)
+        """`factor` is a scalar or one value per element; `exact`: all powers of two."""
         if not np.all(np.isfinite(factor)) or not np.all(np.asarray(factor) > 0):
-            with self._lock:
-                self.failures[name] = self.failures.get(name, 0) + old.size
+            self.add(name, 0, old.size, 0.0)
             return
-        old, new, magnitudes = old.ravel(), new.ravel(), magnitudes.ravel()
-        buffer = getattr(self._scratch, "buffer", None)
-        if buffer is None or buffer.size < old.size:
-            buffer = self._scratch.buffer = np.empty(
-                max(old.size, chunking.NUMPY_ELEMENTS), self.compute
-            )
-        share = buffer[: old.size]
-        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            np.multiply(old, np.asarray(factor, dtype=self.compute), out=share)
-            np.subtract(new, share, out=share)
-            np.abs(share, out=share)  # the deviation ...
-            np.multiply(magnitudes, unit, out=magnitudes)
-            magnitudes += SUBNORMAL_SPACING[dtype]  # ... and its allowance
-            np.divide(share, magnitudes, out=share)
-            worst = float(share.max()) if share.size else 0.0
-            # NaN (from Inf or NaN values) fails the check like any excess.
-            bad = 0 if worst <= 1.0 else int(np.count_nonzero(~(share <= 1.0)))
-        with self._lock:
-            self.checked += share.size
-            if bad:
-                self.failures[name] = self.failures.get(name, 0) + bad
-            if math.isfinite(worst):
-                self.worst = max(self.worst, worst)
+        unit, floor = self.unit(dtype, exact), SUBNORMAL_SPACING[dtype]
+        self.add(name, *check_shares(old.ravel(), new.ravel(), factor, unit, floor))
 
     def describe(self) -> str:
         if self.failures:
@@ -171,7 +143,7 @@ def verify_tensors(
     for name, scale in scales.items():
         dtype = original.info(name).dtype
         partials = reader.partials[name]
-        if check_tensor_in_kernel(original, rewritten, name, scale, elements, partials):
+        if check_tensor_in_files(original, rewritten, name, scale, elements, partials):
             continue
 
         def compare(
@@ -198,7 +170,7 @@ def verify_tensors(
     )
 
 
-def check_tensor_in_kernel(
+def check_tensor_in_files(
     original: Checkpoint,
     rewritten: Checkpoint,
     name: str,
@@ -206,18 +178,13 @@ def check_tensor_in_kernel(
     elements: ElementCheck,
     partials: list[Partial],
 ) -> bool:
-    """The element check of one tensor by the C kernel, which reads both files itself in
-    cache-sized pieces (numpy took eight passes over each block: 2.8 s for 2 GB). False,
-    having done nothing, where it does not apply: no kernel, another dtype, a small tensor
-    (measured exactly in float64 by the numpy path), or data not lying in a file."""
+    """The element check of one tensor by the backend for its dtype, which reads both files
+    itself in cache-sized pieces (numpy's blocks took eight passes over each: 2.8 s for
+    2 GB with the C kernel's). False, having done nothing, where it does not apply: the
+    dtype changed, a small tensor (measured exactly in float64 by the block path), or data
+    not lying in a file."""
     info = original.info(name)
-    compiled = kernel.compiled
-    if (
-        compiled is None
-        or info.dtype not in kernel.DTYPE_CODES
-        or rewritten.info(name).dtype != info.dtype
-        or info.numel < EXACT_BELOW
-    ):
+    if rewritten.info(name).dtype != info.dtype or info.numel < EXACT_BELOW:
         return False
     old_place, new_place = original.locate(name), rewritten.locate(name)
     if old_place is None or new_place is None:
@@ -226,6 +193,7 @@ def check_tensor_in_kernel(
     if tolerance is None:
         elements.add(name, 0, info.numel, 0.0)
         return True
+    backend = kernel.backend_for(info.dtype)
     rows = info.shape[0] if info.shape else 1
     width = info.numel // rows
     itemsize = info.nbytes // info.numel
@@ -238,7 +206,7 @@ def check_tensor_in_kernel(
         skip = row * width * itemsize
         row_factors, pattern = scale.kernel_factors(row, count)
         try:
-            checked, bad, worst, sum_squares, l1, largest, nonfinite = compiled.check_range(
+            found = backend.check_range(
                 old_fd=old_place[0],
                 old_offset=old_place[1] + skip,
                 new_fd=new_place[0],
@@ -256,9 +224,9 @@ def check_tensor_in_kernel(
             )
         except EOFError:
             raise ended_early(new_place[2]) from None
-        elements.add(name, checked, bad, worst)
+        elements.add(name, found[0], found[1], found[2])
         # list.append is atomic under the GIL
-        partials.append(Partial(sum_squares, l1, largest, nonfinite))
+        partials.append(Partial(*found[3:]))
 
     run_round_robin(starts, lambda: (read_buffer(scratch_bytes), read_buffer(scratch_bytes)), check)
     return True

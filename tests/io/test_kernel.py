@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from tests.helpers import write_safetensors
 from weissi_cli import kernel
 from weissi_cli.io import open_checkpoint
-from weissi_cli.stats import reduce_float64
+from weissi_cli.numpy_reduce import reduce_float64
 from weissi_cli.stats_details import compute_stats_and_details
 
 pytestmark = pytest.mark.skipif(not kernel.AVAILABLE, reason="the C kernel was not built")
@@ -371,7 +371,7 @@ def test_kernel_scaling_is_bit_identical_to_numpys(
 ) -> None:
     """scale_chunk (FMA round-to-odd, then one rounding) writes exactly the bits that
     ChunkScaler's float64 route writes, for real factors, specials and subnormals."""
-    from weissi_cli.writers.scaling import ChunkScaler
+    from weissi_cli.numpy_scaling import ChunkScaler
 
     rng = np.random.default_rng(seed)
     values = rng.standard_normal(rows * width) * 10.0**magnitude

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from tests.io.test_dtypes import FORMATS
 from weissi_cli.io.dtypes import decode, encode, raw_numpy_dtype
-from weissi_cli.writers.scaling import ChunkScaler
+from weissi_cli.numpy_scaling import ChunkScaler
 
 DTYPES = ["float64", "float32", "float16", "bfloat16"]
 

@@ -1,5 +1,6 @@
 """Scaling storage values by planned factors, chunk by chunk, rounding once to the storage
-dtype: the C kernel for float32 and bfloat16, numpy otherwise, bit-identical."""
+dtype: by the kernel's backend for the dtype (the C kernel for float32 and bfloat16, numpy
+otherwise, bit-identical)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import numpy.typing as npt
 
 from weissi_cli import chunking, kernel
 from weissi_cli.io import Checkpoint, TensorInfo
-from weissi_cli.io.checkpoint import read_buffer
-from weissi_cli.io.dtypes import decode, encode, raw_numpy_dtype
+from weissi_cli.io.checkpoint import ReadBuffer, read_buffer
+from weissi_cli.io.dtypes import raw_numpy_dtype
 from weissi_cli.progress import Stage
 from weissi_cli.scales import TensorScale
 from weissi_cli.threads import run_round_robin
@@ -26,30 +27,17 @@ class ScaleTask:
     name: str
     dtype: str
     scale: TensorScale
-    power_of_two: bool
     start: int  # first element
     count: int
     offset: int  # byte offset of the chunk in the output
 
-    @property
-    def factor(self) -> float | npt.NDArray[np.float64]:
-        """The chunk's factors, made when needed: one per element when not uniform (made
-        up front for every chunk, they would take twice the tensor's size in float64)."""
-        if not self.scale.vectors:
-            return self.scale.scalar
-        width = max(self.scale.row_width, 1)
-        return self.scale.rows(self.start // width, self.count // width)
 
-
-def scale_in_kernel(raw: npt.NDArray[np.generic], task: ScaleTask) -> bool:
-    """Scale a float32 or bfloat16 chunk in place by the C kernel (FMA round-to-odd, then
-    one rounding: bit-identical to ChunkScaler, at about six times its speed); False, doing
-    nothing, for other dtypes or without the kernel."""
-    compiled = kernel.compiled
-    if compiled is None or task.dtype not in kernel.DTYPE_CODES:
-        return False
+def scale_chunk(raw: npt.NDArray[np.generic], task: ScaleTask) -> None:
+    """Scale a chunk in place by the backend for its dtype: each value times its factor,
+    rounded once (the C kernel's FMA round-to-odd product and numpy's float64 route give
+    the same bits)."""
     row_width, scalar, row_factors, pattern = task.scale.chunk_arguments(task.start, task.count)
-    compiled.scale_chunk(
+    kernel.backend_for(task.dtype).scale_chunk(
         data=raw,
         dtype_code=kernel.DTYPE_CODES[task.dtype],
         count=task.count,
@@ -58,13 +46,11 @@ def scale_in_kernel(raw: npt.NDArray[np.generic], task: ScaleTask) -> bool:
         row_factors=row_factors,
         pattern=pattern,
     )
-    return True
 
 
 def scale_tasks(info: TensorInfo, scale: TensorScale, offset: int) -> list[ScaleTask]:
     """The chunks of one tensor: whole rows when the factor varies along the axes."""
     itemsize = raw_numpy_dtype(info.dtype).itemsize
-    power_of_two = scale.is_power_of_two
     row_width = scale.row_width if scale.vectors else None
     pieces = chunking.row_pieces(info.numel, row_width, chunking.SCALE_ELEMENTS)
     return [
@@ -72,114 +58,12 @@ def scale_tasks(info: TensorInfo, scale: TensorScale, offset: int) -> list[Scale
             info.name,
             info.dtype,
             scale,
-            power_of_two,
             start,
             count,
             offset + start * itemsize,
         )
         for start, count in pieces
     ]
-
-
-class ChunkScaler:
-    """Multiplies raw chunks by a factor, rounding once to the storage dtype."""
-
-    def __init__(self, capacity: int) -> None:
-        self.raw = read_buffer(capacity * 8)
-        self.widened = np.empty(capacity, np.float32)
-        self.product = np.empty(capacity, np.float64)
-        self.bits = np.empty(capacity, np.uint16)
-
-    def scale(
-        self,
-        raw: npt.NDArray[np.generic],
-        dtype: str,
-        factor: float | npt.NDArray[np.float64],
-        power_of_two: bool | None = None,
-    ) -> npt.NDArray[np.generic]:
-        """The scaled chunk as raw storage values (may reuse `raw` and this scaler's buffers).
-
-        `factor` is a scalar or one value per element; `power_of_two` says whether every
-        factor is a power of two (worked out when not given).
-        """
-        count = raw.size
-        if power_of_two is None:
-            power_of_two = bool(np.all(np.frexp(np.asarray(factor))[0] == 0.5))
-        # NaN stays NaN and overflow becomes ±inf, as in the input's own arithmetic;
-        # verification reports any non-finite output, so numpy need not warn here.
-        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-            if power_of_two:
-                fast = self._scale_by_power_of_two(raw, dtype, factor)
-                if fast is not None:
-                    return fast
-            values = decode(raw, dtype, self.widened)
-            product = np.multiply(values, factor, out=self.product[:count], dtype=np.float64)
-            if dtype != "float64":
-                round_product_to_odd(product, values, factor, dtype)
-            return encode(product, dtype)
-
-    def _scale_by_power_of_two(
-        self, raw: npt.NDArray[np.generic], dtype: str, factor: float | npt.NDArray[np.float64]
-    ) -> npt.NDArray[np.generic] | None:
-        """A power of two is exact in every dtype: IEEE multiplication then rounds the exact
-        product once, as the float64 route would. None where a faster route is not exact."""
-        if dtype in ("float32", "float64"):
-            return np.multiply(raw, factor, out=raw, casting="same_kind")  # type: ignore[no-any-return]
-        values = decode(raw, dtype, self.widened)
-        np.multiply(values, factor, out=values, casting="same_kind")
-        if dtype == "float16":
-            return values.astype(np.float16)  # the float32 product is exact here
-        bits = values.view(np.uint32)
-        if np.any(bits & np.uint32(0xFFFF)):
-            return None  # float32 subnormals lost bits: take the exact route
-        out = self.bits[: raw.size]
-        np.right_shift(bits, 16, out=out, casting="unsafe")
-        return out
-
-
-# Bits of a float64 mantissa below the rounding midpoint of each narrower dtype. Rounding
-# the float64 product again can differ from rounding the exact product only where the
-# float64 product is itself a midpoint (or exact), and those have all these bits clear.
-_BELOW_MIDPOINT = {
-    "float32": np.uint64((1 << 28) - 1),
-    "float16": np.uint64((1 << 41) - 1),
-    "bfloat16": np.uint64((1 << 44) - 1),
-}
-
-
-def round_product_to_odd(
-    product: npt.NDArray[np.float64],
-    values: npt.NDArray[np.floating],
-    factor: float | npt.NDArray[np.float64],
-    dtype: str,
-) -> None:
-    """Make the float64 product `values * factor` round to a narrower `dtype` exactly as the
-    exact product would (scaling rounds once), in place.
-
-    Rounding twice differs from rounding once only where the float64 product lands on a
-    midpoint of the narrower grid; those few values are replaced by the exact product
-    rounded *to odd* (53 >= 24 + 2 bits, so the final rounding to nearest is then correct).
-    The rounding error comes exactly from a split of the factor, f = f_hi + f_lo with f_hi
-    its float32 part: x·f_hi (24 + 24 bits) and x·f_lo (24 + 29 bits) are exact in
-    float64, and Fast2Sum gives the error of their sum.
-    """
-    bits = product.view(np.uint64)
-    candidates = np.flatnonzero((bits & _BELOW_MIDPOINT[dtype]) == 0)
-    if candidates.size == 0:
-        return
-    factors = np.broadcast_to(np.asarray(factor, dtype=np.float64), product.shape)[candidates]
-    high = factors.astype(np.float32).astype(np.float64)
-    low = factors - high  # zero where x·f has at most 48 bits and the product is exact
-    wide = values[candidates].astype(np.float64)
-    chosen = product[candidates]
-    error = wide * low - (chosen - wide * high)
-    inexact = (error != 0) & np.isfinite(chosen)
-    # Where rounding went away from zero, step back toward zero; then make the last bit odd.
-    away = inexact & (np.signbit(error) != np.signbit(chosen))
-    chosen_bits = chosen.view(np.uint64)
-    chosen_bits -= away.astype(np.uint64)
-    chosen_bits |= inexact.astype(np.uint64)
-    product[candidates] = chosen
 
 
 def write_scaled(
@@ -192,14 +76,13 @@ def write_scaled(
     """Read, scale and write every task's chunk on the writer threads while `alongside`
     (the untouched bytes) runs on this one; each chunk written advances `stage`."""
 
-    def write_chunk(task: ScaleTask, scaler: ChunkScaler) -> None:
-        raw = checkpoint.read_raw(task.name, task.start, task.count, scaler.raw)
-        if not scale_in_kernel(raw, task):
-            raw = scaler.scale(raw, task.dtype, task.factor, task.power_of_two)
+    def write_chunk(task: ScaleTask, buffer: ReadBuffer) -> None:
+        raw = checkpoint.read_raw(task.name, task.start, task.count, buffer)
+        scale_chunk(raw, task)
         disk.write_all(descriptor, raw.data.cast("B"), task.offset)
         stage.advance(raw.nbytes)
 
     capacity = max((task.count for task in tasks), default=1)
     run_round_robin(
-        tasks, lambda: ChunkScaler(capacity), write_chunk, WRITER_THREADS, alongside=alongside
+        tasks, lambda: read_buffer(capacity * 8), write_chunk, WRITER_THREADS, alongside=alongside
     )

@@ -16,6 +16,7 @@ import numpy as np
 from weissi_cli import interrupts
 from weissi_cli.errors import OutputError, UsageError
 from weissi_cli.io import Checkpoint
+from weissi_cli.io.checkpoint import read_buffer
 from weissi_cli.io.torch_pickle import (
     TensorDictCheckpoint,
     TorchCheckpoint,
@@ -25,7 +26,6 @@ from weissi_cli.scales import TensorScale
 from weissi_cli.writers import scaling
 from weissi_cli.writers.options import WriteOptions
 from weissi_cli.writers.pending import PendingOutput, pending_file
-from weissi_cli.writers.scaling import ChunkScaler
 
 
 def write(
@@ -126,15 +126,14 @@ def scaled_torch_tensor(checkpoint: TensorDictCheckpoint, name: str, scale: Tens
         else flat.numpy()
     )
     tasks = scaling.scale_tasks(info, scale, 0)
-    scaler = ChunkScaler(max((task.count for task in tasks), default=1))
-    own_buffer = np.frombuffer(scaler.raw, np.uint8).ctypes.data
+    buffer = read_buffer(max((task.count for task in tasks), default=1) * info.itemsize)
+    own_buffer = np.frombuffer(buffer, np.uint8).ctypes.data
     for task in tasks:
-        # A reader from a file fills the scaler's buffer; one holding the tensor in memory
-        # gives a view of it, which is copied: the input is never scaled in place.
-        raw = checkpoint.read_raw(name, task.start, task.count, scaler.raw)
+        # A reader from a file fills the buffer; one holding the tensor in memory gives a
+        # view of it, which is copied: the input is never scaled in place.
+        raw = checkpoint.read_raw(name, task.start, task.count, buffer)
         if raw.ctypes.data != own_buffer:
             raw = raw.copy()
-        target[task.start : task.start + task.count] = scaler.scale(
-            raw, info.dtype, task.factor, task.power_of_two
-        )
+        scaling.scale_chunk(raw, task)
+        target[task.start : task.start + task.count] = raw
     return result
