@@ -323,3 +323,20 @@ def test_the_input_folder_is_unchanged(model_folder: Path, tmp_path: Path) -> No
     assert rebalance(model_folder, tmp_path / "out").exit_code == 0
     assert rebalance(model_folder, tmp_path / "out", "--force").exit_code == 0
     assert tree(model_folder) == before
+
+
+def test_an_existing_data_file_of_an_onnx_output_is_refused_leaving_nothing(
+    tmp_path: Path,
+) -> None:
+    from tests.onnx_models import large_mlp
+    from weissi_cli.api import rebalance_checkpoint
+    from weissi_cli.errors import OutputError
+
+    source = large_mlp(tmp_path / "in", hidden=32, width=16)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "balanced.onnx.data").write_bytes(b"someone else's data")
+    with pytest.raises(OutputError, match="already exists"):
+        rebalance_checkpoint(source, folder / "balanced.onnx")
+    assert sorted(p.name for p in folder.iterdir()) == ["balanced.onnx.data"]
+    assert (folder / "balanced.onnx.data").read_bytes() == b"someone else's data"

@@ -77,18 +77,24 @@ def run_transformers(
         batches += _vocabulary_batches(vocab)
         covered = min(vocab, VOCABULARY_IDS)
     change = OutputChange()
+    final = OutputChange()  # the last hidden state, which the head may absorb a scale from
     with torch.no_grad():
         for ids in batches:
-            before = [t for t in tensors(_outputs(before_model, ids)) if t.is_floating_point()]
-            after = [t for t in tensors(_outputs(after_model, ids)) if t.is_floating_point()]
-            for old, new in zip(before, after, strict=True):
+            before, before_final = _outputs(before_model, ids)
+            after, after_final = _outputs(after_model, ids)
+            for old, new in zip(_floats(before), _floats(after), strict=True):
                 change.add_torch(old, new)
+            if before_final is not None and after_final is not None:
+                final.add_torch(before_final, after_final)
     if exact or change.identical:
         outcome = change.outcome()
     else:
         outcome = f"{change.moved()}, approximate symmetries: measured, not bounded)"
     name = type(before_model).__name__
     inputs = f"{probes} batches of random token ids ({BATCH}×{SEQUENCE})"
+    if getattr(before_model, "main_input_name", "input_ids") == "pixel_values":
+        shape = "×".join(map(str, _inputs(before_model, batches[0])["pixel_values"].shape))
+        inputs = f"{probes} batches of random pixel values ({shape})"
     if covered == vocab:
         inputs += f" and ids covering all {vocab:,} vocabulary entries"
     elif covered:
@@ -103,6 +109,8 @@ def run_transformers(
         )
     elif power_of_two and change.dtype == "float16":
         caveat = float16_caveat(change.worst_abs, change.worst_rel, None, "these inputs")
+    if exact and not final.passed:
+        caveat = " ".join(filter(None, [caveat, _final_state_caveat(final)]))
     return change.verification(
         "transformers",
         "transformers",
@@ -170,20 +178,37 @@ def _load(transformers: Any, folder: Path) -> Any:
     return model.eval()
 
 
-def _outputs(model: Any, ids: Any) -> Any:
-    """Logits (else the last hidden state) and the residual stream between blocks. The
-    final hidden state of a causal LM is left out: it is the final norm's output, which a
-    norm→lm_head symmetry rescales on purpose (the logits are unchanged). Vision models get
-    pixels drawn from the ids (a fixed function of them); encoder-decoders get the ids as
-    decoder inputs too."""
+def _outputs(model: Any, ids: Any) -> tuple[Any, Any]:
+    """(What must not change, the final hidden state or None.) The first: logits (else the
+    last hidden state) and the residual stream between blocks. A model with a head returns
+    its final hidden state apart: it is the final norm's output, which a symmetry between
+    that norm's gain and the head may rescale while the logits stay the same; the caller
+    measures it and says so. Vision models get pixels drawn from the ids (a fixed function
+    of them); encoder-decoders get the ids as decoder inputs too."""
     inputs = _inputs(model, ids)
     result = model(**inputs, output_hidden_states=True)
     if "encoder_last_hidden_state" in result:  # an encoder-decoder: compare its ends
         return {
             "logits": result.get("logits", result.get("last_hidden_state")),
             "encoder_last_hidden_state": result["encoder_last_hidden_state"],
-        }
+        }, None
     hidden = list(result.get("hidden_states") or ())
     if "logits" in result:
-        return {"logits": result["logits"], "hidden_states": hidden[:-1]}
-    return {"last_hidden_state": result["last_hidden_state"], "hidden_states": hidden}
+        return {"logits": result["logits"], "hidden_states": hidden[:-1]}, (
+            hidden[-1] if hidden else None
+        )
+    return {"last_hidden_state": result["last_hidden_state"], "hidden_states": hidden}, None
+
+
+def _floats(outputs: Any) -> list[Any]:
+    return [t for t in tensors(outputs) if t.is_floating_point()]
+
+
+def _final_state_caveat(final: OutputChange) -> str:
+    return (
+        f"the final hidden state moved by up to {final.worst_abs:.3g} ({final.worst_rel:.2g} of "
+        "its largest) while the logits did not: scale moved between the final norm's gain and "
+        "the output head. Code that reads the base model's output (AutoModel, "
+        "output_hidden_states[-1], embeddings taken from it) sees different values; leave "
+        "1-D parameters unpenalised (no --include-bias) to keep that state"
+    )

@@ -85,3 +85,12 @@ def test_bfloat16_pow2_rebalance_is_bit_identical(family: str, tmp_path: Path) -
     assert report.group.l2_after is not None
     assert report.group.l2_after < report.group.l2_penalty
     assert torch.equal(run(source, family), run(tmp_path / "out", family))
+
+
+def test_a_vision_model_is_said_to_run_on_pixels(tmp_path: Path) -> None:
+    source = save(build("vit", dtype="float32"), tmp_path / "in")
+    report = rebalance_checkpoint(source, tmp_path / "out")
+    assert report.written
+    [run_check] = [c for c in report.verification.chains if c.method == "transformers"]
+    assert "random pixel values (2×3×" in run_check.detail
+    assert "token ids" not in run_check.detail

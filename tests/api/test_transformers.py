@@ -236,6 +236,32 @@ def test_final_norm_rescaled_with_include_bias_keeps_the_logits(tmp_path: Path) 
     before, after = tensors(source), tensors(tmp_path / "out")
     assert not torch.equal(before["model.norm.weight"], after["model.norm.weight"])
     assert relative_change(outputs(load(source)), outputs(load(tmp_path / "out"))) <= 1e-5
+    # the base model's output is the final norm's: it moved, and the verdict says by how much
+    base = [_base_output(folder) for folder in (source, tmp_path / "out")]
+    moved = relative_change(*base)
+    assert moved > 1e-3
+    [caveat] = [c for c in report.verification.caveats if "final hidden state" in c]
+    assert "AutoModel" in caveat
+    assert "no --include-bias" in caveat
+
+
+def test_without_include_bias_the_final_hidden_state_is_kept(tmp_path: Path) -> None:
+    source = save(build("llama"), tmp_path / "in")
+    report = rebalance_checkpoint(source, tmp_path / "out", verify_with="transformers")
+    assert report.written
+    assert not any("final hidden state" in c for c in report.verification.caveats)
+    base = [_base_output(folder) for folder in (source, tmp_path / "out")]
+    assert relative_change(*base) <= 1e-5
+
+
+def _base_output(folder: Path) -> torch.Tensor:
+    """The last hidden state of the base model (AutoModel), as embedding code reads it."""
+    import transformers
+
+    model = transformers.AutoModel.from_pretrained(folder).eval()
+    ids = torch.randint(64, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        return model(input_ids=ids).last_hidden_state
 
 
 def test_other_weight_files_are_not_copied(tmp_path: Path) -> None:

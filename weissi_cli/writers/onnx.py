@@ -117,12 +117,12 @@ def write(
         pending: PendingOutput = PendingOutput(output, staging.item / checkpoint.path.name, staging)
         locations: dict[Path, str] = {}
     else:
-        staging = Staging(output, folder=False)
         names = data_names(output, len(checkpoint.data_files))
+        for name in names:  # before anything is staged: a refusal leaves nothing behind
+            check_file_destination(output.parent / name, force, protect=inputs)
+        staging = Staging(output, folder=False)
         locations = dict(zip(checkpoint.data_files, names, strict=True))
         sidecars = [(staging.item.parent / n, output.parent / n) for n in names]
-        for _, destination in sidecars:
-            check_file_destination(destination, force, protect=inputs)
         pending = OnnxPendingOutput(output, staging.item, staging, sidecars=sidecars)
     try:
         if folder:
