@@ -1,6 +1,4 @@
-"""Stored tensors that multiply scaled values (tables and multipliers exporters fold into
-initializers) are held fixed as constants, so the activation's scale passes the product:
-the symmetry around it is found, the rewrite lowers L2, and ONNX Runtime's outputs stay."""
+"""Stored tensors that multiply scaled values are constants: the scale passes them, end to end."""
 
 from __future__ import annotations
 

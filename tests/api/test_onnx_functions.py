@@ -1,8 +1,4 @@
-"""Model-local functions are inlined (attribute references resolved from the call or the
-function's defaults, calls nested in calls), or stop their component with a named reason;
-If, Loop and Scan stop the scales that reach them, including the outer values their
-subgraphs read. Each model is built with onnx.helper, rebalanced, and run in ONNX Runtime
-before and after."""
+"""Local functions inlined or stopped with a reason; control flow stopped with its outer values."""
 
 from __future__ import annotations
 

@@ -1,6 +1,4 @@
-"""Transposed convolutions (output_padding, output_shape, unequal pads) and group norms
-(a gain per group before opset 21, per channel from it), end to end: the symmetries found,
-the weights rescaled along them, ONNX Runtime's outputs unchanged."""
+"""Transposed convolutions and group norms as exporters and onnx.helper write them, end to end."""
 
 from __future__ import annotations
 

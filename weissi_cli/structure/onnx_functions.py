@@ -1,18 +1,4 @@
-"""Model-local functions inlined into the graph, and the outer values control flow reads.
-
-A node that calls one of the model's own functions (`ModelProto.functions`, which the dynamo
-exporter can write) is replaced by the function's body: its inputs and outputs renamed to the
-call's, its other values given names of their own, and every attribute reference
-(`ref_attr_name`) resolved from the call's attributes or the function's defaults. A call that
-cannot be inlined exactly (an overloaded name, another opset version, a body with control
-flow, nesting deeper than `MAX_DEPTH`) stays one node, which stops every scale that reaches
-it; a note says which and why.
-
-`If`, `Loop` and `Scan` are not followed. Their subgraphs may read values of the graph
-around them (an initializer among them) without naming them as inputs: `outer_names` lists
-those, so that the node stops their scales too and no rescaling can change what the
-subgraph computes.
-"""
+"""Model-local functions inlined into the graph, and the outer values control flow reads."""
 
 from __future__ import annotations
 
@@ -52,8 +38,12 @@ class Inlined:
 
 
 def inline_functions(model: OnnxModel) -> Inlined:
-    """The graph's nodes, each call of a local function replaced by its body (the graph as
-    it is when a function's fields cannot be read)."""
+    """The graph's nodes, each call of a local function replaced by its body: the call's
+    inputs and outputs in place of the function's, its other values renamed apart, and
+    every attribute reference resolved (`_attributes`). A call that cannot be inlined
+    exactly (an overloaded name, another opset version, a body with control flow, nesting
+    deeper than `MAX_DEPTH`, more than `MAX_NODES` nodes, a body that cannot be read) stays
+    one node, which stops every scale that reaches it; a note says which and why."""
     try:
         functions, overloaded = _functions(model)
     except (ProtoError, WeissiError) as error:
@@ -124,9 +114,11 @@ def _expand(
     names.update(zip(function.inputs, node.inputs, strict=False))
     names.update(zip(function.outputs, node.outputs, strict=False))
 
+    added = result.added
     try:
         return _inlined(model, node, function, names, f"{prefix}#{call}", depth, counter, result)
     except (ProtoError, WeissiError) as error:
+        result.added = added
         notes.append(_kept(node, f"its body cannot be read ({error})"))
         return [node]
 
@@ -212,7 +204,9 @@ def has_subgraphs(node: Node) -> bool:
 
 
 def outer_names(node: Node) -> list[str]:
-    """The values of the enclosing graph that `node`'s subgraphs read, in order."""
+    """The values of the enclosing graph that `node`'s subgraphs read without naming them
+    as inputs (an initializer among them): the node stops their scales too, so that no
+    rescaling changes what a subgraph computes."""
     found: dict[str, None] = {}
     for graph in _subgraphs(node):
         _outer(graph, set(), found)
