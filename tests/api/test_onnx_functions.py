@@ -320,3 +320,52 @@ def test_modules_exported_as_functions(scales: str, tmp_path: Path) -> None:
     assert len(found.symmetries) == 3
     _, moved = rebalanced(path, tmp_path / "balanced.onnx", scales)
     assert moved
+
+
+def _unchecked(nodes: list[onnx.NodeProto], functions: list[onnx.FunctionProto]) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes,
+        "built",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [3, 2])],
+        _weights((4, 6), (6, 2)),
+    )
+    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(LOCAL, 1)]
+    return helper.make_model(graph, opset_imports=opsets, functions=functions)
+
+
+@pytest.mark.parametrize("case", ["recursive", "opset", "overloaded"])
+def test_calls_that_cannot_be_inlined_are_named_with_their_reason(
+    case: str, tmp_path: Path
+) -> None:
+    body = [helper.make_node("Relu", ["x"], ["y"])]
+    if case == "recursive":  # a function that calls itself: never inlined past the limit
+        body = [helper.make_node("self_call", ["x"], ["y"], domain=LOCAL)]
+    version = OPSET - 1 if case == "opset" else OPSET
+    function = helper.make_function(
+        LOCAL,
+        "self_call",
+        ["x"],
+        ["y"],
+        body,
+        [helper.make_opsetid("", version), helper.make_opsetid(LOCAL, 1)],
+    )
+    functions = [function, function] if case == "overloaded" else [function]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["h"]),
+        helper.make_node("self_call", ["h"], ["r"], domain=LOCAL, name="call"),
+        helper.make_node("MatMul", ["r", "w1"], ["out"]),
+    ]
+    path = tmp_path / f"{case}.onnx"
+    onnx.save(_unchecked(nodes, functions), str(path))
+    found = onnx_structure(path)
+    assert not found.symmetries
+    reason = {
+        "recursive": "nested more than 16 deep",
+        "opset": f"imports opset {OPSET - 1}, the model {OPSET}",
+        "overloaded": "several functions have its name",
+    }[case]
+    assert any("local function" in note and reason in note for note in found.notes), found.notes
+    assert (
+        f"{LOCAL}::self_call has no rule: the scales reaching it (1×) were stopped" in found.notes
+    )
