@@ -81,7 +81,7 @@ def _tensor(names: dict[str, tuple[str, bool]], source: str) -> str:
 
 def test_a_factor_that_is_a_weight_still_scales(tmp_path: Path) -> None:
     """A stored factor whose product something else fixes (a layer scale before a residual
-    sum) is a weight: it takes the inverse of the layer's scale, as before."""
+    sum) is a weight: it takes the inverse of the layer's scale."""
 
     class LayerScale(nn.Module):
         def __init__(self) -> None:
