@@ -399,7 +399,9 @@ def test_a_decoder_only_llm_exported_by_torch_is_rebalanced_exactly(
     # the weights changed as intended, and the function did not
     assert report.written, report.warnings
     assert report.group.l2_after is not None
-    assert report.group.l2_after < report.group.l2_penalty
+    # with the first block's query/key pairs the penalty more than halves (0.44 of it; 0.53
+    # with those pairs stopped at the tables)
+    assert report.group.l2_after < 0.5 * report.group.l2_penalty
     assert report.verification.passed
     assert report.verification.level == "real_network"
     feeds = [{"input_ids": np.random.default_rng(s).integers(0, 64, (1, 8))} for s in range(3)]
