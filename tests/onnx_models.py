@@ -237,3 +237,42 @@ def large_mlp(
 
 
 TensorProto_FLOAT = onnx.TensorProto.FLOAT
+
+
+def rebalanced(
+    path: Path, output: Path, scales: str, include_bias: bool = False
+) -> tuple[Any, dict[str, np.ndarray]]:
+    """Rebalance `path` into `output` and check it end to end: written, L2 lowered, verified
+    by running the real network, and ONNX Runtime's outputs unchanged (within 1e-5 of the
+    largest output; bit-identical with pow2 scales). Returns the report and the rescaled
+    initializers' factors (new / old, element by element)."""
+    import json
+
+    from weissi_cli.api import rebalance_checkpoint
+
+    report = rebalance_checkpoint(path, output, scales=scales, include_bias=include_bias)
+    assert report.written, report.warnings
+    assert report.group is not None
+    assert report.group.l2_after is not None
+    assert report.group.l2_after < report.group.l2_penalty
+    assert report.verification.passed
+    assert report.verification.level == "real_network"
+    feeds = random_feeds(path, seed=7)
+    before, after = run(path, feeds), run(output, feeds)
+    if scales == "pow2":
+        assert np.array_equal(before, after)
+    else:
+        assert np.max(np.abs(after - before)) <= 1e-5 * np.max(np.abs(before))
+    written = onnx.load(str(output))
+    record = json.loads({p.key: p.value for p in written.metadata_props}["weissi"])
+    old = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    new = {i.name: onnx.numpy_helper.to_array(i) for i in written.graph.initializer}
+    assert set(old) == set(new)
+    for name in set(old) - set(record["scales"]):
+        assert np.array_equal(old[name], new[name]), name
+    factors = {
+        name: new[name].astype(np.float64) / np.where(old[name] == 0, 1, old[name])
+        for name in record["scales"]
+    }
+    assert all(not np.allclose(f, 1) for f in factors.values())
+    return report, factors

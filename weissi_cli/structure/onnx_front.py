@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from weissi_cli.io.onnx_file import OnnxCheckpoint
+from weissi_cli.structure.onnx_functions import has_subgraphs, inline_functions, outer_names
 from weissi_cli.structure.onnx_graph import Builder, Unsupported, _identifier, _Unknown
 from weissi_cli.structure.onnx_ops import OPS
 from weissi_cli.structure.trace import TracedGraph
@@ -41,11 +42,22 @@ def from_onnx(checkpoint: OnnxCheckpoint) -> TracedGraph:
             continue
         builder.values[name] = builder._placeholder(f"input_{name}", shape, dtype)
     unsupported: dict[str, int] = {}
-    for node in model.nodes:
+    inlined = inline_functions(model)
+    notes = list(inlined.notes)
+    for node in inlined.nodes:
         builder.node = node
         builder.label = _identifier(
             node.name or (node.outputs[0] if node.outputs else node.op_type)
         )
+        if has_subgraphs(node):  # control flow: its subgraphs are not followed
+            outer = outer_names(node)
+            notes.append(
+                f"{node.op_type} at node {builder.label} is control flow, which is not "
+                f"followed: the scales of its inputs and of the {len(outer)} outer value(s) "
+                "its subgraphs read stop there"
+            )
+            builder.opaque(node, outer)
+            continue
         row = OPS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if row is not None:
             before = len(builder.graph.nodes)
@@ -72,7 +84,6 @@ def from_onnx(checkpoint: OnnxCheckpoint) -> TracedGraph:
         if builder.is_node(value):
             outputs.append(value)
     builder.graph.output(tuple(outputs))
-    notes = []
     if builder.sizes:
         sizes = ", ".join(f"{k}={v}" for k, v in builder.sizes.items() if not k.startswith("?"))
         if sizes:

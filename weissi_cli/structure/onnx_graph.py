@@ -239,11 +239,12 @@ class Builder:
             return self.constant_node(value)
         return value
 
-    def opaque(self, node: Node) -> None:
+    def opaque(self, node: Node, outer: Sequence[str] = ()) -> None:
         """An ONNX node the engine has no rule for: outputs of the shapes the file states
-        (when it states them), which stop every scale that reaches it."""
+        (when it states them), which stop every scale that reaches it, and every scale of
+        the `outer` values its subgraphs read."""
         inputs = []
-        for name in node.inputs:
+        for name in [*node.inputs, *outer]:
             value = self.values.get(name) if name in self.values else None
             if value is None and name in self.initializers:
                 try:

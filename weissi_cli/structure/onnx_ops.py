@@ -278,29 +278,58 @@ def conv(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
 
 
 def conv_transpose(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
+    """A transposed convolution: the full output, cropped by `pads` (begins, ends); with
+    `output_shape` the pads are what give that shape. Unequal crops are the op's common
+    part, then a slice of the rest."""
     x, weight = inputs[0], inputs[1]
     bias = _unless_zero(b, inputs[2] if len(inputs) > 2 else None)
-    count = len(b.shape(weight)) - 2
-    auto_pad = attribute(node, "auto_pad", b"NOTSET")
-    if attribute(node, "output_shape") is not None or auto_pad not in (b"NOTSET", "NOTSET", b""):
-        raise Unsupported("ConvTranspose with output_shape or auto_pad")
-    pads = list(attribute(node, "pads", [0] * (2 * count)))
-    if pads[:count] != pads[count:]:
-        raise Unsupported("ConvTranspose with asymmetric pads")
-    return [
-        b.call(
-            aten_ops().convolution.default,
-            x,
-            weight,
-            bias,
-            list(attribute(node, "strides", [1] * count)),
-            pads[:count],
-            list(attribute(node, "dilations", [1] * count)),
-            True,
-            list(attribute(node, "output_padding", [0] * count)),
-            int(attribute(node, "group", 1)),
-        )
+    kernel_shape = b.shape(weight)
+    count = len(kernel_shape) - 2
+    strides = list(attribute(node, "strides", [1] * count))
+    dilations = list(attribute(node, "dilations", [1] * count))
+    extra = list(attribute(node, "output_padding", [0] * count))
+    kernel = list(attribute(node, "kernel_shape", kernel_shape[2:]))
+    auto = attribute(node, "auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    if auto not in ("NOTSET", "", "VALID") or len(kernel) != count:
+        raise Unsupported(f"ConvTranspose with auto_pad {auto}")
+    spatial = b.shape(x)[2:]
+    full = [
+        s * (n - 1) + e + (k - 1) * d + 1
+        for n, s, e, k, d in zip(spatial, strides, extra, kernel, dilations, strict=True)
     ]
+    shape = attribute(node, "output_shape")
+    if shape is not None:
+        wanted = list(shape)
+        if len(wanted) != count:
+            raise Unsupported("ConvTranspose's output_shape has one size per spatial axis")
+        totals = [f - w for f, w in zip(full, wanted, strict=True)]
+        pads = [t - t // 2 for t in totals] + [t // 2 for t in totals]
+    elif auto == "VALID":
+        pads = [0] * (2 * count)
+    else:
+        pads = list(attribute(node, "pads", [0] * (2 * count)))
+    if len(pads) != 2 * count or min(pads) < 0:
+        raise Unsupported("ConvTranspose pads that are negative or of the wrong length")
+    common = [min(pads[i], pads[i + count]) for i in range(count)]
+    out = b.call(
+        aten_ops().convolution.default,
+        x,
+        weight,
+        bias,
+        strides,
+        common,
+        dilations,
+        True,
+        extra,
+        int(attribute(node, "group", 1)),
+    )
+    for i in range(count):
+        start, end = pads[i] - common[i], pads[i + count] - common[i]
+        if start or end:
+            size = b.shape(out)[2 + i]
+            out = b.call(aten_ops().slice.Tensor, out, 2 + i, start, size - end)
+    return [out]
 
 
 # -- the table -------------------------------------------------------------------------------
@@ -363,14 +392,24 @@ def _table() -> dict[str, Row]:
     rows["Gemm"] = Row(gemm, "linear | t, mm, addmm", "transB with a vector bias is a linear layer")
     rows["Einsum"] = Row(einsum, "einsum")
     rows["Conv"] = Row(conv, "convolution", "asymmetric pads: constant_pad_nd first")
-    rows["ConvTranspose"] = Row(conv_transpose, "convolution (transposed)")
+    rows["ConvTranspose"] = Row(
+        conv_transpose,
+        "convolution (transposed)",
+        "output_shape gives the pads; unequal pads: a slice after",
+    )
     rows["BatchNormalization"] = Row(
         batch_norm, "_native_batch_norm_legit_no_training", "inference mode only"
     )
-    rows["InstanceNormalization"] = Row(instance_norm, "instance_norm")
+    rows["InstanceNormalization"] = Row(
+        instance_norm, "instance_norm", "a gain of ones and a shift of zeros are none"
+    )
     rows["LayerNormalization"] = Row(layer_norm, "native_layer_norm")
     rows["RMSNormalization"] = Row(rms_norm, "rms_norm")
-    rows["GroupNormalization"] = Row(group_norm, "native_group_norm", "a gain per channel")
+    rows["GroupNormalization"] = Row(
+        group_norm,
+        "native_group_norm | native_group_norm, reshape, mul, add",
+        "a gain per channel (opset 21), or per group before",
+    )
     rows["Softmax"] = Row(softmax("_softmax"), "_softmax")
     rows["LogSoftmax"] = Row(softmax("_log_softmax"), "_log_softmax")
     rows["MaxPool"] = Row(max_pool, "max_pool1d/2d/3d", "asymmetric pads: -inf padding first")

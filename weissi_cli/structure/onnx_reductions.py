@@ -15,6 +15,7 @@ from weissi_cli.structure.onnx_rows import (
     aten_ops,
     attribute,
     conv_pads,
+    holds_only,
     normalised_axis,
     pad_first,
     rank_of,
@@ -43,7 +44,11 @@ def batch_norm(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
 
 
 def instance_norm(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
+    """A stored gain of ones and shift of zeros (a group norm as exporters decompose it) are
+    no gain and no shift: they are left out, so they take no scale of their own."""
     x, weight, bias = inputs[:3]
+    weight = None if holds_only(b, weight, 1.0) else weight
+    bias = None if holds_only(b, bias, 0.0) else bias
     eps = float(attribute(node, "epsilon", 1e-5))
     return [
         b.call(aten_ops().instance_norm.default, x, weight, bias, None, None, True, 0.1, eps, False)
@@ -84,25 +89,33 @@ def rms_norm(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
 
 
 def group_norm(b: Builder, node: Node, inputs: list[Any]) -> list[Any]:
+    """Opset 21 on: a gain and shift per channel. Before it, one per group: the normalised
+    channels are viewed as (groups, channels per group) and each group's gain multiplies
+    its channels."""
     x, weight, bias = inputs[:3]
     shape = b.shape(x)
     groups = int(attribute(node, "num_groups", 1))
-    if b.shape(weight) != (shape[1],) or b.shape(bias) != (shape[1],):
-        raise Unsupported("GroupNormalization with a gain per group (opset 18)")
+    if len(shape) < 2 or groups <= 0 or shape[1] % groups:
+        raise Unsupported(f"GroupNormalization of {groups} groups over {shape}")
+    per_group = b.opset < 21 and groups != shape[1]
+    wanted = (groups,) if per_group else (shape[1],)
+    if b.shape(weight) != wanted or b.shape(bias) != wanted:
+        raise Unsupported(f"GroupNormalization's scale and bias are not of shape {wanted}")
     spatial = int(np.prod(shape[2:])) if len(shape) > 2 else 1
     eps = float(attribute(node, "epsilon", 1e-5))
+    aten = aten_ops()
+    gain, shift = (None, None) if per_group else (weight, bias)
     out = b.call(
-        aten_ops().native_group_norm.default,
-        x,
-        weight,
-        bias,
-        shape[0],
-        shape[1],
-        spatial,
-        groups,
-        eps,
-    )
-    return [out[0]]
+        aten.native_group_norm.default, x, gain, shift, shape[0], shape[1], spatial, groups, eps
+    )[0]
+    if not per_group:
+        return [out]
+    grouped = [shape[0], groups, shape[1] // groups, *shape[2:]]
+    ones = [1] * (len(shape) - 1)
+    out = b.call(aten.reshape.default, out, grouped)
+    out = b.call(aten.mul.Tensor, out, b.call(aten.reshape.default, weight, [groups, *ones]))
+    out = b.call(aten.add.Tensor, out, b.call(aten.reshape.default, bias, [groups, *ones]))
+    return [b.call(aten.reshape.default, out, list(shape))]
 
 
 def softmax(name: str) -> RowFunction:

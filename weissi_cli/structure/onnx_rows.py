@@ -73,3 +73,15 @@ def pad_first(b: Builder, x: Any, pads: list[int], value: float) -> tuple[Any, l
     for dim in reversed(range(count)):
         torch_pads += [pads[dim], pads[dim + count]]
     return b.call(aten_ops().constant_pad_nd.default, x, torch_pads, value), [0] * count
+
+
+def holds_only(b: Builder, value: Any, number: float) -> bool:
+    """Whether `value` is known (a constant or an initializer) to be `number` everywhere: a
+    gain of ones or a shift of zeros that exporters write where a layer has none."""
+    if value is None:
+        return False
+    try:
+        known = b.known_of(value)
+    except Unsupported:
+        return False
+    return bool((known == number).all())

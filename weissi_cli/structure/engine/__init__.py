@@ -17,6 +17,8 @@ from weissi_cli.structure.engine.components import stops, symmetries
 from weissi_cli.structure.engine.rules import RULES
 from weissi_cli.structure.engine.walk import Walk, WalkState
 
+CONSTANT_NOTE = "a constant: multiplies scaled values elementwise, so it is held fixed"
+
 
 def solve_graph(
     graph: Any,
@@ -56,7 +58,10 @@ def structure_from_graph(
     return Structure(
         chains=(),
         unassigned=tuple(
-            Unassigned(name, "in no scale symmetry of the graph")
+            Unassigned(
+                name,
+                CONSTANT_NOTE if name in state.constants else "in no scale symmetry of the graph",
+            )
             for name in names
             if name not in claimed
         ),

@@ -299,6 +299,9 @@ def stops(state: WalkState, names: Sequence[str]) -> list[Stop]:
     # Only output channels (rows, gains) make a would-be symmetry worth naming; a kernel's
     # taps or a first layer's input columns never had one.
     forced_here = (real == ONE) & (found.axis == 0)
+    # a constant held fixed is no symmetry that stopped (it never was a weight)
+    constant = [n for n, name in enumerate(names) if name in state.constants]
+    forced_here &= ~np.isin(found.tensor, constant)
     # which tensors own each shadow component (only components with a forced output channel)
     owner_roots = roots[forced_here]
     owner_tensors = found.tensor[forced_here].astype(np.int64)

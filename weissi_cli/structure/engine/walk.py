@@ -66,6 +66,7 @@ class Product:
     b: Ids
     inverse: bool
     node: str
+    stored: str = ""  # the checkpoint tensor `b` is read from, unchanged but for its layout
 
 
 @dataclass
@@ -77,6 +78,7 @@ class WalkState:
     approximate: list[tuple[Ids, str]] = field(default_factory=list)
     products: list[Product] = field(default_factory=list)
     forcings: list[Forcing] = field(default_factory=list)
+    constants: set[str] = field(default_factory=set)  # stored tensors held fixed as factors
     joins: list[tuple[Ids, Ids, Any]] = field(default_factory=list)
     unknown_ops: dict[str, int] = field(default_factory=dict)
     node: str = ""
@@ -140,6 +142,7 @@ class RecordingAtoms(Atoms):
             self.recording = True
 
 
+CONSTANT_REASON = "a stored tensor multiplying a scaled value: held fixed as a constant"
 _DEFAULT_REASON = "a view, concatenation or broadcast that would need two scales in one place"
 
 
@@ -320,13 +323,17 @@ class Walk:
         return Scale.ones(shapes[0]) if shapes[0] is not None else None
 
     # products ---------------------------------------------------------------------------
-    def product(self, out: Ids, a: Ids, b: Ids, inverse: bool) -> None:
-        """`out = a · b**(-1 if inverse else 1)` element by element."""
-        self.state.products.append(Product(out, a, b, inverse, self.state.node))
+    def product(self, out: Ids, a: Ids, b: Ids, inverse: bool, stored: str = "") -> None:
+        """`out = a · b**(-1 if inverse else 1)` element by element; `stored` names the
+        checkpoint tensor `b` is read from, when it is one."""
+        self.state.products.append(Product(out, a, b, inverse, self.state.node, stored))
 
     def resolve_products(self) -> None:
-        """Settle the deferred products: once one side is 1 the other two are joined; what
-        is never settled has two free scales meeting in one value, so all three are forced."""
+        """Settle the deferred products: once one side is 1 the other two are joined. What
+        is never settled has two free scales meeting in one value, which no equality between
+        two atoms can follow: a factor read from a stored tensor is then held fixed as a
+        constant (the other side's scale passes the product, `(s·x)·c = s·(x·c)`), and
+        where no factor is stored, all three are forced."""
         atoms = self.atoms
         pending = self.state.products
         while pending:
@@ -350,16 +357,36 @@ class Walk:
                 if not settled.all():
                     rest = ~settled
                     left.append(
-                        Product(item.out[rest], item.a[rest], item.b[rest], item.inverse, item.node)
+                        Product(
+                            item.out[rest],
+                            item.a[rest],
+                            item.b[rest],
+                            item.inverse,
+                            item.node,
+                            item.stored,
+                        )
                     )
             pending = left
             if not progress and pending:
+                stored = next((p for p in pending if p.stored), None)
+                if stored is not None:
+                    self.state.node, self.state.op = stored.node, "mul"
+                    self.hold_constant(stored.stored, [stored.b])
+                    continue
                 item = pending.pop(0)
                 self.state.node, self.state.op = item.node, "mul"
                 self.state.force(
                     [item.out, item.a, item.b], "a product of two values that both carry scales"
                 )
         self.state.products = []
+
+    def hold_constant(self, tensor: str, ids: Iterable[Ids]) -> None:
+        """Fix every atom of the stored `tensor` (and `ids`, the atoms it is read as): it is
+        a constant of the network (a folded table or multiplier), not a weight that scales."""
+        scale = self.state.parameters.get(tensor)
+        own = [factor.ids for factor in scale.factors] if scale is not None else []
+        self.state.force([*own, *ids], CONSTANT_REASON)
+        self.state.constants.add(tensor)
 
 
 def _op_name(target: Any) -> str:

@@ -136,7 +136,8 @@ def masked_fill(walk: Walk, node: Any, arguments: Arguments) -> Value:
 def multiply(walk: Walk, node: Any, arguments: Arguments) -> Value:
     """`a · b`: with a number the scale passes; with two tensors the output scales by the
     product, which is kept as a deferred constraint until one side is known to be 1 (the
-    SiLU branch of a gated MLP, a cos/sin table, a norm's reciprocal)."""
+    SiLU branch of a gated MLP, a cos/sin table, a norm's reciprocal); a stored tensor that
+    nothing else settles is then held fixed as a constant, and the other side's scale passes."""
     return _product(walk, node, arguments, inverse=False)
 
 
@@ -191,6 +192,15 @@ def _product(walk: Walk, node: Any, arguments: Arguments, inverse: bool) -> Valu
     dims = sorted(dims_a | dims_b)
     found_a = joint(a_full, dims, atoms)
     found_b = joint(b_full, dims, atoms)
+    stored_a, stored_b = stored_tensor(walk, a), stored_tensor(walk, b)
+    if (found_a is None or found_b is None) and (stored_a or stored_b):
+        # no single atom per element follows the product: a stored factor is held fixed
+        # as a constant, and the other side's scale passes it
+        if stored_b:
+            walk.hold_constant(stored_b, [f.ids for f in b_full.factors])
+            return a_full
+        walk.hold_constant(stored_a, [f.ids for f in a_full.factors])
+        return _inverse(walk, b_full) if inverse else b_full
     if found_a is None or found_b is None:
         walk.state.force_scale(a_full, "a product of two values that both carry scales")
         walk.state.force_scale(b_full, "a product of two values that both carry scales")
@@ -198,15 +208,54 @@ def _product(walk: Walk, node: Any, arguments: Arguments, inverse: bool) -> Valu
     ids_a = _arrange(found_a, dims)
     ids_b = _arrange(found_b, dims)
     out = atoms.new(ids_a.shape)
+    if stored_a and not stored_b and not inverse:  # the stored factor goes second
+        ids_a, ids_b, stored_b = ids_b, ids_a, stored_a
     walk.product(
         out.ravel(),
         np.ascontiguousarray(ids_a).ravel(),
         np.ascontiguousarray(ids_b).ravel(),
         inverse,
+        stored_b,
     )
     factors = [Factor(tuple(dims), out)]
     factors += [Factor((d,), constant((shape[d],))) for d in range(len(shape)) if d not in dims]
     return Scale(shape, tuple(factors))
+
+
+# Ops that move a tensor's values without computing new ones: a tensor read through them is
+# still the stored tensor, up to its layout.
+LAYOUT_OPS = frozenset(
+    (
+        "_to_copy",
+        "alias",
+        "clone",
+        "contiguous",
+        "expand",
+        "permute",
+        "reshape",
+        "_unsafe_view",
+        "slice",
+        "squeeze",
+        "t",
+        "transpose",
+        "unsqueeze",
+        "view",
+    )
+)
+
+
+def stored_tensor(walk: Walk, argument: Any) -> str:
+    """The checkpoint tensor `argument` is read from through layout ops alone ("" if none):
+    a factor the engine may hold fixed as a constant."""
+    from weissi_cli.structure.engine.walk import _op_name
+
+    node = argument
+    while getattr(node, "op", None) == "call_function" and _op_name(node.target) in LAYOUT_OPS:
+        node = node.args[0] if node.args else None
+    if getattr(node, "op", None) != "placeholder":
+        return ""
+    tensor = walk.placeholders.get(node.name)
+    return tensor if tensor is not None and walk.scalable(tensor) else ""
 
 
 def _arrange(found: tuple[tuple[int, ...], Any], dims: Sequence[int]) -> Any:
