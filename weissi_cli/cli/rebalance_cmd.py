@@ -100,6 +100,15 @@ def rebalance(
             "rebalanced weights without it (Adam's moments do not fit rescaled weights).",
         ),
     ] = False,
+    allow_unread: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unread",
+            help="With --model: rebalance although the traced forward pass reads some of the "
+            "checkpoint's tensors not at all (a head only training uses); the module's runs in "
+            "eval and train mode and at a second batch size are then all that checks them.",
+        ),
+    ] = False,
     json_output: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -134,6 +143,7 @@ def rebalance(
             write_unchanged=write_unchanged,
             hold_activations=hold_activations,
             drop_optimizer_state=drop_optimizer_state,
+            allow_unread=allow_unread,
         )
     if json_output:
         typer.echo(to_json(report.to_dict()))
