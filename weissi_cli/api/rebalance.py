@@ -82,6 +82,7 @@ def rebalance_checkpoint(
     hold_activations: bool = False,
     drop_optimizer_state: bool = False,
     allow_unread: bool = False,
+    hold_headroom: bool = False,
 ) -> RebalanceReport:
     """Write `output`, the rebalanced copy of `path`, only if verification passes.
 
@@ -90,7 +91,8 @@ def rebalance_checkpoint(
     "transformers"` also runs both models with the architecture's own code; so does
     rebalancing an approximate symmetry (`allow_approximate`), to measure what it changed.
     When no scale differs from 1 nothing is written, unless `write_unchanged`.
-    `hold_activations`: power-of-two scales never shrink a chain's hidden activations.
+    `hold_activations`: power-of-two scales never shrink a chain's hidden activations;
+    `hold_headroom`: they never grow any activation (float16 overflows no sooner).
     A training checkpoint's optimizer state is refused unless `drop_optimizer_state`.
     With `--model`, tensors the traced forward pass does not read are refused unless
     `allow_unread`.
@@ -184,7 +186,7 @@ def rebalance_checkpoint(
             before,
             squares,
             group_squares,
-            PlanSettings(scales, include_bias, granularity, hold_activations),
+            PlanSettings(scales, include_bias, granularity, hold_activations, hold_headroom),
             threads,
         )
         plans, group, group_mode = list(plan.chains), plan.group, plan.group_mode
@@ -192,6 +194,11 @@ def rebalance_checkpoint(
             raise UsageError(
                 f"{path}: --hold-activations applies to power-of-two scales (16-bit chains "
                 "under --scales auto, or --scales pow2); these chains take real scales"
+            )
+        if hold_headroom and "pow2" not in {group_mode, *(chain.mode for chain in plans)}:
+            raise UsageError(
+                f"{path}: --hold-headroom applies to power-of-two scales (16-bit tensors under "
+                "--scales auto, or --scales pow2); these symmetries take real scales"
             )
         warnings += [
             f"{chain.analysis.chain.id} left unchanged: {chain.analysis.problem}"

@@ -92,6 +92,14 @@ def rebalance(
             "none that is a normal float16 becomes subnormal), at some cost in L2.",
         ),
     ] = False,
+    hold_headroom: Annotated[
+        bool,
+        typer.Option(
+            "--hold-headroom",
+            help="With power-of-two scales, never scale an activation up (so a float16 model "
+            "overflows no sooner than before), at some cost in L2.",
+        ),
+    ] = False,
     drop_optimizer_state: Annotated[
         bool,
         typer.Option(
@@ -144,6 +152,7 @@ def rebalance(
             hold_activations=hold_activations,
             drop_optimizer_state=drop_optimizer_state,
             allow_unread=allow_unread,
+            hold_headroom=hold_headroom,
         )
     if json_output:
         typer.echo(to_json(report.to_dict()))
