@@ -1,6 +1,4 @@
-"""Networks trained on sklearn's digits whose forward pass depends on the mode or the batch
-size: a deep-supervision head read only in training, a branch only batches of more than one
-take, and dropout with batch norm (which a rewrite must leave unchanged in both modes)."""
+"""Networks trained on digits whose forward pass depends on the mode or the batch size."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""float16's range in a run of two exported programs: how far a rewrite moves the largest
-activations, and at what input scale each program's outputs stop being finite."""
+"""float16's range in two exported programs: how far a rewrite moves them towards overflow."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""float16's range: a power-of-two rewrite that scales activations up overflows float16 at
-smaller inputs; the verdict measures by how much, and --hold-headroom prevents it."""
+"""float16's range: growth a power-of-two rewrite causes is measured; --hold-headroom stops it."""
 
 from __future__ import annotations
 

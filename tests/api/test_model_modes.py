@@ -1,5 +1,4 @@
-"""`--model`: a rewrite is checked in eval and train mode and at other batch sizes, and
-tensors the traced forward pass does not read are named and refused without consent."""
+"""`--model`: train mode, other batch sizes, and tensors the traced pass does not read."""
 
 from __future__ import annotations
 
