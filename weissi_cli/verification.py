@@ -41,7 +41,7 @@ class ChainVerification:
     # What it proves. A run of the real network covers the whole rewrite: whoever runs one
     # (exported programs, transformers, a traced module) sets "real_network".
     level: Level = "values_only"
-    caveat: str = ""  # what this result leaves open (float16 subnormals, ...)
+    caveat: str = ""  # what this result leaves open (float16 subnormals, ...), one per line
     probes: int = 0  # inputs run through both versions
 
 
@@ -62,7 +62,7 @@ class Verification:
         methods = sorted({result.method for result in results})
         abs_diffs = [r.max_abs_diff for r in results if r.max_abs_diff is not None]
         rel_diffs = [r.max_rel_diff for r in results if r.max_rel_diff is not None]
-        own = [r.caveat for r in results if r.caveat]
+        own = [line for r in results for line in r.caveat.splitlines() if line]
         return Verification(
             method="+".join(methods) if methods else "none",
             passed=all(result.passed for result in results),

@@ -124,6 +124,7 @@ def run_programs(
     import torch
 
     from weissi_cli.probes import FLOAT16_INPUT_SCALES
+    from weissi_cli.verify_range import measure_range
 
     if examples is None:
         return ChainVerification(
@@ -175,11 +176,20 @@ def run_programs(
     which = f"the recorded example and {probes - 1} random inputs shaped like it"
     if half:
         which += f" ({len(inputs)} with copies scaled down to 2^-20)"
-    caveat = ""
+    caveats = []
     if power_of_two and change.dtype == "float16":
-        caveat = float16_caveat(change.worst_abs, change.worst_rel, None, "these inputs")
+        caveats.append(float16_caveat(change.worst_abs, change.worst_rel, None, "these inputs"))
+    detail = f"ran both programs on {which}: {change.outcome()}"
+    if half or change.dtype == "float16":
+        # the range float16 leaves above the largest activation, before and after
+        measured = measure_range(before_module, after_module, inputs[:probes])
+        if measured is None:
+            detail += "; float16 range not measured (the graph could not be replayed node by node)"
+        else:
+            detail += f"; {measured.detail()}"
+            caveats.append(measured.caveat())
     return change.verification(
-        label, "run", f"ran both programs on {which}: {change.outcome()}", len(inputs), caveat
+        label, "run", detail, len(inputs), "\n".join(c for c in caveats if c)
     )
 
 

@@ -26,7 +26,7 @@ from weissi_cli.balance.layerwise import Shift, pow2_shift
 from weissi_cli.headroom import measure_headroom
 from weissi_cli.io.checkpoint import Checkpoint
 from weissi_cli.io.dtypes import is_16_bit
-from weissi_cli.ir import Chain, Structure
+from weissi_cli.ir import Chain, Structure, Symmetry
 from weissi_cli.report.symmetries import SymmetryGroup
 from weissi_cli.scales import TensorScale, Vector, chain_channel_scales, from_symmetries
 from weissi_cli.stats import TensorStats
@@ -35,12 +35,14 @@ from weissi_cli.stats import TensorStats
 @dataclass(frozen=True)
 class PlanSettings:
     """How to plan: `scales` auto|real|pow2, biases penalised or not, layer or channel
-    granularity, and whether power-of-two scales may shrink a chain's hidden activations."""
+    granularity, whether power-of-two scales may shrink a chain's hidden activations
+    (`hold_activations`) and whether they may grow any activation (`hold_headroom`)."""
 
     scales: str = "auto"
     include_bias: bool = False
     granularity: str = "layer"
     hold_activations: bool = False
+    hold_headroom: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ def plan_rebalance(
             settings.include_bias,
             settings.granularity,
             settings.hold_activations,
+            settings.hold_headroom,
         )
         for chain in structure.chains
     )
@@ -90,6 +93,7 @@ def plan_rebalance(
         settings.scales,
         threads,
         group_squares,
+        settings.hold_headroom,
     )
     shapes = {info.name: info.shape for info in checkpoint.tensors}
     tensor_scales: dict[str, TensorScale] = dict(group_scales)
@@ -130,33 +134,39 @@ def _plan(
     include_bias: bool,
     granularity: str,
     hold_activations: bool = False,
+    hold_headroom: bool = False,
 ) -> ChainPlan:
-    """`hold_activations`: with power-of-two scales, no hidden activation is scaled down."""
+    """With power-of-two scales: no hidden activation is scaled down (`hold_activations`),
+    or up (`hold_headroom`)."""
     analysis = analyse_chain(chain, before, include_bias=include_bias)
     if analysis.optimal is None:
         return ChainPlan(analysis, None, "none")
     mode = _mode_for(chain, checkpoint, scales)
     limits = exact_limits(checkpoint, chain.tensor_names()) if mode == "pow2" else None
     hold = hold_activations and mode == "pow2"
+    cap = hold_headroom and mode == "pow2"
     if granularity == "channel":
         symmetries = chain.symmetries()
         mine = {name: squares[name] for name in chain.tensor_names() if name in squares}
         solution = solve(symmetries, mine)
         if mode == "pow2":
             floors = frozenset(s.id for s in symmetries) if hold else frozenset()
-            solution = round_to_powers_of_two(solution, symmetries, mine, limits, floors)
+            ceilings = frozenset(s.id for s in symmetries) if cap else frozenset()
+            solution = round_to_powers_of_two(solution, symmetries, mine, limits, floors, ceilings)
         held = sum(solution.held.values())
         return ChainPlan(analysis, solution.scales, mode, solution=solution, held=held)
     shift = analysis.optimal
     held = 0
     if mode == "pow2":
         biases = analysis.bias_norms if include_bias else None
-        if not limits and not hold:
+        if not limits and not hold and not cap:
             shift = pow2_shift(analysis.optimal, analysis.weight_norms, biases)
         else:
             bounds = _layer_bounds(chain, limits or ExactLimits({}))
             if hold:  # Π_l = 2^k_l multiplies layer l's outputs: k_l >= 0
                 bounds = [(weight, (max(bias[0], 0.0), bias[1])) for weight, bias in bounds]
+            if cap:  # and k_l <= 0 keeps them from growing
+                bounds = [(weight, (bias[0], min(bias[1], 0.0))) for weight, bias in bounds]
             shift = pow2_shift(analysis.optimal, analysis.weight_norms, biases, bounds)
             # Held: links where the same search without the bounds (its candidates are wider
             # than the unbounded default's) would have chosen differently.
@@ -219,8 +229,10 @@ def _solve_group(
     scales: str,
     threads: int,
     squares: Mapping[str, Squares],
+    hold_headroom: bool = False,
 ) -> tuple[SymmetryGroup | None, dict[str, TensorScale], str]:
-    """The free symmetries' scales (graph or spec), solved jointly from their axis squares."""
+    """The free symmetries' scales (graph or spec), solved jointly from their axis squares;
+    `hold_headroom`: power-of-two scales grow no activation (see `growth_holds`)."""
     solved = solve_group(checkpoint, structure, include_bias, granularity, threads, squares=squares)
     if solved is None or not structure.symmetries:
         return (solved[0] if solved else None), {}, "none"
@@ -232,8 +244,34 @@ def _solve_group(
     chosen = group.channel or group.layer
     if mode == "pow2":
         limits = exact_limits(checkpoint, members)
-        chosen = round_to_powers_of_two(chosen, structure.symmetries, squares, limits)
+        floors, ceilings = (
+            growth_holds(structure.symmetries, checkpoint) if hold_headroom else (frozenset(),) * 2
+        )
+        chosen = round_to_powers_of_two(
+            chosen, structure.symmetries, squares, limits, floors, ceilings
+        )
         group = replace(group, channel=chosen) if group.channel else replace(group, layer=chosen)
     shapes = {info.name: info.shape for info in checkpoint.tensors}
     tensor_scales = from_symmetries(structure.symmetries, chosen.scales, shapes)
     return group, tensor_scales, mode
+
+
+def growth_holds(
+    symmetries: Iterable[Symmetry], checkpoint: Checkpoint
+) -> tuple[frozenset[str], frozenset[str]]:
+    """The symmetries whose scales must stay at or below 1, and those that must also stay
+    at or above 1, for no activation to grow. A symmetry whose factor multiplies its
+    producers' outputs (positive exponents on a weight's rows or a 1-D tensor, negative
+    ones on a weight's input axes) scales their activations by that factor: a ceiling
+    of 1 keeps them. Any other (queries against keys, a weight stored transposed) would
+    grow one activation or another: it stays at 1."""
+    ceilings, pinned = set(), set()
+    for symmetry in symmetries:
+        ceilings.add(symmetry.id)
+        for member in symmetry.members:
+            rank = len(checkpoint.info(member.tensor).shape)
+            producer = member.exponent > 0 and member.axis == 0
+            consumer = member.exponent < 0 and member.axis >= 1 and rank >= 2
+            if not (producer or consumer):
+                pinned.add(symmetry.id)
+    return frozenset(pinned), frozenset(ceilings)

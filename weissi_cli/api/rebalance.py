@@ -16,7 +16,15 @@ from weissi_cli.api.symmetries import (
     statistics_pass,
     unbounded_hint,
 )
-from weissi_cli.api.verdict import guess_refusal, level_caveats, refusal_message
+from weissi_cli.api.verdict import (
+    UNREAD_FLAG,
+    guess_refusal,
+    level_caveats,
+    refusal_message,
+    unread_caveat,
+    unread_refusal,
+    unread_tensors,
+)
 from weissi_cli.balance.layerwise import l2_penalty, weissi_penalty
 from weissi_cli.choices import Granularity, OutputFormat, Scales, VerifyWith, choose
 from weissi_cli.errors import ConsentError, StructureError, UsageError
@@ -73,6 +81,8 @@ def rebalance_checkpoint(
     write_unchanged: bool = False,
     hold_activations: bool = False,
     drop_optimizer_state: bool = False,
+    allow_unread: bool = False,
+    hold_headroom: bool = False,
 ) -> RebalanceReport:
     """Write `output`, the rebalanced copy of `path`, only if verification passes.
 
@@ -81,8 +91,11 @@ def rebalance_checkpoint(
     "transformers"` also runs both models with the architecture's own code; so does
     rebalancing an approximate symmetry (`allow_approximate`), to measure what it changed.
     When no scale differs from 1 nothing is written, unless `write_unchanged`.
-    `hold_activations`: power-of-two scales never shrink a chain's hidden activations.
+    `hold_activations`: power-of-two scales never shrink a chain's hidden activations;
+    `hold_headroom`: they never grow any activation (float16 overflows no sooner).
     A training checkpoint's optimizer state is refused unless `drop_optimizer_state`.
+    With `--model`, tensors the traced forward pass does not read are refused unless
+    `allow_unread`.
     """
     path, output = Path(path), Path(output)
     scales = choose(Scales, scales, "--scales")
@@ -173,7 +186,7 @@ def rebalance_checkpoint(
             before,
             squares,
             group_squares,
-            PlanSettings(scales, include_bias, granularity, hold_activations),
+            PlanSettings(scales, include_bias, granularity, hold_activations, hold_headroom),
             threads,
         )
         plans, group, group_mode = list(plan.chains), plan.group, plan.group_mode
@@ -181,6 +194,11 @@ def rebalance_checkpoint(
             raise UsageError(
                 f"{path}: --hold-activations applies to power-of-two scales (16-bit chains "
                 "under --scales auto, or --scales pow2); these chains take real scales"
+            )
+        if hold_headroom and "pow2" not in {group_mode, *(chain.mode for chain in plans)}:
+            raise UsageError(
+                f"{path}: --hold-headroom applies to power-of-two scales (16-bit tensors under "
+                "--scales auto, or --scales pow2); these symmetries take real scales"
             )
         warnings += [
             f"{chain.analysis.chain.id} left unchanged: {chain.analysis.problem}"
@@ -211,6 +229,9 @@ def rebalance_checkpoint(
                 warnings=tuple(warnings),
                 nothing_to_do=True,
             )
+        unread, forward = unread_tensors(checkpoint, structure)
+        if unread and tensor_scales and source.model is not None and not allow_unread:
+            raise ConsentError(unread_refusal(path, unread, forward, f"rerun with {UNREAD_FLAG}"))
         power_of_two = all(scale.is_power_of_two for scale in tensor_scales.values())
         record = {
             "tool_version": __version__,
@@ -274,9 +295,10 @@ def rebalance_checkpoint(
             raise
         level = combined_level(checks)
         ran = any(check.level in ("real_network", "approximate") for check in checks)
-        verification = Verification.combine(
-            checks, level_caveats(level, structure, source.spec, path, ran, config is not None)
-        )
+        caveats = level_caveats(level, structure, source.spec, path, ran, config is not None)
+        if unread and tensor_scales:
+            caveats.append(unread_caveat(unread, forward))
+        verification = Verification.combine(checks, caveats)
         if verification.passed:
             pending.commit()
         else:

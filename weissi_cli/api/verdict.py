@@ -5,7 +5,10 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from weissi_cli.io.checkpoint import Checkpoint
+from weissi_cli.io.dtypes import is_supported_float
 from weissi_cli.ir import Structure
+from weissi_cli.structure import UNREAD
 from weissi_cli.verification import Level
 
 SHOWN = 6  # refusal reasons named in a message (all of them are in `weissi graph`)
@@ -105,3 +108,51 @@ def level_caveats(
     if level == "values_only" and not found:
         found.append("only the rewritten values were checked; nothing about the function was run")
     return found
+
+
+UNREAD_FLAG = "--allow-unread"
+
+
+def unread_tensors(checkpoint: Checkpoint, structure: Structure) -> tuple[list[str], str]:
+    """The floating tensors of the checkpoint that the traced graph does not read (integer
+    ones, like a batch norm's step count, cannot carry a scale), and which forward pass
+    was traced."""
+    reasons = {
+        entry.name: entry.reason.removeprefix(UNREAD).strip(" ()")
+        for entry in structure.unassigned
+        if entry.reason.startswith(UNREAD)
+    }
+    names = [
+        info.name
+        for info in checkpoint.tensors
+        if info.name in reasons and is_supported_float(info.dtype)
+    ]
+    return names, reasons[names[0]] if names else ""
+
+
+def _named(names: list[str]) -> str:
+    shown = ", ".join(names[:SHOWN])
+    return shown + (f" and {len(names) - SHOWN} more" if len(names) > SHOWN else "")
+
+
+def unread_caveat(names: list[str], forward: str) -> str:
+    """What a rewrite leaves open while the traced forward pass reads none of `names`."""
+    return (
+        f"the traced forward pass ({forward}) does not read {_named(names)}, so nothing "
+        "proves how they relate to the rescaled tensors: a path that reads them (an auxiliary "
+        "head, a branch for training or for other input shapes) may read a rescaled hidden "
+        "layer and then compute something else; run that path on both files before relying "
+        "on it"
+    )
+
+
+def unread_refusal(path: Path, names: list[str], forward: str, command: str) -> str:
+    """Why a rewrite traced from the model's code is refused while it reads none of `names`."""
+    return (
+        f"{path}: refusing to rebalance: the model's forward pass as traced ({forward}) does "
+        f"not read {_named(names)}; another mode or input shape may read them from a hidden "
+        "layer that rebalancing rescales (an auxiliary head, a training-only branch), which "
+        "the traced structure cannot show. Rebalancing runs the module in eval and train mode "
+        "and at a second batch size and fails if that changes its outputs; to proceed on that "
+        f"check and accept the rest as unproven: {command}"
+    )

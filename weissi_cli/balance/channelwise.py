@@ -475,21 +475,19 @@ def round_to_powers_of_two(
     squares: Mapping[str, Squares],
     limits: ExactLimits | None = None,
     at_least_one: frozenset[str] = frozenset(),
+    at_most_one: frozenset[str] = frozenset(),
 ) -> ChannelSolution:
     """Every scale a power of two (outputs bit-identical), starting from the nearest power
     and improving each channel's exponent by ±1 while that lowers the penalty; never worse
     than leaving everything at 1. With `limits`, exponents are then held within the
-    float16 headroom, so that every scaled value is exact. The symmetries named in
-    `at_least_one` keep every scale at 1 or above (their producers' activations never
-    shrink)."""
+    float16 headroom, so that every scaled value is exact. Scales of `at_least_one` stay
+    >= 1 (activations never shrink), of `at_most_one` <= 1 (they never grow)."""
     symmetries = [s for s in symmetries if s.id in solution.symmetries]
     factors = _Factors(squares)
     rounded = {
         key: SymmetrySolution(
             key,
-            np.exp2(np.round(np.log2(item.scales)))
-            if key not in at_least_one
-            else np.maximum(np.exp2(np.round(np.log2(item.scales))), 1.0),
+            _clipped(np.exp2(np.round(np.log2(item.scales))), key, at_least_one, at_most_one),
             item.dead,
             item.unbounded,
         )
@@ -512,8 +510,7 @@ def round_to_powers_of_two(
             downs_g = downs.reshape(-1, tie).sum(axis=1)
             current = item.scales.reshape(-1, tie)[:, 0]
             candidates = np.stack([current / 2, current, current * 2])
-            if symmetry.id in at_least_one:
-                candidates = np.maximum(candidates, 1.0)
+            candidates = _clipped(candidates, symmetry.id, at_least_one, at_most_one)
             costs = ups_g * candidates**2 + downs_g / candidates**2
             best = candidates[np.argmin(costs, axis=0), np.arange(current.size)]
             live = (ups_g > 0) & (downs_g > 0)  # a dead channel stays at 1
@@ -595,3 +592,8 @@ def penalised_tensors(
         for name in chain.tensor_names()
         if len(shapes[name]) >= 2 or include_bias
     ]
+
+
+def _clipped(scales: Vector, key: str, floors: frozenset[str], ceilings: frozenset[str]) -> Vector:
+    """`scales` held at or above 1 for `floors`, at or below 1 for `ceilings`."""
+    return np.clip(scales, 1.0 if key in floors else 0.0, 1.0 if key in ceilings else np.inf)

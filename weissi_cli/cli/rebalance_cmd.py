@@ -92,12 +92,29 @@ def rebalance(
             "none that is a normal float16 becomes subnormal), at some cost in L2.",
         ),
     ] = False,
+    hold_headroom: Annotated[
+        bool,
+        typer.Option(
+            "--hold-headroom",
+            help="With power-of-two scales, never scale an activation up (so a float16 model "
+            "overflows no sooner than before), at some cost in L2.",
+        ),
+    ] = False,
     drop_optimizer_state: Annotated[
         bool,
         typer.Option(
             "--drop-optimizer-state",
             help="A training checkpoint (torch pickle) with optimizer state: write the "
             "rebalanced weights without it (Adam's moments do not fit rescaled weights).",
+        ),
+    ] = False,
+    allow_unread: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unread",
+            help="With --model: rebalance although the traced forward pass reads some of the "
+            "checkpoint's tensors not at all (a head only training uses); the module's runs in "
+            "eval and train mode and at a second batch size are then all that checks them.",
         ),
     ] = False,
     json_output: Json = False,
@@ -134,6 +151,8 @@ def rebalance(
             write_unchanged=write_unchanged,
             hold_activations=hold_activations,
             drop_optimizer_state=drop_optimizer_state,
+            allow_unread=allow_unread,
+            hold_headroom=hold_headroom,
         )
     if json_output:
         typer.echo(to_json(report.to_dict()))

@@ -33,6 +33,7 @@ def emit_spec(structure: Structure, source: str) -> str:
 
 
 APPROXIMATE_FLAG = "--allow-approximate"
+UNREAD = "not read by the traced graph"  # the start of an unread tensor's reason
 
 
 def discover(
@@ -101,16 +102,23 @@ def tracing_available() -> bool:
 def structure_from_traced(traced: TracedGraph, checkpoint: Checkpoint) -> Structure:
     from weissi_cli.structure.engine import structure_from_graph
 
-    read = set(traced.placeholders.values())
-    shapes = {info.name: info.shape for info in checkpoint.tensors if info.name in read}
+    # A placeholder the graph never uses is a tensor this forward does not read (a head
+    # only training uses): it may depend on rescaled tensors in a way nothing here saw.
+    read = {
+        name
+        for node in traced.graph.nodes
+        if (name := traced.placeholders.get(node.name)) is not None and node.users
+    }
+    every = {info.name: info.shape for info in checkpoint.tensors}
+    shapes = {name: shape for name, shape in every.items() if name in read}
     for node in traced.graph.nodes:
         name = traced.placeholders.get(node.name)
-        if name is None:
+        if name is None or name not in every:
             continue
         value = node.meta.get("val")
-        if value is not None and tuple(value.shape) != tuple(shapes[name]):
+        if value is not None and tuple(value.shape) != tuple(every[name]):
             raise StructureError(
-                f"{name}: shape {tuple(shapes[name])} in the checkpoint, but the traced model "
+                f"{name}: shape {tuple(every[name])} in the checkpoint, but the traced model "
                 f"({traced.origin}) has {tuple(value.shape)}; is this the checkpoint its "
                 "config.json (or --model) describes?"
             )
@@ -124,7 +132,7 @@ def structure_from_traced(traced: TracedGraph, checkpoint: Checkpoint) -> Struct
     )
     claimed = {m.tensor for s in structure.symmetries for m in s.members}
     unread = tuple(
-        Unassigned(info.name, "not read by the traced graph")
+        Unassigned(info.name, f"{UNREAD} ({traced.forward})")
         for info in checkpoint.tensors
         if info.name not in read and info.name not in claimed
     )

@@ -18,7 +18,7 @@ import re
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ class TracedGraph:
     aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
     buffers: frozenset[str] = frozenset()
     notes: tuple[str, ...] = ()
+    forward: str = "the graph as exported"  # which forward pass the graph is
 
 
 class TraceError(InputError):
@@ -98,7 +99,8 @@ def from_transformers(config_path: Path, tensor_names: Sequence[str]) -> TracedG
     _require_match(names.values(), tensor_names, f"{config_path}: {model_class.__name__}")
     program = _export(torch, wrapper, (), inputs, f"{config_path}: {model_class.__name__}")
     label = getattr(config, "model_type", None) or model_class.__name__
-    return _name_placeholders(program, "m.", names, model, f"graph:{label}")
+    traced = _name_placeholders(program, "m.", names, model, f"graph:{label}")
+    return replace(traced, forward="eval mode, example inputs of one sequence or image")
 
 
 def _import_transformers(where: Path) -> tuple[Any, Any]:
@@ -411,16 +413,13 @@ def from_module(
     traced = _name_placeholders(
         program, "", names, module, f"graph:{Path(spec.rpartition(':')[0]).stem}"
     )
-    if note:
-        return TracedGraph(
-            traced.graph,
-            traced.placeholders,
-            traced.origin,
-            traced.aliases,
-            traced.buffers,
-            (note,),
-        )
-    return traced
+    return replace(traced, notes=(note,) if note else (), forward=traced_forward(shapes, dtype))
+
+
+def traced_forward(shapes: Sequence[tuple[int, ...]], dtype: str) -> str:
+    """The forward pass `--model` traces, as reports name it."""
+    inputs = ", ".join("x".join(map(str, shape)) for shape in shapes)
+    return f"eval mode, input{'s' if len(shapes) > 1 else ''} {inputs} {dtype}"
 
 
 def _require_match(matched: Any, tensor_names: Sequence[str], what: str) -> None:
