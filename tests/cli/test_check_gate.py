@@ -103,6 +103,36 @@ def test_one_pass_for_a_model_folder_and_its_symmetry_rules(
     assert passes == ["model.safetensors", "model.safetensors"]
 
 
+def test_symmetries_that_each_take_one_factor_are_checked_from_the_one_pass(
+    run: Callable[..., Result],
+    passes: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A deep MLP's symmetries each scale whole axes, so their layer-wise optimum needs only
+    the tensors' totals, which the pass already has: no second pass, the same values."""
+    from tests.onnx_models import large_mlp
+
+    model = large_mlp(tmp_path / "mlp", hidden=96, width=48)
+    rules = ("--max-l2-ratio", "1e6", "--max-imbalance", "1e6", "--format", "json")
+    result = run("check", str(model), *rules)
+    assert result.exit_code == 0, result.output
+    assert passes == ["model.onnx"]
+    found = {r["scope"] + r["rule"]: r["value"] for r in json.loads(result.stdout)["rules"]}
+    import weissi_cli.api.symmetries as symmetries
+
+    monkeypatch.setattr(symmetries, "_uniform", lambda *args: {})  # read every axis again
+    passes.clear()
+    again = run("check", str(model), *rules)
+    assert passes == ["model.onnx", "model.onnx"]
+    read = {r["scope"] + r["rule"]: r["value"] for r in json.loads(again.stdout)["rules"]}
+    assert found.keys() == read.keys()
+    assert "symmetriesmax-l2-ratio" in found
+    for key, value in read.items():
+        if isinstance(value, float):
+            assert found[key] == pytest.approx(value, rel=1e-6), key
+
+
 def test_exit_codes_and_one_summary_line_per_checkpoint(
     run: Callable[..., Result], models: dict[str, Path]
 ) -> None:

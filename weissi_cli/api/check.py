@@ -284,7 +284,7 @@ def _symmetry_rules(
         reason = f"not evaluated: {broken[0]} holds NaN or Inf (see the non-finite rule)"
         return [_skip(rule, "symmetries", t, names, reason) for rule, t in asked]
     solved = solve_group(checkpoint, structure, include_bias=False, granularity="layer",
-                         threads=threads)  # fmt: skip
+                         threads=threads, stats=stats)  # fmt: skip
     group = solved[0] if solved is not None else None
     results = []
     for rule, threshold in asked:

@@ -52,19 +52,29 @@ def solve_group(
 ) -> tuple[SymmetryGroup, Mapping[str, Squares]] | None:
     """The layer-wise (and, when asked, channel-wise) optimum of the free symmetries;
     with `stats`, the WEISSI terms of their weight tensors too. `squares`: the axis
-    squares of `group_squares_plan`, when a statistics pass already computed them."""
+    squares of `group_squares_plan`, when a statistics pass already computed them; else
+    they are read here, except the totals `stats` already holds (a tensor whose squares sum
+    to one value needs no second reading)."""
     if not structure.symmetries and not structure.stops:
         return None
     if squares is None:
         plan = group_squares_plan(checkpoint, structure, include_bias)
         uniform = _uniform(checkpoint, structure, plan) if granularity == "layer" else {}
         plan = _summed_where_uniform(plan, uniform)
+        known = {
+            name: np.array([[stats[name].fro_norm ** 2]], np.float32)
+            for name, keep in plan.items()
+            if not any(keep) and stats is not None and name in stats
+        }
         streamed = streamed_names(checkpoint, plan)
-        held = {name: keep for name, keep in plan.items() if name not in streamed}
+        held = {
+            name: keep for name, keep in plan.items() if name not in streamed and name not in known
+        }
         squares = _as_uniform(
             checkpoint,
             {
-                **axis_squares(checkpoint, list(held), threads, held),
+                **known,
+                **(axis_squares(checkpoint, list(held), threads, held) if held else {}),
                 **{name: StreamedSquares(checkpoint, name, threads) for name in streamed},
             },
             uniform,
