@@ -77,22 +77,12 @@ def test_streamed_solution_equals_the_held_one(
         np.testing.assert_allclose(found.scales[key], scales, rtol=1e-5)
 
 
-def test_one_pass_per_streamed_tensor_per_sweep(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_one_pass_per_streamed_tensor_per_sweep(tmp_path: Path, streamed_passes: list[str]) -> None:
     """A sweep reads each middle layer once (its rows' step also gives the product along its
     columns for the next sweep); the first and last layers' squares are vectors."""
     state = mlp_state((20, 300, 300, 300, 10), 1, torch.float32)
     path = write_safetensors(tmp_path / "m.safetensors", state)
-    monkeypatch.setattr(streamed, "HELD_BYTES", 0)
-    passes: list[str] = []
-    original = StreamedSquares._stream
-
-    def counted(self: StreamedSquares, product: object) -> None:
-        passes.append(self.name)
-        original(self, product)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(StreamedSquares, "_stream", counted)
+    passes = streamed_passes
     report = api.inspect_checkpoint(path, granularity="channel").to_dict()
     sweeps = report["chains"][0]["channel"]["sweeps"]
     assert sweeps > 3

@@ -17,7 +17,6 @@ from tests.exported_models import _mlp, export
 from weissi_cli import api
 from weissi_cli.balance import streamed
 from weissi_cli.balance.channelwise import round_to_powers_of_two, solve
-from weissi_cli.balance.streamed import StreamedSquares
 from weissi_cli.balance.uniform import UniformSquares, uniform_axes
 from weissi_cli.ir import Member, Symmetry
 
@@ -157,7 +156,7 @@ class _DeepMLP(nn.Module):
 
 
 def test_a_deep_program_is_solved_layer_wise_without_streaming(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed_passes: list[str]
 ) -> None:
     """Every matrix of an exported ReLU MLP would be streamed (no room to hold one); layer-
     wise, the solver reads none of them, finds the optimum the whole matrices give, and
@@ -166,15 +165,7 @@ def test_a_deep_program_is_solved_layer_wise_without_streaming(
     model = _DeepMLP().eval()
     inputs = torch.randn(8, 24, generator=torch.Generator().manual_seed(3))
     path = export(model, (inputs,), tmp_path / "mlp.pt2")
-    monkeypatch.setattr(streamed, "HELD_BYTES", 0)
-    passes: list[str] = []
-    original = StreamedSquares._stream
-
-    def counted(self: StreamedSquares, product: object) -> None:
-        passes.append(self.name)
-        original(self, product)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(StreamedSquares, "_stream", counted)
+    passes = streamed_passes
     report = api.inspect_checkpoint(path).to_dict()
     assert passes == []
     group = report["symmetries"]
