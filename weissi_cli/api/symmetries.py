@@ -61,11 +61,7 @@ def solve_group(
         plan = group_squares_plan(checkpoint, structure, include_bias)
         uniform = _uniform(checkpoint, structure, plan) if granularity == "layer" else {}
         plan = _summed_where_uniform(plan, uniform)
-        known = {
-            name: np.array([[stats[name].fro_norm ** 2]], np.float32)
-            for name, keep in plan.items()
-            if not any(keep) and stats is not None and name in stats
-        }
+        known = _totals(plan, stats) if stats is not None else {}
         streamed = streamed_names(checkpoint, plan)
         held = {
             name: keep for name, keep in plan.items() if name not in streamed and name not in known
@@ -137,11 +133,18 @@ def statistics_pass(
         names = [info.name for info in checkpoint.tensors if info.is_supported_float]
     held = {name: keep for name, keep in squared.items() if name not in streamed}
     stats, squares = compute_stats_and_squares(
-        checkpoint, list(dict.fromkeys([*names, *squared])), threads, squared=held
+        checkpoint,
+        list(dict.fromkeys([*names, *squared])),
+        threads,
+        squared={name: keep for name, keep in held.items() if any(keep)},
     )
     found = _as_uniform(
         checkpoint,
-        {**squares, **{name: StreamedSquares(checkpoint, name, threads) for name in streamed}},
+        {
+            **_totals(held, stats),
+            **squares,
+            **{name: StreamedSquares(checkpoint, name, threads) for name in streamed},
+        },
         uniform,
     )
     return (
@@ -161,6 +164,18 @@ def _uniform(
     shapes = {name: checkpoint.info(name).shape for name in plan}
     found = uniform_axes(structure.symmetries, plan, shapes)
     return {name: axes for name, axes in found.items() if any(axes)}
+
+
+def _totals(
+    plan: Mapping[str, tuple[bool, bool]], stats: Mapping[str, TensorStats]
+) -> dict[str, Squares]:
+    """The squares of the tensors of `plan` that keep no axis: their total, which the
+    statistics already hold."""
+    return {
+        name: np.array([[stats[name].fro_norm ** 2]], np.float32)
+        for name, keep in plan.items()
+        if not any(keep) and name in stats
+    }
 
 
 def _summed_where_uniform(
