@@ -209,6 +209,50 @@ def relu_mlp() -> Built:
     return _mlp((6, 8, 5, 3), nn.ReLU, seed=14)
 
 
+class ResidualMLP(nn.Module):
+    """Linear `inp` → ReLU → h + ReLU(`inner`(h)) → Linear `out`: `inner` maps the hidden
+    space to itself, so the hidden space's one symmetry scales its rows and its columns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.inner, self.out = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = torch.relu(self.inp(x))
+        hidden = hidden + torch.relu(self.inner(hidden))
+        return self.out(hidden)
+
+
+class ResidualConv(nn.Module):
+    """The same with convolutions: a 3x3 conv `inner` (padded) inside the residual branch,
+    between a 3x3 stem `inp` and a 1x1 head `out`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Conv2d(3, 6, 3, padding=1)
+        self.inner = nn.Conv2d(6, 6, 3, padding=1)
+        self.out = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = torch.relu(self.inp(x))
+        hidden = hidden + torch.relu(self.inner(hidden))
+        return self.out(hidden)
+
+
+def residual_mlp() -> Built:
+    torch.manual_seed(16)
+    model = ResidualMLP()
+    _unbalance(model, seed=16)
+    return model.eval(), (torch.randn(4, 6, generator=torch.Generator().manual_seed(17)),)
+
+
+def residual_conv() -> Built:
+    torch.manual_seed(18)
+    model = ResidualConv()
+    _unbalance(model, seed=18)
+    return model.eval(), (torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(19)),)
+
+
 BUILDERS: dict[str, Callable[[], Built]] = {
     "resnet": resnet,
     "concat_conv": concat_conv,
@@ -217,6 +261,8 @@ BUILDERS: dict[str, Callable[[], Built]] = {
     "gelu_mlp": gelu_mlp,
     "relu6_mlp": relu6_mlp,
     "relu_mlp": relu_mlp,
+    "residual_mlp": residual_mlp,
+    "residual_conv": residual_conv,
 }
 
 

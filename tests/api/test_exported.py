@@ -39,6 +39,8 @@ EXPECTED_IDS = {
     "concat_flatten": ["left", "right"],
     "relu_before_bn": ["bn", "conv1", "conv2"],
     "relu_mlp": ["0", "2"],
+    "residual_mlp": ["inner+inp"],
+    "residual_conv": ["inner+inp"],
 }
 # Symmetries whose penalised tensors all take the scale the same way stay at 1: a conv into
 # a batch norm (only the conv's rows are penalised; running statistics are buffers), and a
@@ -56,7 +58,7 @@ UNBOUNDED = {
 }
 # Every symmetry of the ResNet is between a conv and a batch norm; the norms' affines are
 # 1-D, penalised only with include_bias, so without it nothing is bounded (tested below).
-INCLUDE_BIAS = {"resnet": True}
+INCLUDE_BIAS = {"resnet": True, "residual_conv": True}
 REBALANCED = sorted(EXPECTED_IDS)
 
 

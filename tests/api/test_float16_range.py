@@ -15,7 +15,7 @@ from weissi_cli.errors import UsageError
 
 
 class ResidualCNN(nn.Module):
-    """Conv, batch norm, a residual conv block, pooling, two linear layers."""
+    """Conv, batch norm, a residual block of two convs, pooling, two linear layers."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -24,20 +24,22 @@ class ResidualCNN(nn.Module):
         self.c2 = nn.Conv2d(8, 16, 3, padding=1)
         self.b2 = nn.BatchNorm2d(16)
         self.c3 = nn.Conv2d(16, 16, 3, padding=1)
+        self.c4 = nn.Conv2d(16, 16, 3, padding=1)
         self.fc1 = nn.Linear(16 * 4 * 4, 32)
         self.fc2 = nn.Linear(32, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = functional.relu(self.b1(self.c1(x)))
         hidden = functional.relu(self.b2(self.c2(x)))
-        hidden = hidden + functional.relu(self.c3(hidden))
+        hidden = hidden + functional.relu(self.c4(functional.relu(self.c3(hidden))))
         hidden = functional.max_pool2d(hidden, 2).flatten(1)
         return self.fc2(functional.relu(self.fc1(hidden)))  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
 def trained_cnn() -> ResidualCNN:
-    """40 full-batch Adam steps on digits: enough for the L2 optimum to grow activations."""
+    """40 full-batch Adam steps on digits: enough for the L2 optimum to grow activations
+    (the residual stream's, by hundreds)."""
     torch.manual_seed(0)
     images, labels = training_digits()
     model = ResidualCNN()
@@ -46,6 +48,11 @@ def trained_cnn() -> ResidualCNN:
         optimiser.zero_grad()
         functional.cross_entropy(model(images), labels).backward()  # type: ignore[no-untyped-call]
         optimiser.step()
+    # Weights on a grid of 2^-10, so that float16 exactness leaves power-of-two scales
+    # room down to 2^-14 whatever the training gave (the growth is what these tests are for).
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(torch.round(parameter * 1024) / 1024)
     return model.eval()
 
 
@@ -106,8 +113,9 @@ def test_hold_headroom_grows_no_activation(trained_cnn: ResidualCNN, tmp_path: P
     )
     assert not [c for c in report.verification.caveats if "overflows above" in c]
     before, after = program(path), program(output)
-    for images in digits()[0][-64:].split(4):
-        assert first_overflow(after, images) == first_overflow(before, images)
+    for images in digits()[0][-64:].split(4):  # never earlier; later where scales shrank
+        rewritten, original = first_overflow(after, images), first_overflow(before, images)
+        assert rewritten is None or (original is not None and rewritten >= original)
 
 
 def test_bfloat16_has_float32_range(trained_cnn: ResidualCNN, tmp_path: Path) -> None:

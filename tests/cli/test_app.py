@@ -77,10 +77,13 @@ def test_h_is_help(name: str | None) -> None:
     assert "-h, --help" in short.stdout
 
 
-def test_completion_is_offered_and_shown() -> None:
+def test_completion_is_offered_and_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     root = RUNNER.invoke(build_app(), ["--help"])
     assert "--install-completion" in root.stdout
     assert "--show-completion" in root.stdout
+    # Typer detects the calling shell unless told not to; a test runner started
+    # without a shell among its ancestors would otherwise be refused.
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
     shown = RUNNER.invoke(build_app(), ["--show-completion", "bash"], prog_name="weissi")
     assert shown.exit_code == 0, shown.output
     assert "_WEISSI_COMPLETE=complete_bash" in shown.stdout

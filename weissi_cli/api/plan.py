@@ -15,13 +15,9 @@ from dataclasses import dataclass, replace
 
 from weissi_cli.api.symmetries import solve_group
 from weissi_cli.balance.analysis import ChainAnalysis, analyse_chain
-from weissi_cli.balance.channelwise import (
-    ChannelSolution,
-    Squares,
-    round_to_powers_of_two,
-    solve,
-)
+from weissi_cli.balance.channelwise import ChannelSolution, round_to_powers_of_two, solve
 from weissi_cli.balance.exact_pow2 import ExactLimits, exact_range
+from weissi_cli.balance.factors import Squares
 from weissi_cli.balance.layerwise import Shift, pow2_shift
 from weissi_cli.headroom import measure_headroom
 from weissi_cli.io.checkpoint import Checkpoint

@@ -8,7 +8,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from weissi_cli.balance.channelwise import Squares, moving_axes, penalised_tensors, solve
+from weissi_cli.balance.channelwise import moving_axes, penalised_tensors, solve
+from weissi_cli.balance.factors import Squares
 from weissi_cli.balance.streamed import StreamedSquares, streamed_names
 from weissi_cli.balance.uniform import UniformSquares, uniform_axes
 from weissi_cli.io.checkpoint import Checkpoint

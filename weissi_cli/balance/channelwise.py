@@ -7,19 +7,28 @@ those it divides (exponent −1). Its minimum is at c_j = (B_j / A_j)^¼ — the
 step; every channel of the symmetry is updated at once, symmetries in turn, until a sweep
 lowers the penalty by less than the tolerance. The layer-wise optimum is the same descent
 with one scale per symmetry (sums of A and B over its channels), so the channel-wise
-result can only be lower.
+result can only be lower. A symmetry that scales both axes of one tensor ties its channels
+together: `coupled` gives its step.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
+from weissi_cli.balance.coupled import (
+    Coupling,
+    coupling,
+    majorised_costs,
+    majorised_step,
+    moving_members,
+)
+from weissi_cli.balance.factors import Factors, Squares, settable
 from weissi_cli.errors import StructureError
 from weissi_cli.ir import Chain, Member, Symmetry
 from weissi_cli.progress import Stage, phase
@@ -29,33 +38,6 @@ if TYPE_CHECKING:
 
 Vector = npt.NDArray[np.float64]
 
-
-class SquaresOperator(Protocol):
-    """Axis squares too large to hold, used only through products (see
-    `streamed.StreamedSquares`)."""
-
-    @property
-    def shape(self) -> tuple[int, int]: ...
-
-    @property
-    def nbytes(self) -> int:
-        """What one product reads."""
-        ...
-
-    def matvec(self, vector: Vector) -> Vector: ...
-
-    def rmatvec(self, vector: Vector) -> Vector: ...
-
-    def matvec_rmatvec(
-        self, vector: Vector, rows_after: Callable[[int, Vector], Vector]
-    ) -> tuple[Vector, Vector]:
-        """Q @ vector, and r @ Q in the same pass, where a chunk's r is `rows_after(its
-        first row, its rows of Q @ vector)` (called from any thread)."""
-        ...
-
-
-# [rows, columns]: see stats.axis_squares; held as a float32 matrix, or streamed
-Squares = npt.NDArray[np.float32] | SquaresOperator
 
 TOLERANCE = 1e-10
 MAX_SWEEPS = 2000
@@ -91,200 +73,6 @@ class ChannelSolution:
         return {key: solution.scales for key, solution in self.symmetries.items()}
 
 
-class _Factors:
-    """The current factor vectors of every penalised tensor along axes 0 and 1."""
-
-    def __init__(self, squares: Mapping[str, Squares]) -> None:
-        self.squares = squares
-        self.rows = {name: np.ones(q.shape[0]) for name, q in squares.items()}
-        self.columns = {name: np.ones(q.shape[1]) for name, q in squares.items()}
-        # (tensor, axis) -> the squares summed along the other axis under its factors: kept
-        # until that other axis moves (a transformer's heads each move only their own rows).
-        self._weights: dict[tuple[str, int], Vector] = {}
-        # where the bytes streamed for products are reported (a sweep's progress)
-        self.stage: Stage | None = None
-
-    def penalty(self) -> float:
-        return math.fsum(self.per_tensor().values())
-
-    def per_tensor(self) -> dict[str, float]:
-        found = {}
-        for name, q in self.squares.items():
-            rows, columns = self.rows[name] ** 2, self.columns[name] ** 2
-            if isinstance(q, np.ndarray):
-                found[name] = float(rows @ (q @ columns).astype(np.float64))
-                continue
-            # A streamed tensor's cached product under its current factors gives the penalty
-            # without another pass; at the end of a sweep one of the two usually is. Where
-            # neither is, one pass gives both (the next sweep needs the other).
-            if (name, 0) not in self._weights and (name, 1) in self._weights:
-                found[name] = float(self._weights[(name, 1)] @ columns)
-                continue
-            if (name, 0) not in self._weights:
-                both = q.matvec_rmatvec(columns, _unchanged(rows))
-                self._weights[(name, 0)], self._weights[(name, 1)] = both
-                if self.stage is not None:
-                    self.stage.advance(q.nbytes)
-            found[name] = float(rows @ self._weights[(name, 0)])
-        return found
-
-    def weights(self, member: Member) -> Vector:
-        """The squares of `member`'s tensor summed along the other axis under that axis's
-        factors: one value per entry of `member`'s axis."""
-        return self._summed(member.tensor, member.axis)
-
-    def _summed(self, tensor: str, axis: int) -> Vector:
-        weights = self._weights.get((tensor, axis))
-        if weights is not None:
-            return weights
-        q = self.squares[tensor]
-        if isinstance(q, np.ndarray):
-            if axis == 0:
-                other = (self.columns[tensor] ** 2).astype(np.float32)
-                weights = (q @ other).astype(np.float64)
-            else:
-                other = (self.rows[tensor] ** 2).astype(np.float32)
-                weights = (other @ q).astype(np.float64)
-        else:
-            if axis == 0:
-                weights = q.matvec(self.columns[tensor] ** 2)
-            else:
-                weights = q.rmatvec(self.rows[tensor] ** 2)
-            if self.stage is not None:
-                self.stage.advance(q.nbytes)
-        self._weights[(tensor, axis)] = weights
-        return weights
-
-    def sums(self, member: Member, size: int, own: Vector) -> Vector:
-        """Per channel of the symmetry, the squared entries `member` touches, under every
-        factor except this symmetry's own (`own`, its current scales)."""
-        span = slice(member.offset, member.offset + size * member.block)
-        own_along = _along(own ** (2 * member.exponent), member.block)
-        factors = (self.rows if member.axis == 0 else self.columns)[member.tensor]
-        along = self.weights(member)[span] * factors[span] ** 2 / own_along
-        if member.block == 1:  # one entry per channel (a transformer's rows): nothing to sum
-            return along
-        return np.add.reduceat(along, np.arange(0, size * member.block, member.block))
-
-    def totals(
-        self, penalised: list[Member], size: int, own: np.float64
-    ) -> tuple[np.float64, np.float64]:
-        """(A, B) summed over the channels, for a symmetry whose channels share one scale
-        (`own`): the layer-wise step needs only these, and they cost two vector operations
-        per member where the per-channel sums cost six. numpy scalars, not Python floats:
-        a descent that runs a scale off to 0 or infinity gives inf and NaN, as the
-        per-channel arrays do, where Python's floats raise ZeroDivisionError."""
-        up = down = np.float64(0.0)
-        for member in penalised:
-            span = slice(member.offset, member.offset + size * member.block)
-            factors = (self.rows if member.axis == 0 else self.columns)[member.tensor][span]
-            total = np.float64(self.weights(member)[span] @ (factors * factors))
-            total /= own ** (2 * member.exponent)
-            if member.exponent > 0:
-                up += total
-            else:
-                down += total
-        return up, down
-
-    def sides(self, penalised: list[Member], size: int, own: Vector) -> tuple[Vector, Vector]:
-        """(A, B) per channel: the squared entries the channel multiplies, and divides."""
-        ups, downs = np.zeros(size), np.zeros(size)
-        for member in penalised:
-            sums = self.sums(member, size, own)
-            if member.exponent > 0:
-                ups += sums
-            else:
-                downs += sums
-        return ups, downs
-
-    def apply(self, member: Member, size: int, change: Vector | float) -> None:
-        """Multiply `member`'s factors by the symmetry's `change` (per channel, or one for
-        all) to the member's exponent."""
-        vectors = self.rows if member.axis == 0 else self.columns
-        span = slice(member.offset, member.offset + size * member.block)
-        if vectors[member.tensor].size < span.stop:  # an axis summed out: nothing moves it
-            if not np.all(change == 1.0):
-                raise ValueError(f"{member.tensor}: axis {member.axis} was summed out but moves")
-            return
-        if isinstance(change, float):
-            vectors[member.tensor][span] *= change**member.exponent
-        else:
-            vectors[member.tensor][span] *= _along(change**member.exponent, member.block)
-        self._weights.pop((member.tensor, 1 - member.axis), None)
-
-    def streamed_member(self, symmetry: Symmetry, penalised: list[Member]) -> Member | None:
-        """A member whose rows the symmetry's step needs streamed, and may set chunk by
-        chunk (see `_settable`). Its pass also gives the product along its other axis
-        under the new rows, which the next sweep needs: one pass over the tensor per sweep
-        instead of two."""
-        for member in reversed(penalised):
-            if (
-                _settable(member, symmetry, penalised)
-                and not isinstance(self.squares[member.tensor], np.ndarray)
-                and (member.tensor, 0) not in self._weights
-            ):
-                return member
-        return None
-
-    def prefetch(
-        self, member: Member, penalised: list[Member], size: int, own: Vector
-    ) -> tuple[Vector, Vector]:
-        """Stream `member`'s tensor once: its weights along axis 0 (cached as `weights`
-        would), and the product along axis 1 under the rows this symmetry's step will
-        give, found per chunk by the same arithmetic as `sides`, `_step` and `apply`.
-        Returns (those rows, that product): `confirm` keeps the product if the step
-        gives exactly those rows."""
-        tensor = member.tensor
-        q = self.squares[tensor]
-        assert not isinstance(q, np.ndarray)
-        others = {id(m): self.sums(m, size, own) for m in penalised if m is not member}
-        rows = self.rows[tensor]
-        expected = rows.copy()
-        stop = member.offset + size
-
-        def rows_after(first: int, products: Vector) -> Vector:
-            low, high = max(first, member.offset), min(first + products.size, stop)
-            if low < high:
-                channels = slice(low - member.offset, high - member.offset)
-                own_here = own[channels]
-                mine = products[low - first : high - first] * rows[low:high] ** 2
-                mine = mine / own_here ** (2 * member.exponent)
-                ups, downs = np.zeros(high - low), np.zeros(high - low)
-                for other in penalised:
-                    part = mine if other is member else others[id(other)][channels]
-                    if other.exponent > 0:
-                        ups += part
-                    else:
-                        downs += part
-                live = (ups > 0) & (downs > 0)
-                target = np.ones(high - low)
-                target[live] = (downs[live] / ups[live]) ** 0.25
-                expected[low:high] = rows[low:high] * (target / own_here) ** member.exponent
-            squared: Vector = expected[first : first + products.size] ** 2
-            return squared
-
-        weights, along_columns = q.matvec_rmatvec(self.columns[tensor] ** 2, rows_after)
-        if self.stage is not None:
-            self.stage.advance(q.nbytes)
-        self._weights[(tensor, 0)] = weights
-        return expected, along_columns
-
-    def confirm(self, tensor: str, expected: Vector, along_columns: Vector) -> None:
-        """Keep the product `prefetch` made if the rows are now exactly those it assumed."""
-        if (tensor, 1) not in self._weights and np.array_equal(self.rows[tensor], expected):
-            self._weights[(tensor, 1)] = along_columns
-
-
-def _unchanged(rows: Vector) -> Callable[[int, Vector], Vector]:
-    """`rows_after` for a pass that moves no rows."""
-    return lambda first, products: rows[first : first + products.size]
-
-
-def _along(per_channel: Vector, block: int) -> Vector:
-    """Per-channel values spread over the `block` entries each channel covers."""
-    return per_channel if block == 1 else np.repeat(per_channel, block)
-
-
 @phase("solving for the optimal scales")
 def solve(
     symmetries: Iterable[Symmetry],
@@ -297,9 +85,10 @@ def solve(
     penalised ones); members on other tensors (running statistics, unpenalised biases)
     follow the scales but do not count."""
     symmetries = list(symmetries)
-    factors = _Factors(squares)
+    factors = Factors(squares)
     solutions: dict[str, SymmetrySolution] = {}
     active: list[tuple[Symmetry, list[Member]]] = []
+    couplings: dict[str, Coupling] = {}
     for symmetry in symmetries:
         penalised = [m for m in symmetry.members if m.tensor in squares]
         for member in penalised:
@@ -311,10 +100,14 @@ def solve(
                 )
         solution = SymmetrySolution(symmetry.id, np.ones(symmetry.size))
         solutions[symmetry.id] = solution
-        if not _bounded(penalised):
+        found = coupling(symmetry, penalised)
+        shapes = {m.tensor: squares[m.tensor].shape for m in penalised}
+        if not _bounded(moving_members(penalised, found, shapes, symmetry.size)):
             solution.unbounded = bool(penalised)
             continue
         active.append((symmetry, penalised))
+        if found is not None:
+            couplings[symmetry.id] = found
 
     tensors_before = factors.per_tensor()
     before = math.fsum(tensors_before.values())
@@ -322,11 +115,13 @@ def solve(
     sweeps = 0
     converged = not active
     alone = _independent(active)
+    if granularity == "channel":  # a coupled step only bounds the penalty: it repeats
+        alone -= set(couplings)
     while active and sweeps < max_sweeps:
         sweeps += 1
         with Stage(f"sweep {sweeps}", _streamed_bytes(active, squares, granularity)) as stage:
             factors.stage = stage
-            _sweep(active, factors, solutions, granularity)
+            _sweep(active, factors, solutions, granularity, couplings)
         # A symmetry that shares no penalised entries' factors with another has reached its
         # optimum in one step (its A and B cannot change): later sweeps skip it.
         active = [
@@ -354,16 +149,21 @@ def solve(
 
 def _sweep(
     active: list[tuple[Symmetry, list[Member]]],
-    factors: _Factors,
+    factors: Factors,
     solutions: dict[str, SymmetrySolution],
     granularity: str,
+    couplings: Mapping[str, Coupling],
 ) -> None:
     """One step of every active symmetry in turn, each given the others' current scales."""
     for symmetry, penalised in active:
         solution = solutions[symmetry.id]
         change: Vector | float
         streamed: Member | None = None
-        if granularity == "layer":
+        coupled = couplings.get(symmetry.id)
+        if coupled is not None:
+            target = _coupled_step(factors, symmetry, penalised, coupled, solution, granularity)
+            change = target / solution.scales
+        elif granularity == "layer":
             # one scale shared by every channel (1 for a symmetry without channels)
             current_scale = solution.scales[0] if symmetry.size else np.float64(1.0)
             up, down = factors.totals(penalised, symmetry.size, current_scale)
@@ -371,7 +171,7 @@ def _sweep(
             change = scale / current_scale
             target = np.full(symmetry.size, scale)
         else:
-            streamed = factors.streamed_member(symmetry, penalised)
+            streamed = factors.streamed_member(symmetry, penalised)  # not coupled: see above
             if streamed is not None:
                 prefetched = factors.prefetch(streamed, penalised, symmetry.size, solution.scales)
             ups, downs = factors.sides(penalised, symmetry.size, solution.scales)
@@ -383,6 +183,66 @@ def _sweep(
         if streamed is not None:
             factors.confirm(streamed.tensor, *prefetched)
         solution.scales = target
+
+
+def _coupled_step(
+    factors: Factors,
+    symmetry: Symmetry,
+    penalised: list[Member],
+    coupled: Coupling,
+    solution: SymmetrySolution,
+    granularity: str,
+) -> Vector:
+    """The step of a symmetry that scales both axes of a tensor (see `coupled`): exact
+    layer-wise, the minimum of the separable bound channel-wise. Dead channels go to 1."""
+    whole = granularity == "layer"
+    terms = _coupled_terms(factors, symmetry, penalised, coupled, solution.scales, whole)
+    x, live = majorised_step(*terms)
+    group = symmetry.size if whole else max(symmetry.tie, 1)
+    grouped = solution.scales.reshape(-1, group)[:, 0] if symmetry.size else np.ones(1)
+    moved = np.where(live, grouped * np.sqrt(x), 1.0)
+    if not whole:
+        solution.dead = [int(g) * group + k for g in np.flatnonzero(~live) for k in range(group)]
+    return np.repeat(moved, group)[: symmetry.size]
+
+
+def _coupled_terms(
+    factors: Factors,
+    symmetry: Symmetry,
+    penalised: list[Member],
+    coupled: Coupling,
+    scales: Vector,
+    whole: bool,
+) -> tuple[Vector, Vector, Vector, Vector]:
+    """(α, β, ρ, κ) per tie group, or for the whole symmetry when its channels share one
+    scale: the bound α x + β / x + ½ ρ x² + ½ κ / x² on the penalty after a change x of the
+    squared scales. α and β hold the entries one axis moves, ρ and κ those of the tensors
+    the symmetry scales along both axes (0 where the bound is exact: one scale)."""
+    size = symmetry.size
+    sides = {1: np.zeros(size), -1: np.zeros(size)}  # tensors one axis of which moves
+    both = {1: np.zeros(size), -1: np.zeros(size)}  # tensors it moves along both axes
+    for member in penalised:
+        chosen = both if member in coupled.members else sides
+        chosen[member.exponent] += factors.masses(member, size)
+    if whole:
+        totals = {1: float(sides[1].sum()), -1: float(sides[-1].sum())}
+        for member in coupled.members:
+            across = [m for m in coupled.members if m.tensor == member.tensor and m is not member]
+            across = [m for m in across if m.axis != member.axis]
+            totals[member.exponent] += float(factors.moving_mass(member, across, size))
+        zero = np.zeros(1)
+        return np.array([totals[1]]), np.array([totals[-1]]), zero, zero
+    for row, column in coupled.pairs:
+        diagonal = factors.diagonal(row, column, size)
+        both[1] -= diagonal
+        both[-1] -= diagonal
+    tie = max(symmetry.tie, 1)
+
+    def grouped(values: Vector) -> Vector:
+        summed: Vector = np.maximum(values, 0.0).reshape(-1, tie).sum(axis=1)
+        return summed
+
+    return grouped(sides[1]), grouped(sides[-1]), grouped(both[1]), grouped(both[-1])
 
 
 def _streamed_bytes(
@@ -399,7 +259,7 @@ def _streamed_bytes(
             if isinstance(q, np.ndarray):
                 continue
             axes.setdefault(member.tensor, set()).add(member.axis)
-            if granularity == "channel" and _settable(member, symmetry, penalised):
+            if granularity == "channel" and settable(member, symmetry, penalised):
                 once.add(member.tensor)
     total = 0
     for tensor, moving in axes.items():
@@ -407,17 +267,6 @@ def _streamed_bytes(
         assert not isinstance(q, np.ndarray)
         total += q.nbytes * (1 if tensor in once else len(moving))
     return total
-
-
-def _settable(member: Member, symmetry: Symmetry, penalised: list[Member]) -> bool:
-    """Whether the symmetry's step can set `member`'s rows from each row's own product: one
-    channel per row, no tie groups, no other member on its tensor."""
-    return (
-        member.axis == 0
-        and member.block == 1
-        and symmetry.tie <= 1
-        and sum(m.tensor == member.tensor for m in penalised) == 1
-    )
 
 
 def _bounded(penalised: list[Member]) -> bool:
@@ -483,7 +332,7 @@ def round_to_powers_of_two(
     float16 headroom, so that every scaled value is exact. Scales of `at_least_one` stay
     >= 1 (activations never shrink), of `at_most_one` <= 1 (they never grow)."""
     symmetries = [s for s in symmetries if s.id in solution.symmetries]
-    factors = _Factors(squares)
+    factors = Factors(squares)
     rounded = {
         key: SymmetrySolution(
             key,
@@ -504,16 +353,24 @@ def round_to_powers_of_two(
             if item.unbounded:
                 continue
             penalised = [m for m in symmetry.members if m.tensor in squares]
-            ups, downs = factors.sides(penalised, symmetry.size, item.scales)
-            tie = max(symmetry.tie, 1) if solution.granularity == "channel" else symmetry.size
-            ups_g = ups.reshape(-1, tie).sum(axis=1)
-            downs_g = downs.reshape(-1, tie).sum(axis=1)
+            whole = solution.granularity != "channel"
+            tie = symmetry.size if whole else max(symmetry.tie, 1)
             current = item.scales.reshape(-1, tie)[:, 0]
             candidates = np.stack([current / 2, current, current * 2])
             candidates = _clipped(candidates, symmetry.id, at_least_one, at_most_one)
-            costs = ups_g * candidates**2 + downs_g / candidates**2
+            coupled = coupling(symmetry, penalised)
+            if coupled is None:
+                ups, downs = factors.sides(penalised, symmetry.size, item.scales)
+                ups_g = ups.reshape(-1, tie).sum(axis=1)
+                downs_g = downs.reshape(-1, tie).sum(axis=1)
+                costs = ups_g * candidates**2 + downs_g / candidates**2
+                live = (ups_g > 0) & (downs_g > 0)  # a dead channel stays at 1
+            else:
+                terms = _coupled_terms(factors, symmetry, penalised, coupled, item.scales, whole)
+                costs = majorised_costs((candidates / current) ** 2, *terms)
+                alpha, beta, rho, kappa = terms
+                live = (alpha + rho > 0) & (beta + kappa > 0)
             best = candidates[np.argmin(costs, axis=0), np.arange(current.size)]
-            live = (ups_g > 0) & (downs_g > 0)  # a dead channel stays at 1
             best = np.where(live, best, current)
             if np.any(best != current):
                 moved = True

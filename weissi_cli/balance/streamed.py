@@ -88,6 +88,21 @@ class StreamedSquares:
         self._stream(product)
         return result, ordered.total
 
+    def entries(self, rows: npt.NDArray[np.intp], columns: npt.NDArray[np.intp]) -> Vector:
+        """Q[rows[k, a], columns[k, b]] as [k, a, b], gathered in one pass (each chunk
+        writes only the rows it holds)."""
+        found = np.zeros((*rows.shape, columns.shape[1]))
+        flat = rows.ravel()
+
+        def product(first: int, squares: Vector) -> None:
+            where = np.flatnonzero((flat >= first) & (flat < first + squares.shape[0]))
+            if where.size:
+                channels, entries = np.unravel_index(where, rows.shape)
+                found[channels, entries] = squares[flat[where, None] - first, columns[channels]]
+
+        self._stream(product)
+        return found
+
     def _stream(self, product: Callable[[int, Vector], None]) -> None:
         info = self.checkpoint.info(self.name)
         columns = self.shape[1]

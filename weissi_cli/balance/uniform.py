@@ -86,6 +86,13 @@ class UniformSquares:
         products = self.matvec(vector)
         return products, self.rmatvec(rows_after(0, products))
 
+    def entries(self, rows: npt.NDArray[np.intp], columns: npt.NDArray[np.intp]) -> Vector:
+        """Q[rows[k, a], columns[k, b]] as [k, a, b], where neither axis is summed."""
+        if self.sums.shape != self.full:
+            raise ValueError(f"entries of {self.full} squares summed to {self.sums.shape}")
+        found: Vector = self.sums[rows[:, :, None], columns[:, None, :]]
+        return found
+
     def _collapse(self, vector: Vector, axis: int) -> Vector:
         """`vector` (one factor per entry of `axis`) as the summed squares take it."""
         if vector.shape != (self.full[axis],):
