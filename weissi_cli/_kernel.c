@@ -1438,22 +1438,26 @@ static Totals details_block(const void *data, int dtype, Py_ssize_t rows, Py_ssi
     return totals;
 }
 
-/* `check`'s pass: reduce_range's statistics (NO_AXES) of `count` values read from `fd`
- * at `offset`, and in the same pieces (whole rows, still in cache) the largest magnitude's
- * bits per row into `row_out` (uint32, one per row) and, accumulated across calls, per
- * column into `column_out` (uint32) bits that are zero exactly where every value of the
- * column is ±0 (NaN is not). Returns (sum_squares, l1, max_abs, nonfinite). */
+/* `check`'s pass: reduce_range's statistics of `count` values read from `fd` at `offset`,
+ * and in the same pieces (whole rows, still in cache) the largest magnitude's bits per row
+ * into `row_out` (uint32, one per row) and, accumulated across calls, per column into
+ * `column_out` (uint32) bits that are zero exactly where every value of the column is ±0
+ * (NaN is not). With `mode` other than NO_AXES, also the axis squares of reduce_range into
+ * `out` (COLUMNS: 2 x columns, the second half stages each piece's sums), so a tensor the
+ * symmetry rules need is read once. Returns (sum_squares, l1, max_abs, nonfinite). */
 static const char *DETAILS_RANGE_KEYWORDS[] = {
     "fd", "offset", "scratch", "dtype_code", "count", "row_width", "columns", "row_out",
-    "column_out", NULL};
+    "column_out", "mode", "out", NULL};
 static PyObject *details_range(PyObject *Py_UNUSED(self), PyObject *args, PyObject *kwargs) {
     Py_buffer scratch, row_out, column_out;
-    int fd, dtype;
+    Py_buffer out = {0};
+    int fd, dtype, mode = NO_AXES;
     long long offset;
     Py_ssize_t count, row_width, columns;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iLw*innnw*w*", (char **)DETAILS_RANGE_KEYWORDS,
-                                     &fd, &offset, &scratch, &dtype, &count, &row_width, &columns,
-                                     &row_out, &column_out))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iLw*innnw*w*|iw*",
+                                     (char **)DETAILS_RANGE_KEYWORDS, &fd, &offset, &scratch,
+                                     &dtype, &count, &row_width, &columns, &row_out, &column_out,
+                                     &mode, &out))
         return NULL;
     Py_ssize_t itemsize = dtype == FLOAT32 ? 4 : 2;
     const char *problem = NULL;
@@ -1461,10 +1465,14 @@ static PyObject *details_range(PyObject *Py_UNUSED(self), PyObject *args, PyObje
     else if (count < 0 || row_width <= 0 || count % row_width || columns <= 0 ||
              row_width % columns)
         problem = "rows must be whole and columns must divide the row width";
+    else if (mode < NO_AXES || mode > MATRIX) problem = "unknown mode";
     Py_ssize_t rows = problem ? 0 : count / row_width;
     Py_ssize_t per_piece = PIECE_BYTES / (row_width * itemsize);
     per_piece = per_piece < 1 ? 1 : per_piece;
-    if (!problem && (row_out.len < rows * 4 || column_out.len < columns * 4))
+    Py_ssize_t needed = mode == ROWS ? rows : mode == COLUMNS ? 2 * columns
+                      : mode == MATRIX ? rows * columns : 0;
+    if (!problem && (row_out.len < rows * 4 || column_out.len < columns * 4 ||
+                     (needed && (out.buf == NULL || out.len < needed * (Py_ssize_t)sizeof(double)))))
         problem = "output too small";
     if (!problem && scratch.len < per_piece * row_width * itemsize)
         problem = "scratch smaller than a row";
@@ -1473,14 +1481,31 @@ static PyObject *details_range(PyObject *Py_UNUSED(self), PyObject *args, PyObje
     if (!problem) {
         Py_BEGIN_ALLOW_THREADS
         uint32_t *marks = (uint32_t *)column_out.buf;
-        void *column_bits = row_width == columns ? calloc((size_t)columns, (size_t)itemsize) : NULL;
+        void *column_bits = row_width == columns && mode == NO_AXES
+                                ? calloc((size_t)columns, (size_t)itemsize)
+                                : NULL;
         for (Py_ssize_t row = 0; row < rows; row += per_piece) {
             Py_ssize_t n = rows - row < per_piece ? rows - row : per_piece;
             error = read_fully(fd, (char *)scratch.buf, (size_t)(n * row_width * itemsize),
                                offset + (long long)row * row_width * itemsize);
             if (error) break;
-            Totals piece = details_block(scratch.buf, dtype, n, row_width, columns,
-                                         (uint32_t *)row_out.buf + row, marks, column_bits);
+            Totals piece;
+            if (mode == NO_AXES) {
+                piece = details_block(scratch.buf, dtype, n, row_width, columns,
+                                      (uint32_t *)row_out.buf + row, marks, column_bits);
+            } else {
+                double *sums = (double *)out.buf;
+                double *target = mode == ROWS     ? sums + row
+                                 : mode == MATRIX ? sums + row * columns
+                                 : row == 0       ? sums
+                                                  : sums + columns;
+                piece = reduce_block(scratch.buf, dtype, n * row_width, row_width, columns, mode,
+                                     target);
+                if (mode == COLUMNS && row > 0)
+                    for (Py_ssize_t c = 0; c < columns; c++) sums[c] += sums[columns + c];
+                maxima_loop(scratch.buf, dtype, n, row_width, columns,
+                            (uint32_t *)row_out.buf + row, marks);
+            }
             add_totals(&totals, piece);
         }
         for (Py_ssize_t c = 0; column_bits && c < columns; c++)
@@ -1492,6 +1517,7 @@ static PyObject *details_range(PyObject *Py_UNUSED(self), PyObject *args, PyObje
     PyBuffer_Release(&scratch);
     PyBuffer_Release(&row_out);
     PyBuffer_Release(&column_out);
+    if (out.buf != NULL) PyBuffer_Release(&out);
     if (raise_failure(problem, error)) return NULL;
     return totals_tuple(totals);
 }

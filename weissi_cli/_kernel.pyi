@@ -80,6 +80,8 @@ def details_range(
     columns: int,
     row_out: Data,
     column_out: Data,
+    mode: int = ...,
+    out: Data = ...,
 ) -> Totals: ...
 def maxima(
     data: Data,

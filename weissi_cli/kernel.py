@@ -111,6 +111,8 @@ class Kernel(Protocol):
         columns: int,
         row_out: Data,
         column_out: Data,
+        mode: int = ...,
+        out: Data = ...,
     ) -> Totals: ...
     def maxima(
         self,

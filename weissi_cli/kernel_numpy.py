@@ -365,20 +365,32 @@ class NumpyKernel:
         columns: int,
         row_out: Data,
         column_out: Data,
+        mode: int = NO_AXES,
+        out: Data | None = None,
     ) -> Totals:
         _whole_rows(count, row_width, columns)
         itemsize = _itemsize(dtype_code)
         row_maxima, column_maxima = self._maxima_outputs(
             count, row_width, columns, row_out, column_out
         )
+        rows = count // row_width
+        needed = {ROWS: rows, COLUMNS: 2 * columns, MATRIX: rows * columns}.get(mode, 0)
+        sums = _doubles(out) if out is not None else np.zeros(0)
+        if sums.size < needed:
+            raise ValueError("output too small")
         view, per_piece = _pieces(count, row_width, scratch, itemsize)
         total = Partial(0.0, 0.0, 0.0, 0)
         for done in range(0, count, per_piece):
             n = min(per_piece, count - done)
             read_fully(fd, view[: n * itemsize], offset + done * itemsize)
-            piece = self._reduce(view, dtype_code, n, 0, 1, NO_AXES, np.zeros(0))
-            total = add_partials(total, piece)
             row = done // row_width
+            target = {ROWS: sums[row:], MATRIX: sums[row * columns :]}.get(
+                mode, sums[columns:] if done else sums
+            )
+            piece = self._reduce(view, dtype_code, n, row_width, columns, mode, target)
+            if mode == COLUMNS and done:
+                sums[:columns] += sums[columns : 2 * columns]
+            total = add_partials(total, piece)
             self._maxima(view, dtype_code, n, row_width, columns, row_maxima[row:], column_maxima)
         return _totals(total)
 

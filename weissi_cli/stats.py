@@ -59,7 +59,7 @@ class TensorStats:
 
 # Per-chunk work items are NamedTuples, not dataclasses: a pass makes hundreds of them (see
 # numpy_reduce.Partial).
-class _Task(NamedTuple):
+class Task(NamedTuple):
     """One chunk of one tensor for a worker thread."""
 
     name: str
@@ -85,7 +85,7 @@ class Worker:
         self.row_maxima = np.zeros(capacity, np.uint32)
 
     def reduce(
-        self, checkpoint: Checkpoint, task: _Task, squares: _SquaresSink | None = None
+        self, checkpoint: Checkpoint, task: Task, squares: SquaresSink | None = None
     ) -> Partial:
         mode = squares.mode(task) if squares is not None else kernel.NO_AXES
         backend = kernel.backend_for(task.dtype, exact=task.exact)
@@ -126,12 +126,12 @@ class Worker:
         return Partial(*totals)
 
 
-def _sums_size(task: _Task, mode: int) -> int:
+def _sums_size(task: Task, mode: int) -> int:
     rows = task.elements // task.row_width
     return {kernel.ROWS: rows, kernel.COLUMNS: task.columns}.get(mode, rows * task.columns)
 
 
-class _SquaresSink:
+class SquaresSink:
     """Axis squares (see `axis_squares`) filled by the statistics pass while each chunk is
     still in cache: a chunk's sums (per row, per column, or per row and column) go into
     the tensor's target. Where the target sums over rows, the chunks' sums are added in
@@ -152,7 +152,7 @@ class _SquaresSink:
         self._next: dict[str, int] = {}
         self._early: dict[str, dict[int, tuple[int, npt.NDArray[np.float64]]]] = {}
 
-    def mode(self, task: _Task) -> int:
+    def mode(self, task: Task) -> int:
         """Which sums a chunk of `task` contributes to its tensor's target."""
         if not task.row_width or task.name not in self.targets:
             return kernel.NO_AXES
@@ -161,7 +161,7 @@ class _SquaresSink:
             return kernel.ROWS
         return kernel.COLUMNS if self._rows_summed(task, target) else kernel.MATRIX
 
-    def store(self, task: _Task, mode: int, sums: npt.NDArray[np.float64]) -> None:
+    def store(self, task: Task, mode: int, sums: npt.NDArray[np.float64]) -> None:
         target = self.targets[task.name]
         rows = task.elements // task.row_width
         first = task.start // task.row_width
@@ -174,7 +174,7 @@ class _SquaresSink:
         else:
             target[first : first + rows] = sums[: rows * task.columns].reshape(rows, task.columns)
 
-    def _add_in_order(self, task: _Task, piece: npt.NDArray[np.float64]) -> None:
+    def _add_in_order(self, task: Task, piece: npt.NDArray[np.float64]) -> None:
         name = task.name
         with self.lock:
             early = self._early.setdefault(name, {})
@@ -190,7 +190,7 @@ class _SquaresSink:
                 self.targets[name][0] = self._sums.pop(name)
 
     @staticmethod
-    def _rows_summed(task: _Task, target: npt.NDArray[np.float32]) -> bool:
+    def _rows_summed(task: Task, target: npt.NDArray[np.float32]) -> bool:
         return target.shape[0] == 1 and task.tensor_rows > 1
 
 
@@ -198,20 +198,20 @@ def _tasks(
     infos: Iterable[TensorInfo],
     chunk_elements: int,
     squared: Mapping[str, tuple[bool, bool]] | None = None,
-) -> Iterator[_Task]:
+) -> Iterator[Task]:
     for info in infos:
         total = info.numel
         if squared is not None and info.name in squared and total:
             yield from row_tasks(info, chunk_elements)
             continue
         if total < EXACT_BELOW:
-            yield _Task(info.name, info.dtype, 0, total, exact=True)
+            yield Task(info.name, info.dtype, 0, total, exact=True)
             continue
         for start in range(0, total, chunk_elements):
-            yield _Task(info.name, info.dtype, start, min(chunk_elements, total - start), False)
+            yield Task(info.name, info.dtype, start, min(chunk_elements, total - start), False)
 
 
-def row_tasks(info: TensorInfo, chunk_elements: int) -> Iterator[_Task]:
+def row_tasks(info: TensorInfo, chunk_elements: int) -> Iterator[Task]:
     """Chunks of whole rows (at least one), so each chunk's axis squares are complete."""
     rows = info.shape[0] if info.shape else 1
     width = info.numel // rows
@@ -220,7 +220,7 @@ def row_tasks(info: TensorInfo, chunk_elements: int) -> Iterator[_Task]:
     per_task = rows if exact else max(1, chunk_elements // width)
     for row in range(0, rows, per_task):
         count = min(per_task, rows - row)
-        yield _Task(info.name, info.dtype, row * width, count * width, exact, width, columns, rows)
+        yield Task(info.name, info.dtype, row * width, count * width, exact, width, columns, rows)
 
 
 def task_elements() -> int:
@@ -259,11 +259,11 @@ def compute_stats_and_squares(
     if missing:
         raise ValueError(f"axis squares asked for tensors outside the pass: {missing}")
     targets = {
-        info.name: _squares_target(info, *squared[info.name])
+        info.name: squares_target(info, *squared[info.name])
         for info in infos
         if info.name in squared
     }
-    sink = _SquaresSink(targets) if targets else None
+    sink = SquaresSink(targets) if targets else None
     tasks = list(_tasks(infos, chunk_elements, squared))
     partials: list[Partial | None] = [None] * len(tasks)
     total_bytes = sum(info.nbytes for info in infos)
@@ -284,7 +284,7 @@ def compute_stats_and_squares(
     return _combine(infos, tasks, partials), targets
 
 
-def _squares_target(
+def squares_target(
     info: TensorInfo, keep_rows: bool, keep_columns: bool
 ) -> npt.NDArray[np.float32]:
     rows = info.shape[0] if info.shape else 1
@@ -293,7 +293,7 @@ def _squares_target(
 
 
 def _combine(
-    infos: list[TensorInfo], tasks: list[_Task], partials: list[Partial | None]
+    infos: list[TensorInfo], tasks: list[Task], partials: list[Partial | None]
 ) -> dict[str, TensorStats]:
     grouped: dict[str, list[Partial]] = {info.name: [] for info in infos}
     for task, partial in zip(tasks, partials, strict=True):

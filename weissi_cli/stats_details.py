@@ -1,11 +1,11 @@
 """Statistics with what `check` needs beyond them, in the same pass: dead rows and columns
-(a whole slice of zeros) and, on request, how many values float16 or bfloat16 would overflow
-or flush to zero."""
+(a whole slice of zeros), the axis squares its symmetry rules solve from and, on request,
+how many values float16 or bfloat16 would overflow or flush to zero."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -20,9 +20,12 @@ from weissi_cli.numpy_reduce import Partial
 from weissi_cli.stats import (
     EXACT_BELOW,
     THREADS_ABOVE_BYTES,
+    SquaresSink,
+    Task,
     TensorStats,
     Worker,
     combine,
+    squares_target,
     task_elements,
 )
 from weissi_cli.threads import run_round_robin, single_threaded_blas
@@ -60,48 +63,55 @@ def compute_stats_and_details(
     headroom: bool = False,
     threads: int = 2,
     chunk_elements: int | None = None,
-) -> tuple[dict[str, TensorStats], dict[str, TensorDetails]]:
-    """Statistics and details in one pass over row-aligned chunks."""
+    squared: Mapping[str, tuple[bool, bool]] | None = None,
+) -> tuple[dict[str, TensorStats], dict[str, TensorDetails], dict[str, npt.NDArray[np.float32]]]:
+    """Statistics, details and, for the tensors in `squared` (a name to the axes to keep),
+    the axis squares of `stats.axis_squares`, in one pass over row-aligned chunks."""
     chunk_elements = chunk_elements or task_elements()
     if names is None:
         infos = [info for info in checkpoint.tensors if info.is_supported_float]
     else:
         infos = [checkpoint.info(name) for name in names]
-    tasks: list[tuple[TensorInfo, int, int]] = []  # (tensor, first row, rows)
-    for info in infos:
-        rows = info.shape[0] if info.shape else 1
-        width = info.numel // rows if rows else 0
-        per_task = max(1, chunk_elements // max(width, 1))
-        tasks += [(info, row, min(per_task, rows - row)) for row in range(0, rows, per_task)]
+    squared = squared or {}
+    missing = [name for name in squared if name not in {info.name for info in infos}]
+    if missing:
+        raise ValueError(f"axis squares asked for tensors outside the pass: {missing}")
+    targets = {
+        info.name: squares_target(info, *squared[info.name])
+        for info in infos
+        if info.name in squared
+    }
+    sink = SquaresSink(targets)
+    tasks = [task for info in infos for task in _row_tasks(info, chunk_elements)]
     partials: list[Partial | None] = [None] * len(tasks)
     parts: dict[str, list[tuple[int, _DetailParts]]] = {info.name: [] for info in infos}
     lock = threading.Lock()
-    capacity = max(
-        [
-            chunk_elements,
-            EXACT_BELOW,
-            *(i.numel // max(i.shape[0] if i.shape else 1, 1) for i in infos),
-        ]
-    )
+    capacity = max([chunk_elements, EXACT_BELOW, *(task.elements for task in tasks)])
 
     def reduce(index: int, worker: Worker) -> None:
-        info, row, count = tasks[index]
-        rows = info.shape[0] if info.shape else 1
-        width = info.numel // rows if rows else 0
+        task = tasks[index]
+        info = checkpoint.info(task.name)
+        width = task.row_width
+        row, count = (task.start // width, task.elements // width) if width else (0, 0)
         # headroom counts need the values decoded by numpy: the statistics beside them are
         # numpy's too, from one backend for the whole chunk
-        backend = kernel.backend_for(info.dtype, exact=info.numel < EXACT_BELOW, numpy=headroom)
+        backend = kernel.backend_for(info.dtype, exact=task.exact, numpy=headroom)
+        mode = sink.mode(task)
         matrix = len(info.shape) >= 2 and width > 0
         located = checkpoint.locate(info.name) if matrix and not headroom else None
         if located is not None:
-            partials[index], found = _details_in_file(backend, located, info, row, count, worker)
+            partials[index], found = _details_in_file(
+                backend, located, info, row, count, worker, mode
+            )
         else:
-            raw = checkpoint.read_raw(info.name, row * width, count * width, worker.raw)
+            raw = checkpoint.read_raw(info.name, task.start, task.elements, worker.raw)
             raw = np.ascontiguousarray(raw)
-            partials[index], found = _chunk_details(backend, raw, info, count, width, worker)
+            partials[index], found = _chunk_details(backend, raw, info, count, width, worker, mode)
             if headroom:
                 overflow, underflow = _headroom(decode(raw, info.dtype))
                 found = _DetailParts(found.rows, found.columns, overflow, underflow)
+        if mode:
+            sink.store(task, mode, worker.sums)
         with lock:
             parts[info.name].append((row, found))
 
@@ -109,12 +119,25 @@ def compute_stats_and_details(
     with single_threaded_blas():
         run_round_robin(range(len(tasks)), lambda: Worker(capacity), reduce, workers)
     grouped: dict[str, list[Partial]] = {info.name: [] for info in infos}
-    for (info, _, _), partial in zip(tasks, partials, strict=True):
+    for task, partial in zip(tasks, partials, strict=True):
         assert partial is not None
-        grouped[info.name].append(partial)
+        grouped[task.name].append(partial)
     stats = {info.name: combine(info, grouped[info.name]) for info in infos}
     details = {info.name: _merge_details(info, parts[info.name]) for info in infos}
-    return stats, details
+    return stats, details, targets
+
+
+def _row_tasks(info: TensorInfo, chunk_elements: int) -> Iterator[Task]:
+    """`stats.row_tasks`, so both passes sum the same pieces, and for tensors without
+    values too (a tensor of no rows has no task)."""
+    rows = info.shape[0] if info.shape else 1
+    width = info.numel // rows if rows else 0
+    columns = info.shape[1] if len(info.shape) > 1 else 1
+    exact = info.numel < EXACT_BELOW
+    per_task = max(1, rows if exact else chunk_elements // max(width, 1))
+    for row in range(0, rows, per_task):
+        count = min(per_task, rows - row)
+        yield Task(info.name, info.dtype, row * width, count * width, exact, width, columns, rows)
 
 
 def _details_in_file(
@@ -124,6 +147,7 @@ def _details_in_file(
     row: int,
     rows: int,
     worker: Worker,
+    mode: int,
 ) -> tuple[Partial, _DetailParts]:
     """_chunk_details with the backend reading the file itself, in cache-sized pieces."""
     fd, begin, path = located
@@ -143,6 +167,8 @@ def _details_in_file(
             columns=columns,
             row_out=row_maxima,
             column_out=column_maxima,
+            mode=mode,
+            out=worker.sums,
         )
     except EOFError:
         raise ended_early(path) from None
@@ -156,19 +182,20 @@ def _chunk_details(
     rows: int,
     width: int,
     worker: Worker,
+    mode: int,
 ) -> tuple[Partial, _DetailParts]:
-    """Statistics and dead rows/columns of a row-aligned chunk: two passes over the chunk
-    while it is in cache. A zero largest magnitude marks a dead row or column (a NaN's
-    bits are not zero)."""
+    """Statistics, axis squares by `mode` (into `worker.sums`) and dead rows/columns of a
+    row-aligned chunk: two passes over the chunk while it is in cache. A zero largest
+    magnitude marks a dead row or column (a NaN's bits are not zero)."""
     code = kernel.DTYPE_CODES[info.dtype]
     count = rows * width
     totals = backend.reduce_chunk(
         data=raw,
         dtype_code=code,
         count=count,
-        row_width=0,
-        columns=1,
-        mode=kernel.NO_AXES,
+        row_width=width if mode else 0,
+        columns=(info.shape[1] if len(info.shape) > 1 else 1) if mode else 1,
+        mode=mode,
         out=worker.sums,
     )
     partial = Partial(*totals)

@@ -109,3 +109,34 @@ def test_squares_summed_over_rows_do_not_depend_on_which_thread_finishes_first(
                 assert both[name].tobytes() == alone[name].tobytes(), name
     for name, value in state.items():
         np.testing.assert_allclose(alone[name], reference(value, keep[name]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("keep", KEEPS)
+@pytest.mark.parametrize("chunk", [1 << 10, 1 << 21])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_checks_pass_gives_the_same_squares_bit_for_bit(
+    checkpoint_path: Path, keep: tuple[bool, bool], chunk: int, threads: int
+) -> None:
+    """check's pass (statistics, dead units and squares together) and the statistics pass
+    give the same squares to the last bit, so both routes solve to the same report."""
+    from weissi_cli.stats_details import compute_stats_and_details
+
+    with open_checkpoint(checkpoint_path) as checkpoint:
+        names = [info.name for info in checkpoint.tensors if info.is_supported_float]
+        wanted = dict.fromkeys(names, keep)
+        _, expected = compute_stats_and_squares(
+            checkpoint, threads=threads, chunk_elements=chunk, squared=wanted
+        )
+        found_stats, details, found = compute_stats_and_details(
+            checkpoint, threads=threads, chunk_elements=chunk, squared=wanted
+        )
+        plain_stats, plain_details, nothing = compute_stats_and_details(
+            checkpoint, threads=threads, chunk_elements=chunk
+        )
+    assert nothing == {}
+    assert found.keys() == expected.keys() == set(names)
+    for name in names:
+        assert found[name].tobytes() == expected[name].tobytes(), name
+        assert details[name] == plain_details[name], name
+        assert found_stats[name].nonfinite == plain_stats[name].nonfinite
+        assert found_stats[name].fro_norm == pytest.approx(plain_stats[name].fro_norm, rel=1e-6)

@@ -185,6 +185,63 @@ def test_reduce_range_reads_in_pieces_what_reduce_chunk_gives(
     np.testing.assert_allclose(pieces[:size], whole[:size], rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("mode", [kernel.ROWS, kernel.COLUMNS, kernel.MATRIX])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("specials", [0, 2])
+def test_details_range_gives_reduce_ranges_squares_beside_the_marks(
+    tmp_path: Path, name: str, mode: int, dtype: str, specials: int
+) -> None:
+    """check's pass takes the symmetry rules' axis squares with the dead-unit marks: the
+    same pieces, so the same squares and totals as reduce_range to the last bit."""
+    backend = backend_named(name)
+    rows, columns, inner = 1201, 37, 3  # more than one piece of the 256 KiB scratch
+    width = columns * inner
+    raw = random_raw(rows * width, dtype, 11, specials=specials)
+    raw.reshape(rows, width)[5] = 0  # a dead row
+    arguments = {
+        "dtype_code": kernel.DTYPE_CODES[dtype],
+        "count": raw.size,
+        "row_width": width,
+        "columns": columns,
+        "scratch": bytearray(1 << 18),
+        "offset": 24,
+    }
+    fd, _ = write(tmp_path, raw)
+    try:
+        alone = np.zeros(rows * columns + 2 * columns)
+        expected = backend.reduce_range(fd=fd, mode=mode, out=alone, **arguments)
+        marks = np.zeros(rows, np.uint32), np.zeros(columns, np.uint32)
+        backend.details_range(fd=fd, row_out=marks[0], column_out=marks[1], **arguments)
+        found_marks = np.zeros(rows, np.uint32), np.zeros(columns, np.uint32)
+        beside = np.full(rows * columns + 2 * columns, 7.0)
+        found = backend.details_range(
+            fd=fd,
+            row_out=found_marks[0],
+            column_out=found_marks[1],
+            mode=mode,
+            out=beside,
+            **arguments,
+        )
+        with pytest.raises(ValueError, match="output too small"):
+            backend.details_range(
+                fd=fd,
+                row_out=found_marks[0],
+                column_out=found_marks[1],
+                mode=mode,
+                out=np.zeros(1),
+                **arguments,
+            )
+    finally:
+        os.close(fd)
+    size = {kernel.ROWS: rows, kernel.COLUMNS: columns, kernel.MATRIX: rows * columns}[mode]
+    assert np.array_equal(beside[:size], alone[:size], equal_nan=True)
+    assert found == expected or (math.isnan(found[0]) and found[1:] == expected[1:])
+    assert np.array_equal(found_marks[0] != 0, marks[0] != 0)
+    assert np.array_equal(found_marks[1] != 0, marks[1] != 0)
+    assert not found_marks[0][5]
+
+
 def rounded_once(value: float, factor: float, dtype: str) -> int:
     """The storage bits of value · factor rounded once, to nearest even, from the exact
     product (Fractions): the double-rounded candidate and its neighbours are compared."""

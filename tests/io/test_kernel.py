@@ -231,11 +231,11 @@ def test_dead_units_found_by_the_kernel_equal_numpys(
         state[f"bias.{name}"] = torch.randn(70000, generator=generator).to(dtype)
     path = write_safetensors(tmp_path / "dead.safetensors", state)
     with open_checkpoint(path) as checkpoint:
-        compiled_stats, compiled_details = compute_stats_and_details(
+        compiled_stats, compiled_details, _ = compute_stats_and_details(
             checkpoint, chunk_elements=4096
         )
         monkeypatch.setattr(kernel, "compiled", None)
-        numpy_stats, numpy_details = compute_stats_and_details(checkpoint, chunk_elements=4096)
+        numpy_stats, numpy_details, _ = compute_stats_and_details(checkpoint, chunk_elements=4096)
     for name in state:
         assert compiled_details[name].zero_rows == numpy_details[name].zero_rows, name
         assert compiled_details[name].zero_columns == numpy_details[name].zero_columns, name

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from weissi_cli.api.symmetries import solve_group
+from weissi_cli.api.symmetries import SquaresToRead, solve_group
 from weissi_cli.api.trend import CHECKPOINT_SUFFIXES, GLOB_CHARACTERS, factor_spread
 from weissi_cli.balance.analysis import ChainAnalysis, analyse_chain
+from weissi_cli.balance.factors import Squares
 from weissi_cli.config import CheckSettings
 from weissi_cli.errors import InputError, UsageError, WeissiError
 from weissi_cli.io import detect_format, open_checkpoint
@@ -19,7 +20,7 @@ from weissi_cli.ir import Structure
 from weissi_cli.progress import phase
 from weissi_cli.report.check import CheckError, CheckReport, CheckRun, RuleResult
 from weissi_cli.report.common import Source
-from weissi_cli.stats import TensorStats
+from weissi_cli.stats import TensorStats, axis_squares
 from weissi_cli.stats_details import TensorDetails, compute_stats_and_details
 from weissi_cli.structure import discover
 from weissi_cli.structure.source import StructureSource
@@ -67,18 +68,34 @@ def check_checkpoint(
     settings = settings or CheckSettings()
     with phase(f"checking {path.name}"), open_checkpoint(path) as checkpoint:
         structure = discover(checkpoint, StructureSource.of(spec))
-        stats, details = compute_stats_and_details(
-            checkpoint, headroom=settings.fp16_headroom, threads=threads
+        solving = (
+            settings.max_l2_ratio is not None or settings.max_imbalance is not None
+        ) and bool(structure.symmetries)
+        in_pass = {info.name for info in checkpoint.tensors if info.is_supported_float}
+        wanted = (
+            SquaresToRead.of(checkpoint, structure, False, "layer", in_pass) if solving else None
+        )
+        # The squares the symmetry rules solve from come from the same pass, except where
+        # headroom counts put the pass on numpy: the kernel's squares are the ones solved
+        # from everywhere else, and the reports stay the same to the last digit.
+        squared = (
+            {n: keep for n, keep in wanted.held.items() if n in in_pass}
+            if wanted is not None and not settings.fp16_headroom
+            else {}
+        )
+        stats, details, read = compute_stats_and_details(
+            checkpoint, headroom=settings.fp16_headroom, threads=threads, squared=squared
         )
         results: list[RuleResult] = []
         for name in stats:
             results += _tensor_rules(stats[name], details[name], settings)
         rebalance = f"`weissi rebalance {path} -o OUT`"
         results += _structure_rules(structure, stats, settings, rebalance)
-        if (settings.max_l2_ratio is not None or settings.max_imbalance is not None) and (
-            structure.symmetries
-        ):
-            results += _symmetry_rules(checkpoint, structure, stats, settings, rebalance, threads)
+        if wanted is not None:
+            rest = {n: keep for n, keep in wanted.held.items() if n not in squared}
+            read = {**read, **(axis_squares(checkpoint, list(rest), threads, rest) if rest else {})}
+            squares = wanted.assemble(checkpoint, stats, read, threads)
+            results += _symmetry_rules(checkpoint, structure, stats, squares, settings, rebalance)
         return CheckReport(
             source=Source.of(checkpoint, str(path)),
             settings=settings,
@@ -263,9 +280,9 @@ def _symmetry_rules(
     checkpoint: Checkpoint,
     structure: Structure,
     stats: dict[str, TensorStats],
+    squares: Mapping[str, Squares],
     settings: CheckSettings,
     rebalance: str,
-    threads: int,
 ) -> list[RuleResult]:
     """The rules on the free symmetries (a graph's, a config's or a spec's) solved
     together: L2 over its layer-wise minimum, and the spread of the optimal factors (a
@@ -284,7 +301,7 @@ def _symmetry_rules(
         reason = f"not evaluated: {broken[0]} holds NaN or Inf (see the non-finite rule)"
         return [_skip(rule, "symmetries", t, names, reason) for rule, t in asked]
     solved = solve_group(checkpoint, structure, include_bias=False, granularity="layer",
-                         threads=threads, stats=stats)  # fmt: skip
+                         stats=stats, squares=squares)  # fmt: skip
     group = solved[0] if solved is not None else None
     results = []
     for rule, threshold in asked:

@@ -4,7 +4,8 @@ any solving, shared by inspect, rebalance and diff."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -59,23 +60,10 @@ def solve_group(
     if not structure.symmetries and not structure.stops:
         return None
     if squares is None:
-        plan = group_squares_plan(checkpoint, structure, include_bias)
-        uniform = _uniform(checkpoint, structure, plan) if granularity == "layer" else {}
-        plan = _summed_where_uniform(plan, uniform)
-        known = _totals(plan, stats) if stats is not None else {}
-        streamed = streamed_names(checkpoint, plan)
-        held = {
-            name: keep for name, keep in plan.items() if name not in streamed and name not in known
-        }
-        squares = _as_uniform(
-            checkpoint,
-            {
-                **known,
-                **(axis_squares(checkpoint, list(held), threads, held) if held else {}),
-                **{name: StreamedSquares(checkpoint, name, threads) for name in streamed},
-            },
-            uniform,
-        )
+        wanted = SquaresToRead.of(checkpoint, structure, include_bias, granularity, stats or ())
+        held = wanted.held
+        read = axis_squares(checkpoint, list(held), threads, held) if held else {}
+        squares = wanted.assemble(checkpoint, stats or {}, read, threads)
     layer = solve(structure.symmetries, squares, granularity="layer")
     channel = solve(structure.symmetries, squares) if granularity == "channel" else None
     group = SymmetryGroup(
@@ -89,6 +77,59 @@ def solve_group(
         lambdas=lambdas,
     )
     return group, squares
+
+
+@dataclass(frozen=True)
+class SquaresToRead:
+    """What `solve_group` needs of the checkpoint beyond the statistics: the axis squares of
+    `held` (a name to the axes to keep), read by the caller (in its own pass, or by
+    `axis_squares`); of the rest, `totals` take their total from the statistics and
+    `streamed` are streamed by the solver."""
+
+    uniform: Mapping[str, tuple[bool, bool]]
+    totals: frozenset[str]
+    streamed: frozenset[str]
+    held: Mapping[str, tuple[bool, bool]]
+
+    @classmethod
+    def of(
+        cls,
+        checkpoint: Checkpoint,
+        structure: Structure,
+        include_bias: bool,
+        granularity: str,
+        with_stats: Iterable[str] = (),
+    ) -> SquaresToRead:
+        """`with_stats`: the tensors whose statistics are known when the squares are
+        assembled (a tensor whose squares sum to one value then needs no reading)."""
+        plan = group_squares_plan(checkpoint, structure, include_bias)
+        uniform = _uniform(checkpoint, structure, plan) if granularity == "layer" else {}
+        plan = _summed_where_uniform(plan, uniform)
+        stated = set(with_stats)
+        totals = {name for name, keep in plan.items() if not any(keep) and name in stated}
+        streamed = streamed_names(checkpoint, plan)
+        held = {
+            name: keep for name, keep in plan.items() if name not in streamed and name not in totals
+        }
+        return cls(uniform, frozenset(totals), frozenset(streamed), held)
+
+    def assemble(
+        self,
+        checkpoint: Checkpoint,
+        stats: Mapping[str, TensorStats],
+        read: Mapping[str, Squares],
+        threads: int,
+    ) -> dict[str, Squares]:
+        """The squares of every penalised tensor, from `read` (the squares of `held`)."""
+        return _as_uniform(
+            checkpoint,
+            {
+                **_totals(dict.fromkeys(self.totals, (False, False)), stats),
+                **read,
+                **{name: StreamedSquares(checkpoint, name, threads) for name in self.streamed},
+            },
+            self.uniform,
+        )
 
 
 def statistics_pass(

@@ -234,6 +234,8 @@ def check_destinations(
 ) -> None:
     """Refuse, before any work, output files that cannot be written, that would replace an
     input, or that two options name: (option, path) pairs, None for options not given."""
+    if all(path is None for _, path in destinations):
+        return  # nothing to write: the output modules need not load
     from weissi_cli.errors import UsageError
     from weissi_cli.output_files import check_file_destination
 

@@ -114,16 +114,20 @@ def structure_source(
     """The `StructureSource` the structure options describe (validated once, here)."""
     from weissi_cli.errors import UsageError
     from weissi_cli.structure.source import StructureSource
-    from weissi_cli.structure.trace import parse_shape
 
     if model is None and example_shape:
         raise UsageError("--example-shape is for --model; pass the model's code with --model")
     if model is not None and spec is not None:
         raise UsageError("--spec and --model both give the structure; pass one of them")
+    shapes: tuple[tuple[int, ...], ...] = ()
+    if example_shape:  # the tracing module loads only for a model's code
+        from weissi_cli.structure.trace import parse_shape
+
+        shapes = tuple(parse_shape(text) for text in example_shape)
     return StructureSource(
         spec=spec,
         model=model,
-        example_shapes=tuple(parse_shape(text) for text in example_shape or ()),
+        example_shapes=shapes,
         example_dtype=example_dtype,
         allow_approximate=allow_approximate,
     )

@@ -61,11 +61,11 @@ def discover(
         from weissi_cli.structure.trace import from_program
 
         return structure_from_traced(from_program(program, names), checkpoint)
-    from weissi_cli.io.onnx_file import OnnxCheckpoint
-
-    if isinstance(checkpoint, OnnxCheckpoint):
+    if checkpoint.format == "onnx":  # the ONNX modules load only for ONNX files
+        from weissi_cli.io.onnx_file import OnnxCheckpoint
         from weissi_cli.structure.onnx_front import from_onnx
 
+        assert isinstance(checkpoint, OnnxCheckpoint)
         return structure_from_traced(from_onnx(checkpoint), checkpoint)
     config = find_config(checkpoint.path)
     if config is not None:
