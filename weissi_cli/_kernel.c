@@ -8,6 +8,8 @@
  *   rows small enough to stay in cache between the read's copy and the pass.
  * - Scaling: each value times its factor, rounded once (FMA round-to-odd, then one rounding).
  * - Checking: every rewritten value against its original times the planned factor.
+ * - Products: the channel solver's products with the squares of tensors too large to hold,
+ *   squared and multiplied as read.
  *
  * Why C: numpy needs five or six passes over a chunk for the statistics alone (decode, abs,
  * max, squares, L1, axis sums), which left bfloat16 at a third of memory bandwidth. Here
@@ -2037,6 +2039,150 @@ static PyObject *compare_chunk(PyObject *Py_UNUSED(self), PyObject *args, PyObje
                          same_scale);
 }
 
+/* --- The channel solver's products over streamed squares ------------------------------ */
+
+/* The square the statistics pass stores for the entry of `inner` values at `first`: their
+ * squares summed in double, non-finite values left out, rounded once to float. */
+static inline double entry_square(const void *data, int dtype, Py_ssize_t first,
+                                  Py_ssize_t inner) {
+    double sum = 0.0;
+    for (Py_ssize_t k = 0; k < inner; k++) {
+        float value = value_at(data, dtype, first + k);
+        if (isfinite(value)) sum += (double)value * (double)value;
+    }
+    return (double)(float)sum;
+}
+
+/* square_products without AVX2, and for float16 or several values per entry. */
+static void square_products_portable(const void *data, int dtype, Py_ssize_t rows,
+                                      Py_ssize_t columns, Py_ssize_t inner, int mode,
+                                      const double *vector, double *out) {
+    if (mode == COLUMNS) memset(out, 0, (size_t)columns * sizeof(double));
+    for (Py_ssize_t row = 0; row < rows; row++) {
+        Py_ssize_t first = row * columns * inner;
+        double sum = 0.0;
+        for (Py_ssize_t column = 0; column < columns; column++) {
+            double square = entry_square(data, dtype, first + column * inner, inner);
+            if (mode == ROWS) sum += square * vector[column];
+            else out[column] += vector[row] * square;
+        }
+        if (mode == ROWS) out[row] = sum;
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* Eight float32 or bfloat16 values from data[k] as float32, and their squares with the
+ * non-finite values' squares set to 0 (a float32 square is the double square rounded
+ * once: what entry_square gives for one value). */
+__attribute__((target("avx2,fma"), always_inline))
+static inline __m256 squares8(const void *data, int dtype, Py_ssize_t k) {
+    __m256i bits;
+    if (dtype == FLOAT32) {
+        bits = _mm256_loadu_si256((const __m256i *)((const float *)data + k));
+    } else {
+        __m128i narrow = _mm_loadu_si128((const __m128i *)((const uint16_t *)data + k));
+        bits = _mm256_slli_epi32(_mm256_cvtepu16_epi32(narrow), 16);
+    }
+    __m256i magnitude = _mm256_and_si256(bits, _mm256_set1_epi32(0x7FFFFFFF));
+    __m256i finite = _mm256_cmpgt_epi32(_mm256_set1_epi32(0x7F800000), magnitude);
+    __m256 value = _mm256_castsi256_ps(bits);
+    return _mm256_and_ps(_mm256_mul_ps(value, value), _mm256_castsi256_ps(finite));
+}
+
+/* square_products for float32 or bfloat16 with one value per entry: eight entries a step,
+ * widened to double for the products. */
+__attribute__((target("avx2,fma")))
+static void square_products_avx2(const void *data, int dtype, Py_ssize_t rows,
+                                 Py_ssize_t columns, int mode, const double *vector,
+                                 double *out) {
+    Py_ssize_t whole = columns - columns % 8;
+    if (mode == COLUMNS) memset(out, 0, (size_t)columns * sizeof(double));
+    for (Py_ssize_t row = 0; row < rows; row++) {
+        Py_ssize_t first = row * columns;
+        if (mode == ROWS) {
+            __m256d low = _mm256_setzero_pd(), high = _mm256_setzero_pd();
+            for (Py_ssize_t column = 0; column < whole; column += 8) {
+                __m256 squares = squares8(data, dtype, first + column);
+                low = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(squares)),
+                                      _mm256_loadu_pd(vector + column), low);
+                high = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(squares, 1)),
+                                       _mm256_loadu_pd(vector + column + 4), high);
+            }
+            double lanes[4];
+            _mm256_storeu_pd(lanes, _mm256_add_pd(low, high));
+            double sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+            for (Py_ssize_t column = whole; column < columns; column++)
+                sum += entry_square(data, dtype, first + column, 1) * vector[column];
+            out[row] = sum;
+        } else {
+            __m256d weight = _mm256_set1_pd(vector[row]);
+            for (Py_ssize_t column = 0; column < whole; column += 8) {
+                __m256 squares = squares8(data, dtype, first + column);
+                double *target = out + column;
+                _mm256_storeu_pd(target,
+                                 _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(squares)),
+                                                 weight, _mm256_loadu_pd(target)));
+                _mm256_storeu_pd(target + 4,
+                                 _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(squares, 1)),
+                                                 weight, _mm256_loadu_pd(target + 4)));
+            }
+            for (Py_ssize_t column = whole; column < columns; column++)
+                out[column] += vector[row] * entry_square(data, dtype, first + column, 1);
+        }
+    }
+}
+#endif
+
+/* The channel solver's products with the squares of `count` values in rows of `row_width`
+ * (`columns` entries of row_width / columns values each), in double: ROWS out[r] =
+ * sum_c Q[r, c] * vector[c]; COLUMNS out[c] = sum_r vector[r] * Q[r, c] (written, not
+ * added), with Q the squares the statistics pass stores (see entry_square). One pass over
+ * the values, which stay as stored: numpy squared and widened every chunk into two more
+ * buffers first. Sums run in a different order from numpy's, so results differ from the
+ * numpy backend's in the last bits. */
+static const char *SQUARE_PRODUCTS_KEYWORDS[] = {
+    "data", "dtype_code", "count", "row_width", "columns", "mode", "vector", "out", NULL};
+static PyObject *square_products(PyObject *Py_UNUSED(self), PyObject *args, PyObject *kwargs) {
+    Py_buffer data, vector, out;
+    int dtype, mode;
+    Py_ssize_t count, row_width, columns;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*innniy*w*",
+                                     (char **)SQUARE_PRODUCTS_KEYWORDS, &data, &dtype, &count,
+                                     &row_width, &columns, &mode, &vector, &out))
+        return NULL;
+    Py_ssize_t itemsize = dtype == FLOAT32 ? 4 : 2;
+    const char *problem = NULL;
+    if (dtype < FLOAT32 || dtype > FLOAT16) problem = "unknown dtype code";
+    else if (mode != ROWS && mode != COLUMNS) problem = "square_products takes ROWS or COLUMNS";
+    else if (count < 0 || row_width <= 0 || count % row_width || columns <= 0 ||
+             row_width % columns)
+        problem = "rows must be whole and columns must divide the row width";
+    else if (data.len < count * itemsize) problem = "buffer smaller than count";
+    Py_ssize_t rows = problem ? 0 : count / row_width;
+    Py_ssize_t want_in = mode == ROWS ? columns : rows, want_out = mode == ROWS ? rows : columns;
+    if (!problem && (vector.len < want_in * (Py_ssize_t)sizeof(double) ||
+                     out.len < want_out * (Py_ssize_t)sizeof(double)))
+        problem = "vector or output too small";
+    if (!problem) {
+        Py_ssize_t inner = row_width / columns;
+        const double *weights = (const double *)vector.buf;
+        double *sums = (double *)out.buf;
+        Py_BEGIN_ALLOW_THREADS
+#if defined(__x86_64__) && defined(__GNUC__)
+        if (inner == 1 && dtype != FLOAT16 && has_avx2_fma())
+            square_products_avx2(data.buf, dtype, rows, columns, mode, weights, sums);
+        else
+#endif
+            square_products_portable(data.buf, dtype, rows, columns, inner, mode, weights, sums);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&vector);
+    PyBuffer_Release(&out);
+    if (raise_failure(problem, 0)) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"reduce_chunk", (PyCFunction)(void (*)(void))reduce_chunk, METH_VARARGS | METH_KEYWORDS,
      "reduce_chunk(data, dtype_code, count, row_width, columns, mode, out) -> "
@@ -2056,7 +2202,12 @@ static PyMethodDef methods[] = {
      "place, rounding once"},
     {"details_range", (PyCFunction)(void (*)(void))details_range, METH_VARARGS | METH_KEYWORDS,
      "details_range(fd, offset, scratch, dtype_code, count, row_width, columns, row_out, "
-     "column_out) -> (sum_squares, l1, max_abs, nonfinite), with maxima per row and column"},
+     "column_out, mode=0, out) -> (sum_squares, l1, max_abs, nonfinite), with maxima per row "
+     "and column and, by mode, the axis squares"},
+    {"square_products", (PyCFunction)(void (*)(void))square_products,
+     METH_VARARGS | METH_KEYWORDS,
+     "square_products(data, dtype_code, count, row_width, columns, mode, vector, out): the "
+     "squares' products with a vector per row (ROWS) or per column (COLUMNS), in double"},
     {"maxima", (PyCFunction)(void (*)(void))maxima, METH_VARARGS | METH_KEYWORDS,
      "maxima(data, dtype_code, count, row_width, columns, row_out, column_out): the largest "
      "magnitude bits per row (uint32) and, max-accumulated, per column"},

@@ -83,6 +83,16 @@ def details_range(
     mode: int = ...,
     out: Data = ...,
 ) -> Totals: ...
+def square_products(
+    data: Data,
+    dtype_code: int,
+    count: int,
+    row_width: int,
+    columns: int,
+    mode: int,
+    vector: Data,
+    out: Data,
+) -> None: ...
 def maxima(
     data: Data,
     dtype_code: int,

@@ -114,6 +114,17 @@ class Kernel(Protocol):
         mode: int = ...,
         out: Data = ...,
     ) -> Totals: ...
+    def square_products(
+        self,
+        data: Data,
+        dtype_code: int,
+        count: int,
+        row_width: int,
+        columns: int,
+        mode: int,
+        vector: Data,
+        out: Data,
+    ) -> None: ...
     def maxima(
         self,
         data: Data,

@@ -188,6 +188,42 @@ def _side(
     return _Side(code, scalar, factors, along)
 
 
+class _SquareBuffers(threading.local):
+    """Each thread's buffers for `stored_squares`, grown to the largest chunk it has seen."""
+
+    single: npt.NDArray[np.float32] = np.empty(0, np.float32)
+    double: npt.NDArray[np.float64] = np.empty(0, np.float64)
+
+    def grown(self, count: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]:
+        if self.single.size < count:
+            self.single = np.empty(count, np.float32)
+            self.double = np.empty(count, np.float64)
+        return self.single[:count], self.double[:count]
+
+
+_SQUARES = _SquareBuffers()
+
+
+@np.errstate(over="ignore", under="ignore", invalid="ignore")
+def stored_squares(values: FloatArray, rows: int, columns: int) -> npt.NDArray[np.float64]:
+    """Decoded values' [rows, columns] squares as the statistics pass stores them: float32,
+    summed over the axes after the second, non-finite values counted as 0; in float64 (a
+    thread buffer, valid until the thread's next call)."""
+    count = values.size
+    if values.dtype == np.float32 and count == rows * columns:
+        single, double = _SQUARES.grown(count)
+        # a float32 square is the float64 square rounded once: what the pass stores
+        np.multiply(values, values, out=single)
+        if np.isfinite(single.max(initial=0.0)):
+            np.copyto(double, single)
+            return double.reshape(rows, columns)
+    wide = np.square(values.astype(np.float64))
+    wide[~np.isfinite(values)] = 0.0
+    inner = count // (rows * columns) if rows * columns else 1
+    summed: npt.NDArray[np.float64] = wide.reshape(rows, columns, inner).sum(axis=2)
+    return summed.astype(np.float32).astype(np.float64)
+
+
 @dataclass(frozen=True)
 class NumpyKernel:
     """`kernel.Kernel` by numpy, for every dtype code; `exact` reduces each chunk in float64.
@@ -393,6 +429,31 @@ class NumpyKernel:
             total = add_partials(total, piece)
             self._maxima(view, dtype_code, n, row_width, columns, row_maxima[row:], column_maxima)
         return _totals(total)
+
+    def square_products(
+        self,
+        data: Data,
+        dtype_code: int,
+        count: int,
+        row_width: int,
+        columns: int,
+        mode: int,
+        vector: Data,
+        out: Data,
+    ) -> None:
+        _whole_rows(count, row_width, columns)
+        if mode not in (ROWS, COLUMNS):
+            raise ValueError("square_products takes ROWS or COLUMNS")
+        rows = count // row_width
+        weights, sums = _doubles(vector), _doubles(out)
+        wanted, given = (columns, rows) if mode == ROWS else (rows, columns)
+        if weights.size < wanted or sums.size < given:
+            raise ValueError("vector or output too small")
+        squares = stored_squares(_decoded(_raw(data, dtype_code, count), dtype_code), rows, columns)
+        if mode == ROWS:
+            np.dot(squares, weights[:columns], out=sums[:rows])
+        else:
+            sums[:columns] = weights[:rows] @ squares
 
     def maxima(
         self,

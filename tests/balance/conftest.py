@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from weissi_cli.balance import streamed
@@ -14,11 +16,12 @@ def streamed_passes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     over streamed squares reads, once per pass."""
     monkeypatch.setattr(streamed, "HELD_BYTES", 0)
     passes: list[str] = []
-    original = StreamedSquares._stream
+    for method in ("_stream", "_products"):  # every pass goes through one of the two
+        original = getattr(StreamedSquares, method)
 
-    def counted(self: StreamedSquares, product: object) -> None:
-        passes.append(self.name)
-        original(self, product)  # type: ignore[arg-type]
+        def counted(self: StreamedSquares, *args: object, original: Any = original) -> None:
+            passes.append(self.name)
+            original(self, *args)
 
-    monkeypatch.setattr(StreamedSquares, "_stream", counted)
+        monkeypatch.setattr(StreamedSquares, method, counted)
     return passes

@@ -740,3 +740,61 @@ def test_the_selector_takes_numpy_where_the_kernel_does_not_fit(
     assert kernel.backend_for("bfloat16") is (kernel.compiled or numpy_backend)
     monkeypatch.setattr(kernel, "compiled", None)
     assert kernel.backend_for("float32") is numpy_backend
+
+
+def reference_squares(
+    raw: np.ndarray, dtype: str, rows: int, columns: int, inner: int
+) -> np.ndarray:
+    """What the statistics pass stores: each entry's finite squares summed in float64,
+    rounded once to float32."""
+    values = exact(raw, dtype).reshape(rows, columns, inner)
+    squares = np.where(np.isfinite(values), values, 0.0) ** 2
+    with np.errstate(over="ignore"):
+        return squares.sum(axis=2).astype(np.float32).astype(np.float64)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(0, 9),
+    columns=st.sampled_from([1, 3, 7, 8, 9, 16, 17, 33]),
+    inner=st.sampled_from([1, 1, 4, 9]),
+    dtype=st.sampled_from([*DTYPES, "float16"]),
+    specials=st.integers(0, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_square_products_multiply_the_stored_squares_in_double(
+    name: str, rows: int, columns: int, inner: int, dtype: str, specials: int, seed: int
+) -> None:
+    """The channel solver's products over streamed squares: Q @ v per row and w @ Q per
+    column, Q being the squares the statistics pass stores, to float64 rounding."""
+    backend = backend_named(name)
+    count = rows * columns * inner
+    rng = np.random.default_rng(seed)
+    if dtype == "float16":
+        raw = (rng.standard_normal(count) * 4).astype(np.float16)
+        raw[rng.integers(0, max(count, 1), specials if count else 0)] = np.inf
+    else:
+        raw = random_raw(count, dtype, seed, specials=specials)
+        raw = raw if dtype == "float32" else raw.astype(np.uint16)
+    squares = reference_squares(raw, dtype, rows, columns, inner)
+    vector, weights = rng.random(columns) + 0.5, rng.random(rows) + 0.5
+    arguments = {
+        "data": raw,
+        "dtype_code": kernel.DTYPE_CODES[dtype],
+        "count": count,
+        "row_width": columns * inner,
+        "columns": columns,
+    }
+    per_row = np.full(rows + 1, 7.0)
+    backend.square_products(mode=kernel.ROWS, vector=vector, out=per_row, **arguments)
+    per_column = np.full(columns + 1, 7.0)  # written, not added to
+    backend.square_products(mode=kernel.COLUMNS, vector=weights, out=per_column, **arguments)
+    with np.errstate(invalid="ignore", over="ignore"):
+        np.testing.assert_allclose(per_row[:rows], squares @ vector, rtol=1e-13)
+        np.testing.assert_allclose(per_column[:columns], weights @ squares, rtol=1e-13)
+    assert per_row[rows] == per_column[columns] == 7.0
+    with pytest.raises(ValueError, match="too small"):
+        backend.square_products(mode=kernel.ROWS, vector=vector[:-1], out=per_row, **arguments)
+    with pytest.raises(ValueError, match="ROWS or COLUMNS"):
+        backend.square_products(mode=kernel.MATRIX, vector=vector, out=per_row, **arguments)

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from weissi_cli import chunking
+from weissi_cli import chunking, kernel
 from weissi_cli.io.checkpoint import Checkpoint, read_buffer
 from weissi_cli.io.dtypes import decode
+from weissi_cli.kernel_numpy import stored_squares
 from weissi_cli.stats import row_tasks
 from weissi_cli.threads import run_round_robin, single_threaded_blas
 
@@ -29,9 +30,10 @@ THREADS_ABOVE_ELEMENTS = 1 << 21
 @dataclass(frozen=True)
 class StreamedSquares:
     """The [rows, columns] axis squares of one tensor (see `stats.axis_squares`), never held
-    whole: each product reads the tensor again in the statistics pass's row chunks, squares
-    each chunk in float32 (rounded once, as the pass stores the squares) and multiplies in
-    float64: the products feed the penalty, which the descent compares to 1e-10."""
+    whole: each product reads the tensor again in the statistics pass's row chunks, and the
+    backend squares each chunk in float32 (rounded once, as the pass stores the squares)
+    and multiplies in float64: the products feed the penalty, which the descent compares
+    to 1e-10."""
 
     checkpoint: Checkpoint
     name: str
@@ -50,11 +52,7 @@ class StreamedSquares:
     def matvec(self, vector: Vector) -> Vector:
         """Q @ vector, one value per row."""
         result = np.zeros(self.shape[0])
-
-        def product(first: int, squares: Vector) -> None:
-            np.dot(squares, vector, out=result[first : first + squares.shape[0]])
-
-        self._stream(product)
+        self._products(vector, result, None)
         return result
 
     def rmatvec(self, vector: Vector) -> Vector:
@@ -62,12 +60,7 @@ class StreamedSquares:
         of their rows, whichever thread finishes first, so that the result does not depend
         on the threads' timing."""
         ordered = _InOrder(np.zeros(self.shape[1]))
-
-        def product(first: int, squares: Vector) -> None:
-            count = squares.shape[0]
-            ordered.add(first, vector[first : first + count] @ squares, count)
-
-        self._stream(product)
+        self._products(None, None, (lambda first, rows: vector[first : first + rows], ordered))
         return ordered.total
 
     def matvec_rmatvec(
@@ -79,14 +72,52 @@ class StreamedSquares:
         result = np.zeros(self.shape[0])
         ordered = _InOrder(np.zeros(self.shape[1]))
 
-        def product(first: int, squares: Vector) -> None:
-            count = squares.shape[0]
-            mine = result[first : first + count]
-            np.dot(squares, vector, out=mine)
-            ordered.add(first, rows_after(first, mine) @ squares, count)
+        def weights(first: int, rows: int) -> Vector:
+            return rows_after(first, result[first : first + rows])
 
-        self._stream(product)
+        self._products(vector, result, (weights, ordered))
         return result, ordered.total
+
+    def _products(
+        self,
+        vector: Vector | None,
+        result: Vector | None,
+        columns: tuple[Callable[[int, int], Vector], _InOrder] | None,
+    ) -> None:
+        """One pass over the tensor: per chunk, its rows of Q @ `vector` into `result`
+        (when given), then `columns`' weights for its rows (from those products) @ its
+        rows of Q, added in order. The backend squares and multiplies each chunk as read:
+        the squares never exist as a matrix."""
+        info = self.checkpoint.info(self.name)
+        width = self.shape[1]
+        backend = kernel.backend_for(info.dtype)
+        code = kernel.DTYPE_CODES[info.dtype]
+        tasks = list(row_tasks(info, chunking.NUMPY_ELEMENTS))
+        capacity = max(task.elements for task in tasks)
+        threads = self.threads if info.numel > THREADS_ABOVE_ELEMENTS else 1
+
+        def work(index: int, buffers: _Buffers) -> None:
+            task = tasks[index]
+            raw = self.checkpoint.read_raw(self.name, task.start, task.elements, buffers.raw)
+            data = np.ascontiguousarray(raw)
+            first, rows = task.start // task.row_width, task.elements // task.row_width
+            shape = {"dtype_code": code, "count": task.elements, "row_width": task.row_width}
+            if vector is not None and result is not None:
+                backend.square_products(
+                    data=data, columns=width, mode=kernel.ROWS, vector=vector,
+                    out=result[first : first + rows], **shape,
+                )  # fmt: skip
+            if columns is not None:
+                weights, ordered = columns
+                piece = np.empty(width)
+                backend.square_products(
+                    data=data, columns=width, mode=kernel.COLUMNS,
+                    vector=np.ascontiguousarray(weights(first, rows)), out=piece, **shape,
+                )  # fmt: skip
+                ordered.add(first, piece, rows)
+
+        with single_threaded_blas():
+            run_round_robin(range(len(tasks)), lambda: _Buffers(capacity), work, threads)
 
     def entries(self, rows: npt.NDArray[np.intp], columns: npt.NDArray[np.intp]) -> Vector:
         """Q[rows[k, a], columns[k, b]] as [k, a, b], gathered in one pass (each chunk
@@ -104,6 +135,7 @@ class StreamedSquares:
         return found
 
     def _stream(self, product: Callable[[int, Vector], None]) -> None:
+        """`product(first row, squares)` for each chunk's [rows, columns] squares."""
         info = self.checkpoint.info(self.name)
         columns = self.shape[1]
         tasks = list(row_tasks(info, chunking.NUMPY_ELEMENTS))
@@ -115,7 +147,7 @@ class StreamedSquares:
             raw = self.checkpoint.read_raw(self.name, task.start, task.elements, buffers.raw)
             values = decode(raw, info.dtype, buffers.widened)
             count = task.elements // task.row_width
-            product(task.start // task.row_width, buffers.squares(values, count, columns))
+            product(task.start // task.row_width, stored_squares(values, count, columns))
 
         with single_threaded_blas():
             run_round_robin(range(len(tasks)), lambda: _Buffers(capacity), work, threads)
@@ -127,26 +159,6 @@ class _Buffers:
     def __init__(self, capacity: int) -> None:
         self.raw = read_buffer(capacity * 8)
         self.widened = np.empty(capacity, np.float32)
-        self.single = np.empty(capacity, np.float32)
-        self.double = np.empty(capacity, np.float64)
-
-    @np.errstate(over="ignore", under="ignore", invalid="ignore")
-    def squares(self, values: npt.NDArray[np.floating], rows: int, columns: int) -> Vector:
-        """The chunk's [rows, columns] squares as the statistics pass stores them: float32,
-        summed over the axes after the second, non-finite values counted as 0."""
-        count = values.size
-        single = self.single[:count]
-        if values.dtype == np.float32 and count == rows * columns:
-            # a float32 square is the float64 square rounded once: what the pass stores
-            np.multiply(values, values, out=single)
-            if np.isfinite(single.max()):
-                double = self.double[:count]
-                np.copyto(double, single)
-                return double.reshape(rows, columns)
-        wide = np.square(values.astype(np.float64))
-        wide[~np.isfinite(values)] = 0.0
-        summed: Vector = wide.reshape(rows, columns, -1).sum(axis=2)
-        return summed.astype(np.float32).astype(np.float64)
 
 
 class _InOrder:
