@@ -5,7 +5,7 @@ the page cache warm, each a median of --runs:
   ceilings   `cat` of the files; a chunked preadv + np.dot pass (read); a chunked
              copy-scale-pwrite-fsync (rewrite)
   baselines  safetensors.torch.load_file + per-tensor norms; load_file + scale + save_file
-  weissi     inspect, check, rebalance (layer and channel), diff
+  weissi     inspect, check, rebalance (layer and channel, and without the model run), diff
 as seconds, GB/s, ratio to its ceiling, and peak private memory (RssAnon). Also the start-up
 of `weissi --help`. Prints a table and writes results/suite-<timestamp>.json.
 
@@ -273,6 +273,16 @@ def measure_case(
             record(
                 f"rebalance {granularity}", run_measured([*command, "--granularity", granularity])
             )
+        # weissi's own work without the model run: read, solve, write, check every value
+        clean()
+        settle()
+        record(
+            "rebalance no run",
+            run_measured(
+                [*weissi, "rebalance", str(entry), "-o", str(out_path), "--json",
+                 "--verify-with", "none"]
+            ),
+        )  # fmt: skip
         clean()
     scratch.unlink(missing_ok=True)
     read = median(measured["dot"])

@@ -286,24 +286,46 @@ class NumpyKernel:
         mode: int,
         out: Data,
     ) -> Totals:
-        itemsize = _itemsize(dtype_code)
         unit = 1 if mode == NO_AXES else max(row_width, 1)
         sums = _doubles(out)
         if mode == COLUMNS and sums.size < 2 * columns:
             raise ValueError("output too small")
+        return self._reduce_pieces(
+            fd, offset, scratch, dtype_code, count, (row_width, columns, unit), mode, sums
+        )
+
+    def _reduce_pieces(
+        self,
+        fd: int,
+        offset: int,
+        scratch: Data,
+        dtype_code: int,
+        count: int,
+        layout: tuple[int, int, int],
+        mode: int,
+        sums: npt.NDArray[np.float64],
+        each_piece: Callable[[memoryview, int, int], None] | None = None,
+    ) -> Totals:
+        """The *_range functions' loop: pieces of whole `unit`s (`layout` is row width,
+        columns and unit) read into `scratch`, reduced into `sums` by `mode`, and handed to
+        `each_piece(piece, values, first row)`."""
+        row_width, columns, unit = layout
+        itemsize = _itemsize(dtype_code)
         view, per_piece = _pieces(count, unit, scratch, itemsize)
         total = Partial(0.0, 0.0, 0.0, 0)
         for done in range(0, count, per_piece):
             n = min(per_piece, count - done)
             read_fully(fd, view[: n * itemsize], offset + done * itemsize)
-            first_row = done // unit
-            target = {ROWS: sums[first_row:], MATRIX: sums[first_row * columns :]}.get(
+            row = done // unit
+            target = {ROWS: sums[row:], MATRIX: sums[row * columns :]}.get(
                 mode, sums[columns:] if done else sums
             )
             piece = self._reduce(view, dtype_code, n, row_width, columns, mode, target)
             if mode == COLUMNS and done:
                 sums[:columns] += sums[columns : 2 * columns]
             total = add_partials(total, piece)
+            if each_piece is not None:
+                each_piece(view, n, row)
         return _totals(total)
 
     def check_values(
@@ -405,7 +427,6 @@ class NumpyKernel:
         out: Data | None = None,
     ) -> Totals:
         _whole_rows(count, row_width, columns)
-        itemsize = _itemsize(dtype_code)
         row_maxima, column_maxima = self._maxima_outputs(
             count, row_width, columns, row_out, column_out
         )
@@ -414,21 +435,15 @@ class NumpyKernel:
         sums = _doubles(out) if out is not None else np.zeros(0)
         if sums.size < needed:
             raise ValueError("output too small")
-        view, per_piece = _pieces(count, row_width, scratch, itemsize)
-        total = Partial(0.0, 0.0, 0.0, 0)
-        for done in range(0, count, per_piece):
-            n = min(per_piece, count - done)
-            read_fully(fd, view[: n * itemsize], offset + done * itemsize)
-            row = done // row_width
-            target = {ROWS: sums[row:], MATRIX: sums[row * columns :]}.get(
-                mode, sums[columns:] if done else sums
-            )
-            piece = self._reduce(view, dtype_code, n, row_width, columns, mode, target)
-            if mode == COLUMNS and done:
-                sums[:columns] += sums[columns : 2 * columns]
-            total = add_partials(total, piece)
-            self._maxima(view, dtype_code, n, row_width, columns, row_maxima[row:], column_maxima)
-        return _totals(total)
+
+        def marks(piece: memoryview, values: int, row: int) -> None:
+            self._maxima(piece, dtype_code, values, row_width, columns, row_maxima[row:],
+                         column_maxima)  # fmt: skip
+
+        return self._reduce_pieces(
+            fd, offset, scratch, dtype_code, count, (row_width, columns, row_width), mode, sums,
+            marks,
+        )  # fmt: skip
 
     def square_products(
         self,

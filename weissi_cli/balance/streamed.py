@@ -92,16 +92,10 @@ class StreamedSquares:
         width = self.shape[1]
         backend = kernel.backend_for(info.dtype)
         code = kernel.DTYPE_CODES[info.dtype]
-        tasks = list(row_tasks(info, chunking.NUMPY_ELEMENTS))
-        capacity = max(task.elements for task in tasks)
-        threads = self.threads if info.numel > THREADS_ABOVE_ELEMENTS else 1
 
-        def work(index: int, buffers: _Buffers) -> None:
-            task = tasks[index]
-            raw = self.checkpoint.read_raw(self.name, task.start, task.elements, buffers.raw)
+        def each(first: int, rows: int, raw: npt.NDArray[np.generic], _: _Buffers) -> None:
             data = np.ascontiguousarray(raw)
-            first, rows = task.start // task.row_width, task.elements // task.row_width
-            shape = {"dtype_code": code, "count": task.elements, "row_width": task.row_width}
+            shape = {"dtype_code": code, "count": raw.size, "row_width": raw.size // rows}
             if vector is not None and result is not None:
                 backend.square_products(
                     data=data, columns=width, mode=kernel.ROWS, vector=vector,
@@ -116,8 +110,7 @@ class StreamedSquares:
                 )  # fmt: skip
                 ordered.add(first, piece, rows)
 
-        with single_threaded_blas():
-            run_round_robin(range(len(tasks)), lambda: _Buffers(capacity), work, threads)
+        self._chunks(each)
 
     def entries(self, rows: npt.NDArray[np.intp], columns: npt.NDArray[np.intp]) -> Vector:
         """Q[rows[k, a], columns[k, b]] as [k, a, b], gathered in one pass (each chunk
@@ -136,8 +129,18 @@ class StreamedSquares:
 
     def _stream(self, product: Callable[[int, Vector], None]) -> None:
         """`product(first row, squares)` for each chunk's [rows, columns] squares."""
+        dtype, columns = self.checkpoint.info(self.name).dtype, self.shape[1]
+
+        def each(first: int, rows: int, raw: npt.NDArray[np.generic], buffers: _Buffers) -> None:
+            values = decode(raw, dtype, buffers.widened)
+            product(first, stored_squares(values, rows, columns))
+
+        self._chunks(each)
+
+    def _chunks(self, each: Callable[[int, int, npt.NDArray[np.generic], _Buffers], None]) -> None:
+        """`each(first row, rows, raw values, the thread's buffers)` for each of the statistics
+        pass's row chunks, read on the solver's threads."""
         info = self.checkpoint.info(self.name)
-        columns = self.shape[1]
         tasks = list(row_tasks(info, chunking.NUMPY_ELEMENTS))
         capacity = max(task.elements for task in tasks)
         threads = self.threads if info.numel > THREADS_ABOVE_ELEMENTS else 1
@@ -145,9 +148,7 @@ class StreamedSquares:
         def work(index: int, buffers: _Buffers) -> None:
             task = tasks[index]
             raw = self.checkpoint.read_raw(self.name, task.start, task.elements, buffers.raw)
-            values = decode(raw, info.dtype, buffers.widened)
-            count = task.elements // task.row_width
-            product(task.start // task.row_width, stored_squares(values, count, columns))
+            each(task.start // task.row_width, task.elements // task.row_width, raw, buffers)
 
         with single_threaded_blas():
             run_round_robin(range(len(tasks)), lambda: _Buffers(capacity), work, threads)
