@@ -1446,7 +1446,8 @@ static Totals details_block(const void *data, int dtype, Py_ssize_t rows, Py_ssi
  * `column_out` (uint32) bits that are zero exactly where every value of the column is ±0
  * (NaN is not). With `mode` other than NO_AXES, also the axis squares of reduce_range into
  * `out` (COLUMNS: 2 x columns, the second half stages each piece's sums), so a tensor the
- * symmetry rules need is read once. Returns (sum_squares, l1, max_abs, nonfinite). */
+ * symmetry rules need is read once; the totals are the same as without them. Returns
+ * (sum_squares, l1, max_abs, nonfinite). */
 static const char *DETAILS_RANGE_KEYWORDS[] = {
     "fd", "offset", "scratch", "dtype_code", "count", "row_width", "columns", "row_out",
     "column_out", "mode", "out", NULL};
@@ -1483,30 +1484,25 @@ static PyObject *details_range(PyObject *Py_UNUSED(self), PyObject *args, PyObje
     if (!problem) {
         Py_BEGIN_ALLOW_THREADS
         uint32_t *marks = (uint32_t *)column_out.buf;
-        void *column_bits = row_width == columns && mode == NO_AXES
-                                ? calloc((size_t)columns, (size_t)itemsize)
-                                : NULL;
+        void *column_bits = row_width == columns ? calloc((size_t)columns, (size_t)itemsize) : NULL;
         for (Py_ssize_t row = 0; row < rows; row += per_piece) {
             Py_ssize_t n = rows - row < per_piece ? rows - row : per_piece;
             error = read_fully(fd, (char *)scratch.buf, (size_t)(n * row_width * itemsize),
                                offset + (long long)row * row_width * itemsize);
             if (error) break;
-            Totals piece;
-            if (mode == NO_AXES) {
-                piece = details_block(scratch.buf, dtype, n, row_width, columns,
-                                      (uint32_t *)row_out.buf + row, marks, column_bits);
-            } else {
+            Totals piece = details_block(scratch.buf, dtype, n, row_width, columns,
+                                         (uint32_t *)row_out.buf + row, marks, column_bits);
+            if (mode != NO_AXES) {
+                /* The squares from a second pass over the piece, still in cache; the totals
+                 * stay those of the pass without axes, which sums in another order. */
                 double *sums = (double *)out.buf;
                 double *target = mode == ROWS     ? sums + row
                                  : mode == MATRIX ? sums + row * columns
                                  : row == 0       ? sums
                                                   : sums + columns;
-                piece = reduce_block(scratch.buf, dtype, n * row_width, row_width, columns, mode,
-                                     target);
+                reduce_block(scratch.buf, dtype, n * row_width, row_width, columns, mode, target);
                 if (mode == COLUMNS && row > 0)
                     for (Py_ssize_t c = 0; c < columns; c++) sums[c] += sums[columns + c];
-                maxima_loop(scratch.buf, dtype, n, row_width, columns,
-                            (uint32_t *)row_out.buf + row, marks);
             }
             add_totals(&totals, piece);
         }

@@ -427,6 +427,8 @@ class NumpyKernel:
         out: Data | None = None,
     ) -> Totals:
         _whole_rows(count, row_width, columns)
+        if mode not in (NO_AXES, ROWS, COLUMNS, MATRIX):
+            raise ValueError("unknown mode")
         row_maxima, column_maxima = self._maxima_outputs(
             count, row_width, columns, row_out, column_out
         )

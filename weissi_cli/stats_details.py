@@ -190,14 +190,14 @@ def _chunk_details(
     code = kernel.DTYPE_CODES[info.dtype]
     count = rows * width
     totals = backend.reduce_chunk(
-        data=raw,
-        dtype_code=code,
-        count=count,
-        row_width=width if mode else 0,
-        columns=(info.shape[1] if len(info.shape) > 1 else 1) if mode else 1,
-        mode=mode,
+        data=raw, dtype_code=code, count=count, row_width=0, columns=1, mode=kernel.NO_AXES,
         out=worker.sums,
-    )
+    )  # fmt: skip
+    if mode:  # the totals stay those without axes, which the kernel sums in another order
+        backend.reduce_chunk(
+            data=raw, dtype_code=code, count=count, row_width=width,
+            columns=info.shape[1] if len(info.shape) > 1 else 1, mode=mode, out=worker.sums,
+        )  # fmt: skip
     partial = Partial(*totals)
     if len(info.shape) < 2 or not width:
         return partial, _DetailParts([], None, {}, {})

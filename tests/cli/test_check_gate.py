@@ -121,6 +121,37 @@ def test_one_pass_for_a_model_folder_and_its_symmetry_rules(
     ]
 
 
+def test_the_symmetry_rules_leave_every_other_value_as_it_was(
+    run: Callable[..., Result], tmp_path: Path
+) -> None:
+    """Asking for the symmetry rules adds their squares to the one pass; the statistics of
+    every tensor, and so every other rule's value, stay what they are without them (the
+    projections here have 102,400 values: the kernel sums them in pieces)."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        hidden_size=320, intermediate_size=384, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=64,
+    )  # fmt: skip
+    folder = tmp_path / "llama"
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    values = {}
+    for extra in ((), ("--max-l2-ratio", "100", "--max-imbalance", "1e6")):
+        result = run("check", str(folder), "--max-norm", "1e6", "--max-abs", "1e6",
+                     *extra, "--format", "json")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        values[extra] = {
+            (rule["rule"], rule["scope"]): rule["value"]
+            for rule in json.loads(result.stdout)["rules"]
+            if rule["scope"] != "symmetries"
+        }
+    plain, with_rules = values.values()
+    assert any("o_proj" in scope for _, scope in plain)
+    assert plain == with_rules
+
+
 def test_symmetries_that_each_take_one_factor_are_checked_from_the_one_pass(
     run: Callable[..., Result],
     passes: list[str],
