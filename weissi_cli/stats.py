@@ -249,20 +249,8 @@ def compute_stats_and_squares(
     `axis_squares`) of the tensors in `squared`, which maps a name to the axes to keep.
     Tasks are `chunk_elements` long (default: by who reads, see `task_elements`)."""
     chunk_elements = chunk_elements or task_elements()
-    if names is None:
-        infos = [info for info in checkpoint.tensors if info.is_supported_float]
-    else:
-        infos = [checkpoint.info(name) for name in names]
     squared = squared or {}
-    in_pass = {info.name for info in infos}
-    missing = [name for name in squared if name not in in_pass]
-    if missing:
-        raise ValueError(f"axis squares asked for tensors outside the pass: {missing}")
-    targets = {
-        info.name: squares_target(info, *squared[info.name])
-        for info in infos
-        if info.name in squared
-    }
+    infos, targets = pass_targets(checkpoint, names, squared)
     sink = SquaresSink(targets) if targets else None
     tasks = list(_tasks(infos, chunk_elements, squared))
     partials: list[Partial | None] = [None] * len(tasks)
@@ -282,6 +270,29 @@ def compute_stats_and_squares(
         with single_threaded_blas():
             run_round_robin(range(len(tasks)), lambda: Worker(capacity), reduce, workers)
     return _combine(infos, tasks, partials), targets
+
+
+def pass_targets(
+    checkpoint: Checkpoint,
+    names: Iterable[str] | None,
+    squared: Mapping[str, tuple[bool, bool]],
+) -> tuple[list[TensorInfo], dict[str, npt.NDArray[np.float32]]]:
+    """The tensors a pass reads (`names`, else every supported float tensor) and a zeroed
+    target for the axis squares of each tensor in `squared` (all of which it must read)."""
+    if names is None:
+        infos = [info for info in checkpoint.tensors if info.is_supported_float]
+    else:
+        infos = [checkpoint.info(name) for name in names]
+    in_pass = {info.name for info in infos}
+    missing = [name for name in squared if name not in in_pass]
+    if missing:
+        raise ValueError(f"axis squares asked for tensors outside the pass: {missing}")
+    targets = {
+        info.name: squares_target(info, *squared[info.name])
+        for info in infos
+        if info.name in squared
+    }
+    return infos, targets
 
 
 def squares_target(

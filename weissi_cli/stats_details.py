@@ -25,7 +25,7 @@ from weissi_cli.stats import (
     TensorStats,
     Worker,
     combine,
-    squares_target,
+    pass_targets,
     task_elements,
 )
 from weissi_cli.threads import run_round_robin, single_threaded_blas
@@ -68,19 +68,7 @@ def compute_stats_and_details(
     """Statistics, details and, for the tensors in `squared` (a name to the axes to keep),
     the axis squares of `stats.axis_squares`, in one pass over row-aligned chunks."""
     chunk_elements = chunk_elements or task_elements()
-    if names is None:
-        infos = [info for info in checkpoint.tensors if info.is_supported_float]
-    else:
-        infos = [checkpoint.info(name) for name in names]
-    squared = squared or {}
-    missing = [name for name in squared if name not in {info.name for info in infos}]
-    if missing:
-        raise ValueError(f"axis squares asked for tensors outside the pass: {missing}")
-    targets = {
-        info.name: squares_target(info, *squared[info.name])
-        for info in infos
-        if info.name in squared
-    }
+    infos, targets = pass_targets(checkpoint, names, squared or {})
     sink = SquaresSink(targets)
     tasks = [task for info in infos for task in _row_tasks(info, chunk_elements)]
     partials: list[Partial | None] = [None] * len(tasks)
