@@ -33,6 +33,7 @@ class _Buffers(threading.local):
     reducer: ChunkReducer | None = None
     scaler: ChunkScaler | None = None
     widened: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
+    squared: tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]] | None = None
 
     def reducer_for(self, count: int) -> ChunkReducer:
         if self.reducer is None or self.reducer.capacity < count:
@@ -51,6 +52,12 @@ class _Buffers(threading.local):
                 np.empty(max(count, 1), np.float32),
             )
         return self.widened[slot]
+
+    def squares_for(self, count: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]:
+        """`stored_squares`' float32 squares and their float64 copy, `count` long."""
+        if self.squared is None or self.squared[0].size < count:
+            self.squared = (np.empty(max(count, 1), np.float32), np.empty(max(count, 1)))
+        return self.squared[0][:count], self.squared[1][:count]
 
 
 _BUFFERS = _Buffers()
@@ -188,22 +195,6 @@ def _side(
     return _Side(code, scalar, factors, along)
 
 
-class _SquareBuffers(threading.local):
-    """Each thread's buffers for `stored_squares`, grown to the largest chunk it has seen."""
-
-    single: npt.NDArray[np.float32] = np.empty(0, np.float32)
-    double: npt.NDArray[np.float64] = np.empty(0, np.float64)
-
-    def grown(self, count: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]:
-        if self.single.size < count:
-            self.single = np.empty(count, np.float32)
-            self.double = np.empty(count, np.float64)
-        return self.single[:count], self.double[:count]
-
-
-_SQUARES = _SquareBuffers()
-
-
 @np.errstate(over="ignore", under="ignore", invalid="ignore")
 def stored_squares(values: FloatArray, rows: int, columns: int) -> npt.NDArray[np.float64]:
     """Decoded values' [rows, columns] squares as the statistics pass stores them: float32,
@@ -211,7 +202,7 @@ def stored_squares(values: FloatArray, rows: int, columns: int) -> npt.NDArray[n
     thread buffer, valid until the thread's next call)."""
     count = values.size
     if values.dtype == np.float32 and count == rows * columns:
-        single, double = _SQUARES.grown(count)
+        single, double = _BUFFERS.squares_for(count)
         # a float32 square is the float64 square rounded once: what the pass stores
         np.multiply(values, values, out=single)
         if np.isfinite(single.max(initial=0.0)):

@@ -212,12 +212,13 @@ def _tasks(
 
 
 def row_tasks(info: TensorInfo, chunk_elements: int) -> Iterator[Task]:
-    """Chunks of whole rows (at least one), so each chunk's axis squares are complete."""
+    """Chunks of whole rows (at least one), so each chunk's axis squares are complete; a
+    tensor of no rows has none, one of empty rows a single chunk."""
     rows = info.shape[0] if info.shape else 1
-    width = info.numel // rows
+    width = info.numel // rows if rows else 0
     columns = info.shape[1] if len(info.shape) > 1 else 1
     exact = info.numel < EXACT_BELOW
-    per_task = rows if exact else max(1, chunk_elements // width)
+    per_task = max(1, rows if exact else chunk_elements // max(width, 1))
     for row in range(0, rows, per_task):
         count = min(per_task, rows - row)
         yield Task(info.name, info.dtype, row * width, count * width, exact, width, columns, rows)

@@ -5,7 +5,7 @@ how many values float16 or bfloat16 would overflow or flush to zero."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -21,11 +21,11 @@ from weissi_cli.stats import (
     EXACT_BELOW,
     THREADS_ABOVE_BYTES,
     SquaresSink,
-    Task,
     TensorStats,
     Worker,
     combine,
     pass_targets,
+    row_tasks,
     task_elements,
 )
 from weissi_cli.threads import run_round_robin, single_threaded_blas
@@ -70,7 +70,7 @@ def compute_stats_and_details(
     chunk_elements = chunk_elements or task_elements()
     infos, targets = pass_targets(checkpoint, names, squared or {})
     sink = SquaresSink(targets)
-    tasks = [task for info in infos for task in _row_tasks(info, chunk_elements)]
+    tasks = [task for info in infos for task in row_tasks(info, chunk_elements)]
     partials: list[Partial | None] = [None] * len(tasks)
     parts: dict[str, list[tuple[int, _DetailParts]]] = {info.name: [] for info in infos}
     lock = threading.Lock()
@@ -113,19 +113,6 @@ def compute_stats_and_details(
     stats = {info.name: combine(info, grouped[info.name]) for info in infos}
     details = {info.name: _merge_details(info, parts[info.name]) for info in infos}
     return stats, details, targets
-
-
-def _row_tasks(info: TensorInfo, chunk_elements: int) -> Iterator[Task]:
-    """`stats.row_tasks`, so both passes sum the same pieces, and for tensors without
-    values too (a tensor of no rows has no task)."""
-    rows = info.shape[0] if info.shape else 1
-    width = info.numel // rows if rows else 0
-    columns = info.shape[1] if len(info.shape) > 1 else 1
-    exact = info.numel < EXACT_BELOW
-    per_task = max(1, rows if exact else chunk_elements // max(width, 1))
-    for row in range(0, rows, per_task):
-        count = min(per_task, rows - row)
-        yield Task(info.name, info.dtype, row * width, count * width, exact, width, columns, rows)
 
 
 def _details_in_file(

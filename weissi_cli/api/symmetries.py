@@ -87,7 +87,7 @@ class SquaresToRead:
     `streamed` are streamed by the solver."""
 
     uniform: Mapping[str, tuple[bool, bool]]
-    totals: frozenset[str]
+    totals: tuple[str, ...]  # in the plan's order, so the squares come in a fixed order
     streamed: frozenset[str]
     held: Mapping[str, tuple[bool, bool]]
 
@@ -106,12 +106,11 @@ class SquaresToRead:
         uniform = _uniform(checkpoint, structure, plan) if granularity == "layer" else {}
         plan = _summed_where_uniform(plan, uniform)
         stated = set(with_stats)
-        totals = {name for name, keep in plan.items() if not any(keep) and name in stated}
+        totals = tuple(name for name, keep in plan.items() if not any(keep) and name in stated)
         streamed = streamed_names(checkpoint, plan)
-        held = {
-            name: keep for name, keep in plan.items() if name not in streamed and name not in totals
-        }
-        return cls(uniform, frozenset(totals), frozenset(streamed), held)
+        taken = {*streamed, *totals}
+        held = {name: keep for name, keep in plan.items() if name not in taken}
+        return cls(uniform, totals, frozenset(streamed), held)
 
     def assemble(
         self,
@@ -174,21 +173,16 @@ def statistics_pass(
     if names is None:
         names = [info.name for info in checkpoint.tensors if info.is_supported_float]
     held = {name: keep for name, keep in squared.items() if name not in streamed}
-    stats, squares = compute_stats_and_squares(
-        checkpoint,
-        list(dict.fromkeys([*names, *squared])),
-        threads,
-        squared={name: keep for name, keep in held.items() if any(keep)},
-    )
-    found = _as_uniform(
-        checkpoint,
-        {
-            **_totals(held, stats),
-            **squares,
-            **{name: StreamedSquares(checkpoint, name, threads) for name in streamed},
-        },
+    wanted = SquaresToRead(
         uniform,
+        tuple(name for name, keep in held.items() if not any(keep)),
+        frozenset(streamed),
+        {name: keep for name, keep in held.items() if any(keep)},
     )
+    stats, squares = compute_stats_and_squares(
+        checkpoint, list(dict.fromkeys([*names, *squared])), threads, squared=dict(wanted.held)
+    )
+    found = wanted.assemble(checkpoint, stats, squares, threads)
     return (
         stats,
         {name: found[name] for name in chain_plan},

@@ -227,8 +227,9 @@ def _coupled_terms(
     if whole:
         totals = {1: float(sides[1].sum()), -1: float(sides[-1].sum())}
         for member in coupled.members:
-            across = [m for m in coupled.members if m.tensor == member.tensor and m is not member]
-            across = [m for m in across if m.axis != member.axis]
+            across = [
+                m for m in coupled.members if m.tensor == member.tensor and m.axis != member.axis
+            ]
             totals[member.exponent] += float(factors.moving_mass(member, across, size))
         zero = np.zeros(1)
         return np.array([totals[1]]), np.array([totals[-1]]), zero, zero
